@@ -1,0 +1,1 @@
+"""Code that two or more stages share: TFRecord schema, labels, image preprocessing, I/O."""

@@ -1,0 +1,107 @@
+"""The TFRecord contract between create_tfrecords and the stages that read its output.
+
+Records are ``tf.train.Example`` protos under the keys the TensorFlow ecosystem uses
+(TF Object Detection API, TF-Slim, TFDS). The image stays encoded (JPEG): decoded float
+pixels would be an order of magnitude larger and slower to read.
+
+A dataset directory written by create_tfrecords looks like::
+
+    <dataset>/train/train-00000-of-00002.tfrecord.gz   gzip-compressed, sharded
+    <dataset>/valid/valid-00000-of-00001.tfrecord.gz
+    <dataset>/test/test-00000-of-00001.tfrecord.gz
+    <dataset>/manifests/<split>.csv                     uri,label of every kept image
+    <dataset>/labels.txt                                one label per line
+    <dataset>/errors.jsonl                              one rejected input per line
+    <dataset>/stats.json                                counts per split and class
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from components.common import io
+
+ENCODED = "image/encoded"
+FORMAT = "image/format"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+LABEL = "image/class/label"
+TEXT = "image/class/text"
+FILENAME = "image/filename"
+
+SPLITS = ("train", "valid", "test")
+COMPRESSION = "GZIP"
+SHARD_SUFFIX = ".tfrecord.gz"
+STATS_FILE = "stats.json"
+ERRORS_FILE = "errors.jsonl"
+
+FEATURES = {
+    ENCODED: tf.io.FixedLenFeature([], tf.string),
+    FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="jpeg"),
+    HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    LABEL: tf.io.FixedLenFeature([], tf.int64),
+    TEXT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def make_example(
+    encoded: bytes,
+    label_index: int,
+    label: str,
+    filename: str,
+    height: int,
+    width: int,
+    image_format: str = "jpeg",
+) -> bytes:
+    """Serialises one image and its label as a ``tf.train.Example``."""
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                ENCODED: _bytes(encoded),
+                FORMAT: _bytes(image_format.encode()),
+                HEIGHT: _int(height),
+                WIDTH: _int(width),
+                LABEL: _int(label_index),
+                TEXT: _bytes(label.encode()),
+                FILENAME: _bytes(filename.encode()),
+            }
+        )
+    )
+    return example.SerializeToString()
+
+
+def parse_examples(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses a batch (or a single) serialised Example into its features."""
+    if serialized.shape.rank == 0:
+        return tf.io.parse_single_example(serialized, FEATURES)
+    return tf.io.parse_example(serialized, FEATURES)
+
+
+def shard_pattern(dataset_dir: str, split: str) -> str:
+    """The glob that matches one split's shards."""
+    return io.join(dataset_dir, split, f"{split}-*{SHARD_SUFFIX}")
+
+
+def shard_files(dataset_dir: str, split: str) -> list[str]:
+    """One split's shard files; a clear error when the split is empty or missing."""
+    files = io.glob(shard_pattern(dataset_dir, split))
+    if not files:
+        raise FileNotFoundError(
+            f"no {split} shards under {dataset_dir} (expected {shard_pattern(dataset_dir, split)})"
+        )
+    return files
+
+
+def manifest_path(dataset_dir: str, split: str) -> str:
+    """CSV (``uri,label``) of the images kept in one split."""
+    return io.join(dataset_dir, "manifests", f"{split}.csv")
