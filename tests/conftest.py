@@ -28,3 +28,28 @@ def kfp_local(tmp_path):
     root = tmp_path / "pipeline_root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory) -> str:
+    """An exported serving SavedModel of an untrained 4-class MobileNetV3Small at 32 px.
+
+    Untrained, so its predictions are arbitrary but well-formed: for tests of the
+    stages that serve or run a model, not of accuracy. Labels: circle, square,
+    triangle, cross (those of ``sample_data``).
+    """
+    from components.export.saved_model import export_saved_model
+    from components.train.backbones import build_classifier
+    from components.train.training import save_model_dir
+    from pipelines.sample_data import CLASSES
+
+    base = tmp_path_factory.mktemp("exported")
+    model, _ = build_classifier("MobileNetV3Small", len(CLASSES), 32, weights="none")
+    save_model_dir(
+        model,
+        str(base / "model"),
+        list(CLASSES),
+        {"backbone": "MobileNetV3Small", "image_size": 32},
+    )
+    export_saved_model(str(base / "model"), str(base / "export"))
+    return str(base / "export")

@@ -1,0 +1,1 @@
+"""The export stage: a self-contained serving SavedModel."""

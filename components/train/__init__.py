@@ -1,0 +1,1 @@
+"""The train stage: transfer learning on a keras.applications backbone over TFRecords."""
