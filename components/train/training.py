@@ -18,7 +18,7 @@ import time
 
 import keras
 
-from components.common import io, labels as label_io, schema
+from components.common import io, labels as label_io
 from components.train import backbones, data
 
 MODEL_FILE = "model.keras"
