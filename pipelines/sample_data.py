@@ -51,8 +51,10 @@ def _colour(rng: np.random.Generator, hue: float) -> tuple[int, int, int]:
 
 def _polygon(cx: float, cy: float, radius: float, angle: float, corners: int) -> list:
     return [
-        (cx + radius * math.cos(angle + 2 * math.pi * i / corners),
-         cy + radius * math.sin(angle + 2 * math.pi * i / corners))
+        (
+            cx + radius * math.cos(angle + 2 * math.pi * i / corners),
+            cy + radius * math.sin(angle + 2 * math.pi * i / corners),
+        )
         for i in range(corners)
     ]
 

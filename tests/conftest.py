@@ -53,3 +53,14 @@ def exported_model(tmp_path_factory) -> str:
     )
     export_saved_model(str(base / "model"), str(base / "export"))
     return str(base / "export")
+
+
+@pytest.fixture(scope="session")
+def tfrecord_dataset(sample_data, tmp_path_factory) -> str:
+    """The sample set converted by create_tfrecords (all three splits non-empty)."""
+    from components.create_tfrecords.beam_pipeline import run
+
+    out = str(tmp_path_factory.mktemp("tfrecords") / "dataset")
+    run(output_dir=out, image_dir=sample_data.image_dir, train_fraction=0.6, valid_fraction=0.2)
+    return out
+

@@ -1,0 +1,61 @@
+# Image-classification components for Kubeflow Pipelines. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+WORK ?= work
+SAMPLE := $(WORK)/sample
+DEMO := $(WORK)/demo
+PER_CLASS ?= 100
+MODEL_NAME ?= image-classifier
+PORT ?= 8080
+TARGET ?= kfp
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup sample-data demo serve query test lint compile lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
+	$(UV) pip install -q --python $(PY) -r requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed ## Create .venv with the pinned dependencies and the project installed
+
+sample-data: setup ## Generate the sample image set (PER_CLASS images per class) under $(SAMPLE)
+	$(PY) -m pipelines.sample_data --out $(SAMPLE) --per-class $(PER_CLASS)
+
+demo: sample-data ## Run the whole pipeline locally (kfp local) on the sample set; summary in $(DEMO)/summary.json
+	$(PY) -m pipelines.run_local --image-dir $(SAMPLE)/images --work-dir $(DEMO)
+
+serve: setup ## Serve the model the demo deployed on 127.0.0.1:$(PORT) (TF Serving REST API)
+	$(PY) -m components.deploy.server --model-repository $(DEMO)/model_repository \
+		--model-name $(MODEL_NAME) --http-port $(PORT)
+
+query: ## Ask the running server (make serve) to classify one sample image
+	@printf '{"instances": [{"b64": "%s"}]}' "$$(base64 -w0 $(SAMPLE)/images/circle/circle_0000.jpg)" \
+		| curl -sS -X POST -H 'Content-Type: application/json' --data-binary @- \
+		http://127.0.0.1:$(PORT)/v1/models/$(MODEL_NAME):predict; echo
+
+test: setup ## Run the tests (unit, kfp-local components, whole pipeline, compiled YAML)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff on the Python code
+	$(VENV)/bin/ruff check components pipelines tests bench
+	$(VENV)/bin/ruff format --check components pipelines tests bench
+
+compile: setup ## Compile the pipeline to build/pipeline-$(TARGET).yaml (TARGET=kfp|vertex)
+	$(PY) -m pipelines.compile --target $(TARGET) --output build/pipeline-$(TARGET).yaml
+
+lock: ## Re-resolve requirements.lock from pyproject.toml
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+clean: ## Remove generated data, runs and build outputs (keeps .venv)
+	rm -rf $(WORK) build .pytest_cache

@@ -1,0 +1,1 @@
+"""The evaluate stage: test-split metrics, confusion matrix and the deploy gate."""

@@ -1,0 +1,45 @@
+"""KFP component of the evaluate stage."""
+
+from kfp import dsl
+from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.images import stage_image
+
+
+@dsl.component(base_image=stage_image("evaluate"), install_kfp_package=False)
+def evaluate(
+    model: Input[Model],
+    dataset: Input[Dataset],
+    metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    accuracy_threshold: float = 0.8,
+    split: str = "test",
+) -> bool:
+    """Evaluates the exported model on the test split; its result gates deployment.
+
+    Runs the serving SavedModel on the split's encoded images (so preprocessing is
+    evaluated too) and reports accuracy, log loss and per-class precision, recall and F1.
+
+    Args:
+        model: Serving SavedModel written by the export stage.
+        dataset: TFRecord dataset written by create_tfrecords.
+        metrics: Output metrics: accuracy, loss, examples, and precision_<label>,
+            recall_<label>, f1_<label> for each class.
+        confusion_matrix: Output confusion matrix, rendered by the KFP and Vertex UIs.
+        accuracy_threshold: The quality gate: deployment runs only when accuracy
+            reaches it.
+        split: Which dataset split to evaluate.
+
+    Returns:
+        True when accuracy reaches accuracy_threshold.
+    """
+    from components.evaluate.evaluation import evaluate as evaluate_model
+
+    report = evaluate_model(model.path, dataset.path, split, accuracy_threshold)
+    for name in ("accuracy", "loss", "examples"):
+        metrics.log_metric(name, report[name])
+    for label, scores in report["per_class"].items():
+        for name in ("precision", "recall", "f1"):
+            metrics.log_metric(f"{name}_{label}", scores[name])
+    confusion_matrix.log_confusion_matrix(report["labels"], report["confusion_matrix"])
+    return report["passed"]

@@ -1,0 +1,28 @@
+"""KFP component of the export stage."""
+
+from kfp import dsl
+from kfp.dsl import Input, Model, Output
+
+from components.images import stage_image
+
+
+@dsl.component(base_image=stage_image("export"), install_kfp_package=False)
+def export(model: Input[Model], exported_model: Output[Model]):
+    """Exports the trained classifier as a serving SavedModel for encoded images.
+
+    The SavedModel carries its preprocessing and labels. Its serving_default signature
+    takes `image_bytes` (encoded JPEG/PNG; {"b64": ...} in TF Serving JSON requests) and
+    returns probabilities, class_index, label and score; labels are also written to
+    assets.extra/labels.txt. Vertex AI's prebuilt TensorFlow container, KServe's
+    TensorFlow predictor and TF Serving serve it as is.
+
+    Args:
+        model: Model directory written by the train stage.
+        exported_model: Output SavedModel directory (saved_model.pb at its root).
+    """
+    from components.common.io import artifact_location
+    from components.export.saved_model import export_saved_model
+
+    exported_model.metadata.update(
+        export_saved_model(model.path, artifact_location(exported_model))
+    )
