@@ -1,0 +1,125 @@
+"""The whole pipeline: compiled YAML for both targets, and end-to-end runs under kfp local."""
+
+import glob
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import components
+
+from components.common.io import read_json, read_jsonl
+from components.images import stage_image
+from pipelines.compile import TARGETS, compile_pipeline
+from pipelines.run_local import DEMO_SETTINGS, run_local
+from pipelines.sample_data import generate
+
+STAGE_TASKS = {
+    "create-tfrecords": "create_tfrecords",
+    "train": "train",
+    "export": "export",
+    "evaluate": "evaluate",
+    "deploy": "deploy",
+    "batch-predict": "batch_predict",
+}
+TINY = {
+    "backbone": "MobileNetV3Small",
+    "weights": "none",
+    "image_size": 32,
+    "batch_size": 16,
+    "epochs": 2,
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_compiled_yaml_loads_back_with_every_stage_on_its_image(target, tmp_path):
+    path = compile_pipeline(target, str(tmp_path / f"{target}.yaml"))
+    loaded = components.load_component_from_file(path)
+    assert loaded.name == "image-classification"
+    assert {"csv_uri", "image_dir", "backbone", "accuracy_threshold"} <= set(
+        loaded.component_spec.inputs
+    )
+
+    spec = yaml.safe_load(Path(path).read_text())
+    images = {
+        name.removeprefix("exec-"): executor["container"]["image"]
+        for name, executor in spec["deploymentSpec"]["executors"].items()
+    }
+    assert images == {task: stage_image(stage) for task, stage in STAGE_TASKS.items()}
+
+    root_tasks = spec["root"]["dag"]["tasks"]
+    assert {"create-tfrecords", "train", "export", "evaluate"} <= set(root_tasks)
+    gate = root_tasks["quality-gate"]
+    assert "pipelinechannel--evaluate-Output" in gate["triggerPolicy"]["condition"]
+    gated = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(gated) == {"deploy", "batch-predict"}
+    assert gated["deploy"]["cachingOptions"].get("enableCache", False) is False
+
+
+def test_images_follow_the_configured_registry_and_tag(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGE_REGISTRY", "europe-docker.pkg.dev/acme/ml")
+    monkeypatch.setenv("IMAGE_TAG", "abc123")
+    assert stage_image("train") == "europe-docker.pkg.dev/acme/ml/train:abc123"
+    with pytest.raises(ValueError, match="unknown stage"):
+        stage_image("nope")
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(sample_data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    return work, run_local(
+        str(work), image_dir=sample_data.image_dir, accuracy_threshold=0.0, **TINY
+    )
+
+
+def test_pipeline_runs_end_to_end_and_summarises(pipeline_run, sample_data):
+    work, summary = pipeline_run
+    assert read_json(str(work / "summary.json")) == summary
+    assert sum(summary["splits"].values()) + summary["rejected"] == sample_data.count
+    assert summary["rejected"] == 0 and summary["labels"] == list(sample_data.labels)
+    assert summary["test_metrics"]["examples"] == summary["splits"]["test"]
+    assert 0.0 <= summary["test_metrics"]["accuracy"] <= 1.0
+    assert summary["deployed"] is True and summary["gate_passed"] is True
+    assert summary["seconds"] > 0
+
+
+def test_pipeline_publishes_the_model_it_serves(pipeline_run):
+    work, summary = pipeline_run
+    serving = summary["serving"]
+    assert serving["url"].endswith("/v1/models/image-classifier:predict")
+    assert serving["model_dir"] == os.path.join(
+        str(work), "model_repository", "image-classifier", "1"
+    )
+    assert os.path.exists(os.path.join(serving["model_dir"], "saved_model.pb"))
+
+
+def test_pipeline_batch_predicts_every_test_image(pipeline_run):
+    _, summary = pipeline_run
+    batch = summary["batch_predictions"]
+    assert batch["rows"] == summary["splits"]["test"] and batch["errors"] == 0
+    rows = list(read_jsonl(glob.glob(os.path.join(batch["path"], "predictions-*.jsonl"))))
+    assert len(rows) == batch["rows"]
+    assert {row["label"] for row in rows} <= set(summary["labels"])
+
+
+def test_failed_gate_stops_before_deploy_with_csv_input(sample_data, tmp_path):
+    summary = run_local(
+        str(tmp_path),
+        csv_uri=sample_data.csv_path,
+        labels_uri=sample_data.labels_path,
+        accuracy_threshold=1.01,
+        **{**TINY, "epochs": 1},
+    )
+    assert summary["gate_passed"] is False and summary["deployed"] is False
+    assert summary["serving"] is None and summary["batch_predictions"] is None
+    assert not os.path.exists(tmp_path / "model_repository")
+
+
+@pytest.mark.slow
+def test_demo_settings_reach_the_promised_accuracy(tmp_path):
+    """The README's demo: 400 generated images, demo-sized training, accuracy >= 0.8."""
+    data = generate(str(tmp_path / "sample"), per_class=100)
+    summary = run_local(str(tmp_path / "demo"), image_dir=data.image_dir, **DEMO_SETTINGS)
+    assert summary["splits"]["test"] >= 20
+    assert summary["test_metrics"]["accuracy"] >= 0.8, summary
+    assert summary["deployed"] and summary["batch_predictions"]["rows"] == summary["splits"]["test"]
