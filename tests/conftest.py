@@ -57,10 +57,17 @@ def exported_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tfrecord_dataset(sample_data, tmp_path_factory) -> str:
-    """The sample set converted by create_tfrecords (all three splits non-empty)."""
+    """The sample set converted by create_tfrecords from the CSV and label file, so its
+    labels are in ``CLASSES`` order like ``exported_model``'s."""
     from components.create_tfrecords.beam_pipeline import run
 
     out = str(tmp_path_factory.mktemp("tfrecords") / "dataset")
-    run(output_dir=out, image_dir=sample_data.image_dir, train_fraction=0.6, valid_fraction=0.2)
+    run(
+        output_dir=out,
+        csv_uri=sample_data.csv_path,
+        labels_uri=sample_data.labels_path,
+        train_fraction=0.6,
+        valid_fraction=0.2,
+    )
     return out
 

@@ -1,0 +1,1 @@
+"""The batch_predict stage: an exported SavedModel over many images with Beam RunInference."""

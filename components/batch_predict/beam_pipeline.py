@@ -1,0 +1,477 @@
+"""The batch_predict Beam pipeline: an exported SavedModel over many images, to JSON Lines.
+
+Input, one of:
+
+* ``input_uris``: a file (local or ``gs://``; a glob matches several) listing images,
+  either as a CSV ``uri,label`` (the manifests create_tfrecords writes, the book's format)
+  or one URI per line. A header line (e.g. ``uri,label``), blank lines and surrounding
+  whitespace are tolerated; a relative URI is relative to the listing's folder.
+* ``dataset_dir``: a dataset directory written by create_tfrecords, whose test manifest
+  ``<dataset_dir>/manifests/test.csv`` is the listing.
+
+Each image's bytes are read (``FileSystems``: local, ``gs://``, ...), batched and run
+through the SavedModel's ``serving_default`` signature by Beam's ``RunInference`` with
+``model_handler.SavedModelHandler``. Output, under ``output_dir``::
+
+    predictions-SSSSS-of-NNNNN.jsonl   one JSON object per image:
+        {"uri", "label", "probability", "top_k": [{"label", "probability"}, ...],
+         "true_label" (when the listing gave a label)}
+    errors.jsonl                       one JSON object per input that got no prediction:
+        {"uri", "reason", "detail", "stage": "batch_predict"}; always written
+    stats.json                         {"rows", "errors", "errors_by_reason"}
+
+Each listing line gets one output line (a URI listed twice is predicted twice), in no
+particular order.
+
+Bad input is data, not a crash: a missing, unreadable or empty file, a malformed listing
+line and an image the model cannot decode are each counted (Beam counters) and written to
+``errors.jsonl`` with their reason, and no good image is lost with them. The run fails,
+after writing everything, only when the share of errors passes ``max_error_fraction``.
+
+On Dataflow, pass ``runner="DataflowRunner"`` and ``beam_args=["--project=...",
+"--region=...", "--temp_location=gs://...", "--sdk_container_image=<the batch_predict
+image>"]`` with ``gs://`` model, listing, images and output.
+"""
+
+import csv
+import json
+import logging
+import posixpath
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.runners.runner import PipelineState
+
+from components.batch_predict import model_handler
+from components.batch_predict.model_handler import STAGE, InferenceFailure
+from components.common import beam as beam_utils, io, labels as labels_lib, schema
+
+ERRORS = "errors"  # Tag of the error side outputs.
+PREDICTIONS_PREFIX = "predictions"
+PREDICTIONS_SUFFIX = ".jsonl"
+SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"
+ERRORS_FILE = "errors.jsonl"
+STATS_FILE = "stats.json"
+MODEL_LABELS = ("assets.extra", labels_lib.LABELS_FILE)
+
+MALFORMED_LINE = "malformed_line"
+MISSING_FILE = "missing_file"
+UNREADABLE_FILE = "unreadable_file"
+EMPTY_FILE = "empty_file"
+UNDECODABLE_IMAGE = model_handler.UNDECODABLE_IMAGE
+
+_HEADER_URI_NAMES = {"uri", "url", "image", "image_uri", "image_url", "path", "image_path"}
+_HEADER_URI_NAMES |= {"file", "filename", "gcs_uri", "gcs_path"}
+_HEADER_LABEL_NAMES = {"label", "labels", "class", "class_name", "label_name", "category"}
+_HEADER_LABEL_NAMES |= {"true_label"}
+_PROGRESS_EVERY = 1000
+
+_log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def error_record(uri: str, reason: str, detail: str) -> dict[str, str]:
+    """One line of ``errors.jsonl``."""
+    return {"uri": uri, "reason": reason, "detail": detail, "stage": STAGE}
+
+
+def _error(uri: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+    Metrics.counter(STAGE, "errors").inc()
+    Metrics.counter(STAGE, f"errors_{reason}").inc()
+    return beam.pvalue.TaggedOutput(ERRORS, error_record(uri, reason, detail))
+
+
+def prediction_record(
+    uri: str, probabilities: np.ndarray, labels: list[str], top_k: int, true_label: str = ""
+) -> dict[str, Any]:
+    """One line of the predictions: the top class, the ``top_k`` classes, the true label.
+
+    Args:
+        uri: The image's URI.
+        probabilities: The model's class probabilities, in label order.
+        labels: The model's labels.
+        top_k: How many classes to list (capped at the number of classes).
+        true_label: The label the listing gave, if any.
+
+    Returns:
+        ``{"uri", "label", "probability", "top_k": [{"label", "probability"}, ...]}``, plus
+        ``"true_label"`` when given; ``top_k`` is sorted by descending probability (ties
+        in label order).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.shape != (len(labels),):
+        raise ValueError(
+            f"the model gave {probabilities.shape} probabilities for {len(labels)} labels"
+        )
+    order = np.argsort(-probabilities, kind="stable")[: max(1, min(top_k, len(labels)))]
+    top = [{"label": labels[i], "probability": float(probabilities[i])} for i in order]
+    record: dict[str, Any] = {
+        "uri": uri,
+        "label": top[0]["label"],
+        "probability": top[0]["probability"],
+        "top_k": top,
+    }
+    if true_label:
+        record["true_label"] = true_label
+    return record
+
+
+# --------------------------------------------------------------------------- DoFns
+
+
+def _resolve(uri: str, listing: str) -> str:
+    if "://" in uri or uri.startswith("/"):
+        return uri
+    return io.join(posixpath.dirname(listing), uri)
+
+
+def _is_header(fields: list[str]) -> bool:
+    return fields[0].lower() in _HEADER_URI_NAMES and (
+        len(fields) == 1 or fields[1].lower() in _HEADER_LABEL_NAMES
+    )
+
+
+class ParseListingLine(beam.DoFn):
+    """``(listing file, line)`` to ``(uri, true label or "")``; bad lines go to ``errors``."""
+
+    def process(self, element: tuple[str, str]) -> Iterator[Any]:
+        listing, line = element
+        text = line.strip()
+        try:
+            fields = beam_utils.parse_csv_line(text)
+        except csv.Error as e:
+            yield _error(listing, MALFORMED_LINE, f"{e}: {text!r}")
+            return
+        if not fields:
+            return
+        if len(fields) > 2 or not fields[0]:
+            detail = f"expected 'uri' or 'uri,label', got {len(fields)} field(s): {text!r}"
+            yield _error(listing, MALFORMED_LINE, detail)
+            return
+        if _is_header(fields):
+            Metrics.counter(STAGE, "header_lines").inc()
+            return
+        Metrics.counter(STAGE, "images_listed").inc()
+        yield _resolve(fields[0], listing), fields[1] if len(fields) == 2 else ""
+
+
+def read_image_bytes(uri: str) -> bytes:
+    """Reads a file's bytes as they are (no decompression), local or remote.
+
+    Raises:
+        LookupError: ``(reason, detail)`` with reason ``missing_file``, ``unreadable_file``
+            or ``empty_file``.
+    """
+    try:
+        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read()
+    except Exception as e:
+        try:
+            missing = not FileSystems.exists(uri)
+        except Exception:
+            missing = False
+        if missing:
+            raise LookupError(MISSING_FILE, f"no such file: {uri}") from e
+        raise LookupError(UNREADABLE_FILE, f"cannot read {uri}: {type(e).__name__}: {e}") from e
+    if not data:
+        raise LookupError(EMPTY_FILE, f"the file is empty (0 bytes): {uri}")
+    return data
+
+
+class ReadImage(beam.DoFn):
+    """``(uri, true label)`` to ``((uri, true label), bytes)``; unreadable files to ``errors``."""
+
+    def setup(self) -> None:
+        self._read = Metrics.counter(STAGE, "images_read")
+        self._bytes = Metrics.counter(STAGE, "image_bytes")
+
+    def process(self, element: tuple[str, str]) -> Iterator[Any]:
+        uri, _ = element
+        try:
+            data = read_image_bytes(uri)
+        except LookupError as e:
+            reason, detail = e.args
+            yield _error(uri, reason, detail)
+            return
+        self._read.inc()
+        self._bytes.inc(len(data))
+        yield element, data
+
+
+class ToPredictionRecord(beam.DoFn):
+    """``((uri, true label), PredictionResult)`` to a prediction record, or to ``errors``."""
+
+    def __init__(self, labels: list[str], top_k: int):
+        self._labels = list(labels)
+        self._top_k = top_k
+
+    def setup(self) -> None:
+        self._predicted = Metrics.counter(STAGE, "predicted")
+        self._seen = 0
+
+    def process(self, element: tuple[tuple[str, str], PredictionResult]) -> Iterator[Any]:
+        (uri, true_label), result = element
+        if isinstance(result.inference, InferenceFailure):
+            yield _error(uri, result.inference.reason, result.inference.detail)
+            return
+        self._predicted.inc()
+        self._seen += 1
+        if self._seen % _PROGRESS_EVERY == 0:
+            _log.info("batch_predict: this worker has predicted %d images", self._seen)
+        yield prediction_record(uri, result.inference, self._labels, self._top_k, true_label)
+
+
+def _stats(counts: dict[str, int]) -> dict[str, Any]:
+    by_reason = {reason: n for reason, n in sorted(counts.items()) if reason != "predicted"}
+    return {
+        "rows": counts.get("predicted", 0),
+        "errors": sum(by_reason.values()),
+        "errors_by_reason": by_reason,
+    }
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _write_single_file(pcoll: beam.PCollection, path: str, step: str) -> None:
+    """Writes the lines of a PCollection to exactly ``path`` (written even when empty)."""
+    _ = pcoll | step >> beam.io.WriteToText(path, shard_name_template="")
+
+
+def predictions_pattern(output_dir: str) -> str:
+    """The glob matching the prediction shards under ``output_dir``."""
+    return io.join(output_dir, f"{PREDICTIONS_PREFIX}-*-of-*{PREDICTIONS_SUFFIX}")
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    model_dir: str,
+    output_dir: str,
+    listing: str,
+    labels: list[str],
+    *,
+    top_k: int = 3,
+    batch_size: int = 32,
+) -> None:
+    """Adds the stage's transforms to a Beam pipeline (``run`` builds and runs one).
+
+    Args:
+        pipeline: The pipeline to add to.
+        model_dir: The exported SavedModel directory.
+        output_dir: Where to write predictions, errors and stats.
+        listing: The file (or glob) listing the images: ``uri,label`` CSV or one URI a line.
+        labels: The model's labels, in class-index order.
+        top_k: Classes listed per image.
+        batch_size: Images per model call.
+    """
+    listed = (
+        pipeline
+        | "ReadListing" >> beam.io.ReadFromTextWithFilename(listing)
+        | "ParseListing" >> beam.ParDo(ParseListingLine()).with_outputs(ERRORS, main="ok")
+    )
+    # A fusion break: spreads the reads and inference of a listing over the workers.
+    images = (
+        listed.ok
+        | "Redistribute" >> beam.Reshuffle()
+        | "ReadImages" >> beam.ParDo(ReadImage()).with_outputs(ERRORS, main="ok")
+    )
+    handler = model_handler.keyed_handler(model_dir, batch_size, num_classes=len(labels))
+    formatted = (
+        images.ok
+        | "RunInference" >> RunInference(handler)
+        | "ToRecords"
+        >> beam.ParDo(ToPredictionRecord(labels, top_k)).with_outputs(ERRORS, main="ok")
+    )
+    predictions = formatted.ok
+    _ = (
+        predictions
+        | "PredictionLines" >> beam.Map(json.dumps)
+        | "WritePredictions"
+        >> beam.io.WriteToText(
+            io.join(output_dir, PREDICTIONS_PREFIX),
+            file_name_suffix=PREDICTIONS_SUFFIX,
+            shard_name_template=SHARD_NAME_TEMPLATE,
+        )
+    )
+    errors = (listed[ERRORS], images[ERRORS], formatted[ERRORS]) | "AllErrors" >> beam.Flatten()
+    _write_single_file(
+        errors | "ErrorLines" >> beam.Map(json.dumps, sort_keys=True),
+        io.join(output_dir, ERRORS_FILE),
+        "WriteErrors",
+    )
+    events = (
+        predictions | "PredictedEvents" >> beam.Map(lambda _: "predicted"),
+        errors | "ErrorEvents" >> beam.Map(lambda error: error["reason"]),
+    ) | "AllEvents" >> beam.Flatten()
+    _write_single_file(
+        events
+        | "CountEvents" >> beam.combiners.Count.PerElement()
+        | "ToDict" >> beam.combiners.ToDict()
+        | "Stats" >> beam.Map(lambda counts: json.dumps(_stats(counts), indent=2, sort_keys=True)),
+        io.join(output_dir, STATS_FILE),
+        "WriteStats",
+    )
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def resolve_listing(input_uris: str, dataset_dir: str) -> str:
+    """The file listing the images: ``input_uris``, or the dataset's test manifest.
+
+    Raises:
+        ValueError: unless exactly one of ``input_uris`` and ``dataset_dir`` is given.
+        FileNotFoundError: when the listing does not exist.
+    """
+    if bool(input_uris) == bool(dataset_dir):
+        raise ValueError(
+            "give exactly one input: input_uris (a file listing images: 'uri,label' CSV or "
+            "one URI per line) or dataset_dir (a create_tfrecords dataset directory, whose "
+            f"manifests/test.csv is used); got input_uris={input_uris!r}, "
+            f"dataset_dir={dataset_dir!r}"
+        )
+    listing = input_uris or schema.manifest_path(dataset_dir, "test")
+    if not FileSystems.match([listing])[0].metadata_list:
+        what = "input_uris" if input_uris else "the dataset's test manifest"
+        raise FileNotFoundError(f"no file matches {what}: {listing}")
+    return listing
+
+
+def model_labels(model_dir: str) -> list[str]:
+    """The labels an exported SavedModel carries (``assets.extra/labels.txt``)."""
+    return labels_lib.read_labels(io.join(model_dir, *MODEL_LABELS))
+
+
+def _remove_stale_shards(output_dir: str) -> None:
+    beam_utils.delete_matching([predictions_pattern(output_dir)])
+
+
+def _counters(result: Any) -> dict[str, int]:
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(STAGE))
+    except Exception as e:  # Some runners do not report metrics.
+        _log.info("batch_predict: no counters from the runner: %s", e)
+        return {}
+    counters: dict[str, int] = {}
+    for counter in query.get("counters", []):
+        value = counter.committed if counter.committed is not None else counter.attempted
+        name = counter.key.metric.name
+        counters[name] = counters.get(name, 0) + int(value or 0)
+    return dict(sorted(counters.items()))
+
+
+def _reasons(by_reason: dict[str, int]) -> str:
+    return ", ".join(f"{reason}={n}" for reason, n in sorted(by_reason.items()))
+
+
+def run(
+    model_dir: str,
+    output_dir: str,
+    input_uris: str = "",
+    dataset_dir: str = "",
+    top_k: int = 3,
+    batch_size: int = 32,
+    runner: str = "DirectRunner",
+    beam_args: list[str] | None = None,
+    max_error_fraction: float = 0.1,
+) -> dict[str, Any]:
+    """Runs batch prediction with an exported SavedModel and waits for it.
+
+    Args:
+        model_dir: The exported SavedModel directory (local path or ``gs://``), with its
+            labels in ``assets.extra/labels.txt``.
+        output_dir: Where to write ``predictions-SSSSS-of-NNNNN.jsonl``, ``errors.jsonl``
+            and ``stats.json`` (local path or ``gs://``); shards of an earlier run there
+            are replaced.
+        input_uris: A file listing the images (a ``uri,label`` CSV or one URI per line;
+            local or ``gs://``; a glob matches several). Exclusive with ``dataset_dir``.
+        dataset_dir: A create_tfrecords dataset directory: its ``manifests/test.csv`` is
+            the listing. Exclusive with ``input_uris``.
+        top_k: Classes listed per image, most probable first (capped at the class count).
+        batch_size: Images per model call.
+        runner: Beam runner, e.g. ``"DirectRunner"`` or ``"DataflowRunner"``. Beam's
+            DirectRunner first tries the Prism runner, whose binary it downloads from
+            GitHub, and falls back to the in-process ``"FnApiRunner"``; name that one
+            directly on a machine without internet access.
+        beam_args: Extra Beam pipeline arguments, e.g. ``["--project=p", "--region=r",
+            "--temp_location=gs://b/tmp"]`` for Dataflow.
+        max_error_fraction: Largest tolerated share of inputs without a prediction; above
+            it the run fails (after writing every output).
+
+    Returns:
+        ``rows`` (images predicted), ``errors`` (inputs without a prediction),
+        ``errors_by_reason``, ``predictions`` (glob of the prediction shards),
+        ``prediction_files`` (their paths), ``errors_path``, ``labels``, ``top_k``
+        (effective), ``input`` (the listing read) and ``counters`` (the stage's Beam
+        counters, when the runner reports them).
+
+    Raises:
+        ValueError: on invalid arguments, or an error share above ``max_error_fraction``.
+        FileNotFoundError: when the listing or the model's label file does not exist.
+    """
+    listing = resolve_listing(input_uris, dataset_dir)
+    if not model_dir:
+        raise ValueError("model_dir is required")
+    if not output_dir:
+        raise ValueError("output_dir is required")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= max_error_fraction <= 1:
+        raise ValueError(f"max_error_fraction must be in [0, 1], got {max_error_fraction}")
+    labels = model_labels(model_dir)
+
+    io.makedirs(output_dir)
+    _remove_stale_shards(output_dir)
+    _log.info("batch_predict: %s with %s -> %s (%s)", listing, model_dir, output_dir, runner)
+    pipeline = beam_utils.make_pipeline(runner, beam_args)
+    build_pipeline(
+        pipeline, model_dir, output_dir, listing, labels, top_k=top_k, batch_size=batch_size
+    )
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state not in (None, PipelineState.DONE):
+        raise RuntimeError(f"the batch_predict pipeline ended in state {state}")
+
+    stats = io.read_json(io.join(output_dir, STATS_FILE))
+    errors_path = io.join(output_dir, ERRORS_FILE)
+    summary = {
+        **stats,
+        "predictions": predictions_pattern(output_dir),
+        "prediction_files": io.glob(predictions_pattern(output_dir)),
+        "errors_path": errors_path,
+        "labels": labels,
+        "top_k": min(top_k, len(labels)),
+        "input": listing,
+        "counters": _counters(result),
+    }
+    rows, errors = stats["rows"], stats["errors"]
+    _log.info("batch_predict: %d prediction(s) in %s", rows, output_dir)
+    if errors:
+        _log.warning(
+            "batch_predict: %d input(s) got no prediction (%s); see %s",
+            errors,
+            _reasons(stats["errors_by_reason"]),
+            errors_path,
+        )
+    total = rows + errors
+    if total == 0:
+        _log.warning("batch_predict: the listing %s names no image", listing)
+    elif errors / total > max_error_fraction:
+        raise ValueError(
+            f"batch_predict got no prediction for {errors} of {total} inputs "
+            f"({errors / total:.1%}), more than max_error_fraction={max_error_fraction} "
+            f"allows: {_reasons(stats['errors_by_reason'])}. Each one and its reason is "
+            f"listed in {errors_path}"
+        )
+    return summary

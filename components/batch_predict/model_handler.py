@@ -1,0 +1,199 @@
+"""A Beam RunInference model handler over the suite's exported serving SavedModel.
+
+Beam's own ``apache_beam.ml.inference.tensorflow_inference`` imports ``tensorflow_hub``,
+which is not usable in this environment, and it feeds tensors, not encoded images. This
+handler speaks the SavedModel contract of ``components.export.saved_model``: a batch of
+encoded image bytes goes to the ``serving_default`` signature in one call, and each
+element gets its row of class probabilities back.
+
+Bad bytes are data, not a crash: TensorFlow rejects a whole batch when one image in it
+cannot be decoded (``tf.errors.InvalidArgumentError``). The handler then runs that
+batch's images one by one, so the good ones still get their predictions and each bad
+one comes back as an ``InferenceFailure`` (one extra pass over a batch at most).
+
+Beam loads the model once per worker process and shares it across the process's
+threads (``apache_beam.utils.shared``), since ``share_model_across_processes()`` is
+False here: the suite's classifiers are small enough for one copy per process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
+
+from components.export import saved_model
+
+STAGE = "batch_predict"
+UNDECODABLE_IMAGE = "undecodable_image"
+
+_log = logging.getLogger(__name__)
+
+
+class InferenceFailure(NamedTuple):
+    """The inference of an element the model could not run on (instead of probabilities)."""
+
+    reason: str
+    detail: str
+
+
+class LoadedModel:
+    """A loaded serving SavedModel: its ``serving_default`` signature and class count.
+
+    Holds the loaded object itself, not only the signature, so its variables live as long
+    as the signature is used.
+    """
+
+    def __init__(self, model_dir: str):
+        self._loaded = tf.saved_model.load(model_dir)
+        self.signature = self._loaded.signatures[saved_model.SIGNATURE]
+        self.input_name = saved_model.INPUT_NAME
+        self.num_classes = int(self.signature.structured_outputs["probabilities"].shape[-1])
+
+    def predict(self, images: Sequence[bytes]) -> np.ndarray:
+        """Class probabilities ``[len(images), classes]`` of a batch of encoded images.
+
+        Raises:
+            tf.errors.InvalidArgumentError: when an image in the batch cannot be decoded.
+        """
+        tensor = tf.constant(list(images), dtype=tf.string)
+        outputs = self.signature(**{self.input_name: tensor})
+        return outputs["probabilities"].numpy()
+
+
+def error_detail(error: Exception) -> str:
+    """The useful line of a TensorFlow error (its message without the graph node dump)."""
+    message = getattr(error, "message", None) or str(error)
+    lines = [
+        line.strip()
+        for line in message.splitlines()
+        if line.strip()
+        and not line.startswith(("Graph execution error", "Detected at node", "<stack", "\t"))
+        and not line.strip().startswith("[[")
+    ]
+    return lines[0] if lines else message.strip()
+
+
+class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
+    """RunInference handler: encoded image bytes in, ``PredictionResult`` out.
+
+    A result's ``inference`` is a float32 array of class probabilities, or an
+    ``InferenceFailure`` when the model could not decode that element's image.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        batch_size: int = 32,
+        min_batch_size: int | None = None,
+        num_classes: int | None = None,
+    ):
+        """Configures the handler.
+
+        Args:
+            model_dir: The exported SavedModel directory (local path or ``gs://``).
+            batch_size: Most images per signature call.
+            min_batch_size: Fewest images Beam batches before a call (the last batch of a
+                bundle may be smaller); defaults to ``batch_size``, i.e. fixed-size batches.
+            num_classes: When given, loading fails unless the model has this many classes
+                (e.g. the length of its label file).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        min_batch_size = batch_size if min_batch_size is None else min_batch_size
+        if not 1 <= min_batch_size <= batch_size:
+            raise ValueError(
+                f"min_batch_size must be in [1, batch_size={batch_size}], got {min_batch_size}"
+            )
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=batch_size)
+        self._model_dir = model_dir
+        self._num_classes = num_classes
+
+    def load_model(self) -> LoadedModel:
+        """Loads the SavedModel (once per worker process; Beam shares it across threads).
+
+        Raises:
+            ValueError: when the model's class count is not the expected ``num_classes``.
+        """
+        _log.info("batch_predict: loading the SavedModel %s", self._model_dir)
+        model = LoadedModel(self._model_dir)
+        if self._num_classes is not None and model.num_classes != self._num_classes:
+            raise ValueError(
+                f"the SavedModel {self._model_dir} outputs {model.num_classes} class "
+                f"probabilities but its label file lists {self._num_classes} labels"
+            )
+        return model
+
+    def run_inference(
+        self,
+        batch: Sequence[bytes],
+        model: LoadedModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        """Runs the signature once on the batch; image by image if an image is bad.
+
+        Args:
+            batch: Encoded images (JPEG, PNG, GIF, BMP, WebP).
+            model: The loaded model.
+            inference_args: Unused (the signature takes no extra arguments).
+
+        Returns:
+            One ``PredictionResult`` per element, in order.
+        """
+        try:
+            probabilities = model.predict(batch)
+            return [PredictionResult(e, p) for e, p in zip(batch, probabilities, strict=True)]
+        except tf.errors.InvalidArgumentError:
+            Metrics.counter(STAGE, "fallback_batches").inc()
+            Metrics.counter(STAGE, "fallback_images").inc(len(batch))
+        return list(self._one_by_one(batch, model))
+
+    @staticmethod
+    def _one_by_one(batch: Sequence[bytes], model: LoadedModel) -> Iterator[PredictionResult]:
+        for element in batch:
+            try:
+                yield PredictionResult(element, model.predict([element])[0])
+            except tf.errors.InvalidArgumentError as e:
+                yield PredictionResult(
+                    element, InferenceFailure(UNDECODABLE_IMAGE, error_detail(e))
+                )
+
+    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
+        """Rejects inference args: the serving signature takes none."""
+        if inference_args:
+            raise ValueError(f"the serving signature takes no inference_args: {inference_args}")
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        """Bytes of encoded images in a batch (for Beam's inference metrics)."""
+        return sum(len(element) for element in batch)
+
+    def get_metrics_namespace(self) -> str:
+        """Namespace of Beam's RunInference metrics (batch sizes, latencies)."""
+        return f"{STAGE}_RunInference"
+
+
+def keyed_handler(
+    model_dir: str,
+    batch_size: int = 32,
+    min_batch_size: int | None = None,
+    num_classes: int | None = None,
+) -> KeyedModelHandler:
+    """A ``SavedModelHandler`` over ``(key, image bytes)`` elements that keeps the keys.
+
+    Args:
+        model_dir: The exported SavedModel directory (local path or ``gs://``).
+        batch_size: Most images per signature call.
+        min_batch_size: Fewest images batched before a call; defaults to ``batch_size``.
+        num_classes: Expected class count, checked when the model is loaded.
+
+    Returns:
+        A handler for ``RunInference`` yielding ``(key, PredictionResult)``.
+    """
+    return KeyedModelHandler(
+        SavedModelHandler(model_dir, batch_size, min_batch_size, num_classes=num_classes)
+    )

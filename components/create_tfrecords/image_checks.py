@@ -1,0 +1,154 @@
+"""Checks one image with PIL and decides which bytes go into the TFRecord.
+
+An image is fully decoded (so truncated or corrupt data is caught here, not in training).
+An RGB JPEG no larger than the configured maximum side, stored upright, keeps its original
+bytes; anything else (PNG, GIF, greyscale, CMYK, palette, alpha, EXIF-rotated, too large)
+is converted to an upright RGB image, resized down and re-encoded as a JPEG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Reasons an input is rejected: short, machine-friendly, stable (they are data in
+# errors.jsonl and stats.json). The reading and parsing reasons live here too so every
+# reason the stage can give is in one place.
+MALFORMED_LINE = "malformed_line"
+UNKNOWN_LABEL = "unknown_label"
+CONFLICTING_LABELS = "conflicting_labels"
+MISSING_FILE = "missing_file"
+UNREADABLE_FILE = "unreadable_file"
+EMPTY_FILE = "empty_file"
+CORRUPT_IMAGE = "corrupt_image"
+IMAGE_TOO_LARGE = "image_too_large"
+UNSUPPORTED_IMAGE = "unsupported_image"
+
+JPEG_QUALITY = 95
+_EXIF_ORIENTATION = 0x0112
+_WHITE = (255, 255, 255)
+
+
+class ImageRejected(Exception):
+    """An input that cannot become a training record.
+
+    Attributes:
+        reason: One of this module's reason constants, e.g. ``"corrupt_image"``.
+        detail: Human-readable explanation.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedImage:
+    """What is stored for one image.
+
+    Attributes:
+        encoded: JPEG bytes: the original ones, or a re-encoding.
+        height: Height in pixels of the stored image.
+        width: Width in pixels of the stored image.
+        reencoded: Whether ``encoded`` is a re-encoding rather than the original bytes.
+        resized: Whether the image was scaled down to the maximum side.
+    """
+
+    encoded: bytes
+    height: int
+    width: int
+    reencoded: bool
+    resized: bool
+
+
+def _open_and_decode(data: bytes) -> Image.Image:
+    if not data:
+        raise ImageRejected(EMPTY_FILE, "the file holds zero bytes")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # Full decode: raises on truncated data (LOAD_TRUNCATED_IMAGES is off).
+    except Image.DecompressionBombError as e:
+        raise ImageRejected(IMAGE_TOO_LARGE, str(e)) from e
+    except UnidentifiedImageError as e:
+        raise ImageRejected(CORRUPT_IMAGE, "not an image PIL can identify") from e
+    except Exception as e:  # PIL plugins raise OSError, SyntaxError, ValueError, ...
+        raise ImageRejected(CORRUPT_IMAGE, f"cannot decode the image: {e}") from e
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Converts any PIL mode to RGB; transparent areas become white."""
+    if image.mode == "RGB":
+        return image
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16/32-bit greyscale: scale to 8 bits before PIL's clipping conversion.
+        image = image.convert("F")
+        lo, hi = image.getextrema()
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        image = image.point(lambda v: (v - lo) * scale).convert("L")
+    return image.convert("RGB")
+
+
+def _scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    scale = max_side / max(width, height)
+    if width >= height:
+        return max_side, max(1, round(height * scale))
+    return max(1, round(width * scale)), max_side
+
+
+def check_image(data: bytes, max_image_side: int = 1024) -> CheckedImage:
+    """Validates one encoded image and returns the JPEG to store.
+
+    Args:
+        data: The file's bytes.
+        max_image_side: Largest allowed long side in pixels; larger images are scaled down
+            so their long side is exactly this. 0 keeps every size.
+
+    Returns:
+        The bytes to store and the stored image's height and width.
+
+    Raises:
+        ImageRejected: when the data is empty, not an image, truncated or corrupt
+            (``reason`` says which).
+    """
+    image = _open_and_decode(data)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageRejected(CORRUPT_IMAGE, f"image has no pixels ({width}x{height})")
+    too_large = max_image_side > 0 and max(width, height) > max_image_side
+    try:
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # A broken EXIF block does not make the pixels unusable.
+        orientation = 1
+    if image.format == "JPEG" and image.mode == "RGB" and not too_large and orientation == 1:
+        return CheckedImage(data, height, width, reencoded=False, resized=False)
+
+    try:
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
+        if too_large:
+            image = image.resize(
+                _scaled_size(image.width, image.height, max_image_side),
+                Image.Resampling.LANCZOS,
+                reducing_gap=3.0,
+            )
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=JPEG_QUALITY)
+    except Exception as e:
+        raise ImageRejected(
+            UNSUPPORTED_IMAGE, f"cannot convert {image.mode} image to an RGB JPEG: {e}"
+        ) from e
+    return CheckedImage(
+        out.getvalue(), image.height, image.width, reencoded=True, resized=too_large
+    )
