@@ -123,3 +123,17 @@ def test_demo_settings_reach_the_promised_accuracy(tmp_path):
     assert summary["splits"]["test"] >= 20
     assert summary["test_metrics"]["accuracy"] >= 0.8, summary
     assert summary["deployed"] and summary["batch_predictions"]["rows"] == summary["splits"]["test"]
+
+
+def test_every_component_input_and_output_is_described():
+    """KFP and Vertex show these descriptions in their UIs (from Args: and Returns:)."""
+    from components.batch_predict.component import batch_predict
+    from components.create_tfrecords.component import create_tfrecords
+    from components.evaluate.component import evaluate
+    from components.export.component import export
+    from components.train.component import train
+
+    for component in (create_tfrecords, train, export, evaluate, batch_predict):
+        spec = component.component_spec
+        for name, io_spec in {**spec.inputs, **(spec.outputs or {})}.items():
+            assert io_spec.description, f"{spec.name}: {name} has no description"

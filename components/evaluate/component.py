@@ -23,15 +23,15 @@ def evaluate(
     Args:
         model: Serving SavedModel written by the export stage.
         dataset: TFRecord dataset written by create_tfrecords.
-        metrics: Output metrics: accuracy, loss, examples, and precision_<label>,
-            recall_<label>, f1_<label> for each class.
-        confusion_matrix: Output confusion matrix, rendered by the KFP and Vertex UIs.
         accuracy_threshold: The quality gate: deployment runs only when accuracy
             reaches it.
         split: Which dataset split to evaluate.
 
     Returns:
-        True when accuracy reaches accuracy_threshold.
+        metrics: accuracy, loss, examples, and precision_<label>, recall_<label>,
+            f1_<label> for each class.
+        confusion_matrix: The confusion matrix, rendered by the KFP and Vertex UIs.
+        Output: True when accuracy reaches accuracy_threshold (the deploy gate).
     """
     from components.evaluate.evaluation import evaluate as evaluate_model
 

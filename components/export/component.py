@@ -18,7 +18,10 @@ def export(model: Input[Model], exported_model: Output[Model]):
 
     Args:
         model: Model directory written by the train stage.
-        exported_model: Output SavedModel directory (saved_model.pb at its root).
+
+    Returns:
+        exported_model: The SavedModel directory (saved_model.pb at its root); its
+            metadata lists the labels, image size and signature.
     """
     from components.common.io import artifact_location
     from components.export.saved_model import export_saved_model

@@ -30,10 +30,6 @@ def train(
 
     Args:
         dataset: TFRecord dataset written by create_tfrecords.
-        model: Output model directory: model.keras, labels.txt, training_config.json,
-            TensorBoard logs under logs/.
-        metrics: Output metrics of the kept (best) epoch: accuracy, loss, val_accuracy,
-            val_loss, epochs_run, best_epoch.
         backbone: keras.applications backbone, e.g. EfficientNetB0, MobileNetV3Small.
         weights: "imagenet", "none" (random initialisation) or a path / gs:// URI of a
             no-top weights file for the backbone.
@@ -47,6 +43,12 @@ def train(
         backup_dir: Durable directory (e.g. gs://) for BackupAndRestore, so a preempted
             run resumes at its last completed epoch; empty keeps it in the model directory.
         seed: Random seed for initialisation and shuffling.
+
+    Returns:
+        model: The model directory: model.keras, labels.txt, training_config.json,
+            TensorBoard logs under logs/.
+        metrics: Metrics of the kept (best) epoch: accuracy, loss, val_accuracy,
+            val_loss, epochs_run, best_epoch.
     """
     from components.common.io import artifact_location
     from components.train.training import train as train_model
