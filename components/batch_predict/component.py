@@ -28,13 +28,6 @@ def batch_predict(
     Args:
         model: The exported serving SavedModel (the export stage's output), with its
             labels in ``assets.extra/labels.txt``.
-        predictions: Output directory: ``predictions-SSSSS-of-NNNNN.jsonl`` (one object
-            per image: ``uri``, ``label``, ``probability``, ``top_k`` and, when listed,
-            ``true_label``), ``errors.jsonl`` (``uri``, ``reason``, ``detail``, ``stage``)
-            and ``stats.json``. Its metadata holds ``rows``, ``errors``,
-            ``errors_by_reason``, ``predictions`` (glob of the shards),
-            ``prediction_files``, ``errors_path``, ``labels``, ``top_k``, ``input`` and
-            ``counters``.
         dataset: A create_tfrecords dataset: its test manifest (``manifests/test.csv``)
             lists the images. Used only when ``input_uris`` is empty.
         input_uris: A file listing the images to predict (a ``uri,label`` CSV or one URI
@@ -45,6 +38,15 @@ def batch_predict(
         beam_args: Extra Beam pipeline arguments, e.g. ``["--project=p", "--region=r",
             "--temp_location=gs://b/tmp", "--sdk_container_image=<this stage's image>"]``.
         max_error_fraction: Largest tolerated share of inputs without a prediction.
+
+    Returns:
+        predictions: The output directory: ``predictions-SSSSS-of-NNNNN.jsonl`` (one object
+            per image: ``uri``, ``label``, ``probability``, ``top_k`` and, when listed,
+            ``true_label``), ``errors.jsonl`` (``uri``, ``reason``, ``detail``, ``stage``)
+            and ``stats.json``. Its metadata holds ``rows``, ``errors``,
+            ``errors_by_reason``, ``predictions`` (glob of the shards),
+            ``prediction_files``, ``errors_path``, ``labels``, ``top_k``, ``input`` and
+            ``counters``.
     """
     from components.batch_predict.beam_pipeline import run
     from components.common.io import artifact_location

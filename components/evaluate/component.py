@@ -33,9 +33,12 @@ def evaluate(
         confusion_matrix: The confusion matrix, rendered by the KFP and Vertex UIs.
         Output: True when accuracy reaches accuracy_threshold (the deploy gate).
     """
+    from components.common.io import artifact_location
     from components.evaluate.evaluation import evaluate as evaluate_model
 
-    report = evaluate_model(model.path, dataset.path, split, accuracy_threshold)
+    report = evaluate_model(
+        artifact_location(model), artifact_location(dataset), split, accuracy_threshold
+    )
     for name in ("accuracy", "loss", "examples"):
         metrics.log_metric(name, report[name])
     for label, scores in report["per_class"].items():

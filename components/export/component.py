@@ -27,5 +27,5 @@ def export(model: Input[Model], exported_model: Output[Model]):
     from components.export.saved_model import export_saved_model
 
     exported_model.metadata.update(
-        export_saved_model(model.path, artifact_location(exported_model))
+        export_saved_model(artifact_location(model), artifact_location(exported_model))
     )

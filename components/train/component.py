@@ -54,7 +54,7 @@ def train(
     from components.train.training import train as train_model
 
     result = train_model(
-        dataset_dir=dataset.path,
+        dataset_dir=artifact_location(dataset),
         model_dir=artifact_location(model),
         backbone=backbone,
         weights=weights,
