@@ -54,7 +54,7 @@ compile: setup ## Compile the pipeline to build/pipeline-$(TARGET).yaml (TARGET=
 	$(PY) -m pipelines.compile --target $(TARGET) --output build/pipeline-$(TARGET).yaml
 
 lock: ## Re-resolve requirements.lock from pyproject.toml
-	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
+	$(UV) pip compile pyproject.toml --extra all --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 -o requirements.lock
 
 clean: ## Remove generated data, runs and build outputs (keeps .venv)
