@@ -102,6 +102,11 @@ def shard_files(dataset_dir: str, split: str) -> list[str]:
     return files
 
 
+def split_size(dataset_dir: str, split: str) -> int:
+    """How many images a split holds, from the dataset's ``stats.json``."""
+    return int(io.read_json(io.join(dataset_dir, STATS_FILE))["splits"][split])
+
+
 def manifest_path(dataset_dir: str, split: str) -> str:
     """CSV (``uri,label``) of the images kept in one split."""
     return io.join(dataset_dir, "manifests", f"{split}.csv")

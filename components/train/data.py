@@ -50,6 +50,9 @@ def make_dataset(
     )
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
+    # The split's size is known: declaring it gives Keras its steps per epoch (progress
+    # bars, no "ran out of data" warning at the end of the first epoch).
+    ds = ds.apply(tf.data.experimental.assert_cardinality(schema.split_size(dataset_dir, split)))
     ds = ds.map(lambda s: _parse(s, image_size), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=False)
     if training:

@@ -115,7 +115,12 @@ def train(
 
     start = time.monotonic()
     history = model.fit(
-        train_ds, validation_data=valid_ds, epochs=epochs, callbacks=callbacks, verbose=2
+        train_ds,
+        validation_data=valid_ds,
+        epochs=epochs,
+        callbacks=callbacks,
+        shuffle=False,  # train_ds shuffles itself; Keras cannot shuffle a tf.data.Dataset
+        verbose=2,
     )
     seconds = time.monotonic() - start
     model.load_weights(best_weights)
