@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup sample-data demo serve query test lint compile lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,12 +46,27 @@ query: ## Ask the running server (make serve) to classify one sample image
 test: setup ## Run the tests (unit, kfp-local components, whole pipeline, compiled YAML)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: setup ## ruff on the Python code
+lint: setup ## ruff on the Python code, hadolint on the stage Dockerfiles
 	$(VENV)/bin/ruff check components pipelines tests bench
 	$(VENV)/bin/ruff format --check components pipelines tests bench
+	$(VENV)/bin/hadolint --config .hadolint.yaml containers/*/Dockerfile
 
 compile: setup ## Compile the pipeline to build/pipeline-$(TARGET).yaml (TARGET=kfp|vertex)
 	$(PY) -m pipelines.compile --target $(TARGET) --output build/pipeline-$(TARGET).yaml
+
+# Cloud runs (pipelines/submit.py): the target is compiled into build/ first, against the
+# images IMAGE_REGISTRY and IMAGE_TAG name. PARAMS: a YAML or JSON file of pipeline
+# parameters (see pipelines/params.example.yaml).
+EXPERIMENT ?= image-classification
+.PHONY: submit submit-vertex
+
+submit: setup ## Run the pipeline on Kubeflow Pipelines: KFPHOST=url [PARAMS=file] [EXPERIMENT=name]
+	$(PY) -m pipelines.submit kfp --host "$(KFPHOST)" --experiment "$(EXPERIMENT)" \
+		$(if $(PARAMS),--params "$(PARAMS)")
+
+submit-vertex: setup ## Run it on Vertex AI: PROJECT= REGION= BUCKET= [PARAMS=file] [SERVICE_ACCOUNT=email]
+	$(PY) -m pipelines.submit vertex --project "$(PROJECT)" --region "$(REGION)" --bucket "$(BUCKET)" \
+		$(if $(PARAMS),--params "$(PARAMS)") $(if $(SERVICE_ACCOUNT),--service-account "$(SERVICE_ACCOUNT)")
 
 lock: ## Re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra all --extra dev --python-version 3.11 \

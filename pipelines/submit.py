@@ -1,0 +1,589 @@
+"""Submits the compiled pipeline to a Kubeflow Pipelines host or to Vertex AI Pipelines.
+
+Usage::
+
+    python -m pipelines.submit kfp --host https://<kfp-host> [--params params.yaml]
+    python -m pipelines.submit vertex --project <project> --region us-central1 \\
+        --bucket <bucket> [--params params.yaml] [--service-account <sa-email>]
+
+Without ``--pipeline-file`` the pipeline is compiled for the target first, into
+``build/pipeline-<target>.yaml``, against the stage images that ``IMAGE_REGISTRY`` and
+``IMAGE_TAG`` name (see components.images).
+
+Everything that can be checked is checked before anything is sent: the host URL and that
+it answers, Google Cloud credentials, project, region and bucket, and the parameters (a
+YAML or JSON mapping) against the names and types the compiled pipeline declares. A
+failed check raises ``SubmitError`` with a one-line message; the command line prints it
+and exits with status 2. ``submit_kfp`` and ``submit_vertex`` are plain functions for
+notebooks; they return a ``Submitted`` whose ``handle`` is the KFP run result or the
+Vertex ``PipelineJob`` (to wait on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+DEFAULT_EXPERIMENT = "image-classification"
+BUILD_DIR = "build"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+_TYPE_NAMES = {
+    "STRING": "a string",
+    "NUMBER_INTEGER": "an integer",
+    "NUMBER_DOUBLE": "a number",
+    "BOOLEAN": "true or false",
+    "LIST": "a list",
+    "STRUCT": "a mapping",
+}
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_PROJECT_RE = re.compile(r"^([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_REGION_RE = re.compile(r"^[a-z]+(-[a-z]+)+[0-9]+$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
+
+
+class SubmitError(Exception):
+    """A problem found before anything was sent; the message is one line."""
+
+
+@dataclass
+class Submitted:
+    """What a submission returns: the run or job id, its UI URL, and the client's handle."""
+
+    run_id: str
+    url: str
+    pipeline_file: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    handle: Any = None
+
+
+# --- pure checks -------------------------------------------------------------------------
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def load_params(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads pipeline parameters from a YAML or JSON file holding a mapping."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise SubmitError(f"params file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        raise SubmitError(f"params file {path} is not valid {kind}: {_one_line(e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SubmitError(
+            f"params file {path} must hold a mapping of parameter names to values, "
+            f"not a {type(data).__name__}"
+        )
+    return data
+
+
+def load_pipeline_spec(pipeline_file: str | os.PathLike) -> dict[str, Any]:
+    """Reads a compiled pipeline (the first YAML document: the pipeline spec)."""
+    pipeline_file = os.fspath(pipeline_file)
+    if not os.path.isfile(pipeline_file):
+        raise SubmitError(f"pipeline file not found: {pipeline_file}")
+    try:
+        with open(pipeline_file, encoding="utf-8") as f:
+            # A pipeline using platform config (kfp-kubernetes) is two documents.
+            spec = next(iter(yaml.safe_load_all(f)), None)
+    except yaml.YAMLError as e:
+        raise SubmitError(f"pipeline file {pipeline_file} is not YAML: {_one_line(e)}") from None
+    if not isinstance(spec, dict) or "root" not in spec or "pipelineInfo" not in spec:
+        raise SubmitError(
+            f"{pipeline_file} is not a compiled KFP v2 pipeline (no root/pipelineInfo)"
+        )
+    return spec
+
+
+def pipeline_parameters(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The pipeline's parameters (``root.inputDefinitions.parameters``): name -> definition."""
+    return dict((spec.get("root", {}).get("inputDefinitions") or {}).get("parameters") or {})
+
+
+def _check_type(value: Any, parameter_type: str) -> tuple[bool, Any]:
+    """Whether ``value`` fits ``parameter_type``, and the value to send."""
+    if parameter_type == "STRING":
+        return isinstance(value, str), value
+    if parameter_type == "NUMBER_INTEGER":
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return isinstance(value, int), value
+    if parameter_type == "NUMBER_DOUBLE":
+        return isinstance(value, int | float) and not isinstance(value, bool), value
+    if parameter_type == "BOOLEAN":
+        return isinstance(value, bool), value
+    if parameter_type == "LIST":
+        return isinstance(value, list), value
+    if parameter_type == "STRUCT":
+        return isinstance(value, dict), value
+    return True, value  # a type this check does not know: leave it to the server
+
+
+def validate_params(
+    params: Mapping[str, Any], parameters: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Checks parameter values against the pipeline's declared parameters.
+
+    Args:
+        params: Parameter values by name.
+        parameters: The pipeline's parameter definitions (see ``pipeline_parameters``).
+
+    Returns:
+        The values to send (integral floats given for integer parameters become ints).
+
+    Raises:
+        SubmitError: For a non-mapping, an unknown name (the message lists the valid
+            ones), a value of the wrong type, or a required parameter left out.
+    """
+    if not isinstance(params, Mapping):
+        raise SubmitError(
+            f"pipeline parameters must be a mapping of names to values, not a {type(params).__name__}"
+        )
+    valid = sorted(parameters)
+    unknown = sorted(str(name) for name in params if name not in parameters)
+    if unknown:
+        raise SubmitError(
+            f"unknown pipeline parameter(s): {', '.join(unknown)}; "
+            f"the pipeline's parameters are: {', '.join(valid)}"
+        )
+    errors, values = [], {}
+    for name, value in params.items():
+        parameter_type = parameters[name].get("parameterType", "STRING")
+        ok, values[name] = _check_type(value, parameter_type)
+        if not ok:
+            errors.append(
+                f"{name} must be {_TYPE_NAMES.get(parameter_type, parameter_type)} "
+                f"({parameter_type}), got {type(value).__name__} {value!r}"
+            )
+    missing = [
+        name
+        for name, definition in parameters.items()
+        if name not in params
+        and not definition.get("isOptional")
+        and "defaultValue" not in definition
+    ]
+    if missing:
+        errors.append(f"missing required parameter(s): {', '.join(sorted(missing))}")
+    if errors:
+        raise SubmitError("; ".join(errors))
+    return values
+
+
+def local_images(spec: Mapping[str, Any]) -> list[str]:
+    """Executor images of the pipeline that no cluster can pull (``localhost/...``)."""
+    executors = (spec.get("deploymentSpec") or {}).get("executors") or {}
+    images = {(executor.get("container") or {}).get("image", "") for executor in executors.values()}
+    return sorted(image for image in images if image.startswith("localhost/"))
+
+
+def _check_images(spec: Mapping[str, Any], pipeline_file: str) -> None:
+    images = local_images(spec)
+    if images:
+        more = f" and {len(images) - 1} more" if len(images) > 1 else ""
+        raise SubmitError(
+            f"{pipeline_file} uses local images no cluster can pull ({images[0]}{more}): "
+            "set IMAGE_REGISTRY and IMAGE_TAG to the pushed stage images (Cloud Build tags "
+            "them with the commit SHA) and compile again, or pass --allow-local-images"
+        )
+
+
+def check_host_url(host: str | None) -> str:
+    """The KFP host (argument, else ``KFPHOST``) as an http(s) URL without a trailing slash."""
+    host = (host or os.environ.get("KFPHOST") or "").strip()
+    if not host:
+        raise SubmitError(
+            "no KFP host: pass --host or set KFPHOST "
+            "(e.g. https://<id>.pipelines.googleusercontent.com or http://localhost:8080)"
+        )
+    parts = urllib.parse.urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SubmitError(
+            f"KFP host must be an http:// or https:// URL (e.g. http://localhost:8080), got {host!r}"
+        )
+    return host.rstrip("/")
+
+
+def check_kfp_host(host: str, timeout: float = 5.0) -> None:
+    """Pre-flight: the host answers ``GET <host>/apis/v2beta1/healthz``.
+
+    Any HTTP answer counts (an auth proxy may answer 302/401/403); no answer raises.
+    Environment proxies are ignored, as kfp.Client ignores them.
+    """
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{host}/apis/v2beta1/healthz", timeout=timeout):
+            return
+    except urllib.error.HTTPError as answer:
+        answer.close()
+        return
+    except urllib.error.URLError as e:
+        reason = e.reason
+    except (OSError, http.client.HTTPException) as e:
+        reason = e
+    raise SubmitError(f"cannot reach KFP host {host}: {_one_line(reason) or type(reason).__name__}")
+
+
+def check_gcp_credentials() -> Any:
+    """Google Cloud application-default credentials, or a clear ``SubmitError``."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+    except DefaultCredentialsError as e:
+        raise SubmitError(
+            "no Google Cloud credentials found: run `gcloud auth application-default login`, "
+            "or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file "
+            f"({_one_line(e)})"
+        ) from None
+    return credentials
+
+
+def bucket_name(bucket: str) -> str:
+    """The bucket name from ``my-bucket`` or ``gs://my-bucket``."""
+    name = bucket.strip().removeprefix("gs://").rstrip("/")
+    if "/" in name:
+        raise SubmitError(
+            f"--bucket takes a bucket name, got {bucket!r}; pass a folder as --pipeline-root gs://..."
+        )
+    if not _BUCKET_RE.match(name) or ".." in name:
+        raise SubmitError(
+            f"invalid bucket name {bucket!r}: 3-222 lowercase letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit (e.g. my-bucket or gs://my-bucket)"
+        )
+    return name
+
+
+def parse_labels(labels: str | Mapping[str, str] | None) -> dict[str, str]:
+    """Vertex labels from ``key=value,key2=value2`` (or a mapping), checked."""
+    if not labels:
+        return {}
+    if isinstance(labels, str):
+        pairs = {}
+        for item in filter(None, (part.strip() for part in labels.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SubmitError(f"labels are key=value pairs separated by commas, got {item!r}")
+            pairs[key.strip()] = value.strip()
+        labels = pairs
+    for key, value in labels.items():
+        if not _LABEL_KEY_RE.match(str(key)) or not _LABEL_VALUE_RE.match(str(value)):
+            raise SubmitError(
+                f"invalid label {key}={value}: keys start with a lowercase letter; keys and "
+                "values use lowercase letters, digits, '_' and '-' (at most 63 characters)"
+            )
+    return dict(labels)
+
+
+def vertex_run_url(region: str, job_id: str, project: str) -> str:
+    return (
+        f"https://console.cloud.google.com/vertex-ai/locations/{region}"
+        f"/pipelines/runs/{job_id}?project={project}"
+    )
+
+
+# --- submission --------------------------------------------------------------------------
+
+
+def _resolve_params(params: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if isinstance(params, str | os.PathLike):
+        return load_params(params)
+    if not isinstance(params, Mapping):
+        raise SubmitError(
+            f"pipeline parameters must be a mapping or a file path, not a {type(params).__name__}"
+        )
+    return dict(params)
+
+
+def _pipeline_file(target: str, pipeline_file: str | os.PathLike | None) -> str:
+    if pipeline_file is not None:
+        return os.fspath(pipeline_file)
+    from pipelines.compile import compile_pipeline
+
+    return compile_pipeline(target, os.path.join(BUILD_DIR, f"pipeline-{target}.yaml"))
+
+
+def _timestamp() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def submit_kfp(
+    host: str | None = None,
+    *,
+    pipeline_file: str | os.PathLike | None = None,
+    params: Mapping[str, Any] | str | os.PathLike | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    namespace: str | None = None,
+    enable_caching: bool | None = None,
+    pipeline_root: str | None = None,
+    allow_local_images: bool = False,
+    timeout: float = 5.0,
+    client_factory: Callable[..., Any] | None = None,
+    preflight: Callable[[str, float], None] | None = check_kfp_host,
+) -> Submitted:
+    """Submits the pipeline as a run on a Kubeflow Pipelines host.
+
+    Args:
+        host: KFP API endpoint (default: the ``KFPHOST`` environment variable).
+        pipeline_file: Compiled YAML (default: compile the kfp target into build/).
+        params: Parameter values, or a YAML/JSON file of them.
+        experiment: Experiment the run belongs to (created if missing).
+        run_name: Run name (default: the pipeline name and a timestamp).
+        namespace: Kubernetes namespace of a multi-user deployment.
+        enable_caching: True/False override every task's cache setting; None keeps the
+            compiled ones (deploy never caches).
+        pipeline_root: Where the run's artifacts go (default: the host's).
+        allow_local_images: Submit even if the pipeline names ``localhost/`` images.
+        timeout: Seconds the reachability pre-flight waits.
+        client_factory: Makes the client (default ``kfp.Client``).
+        preflight: Reachability check of the host (None skips it).
+
+    Returns:
+        The run's id and UI URL (``<host>/#/runs/details/<run id>``).
+    """
+    host = check_host_url(host)
+    values = _resolve_params(params)
+    pipeline_file = _pipeline_file("kfp", pipeline_file)
+    spec = load_pipeline_spec(pipeline_file)
+    arguments = validate_params(values, pipeline_parameters(spec))
+    if not allow_local_images:
+        _check_images(spec, pipeline_file)
+    run_name = run_name or f"{spec['pipelineInfo']['name']}-{_timestamp()}"
+    if preflight is not None:
+        preflight(host, timeout)
+
+    if client_factory is None:
+        from kfp import Client as client_factory
+    client = client_factory(host=host, **({"namespace": namespace} if namespace else {}))
+    result = client.create_run_from_pipeline_package(
+        pipeline_file=pipeline_file,
+        arguments=arguments,
+        run_name=run_name,
+        experiment_name=experiment,
+        namespace=namespace,
+        enable_caching=enable_caching,
+        pipeline_root=pipeline_root,
+    )
+    url = f"{host}/#/runs/details/{result.run_id}"
+    print(f"Submitted run {run_name} to {host}: {url}")
+    return Submitted(result.run_id, url, pipeline_file, arguments, result)
+
+
+def submit_vertex(
+    project: str | None = None,
+    region: str | None = None,
+    bucket: str | None = None,
+    *,
+    pipeline_root: str | None = None,
+    service_account: str | None = None,
+    params: Mapping[str, Any] | str | os.PathLike | None = None,
+    pipeline_file: str | os.PathLike | None = None,
+    enable_caching: bool | None = None,
+    display_name: str | None = None,
+    labels: str | Mapping[str, str] | None = None,
+    allow_local_images: bool = False,
+    job_factory: Callable[..., Any] | None = None,
+    credentials_check: Callable[[], Any] | None = check_gcp_credentials,
+) -> Submitted:
+    """Submits the pipeline as a Vertex AI PipelineJob.
+
+    Args:
+        project: Google Cloud project id.
+        region: Vertex AI region, e.g. us-central1.
+        bucket: Bucket for the pipeline root ``gs://<bucket>/pipeline_root``.
+        pipeline_root: A gs:// pipeline root instead of the bucket's.
+        service_account: Service account the job runs as (default: Vertex's).
+        params: Parameter values, or a YAML/JSON file of them.
+        pipeline_file: Compiled YAML (default: compile the vertex target into build/).
+        enable_caching: True/False override every task's cache setting; None keeps the
+            compiled ones.
+        display_name: The job's display name (default: the pipeline name).
+        labels: Job labels, ``key=value,...`` or a mapping.
+        allow_local_images: Submit even if the pipeline names ``localhost/`` images.
+        job_factory: Makes the job (default ``google.cloud.aiplatform.PipelineJob``).
+        credentials_check: Returns credentials or raises SubmitError (None skips it and
+            leaves credentials to the Vertex SDK).
+
+    Returns:
+        The job's id and its Google Cloud console URL.
+    """
+    project, region = (project or "").strip(), (region or "").strip()
+    missing = [
+        flag
+        for flag, value in (
+            ("--project", project),
+            ("--region", region),
+            ("--bucket (or --pipeline-root)", bucket or pipeline_root),
+        )
+        if not value
+    ]
+    if missing:
+        raise SubmitError(f"missing {', '.join(missing)} for a Vertex AI submission")
+    if not _PROJECT_RE.match(project):
+        raise SubmitError(f"invalid project id {project!r}")
+    if not _REGION_RE.match(region):
+        raise SubmitError(f"invalid region {region!r} (e.g. us-central1, europe-west4)")
+    if pipeline_root:
+        if not pipeline_root.startswith("gs://"):
+            raise SubmitError(f"--pipeline-root must be a gs:// URI, got {pipeline_root!r}")
+        bucket_name(pipeline_root.removeprefix("gs://").split("/")[0])
+    else:
+        pipeline_root = f"gs://{bucket_name(bucket)}/pipeline_root"
+    if service_account and not _EMAIL_RE.match(service_account):
+        raise SubmitError(
+            f"--service-account takes a service account email, got {service_account!r}"
+        )
+    label_values = parse_labels(labels)
+    values = _resolve_params(params)
+    pipeline_file = _pipeline_file("vertex", pipeline_file)
+    spec = load_pipeline_spec(pipeline_file)
+    parameter_values = validate_params(values, pipeline_parameters(spec))
+    if not allow_local_images:
+        _check_images(spec, pipeline_file)
+    credentials = credentials_check() if credentials_check is not None else None
+
+    if job_factory is None:
+        from google.cloud.aiplatform import PipelineJob as job_factory
+    job = job_factory(
+        display_name=display_name or spec["pipelineInfo"]["name"],
+        template_path=pipeline_file,
+        pipeline_root=pipeline_root,
+        parameter_values=parameter_values,
+        enable_caching=enable_caching,
+        labels=label_values or None,
+        credentials=credentials,
+        project=project,
+        location=region,
+    )
+    job.submit(service_account=service_account)
+    url = vertex_run_url(region, job.job_id, project)
+    print(f"Submitted Vertex AI pipeline job {job.job_id}: {url}")
+    return Submitted(job.job_id, url, pipeline_file, parameter_values, job)
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _add_common(p: argparse.ArgumentParser, target: str) -> None:
+    p.add_argument(
+        "--pipeline-file",
+        help=f"compiled pipeline YAML (default: compile the {target} target into "
+        f"{BUILD_DIR}/pipeline-{target}.yaml)",
+    )
+    p.add_argument("--params", metavar="FILE", help="YAML or JSON mapping of pipeline parameters")
+    caching = p.add_mutually_exclusive_group()
+    caching.add_argument(
+        "--enable-caching",
+        dest="enable_caching",
+        action="store_const",
+        const=True,
+        help="cache every task (overrides the compiled settings, deploy's included)",
+    )
+    caching.add_argument(
+        "--no-cache",
+        dest="enable_caching",
+        action="store_const",
+        const=False,
+        help="run every task afresh",
+    )
+    p.add_argument(
+        "--allow-local-images",
+        action="store_true",
+        help="submit even if the pipeline names localhost/ images (e.g. a kind cluster)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.submit", description=__doc__.split("\n")[0]
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    k = sub.add_parser("kfp", help="submit a run to a Kubeflow Pipelines host")
+    k.add_argument("--host", help="KFP API endpoint (default: $KFPHOST)")
+    _add_common(k, "kfp")
+    k.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    k.add_argument("--run-name", help="default: the pipeline name and a timestamp")
+    k.add_argument("--namespace", help="namespace of a multi-user deployment")
+    k.add_argument("--pipeline-root", help="where the run writes artifacts (default: the host's)")
+    k.add_argument("--timeout", type=float, default=5.0, help="pre-flight timeout, seconds")
+
+    v = sub.add_parser("vertex", help="submit a Vertex AI PipelineJob")
+    v.add_argument("--project", help="Google Cloud project id")
+    v.add_argument("--region", help="Vertex AI region, e.g. us-central1")
+    v.add_argument("--bucket", help="bucket of the pipeline root gs://<bucket>/pipeline_root")
+    v.add_argument("--pipeline-root", help="gs:// pipeline root (instead of --bucket's)")
+    v.add_argument("--service-account", help="service account email the job runs as")
+    _add_common(v, "vertex")
+    v.add_argument("--display-name", help="default: the pipeline name")
+    v.add_argument("--labels", help="job labels: key=value,key2=value2")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "kfp":
+            submit_kfp(
+                args.host,
+                pipeline_file=args.pipeline_file,
+                params=args.params,
+                experiment=args.experiment,
+                run_name=args.run_name,
+                namespace=args.namespace,
+                enable_caching=args.enable_caching,
+                pipeline_root=args.pipeline_root,
+                allow_local_images=args.allow_local_images,
+                timeout=args.timeout,
+            )
+        else:
+            submit_vertex(
+                args.project,
+                args.region,
+                args.bucket,
+                pipeline_root=args.pipeline_root,
+                service_account=args.service_account,
+                params=args.params,
+                pipeline_file=args.pipeline_file,
+                enable_caching=args.enable_caching,
+                display_name=args.display_name,
+                labels=args.labels,
+                allow_local_images=args.allow_local_images,
+            )
+    except SubmitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
