@@ -2,33 +2,46 @@
 
 Usage::
 
-    python -m pipelines.compile --target kfp --output build/pipeline-kfp.yaml
+    python -m pipelines.compile --target kfp --output build/pipeline-kfp.yaml \\
+        [--gpu-type nvidia-l4 --gpu-count 1 --train-cpu 6 --train-memory 24Gi ...]
     python -m pipelines.compile --target vertex --output build/pipeline-vertex.yaml
 
 Stage images follow ``IMAGE_REGISTRY`` and ``IMAGE_TAG`` (see components.images), or
-the ``--registry`` and ``--tag`` flags.
+the ``--registry`` and ``--tag`` flags; they are read when the pipeline is built, so
+one process can compile several targets or registries.
+
+The kfp target's GPU and CPU/memory settings are Kubernetes resource fields, fixed in
+the YAML, hence flags here. The vertex target's train machine (machine type,
+accelerator type and count) and its project and location are pipeline parameters,
+set per run.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import os
+
+from kfp import compiler
+
+from pipelines.pipeline import GkeResources, build_pipeline
 
 TARGETS = ("kfp", "vertex")
 
 
-def compile_pipeline(target: str, output: str) -> str:
-    """Compiles the pipeline for ``target`` to ``output`` (YAML) and returns the path."""
+def compile_pipeline(
+    target: str, output: str, gke: GkeResources | None = None, replica_count: int = 1
+) -> str:
+    """Compiles the pipeline for ``target`` to ``output`` (YAML) and returns the path.
+
+    Stage images are those ``IMAGE_REGISTRY``/``IMAGE_TAG`` name at the time of the call.
+    """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-    from kfp import compiler
-
-    # Imported here so image configuration set by main() applies to the components.
-    pipeline = importlib.import_module("pipelines.pipeline")
+    pipeline = build_pipeline(target, gke=gke or GkeResources(), replica_count=replica_count)
     if os.path.dirname(output):
         os.makedirs(os.path.dirname(output), exist_ok=True)
-    compiler.Compiler().compile(pipeline.image_classification_pipeline, package_path=output)
+    compiler.Compiler().compile(pipeline, package_path=output)
     return output
 
 
@@ -40,12 +53,48 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", required=True, help="YAML file to write")
     p.add_argument("--registry", help="image registry (overrides IMAGE_REGISTRY)")
     p.add_argument("--tag", help="image tag (overrides IMAGE_TAG)")
+    defaults = GkeResources()
+    gke = p.add_argument_group("kfp target (Kubernetes resources, fixed in the YAML)")
+    gke.add_argument(
+        "--gpu-type",
+        default=defaults.gpu_type,
+        help="GKE accelerator node label of train's node pool, e.g. nvidia-l4, "
+        "nvidia-tesla-t4 (default: %(default)s)",
+    )
+    gke.add_argument(
+        "--gpu-count",
+        type=int,
+        default=defaults.gpu_count,
+        help="GPUs for train; 0 trains on CPU (default: %(default)s)",
+    )
+    for flag, what in (
+        ("train-cpu", "train's CPU"),
+        ("train-memory", "train's memory"),
+        ("beam-cpu", "CPU of create_tfrecords and batch_predict"),
+        ("beam-memory", "memory of create_tfrecords and batch_predict"),
+    ):
+        gke.add_argument(
+            f"--{flag}",
+            default=getattr(defaults, flag.replace("-", "_")),
+            help=f"{what}: request and limit (default: %(default)s)",
+        )
+    vertex = p.add_argument_group("vertex target")
+    vertex.add_argument(
+        "--replica-count",
+        type=int,
+        default=1,
+        help="machines of the train custom job (default: %(default)s); more than one "
+        "needs multi-worker training support in the train stage",
+    )
     args = p.parse_args(argv)
     if args.registry:
         os.environ["IMAGE_REGISTRY"] = args.registry
     if args.tag:
         os.environ["IMAGE_TAG"] = args.tag
-    print(compile_pipeline(args.target, args.output))
+    resources = GkeResources(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(GkeResources)}
+    )
+    print(compile_pipeline(args.target, args.output, resources, args.replica_count))
 
 
 if __name__ == "__main__":

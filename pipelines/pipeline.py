@@ -6,120 +6,325 @@
 Deploy and batch prediction run only when the evaluated accuracy reaches
 ``accuracy_threshold``. The defaults are full-size settings (EfficientNetB0 at 224 px
 from ImageNet weights); ``pipelines.run_local`` passes demo-sized ones.
+
+One definition, three targets (``build_pipeline(target)``):
+
+- ``local``: ``kfp local`` on this machine (``image_classification_pipeline``).
+- ``kfp``: Kubeflow Pipelines on GKE. Train asks Kubernetes for GPUs on a node pool of
+  the chosen GPU type; the Beam stages and train request CPU and memory. These are
+  Kubernetes resource fields, fixed in the YAML, so they are compile-time settings
+  (``GkeResources``).
+- ``vertex``: Vertex AI Pipelines. Train runs as a Vertex AI custom job whose machine
+  type and accelerators are pipeline parameters, and the exported model is also
+  offered as a ``google.UnmanagedContainerModel`` for ModelUploadOp.
+
+Every task runs on its stage's image as configured when the pipeline is built
+(``IMAGE_REGISTRY``/``IMAGE_TAG``, see components.images).
 """
 
-from kfp import dsl
+import copy
+import dataclasses
+import inspect
+
+from google_cloud_pipeline_components import _placeholders
+from google_cloud_pipeline_components.types.artifact_types import UnmanagedContainerModel
+from google_cloud_pipeline_components.v1.custom_job import (
+    create_custom_training_job_from_component,
+)
+from kfp import dsl, kubernetes
+from kfp.dsl import Input, Model, Output
 
 from components.batch_predict.component import batch_predict
 from components.create_tfrecords.component import create_tfrecords
 from components.deploy.component import deploy
 from components.evaluate.component import evaluate
 from components.export.component import export
+from components.images import stage_image
 from components.train.component import train
 
 PIPELINE_NAME = "image-classification"
-
-
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="Labelled JPEGs to TFRecords, a transfer-learned classifier, a serving "
-    "SavedModel, a test-split evaluation, and (if it passes) a deployment and batch predictions.",
+TARGETS = ("local", "kfp", "vertex")
+# Parameters only the vertex target has (the last ones of the pipeline function).
+VERTEX_PARAMETERS = (
+    "machine_type",
+    "accelerator_type",
+    "accelerator_count",
+    "project",
+    "location",
+    "serving_image",
 )
-def image_classification_pipeline(
-    csv_uri: str = "",
-    labels_uri: str = "",
-    image_dir: str = "",
-    train_fraction: float = 0.8,
-    valid_fraction: float = 0.1,
-    max_image_side: int = 1024,
-    max_error_fraction: float = 0.1,
-    backbone: str = "EfficientNetB0",
-    weights: str = "imagenet",
-    image_size: int = 224,
-    batch_size: int = 32,
-    epochs: int = 10,
-    learning_rate: float = 0.001,
-    early_stopping_patience: int = 3,
-    backup_dir: str = "",
-    accuracy_threshold: float = 0.8,
-    model_name: str = "image-classifier",
-    deploy_target: str = "local",
-    model_repository: str = "",
-    serving_port: int = 8080,
-    top_k: int = 3,
-    beam_runner: str = "DirectRunner",
-    beam_args: list = [],  # noqa: B006 (KFP list parameter default)
+# Vertex AI's prebuilt TensorFlow 2 prediction container (the newest listed on
+# https://cloud.google.com/vertex-ai/docs/predictions/pre-built-containers).
+VERTEX_TF_SERVING_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+
+
+@dataclasses.dataclass(frozen=True)
+class GkeResources:
+    """What the kfp target asks Kubernetes for (fixed in the compiled YAML).
+
+    The defaults fit a GKE node pool of g2-standard-8 (one NVIDIA L4, 8 vCPU, 32 GB) for
+    train and e2-standard-4-sized nodes for the Beam stages, below their allocatable
+    capacity. Limits equal the requests.
+    """
+
+    gpu_type: str = "nvidia-l4"  # the node label value, e.g. nvidia-tesla-t4, nvidia-a100-80gb
+    gpu_count: int = 1  # 0 trains on CPU
+    train_cpu: str = "6"
+    train_memory: str = "24Gi"
+    beam_cpu: str = "2"
+    beam_memory: str = "8Gi"
+
+
+# On the deploy image, the stage image that has google-cloud-pipeline-components (which
+# the generated code imports for the artifact type): the first step of deploying to Vertex.
+@dsl.component(base_image=stage_image("deploy"), install_kfp_package=False)
+def vertex_model(
+    exported_model: Input[Model],
+    serving_image: str,
+    model: Output[UnmanagedContainerModel],
 ):
-    """Builds the pipeline DAG.
+    """Offers the exported SavedModel to Vertex AI as a model it can upload and serve.
+
+    Copies nothing: the output artifact points at the export's directory and names the
+    prediction container that serves it, so ModelUploadOp can upload it as is.
 
     Args:
-        csv_uri: The book's CSV (uri,label per line); use with labels_uri.
-        labels_uri: Label file, one label per line.
-        image_dir: Folder tree root/<label>/*.jpg (instead of csv_uri).
-        train_fraction: Share of images in the train split (by a stable URI hash).
-        valid_fraction: Share of images in the valid split; the rest is test.
-        max_image_side: Longer images are resized to this side before writing.
-        max_error_fraction: create_tfrecords fails when more inputs than this are bad.
-        backbone: keras.applications backbone.
-        weights: "imagenet", "none" or a no-top weights file.
-        image_size: Model input side, in pixels.
-        batch_size: Training batch size.
-        epochs: Maximum training epochs.
-        learning_rate: Adam learning rate.
-        early_stopping_patience: Epochs without improvement before stopping.
-        backup_dir: Durable BackupAndRestore directory for preemptible training.
-        accuracy_threshold: Test accuracy the model must reach to be deployed.
-        model_name: Name the model is served under.
-        deploy_target: Where to deploy ("local").
-        model_repository: Model repository directory of the local server.
-        serving_port: Port the local server is documented to serve on.
-        top_k: Classes per image in batch predictions.
-        beam_runner: Beam runner of the Beam stages (DirectRunner, DataflowRunner).
-        beam_args: Extra Beam pipeline options, e.g. ["--project=p", "--region=r"].
+        exported_model: The serving SavedModel written by the export stage.
+        serving_image: The prediction container, e.g. Vertex AI's prebuilt TensorFlow one.
+
+    Returns:
+        model: A google.UnmanagedContainerModel whose URI is the SavedModel directory and
+            whose metadata holds containerSpec.imageUri.
     """
-    tfrecords = create_tfrecords(
-        csv_uri=csv_uri,
-        labels_uri=labels_uri,
-        image_dir=image_dir,
-        train_fraction=train_fraction,
-        valid_fraction=valid_fraction,
-        max_image_side=max_image_side,
-        max_error_fraction=max_error_fraction,
-        runner=beam_runner,
-        beam_args=beam_args,
+    model.uri = exported_model.uri
+    model.metadata["containerSpec"] = {"imageUri": serving_image}
+
+
+def _vertex_train_job(replica_count: int):
+    """The train component as a Vertex AI custom job (GCPC), and its worker pools.
+
+    The component is made again from train's function so that the worker pools name
+    the train image as configured now, like every other task.
+    """
+    on_image = dsl.component(base_image=stage_image("train"), install_kfp_package=False)
+    job = create_custom_training_job_from_component(
+        on_image(train.python_func), display_name="train", replica_count=replica_count
     )
-    trained = train(
-        dataset=tfrecords.outputs["dataset"],
-        backbone=backbone,
-        weights=weights,
-        image_size=image_size,
-        batch_size=batch_size,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        early_stopping_patience=early_stopping_patience,
-        backup_dir=backup_dir,
-    )
-    exported = export(model=trained.outputs["model"])
-    evaluation = evaluate(
-        model=exported.outputs["exported_model"],
-        dataset=tfrecords.outputs["dataset"],
-        accuracy_threshold=accuracy_threshold,
-    )
-    # kfp local resolves a condition on a task's single return value ("Output"), so the
-    # gate is evaluate's return value rather than a named output.
-    with dsl.If(evaluation.outputs["Output"] == True, name="quality-gate"):  # noqa: E712
-        deployed = deploy(
-            model=exported.outputs["exported_model"],
-            model_name=model_name,
-            model_repository=model_repository,
-            target=deploy_target,
-            port=serving_port,
-        )
-        deployed.set_caching_options(False)  # a deployment is a side effect: always run it
-        batch_predict(
-            model=exported.outputs["exported_model"],
-            dataset=tfrecords.outputs["dataset"],
-            top_k=top_k,
+    return job, job.component_spec.inputs["worker_pool_specs"].default
+
+
+def _with_machine(worker_pools: list, machine_type, accelerator_type, accelerator_count) -> list:
+    """GCPC's worker pools with the machine from pipeline parameters. KFP turns the
+    parameters inside this constant into inputs of the custom job task."""
+    pools = copy.deepcopy(worker_pools)
+    for pool in pools:
+        pool["machine_spec"] = {
+            "machine_type": machine_type,
+            "accelerator_type": accelerator_type,
+            "accelerator_count": accelerator_count,
+        }
+    return pools
+
+
+def _request(task, cpu: str, memory: str):
+    """Kubernetes requests, with limits equal to them: the pod gets what it asked for,
+    and a runaway stage cannot starve its neighbours on the node."""
+    task.set_cpu_request(cpu).set_cpu_limit(cpu)
+    task.set_memory_request(memory).set_memory_limit(memory)
+
+
+def build_pipeline(
+    target: str = "local", gke: GkeResources = GkeResources(), replica_count: int = 1
+):
+    """Builds the pipeline for ``target`` ("local", "kfp" or "vertex").
+
+    Args:
+        target: Where the pipeline runs; picks the few target-specific settings.
+        gke: Kubernetes resources of the kfp target (compile-time).
+        replica_count: Machines of the vertex train custom job (compile-time: the
+            custom job's worker pool layout is one primary plus replica_count - 1
+            workers). More than one needs a multi-worker tf.distribute strategy in train.
+
+    Returns:
+        The pipeline (a KFP GraphComponent) named "image-classification".
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
+    if target == "vertex":
+        train_job, worker_pools = _vertex_train_job(replica_count)
+
+    def image_classification_pipeline(
+        csv_uri: str = "",
+        labels_uri: str = "",
+        image_dir: str = "",
+        train_fraction: float = 0.8,
+        valid_fraction: float = 0.1,
+        max_image_side: int = 1024,
+        max_error_fraction: float = 0.1,
+        backbone: str = "EfficientNetB0",
+        weights: str = "imagenet",
+        image_size: int = 224,
+        batch_size: int = 32,
+        epochs: int = 10,
+        learning_rate: float = 0.001,
+        early_stopping_patience: int = 3,
+        backup_dir: str = "",
+        accuracy_threshold: float = 0.8,
+        model_name: str = "image-classifier",
+        deploy_target: str = "local",
+        model_repository: str = "",
+        serving_port: int = 8080,
+        top_k: int = 3,
+        beam_runner: str = "DirectRunner",
+        beam_args: list = [],  # noqa: B006 (KFP list parameter default)
+        # Vertex AI only (VERTEX_PARAMETERS): the other targets drop them.
+        machine_type: str = "g2-standard-8",
+        accelerator_type: str = "NVIDIA_L4",
+        accelerator_count: int = 1,
+        project: str = _placeholders.PROJECT_ID_PLACEHOLDER,
+        location: str = _placeholders.LOCATION_PLACEHOLDER,
+        serving_image: str = VERTEX_TF_SERVING_IMAGE,
+    ):
+        """Builds the pipeline DAG.
+
+        Args:
+            csv_uri: The book's CSV (uri,label per line); use with labels_uri.
+            labels_uri: Label file, one label per line.
+            image_dir: Folder tree root/<label>/*.jpg (instead of csv_uri).
+            train_fraction: Share of images in the train split (by a stable URI hash).
+            valid_fraction: Share of images in the valid split; the rest is test.
+            max_image_side: Longer images are resized to this side before writing.
+            max_error_fraction: create_tfrecords fails when more inputs than this are bad.
+            backbone: keras.applications backbone.
+            weights: "imagenet", "none" or a no-top weights file.
+            image_size: Model input side, in pixels.
+            batch_size: Training batch size.
+            epochs: Maximum training epochs.
+            learning_rate: Adam learning rate.
+            early_stopping_patience: Epochs without improvement before stopping.
+            backup_dir: Durable BackupAndRestore directory for preemptible training.
+            accuracy_threshold: Test accuracy the model must reach to be deployed.
+            model_name: Name the model is served under.
+            deploy_target: Where to deploy ("local").
+            model_repository: Model repository directory of the local server.
+            serving_port: Port the local server is documented to serve on.
+            top_k: Classes per image in batch predictions.
+            beam_runner: Beam runner of the Beam stages (DirectRunner, DataflowRunner).
+            beam_args: Extra Beam pipeline options, e.g. ["--project=p", "--region=r"].
+            machine_type: Machine type of the train custom job, e.g. g2-standard-8,
+                n1-standard-8.
+            accelerator_type: Accelerator of each train machine, e.g. NVIDIA_L4,
+                NVIDIA_TESLA_T4; ACCELERATOR_TYPE_UNSPECIFIED (with accelerator_count 0)
+                trains on CPU.
+            accelerator_count: Accelerators per train machine.
+            project: Google Cloud project of the custom job; by default the pipeline's.
+            location: Region of the custom job; by default the pipeline's.
+            serving_image: Prediction container named in the Vertex model artifact.
+        """
+        tfrecords = create_tfrecords(
+            csv_uri=csv_uri,
+            labels_uri=labels_uri,
+            image_dir=image_dir,
+            train_fraction=train_fraction,
+            valid_fraction=valid_fraction,
+            max_image_side=max_image_side,
+            max_error_fraction=max_error_fraction,
             runner=beam_runner,
             beam_args=beam_args,
         )
+        # It reads the images by URI, and their content may change under the same URI.
+        tfrecords.set_caching_options(False)
+        train_args = dict(
+            dataset=tfrecords.outputs["dataset"],
+            backbone=backbone,
+            weights=weights,
+            image_size=image_size,
+            batch_size=batch_size,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            early_stopping_patience=early_stopping_patience,
+            backup_dir=backup_dir,
+        )
+        if target == "vertex":
+            trained = train_job(
+                **train_args,
+                worker_pool_specs=_with_machine(
+                    worker_pools, machine_type, accelerator_type, accelerator_count
+                ),
+                project=project,
+                location=location,
+            )
+        else:
+            trained = train(**train_args)
+        exported = export(model=trained.outputs["model"])
+        evaluation = evaluate(
+            model=exported.outputs["exported_model"],
+            dataset=tfrecords.outputs["dataset"],
+            accuracy_threshold=accuracy_threshold,
+        )
+        # kfp local resolves a condition on a task's single return value ("Output"), so the
+        # gate is evaluate's return value rather than a named output.
+        with dsl.If(evaluation.outputs["Output"] == True, name="quality-gate"):  # noqa: E712
+            deployed = deploy(
+                model=exported.outputs["exported_model"],
+                model_name=model_name,
+                model_repository=model_repository,
+                target=deploy_target,
+                port=serving_port,
+            )
+            deployed.set_caching_options(False)  # a deployment is a side effect: always run it
+            predicted = batch_predict(
+                model=exported.outputs["exported_model"],
+                dataset=tfrecords.outputs["dataset"],
+                top_k=top_k,
+                runner=beam_runner,
+                beam_args=beam_args,
+            )
+            predicted.set_caching_options(False)  # it too reads images by URI
+
+        # Target-specific settings.
+        if target == "kfp":
+            _request(tfrecords, gke.beam_cpu, gke.beam_memory)
+            _request(predicted, gke.beam_cpu, gke.beam_memory)
+            _request(trained, gke.train_cpu, gke.train_memory)
+            if gke.gpu_count:
+                trained.set_accelerator_type("nvidia.com/gpu")
+                trained.set_accelerator_limit(gke.gpu_count)
+                kubernetes.add_node_selector(
+                    trained, label_key=GKE_ACCELERATOR_LABEL, label_value=gke.gpu_type
+                )
+        stage_tasks = [
+            ("create_tfrecords", tfrecords),
+            ("export", exported),
+            ("evaluate", evaluation),
+            ("deploy", deployed),
+            ("batch_predict", predicted),
+        ]
+        if target == "vertex":
+            # The exported model as Vertex AI sees it, ready for ModelUploadOp.
+            offered = vertex_model(
+                exported_model=exported.outputs["exported_model"], serving_image=serving_image
+            )
+            stage_tasks.append(("deploy", offered))
+        else:  # (the custom job names the train image in its worker pools)
+            stage_tasks.append(("train", trained))
+
+        # Every task on its stage's image as configured now, not at component import.
+        for stage, task in stage_tasks:
+            task.set_container_image(stage_image(stage))
+
+    if target != "vertex":
+        signature = inspect.signature(image_classification_pipeline)
+        image_classification_pipeline.__signature__ = signature.replace(
+            parameters=[p for n, p in signature.parameters.items() if n not in VERTEX_PARAMETERS]
+        )
+    return dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Labelled JPEGs to TFRecords, a transfer-learned classifier, a serving "
+        "SavedModel, a test-split evaluation, and (if it passes) a deployment and batch "
+        "predictions.",
+    )(image_classification_pipeline)
+
+
+image_classification_pipeline = build_pipeline("local")

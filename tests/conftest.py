@@ -70,4 +70,3 @@ def tfrecord_dataset(sample_data, tmp_path_factory) -> str:
         valid_fraction=0.2,
     )
     return out
-

@@ -1,0 +1,363 @@
+"""The compiled YAML of both cloud targets (kfp on GKE, Vertex AI Pipelines), checked
+strictly against KFP's own IR schema, and the kfp YAML run back under kfp local."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp import components, dsl
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from components.images import DEFAULT_REGISTRY, stage_image
+from pipelines.compile import TARGETS, compile_pipeline, main
+from pipelines.pipeline import (
+    VERTEX_PARAMETERS,
+    VERTEX_TF_SERVING_IMAGE,
+    GkeResources,
+    build_pipeline,
+    image_classification_pipeline,
+    vertex_model,
+)
+from pipelines.run_local import output_artifact, run_pipeline, task_outputs
+
+REGISTRY, TAG = "europe-docker.pkg.dev/acme/ml", "abc123"
+# Task name -> stage of every task that runs one of our lightweight components.
+STAGE_TASKS = {
+    "create-tfrecords": "create_tfrecords",
+    "train": "train",
+    "export": "export",
+    "evaluate": "evaluate",
+    "deploy": "deploy",
+    "batch-predict": "batch_predict",
+    "vertex-model": "deploy",  # its artifact type comes from GCPC, in the deploy image
+}
+CUSTOM_JOB_LAUNCHER = "google_cloud_pipeline_components.container.v1.custom_job.launcher"
+GPU_LABEL = "cloud.google.com/gke-accelerator"
+
+
+def _image(stage: str) -> str:
+    return f"{REGISTRY}/{stage.replace('_', '-')}:{TAG}"
+
+
+def _compile(target: str, path: Path, **options) -> Path:
+    """Compiles with the test registry and tag in the environment, restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAGE_REGISTRY", REGISTRY)
+        mp.setenv("IMAGE_TAG", TAG)
+        return Path(compile_pipeline(target, str(path), **options))
+
+
+class Compiled:
+    """One compiled YAML: its text, the PipelineSpec and PlatformSpec documents."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.text = path.read_text()
+        docs = list(yaml.safe_load_all(self.text))
+        assert 1 <= len(docs) <= 2, f"{len(docs)} YAML documents"
+        self.spec = docs[0]
+        self.platform = docs[1] if len(docs) == 2 else None
+
+    def executor(self, task: str, parent: str = "root") -> dict:
+        """The executor of a task in the root DAG or in the component ``parent``."""
+        dag = self.spec["root"] if parent == "root" else self.spec["components"][parent]
+        component = self.spec["components"][dag["dag"]["tasks"][task]["componentRef"]["name"]]
+        return self.spec["deploymentSpec"]["executors"][component["executorLabel"]]
+
+    def tasks(self) -> dict:
+        """Every task of the pipeline, by name, with the DAG it is in."""
+        found = {}
+        for name, component in [("root", self.spec["root"]), *self.spec["components"].items()]:
+            for task, task_spec in component.get("dag", {}).get("tasks", {}).items():
+                found[task] = (name, task_spec)
+        return found
+
+    @property
+    def gate(self) -> str:
+        """The component holding the quality gate's tasks."""
+        (gate,) = [
+            t["componentRef"]["name"]
+            for t in self.spec["root"]["dag"]["tasks"].values()
+            if t["taskInfo"]["name"] == "quality-gate"
+        ]
+        return gate
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, Compiled]:
+    out = tmp_path_factory.mktemp("compiled")
+    return {target: Compiled(_compile(target, out / f"{target}.yaml")) for target in TARGETS}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_yaml_is_a_valid_pipeline_spec_by_kfp_own_schema(compiled, target):
+    c = compiled[target]
+    spec = json_format.ParseDict(
+        c.spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False
+    )
+    assert spec.pipeline_info.name == "image-classification"
+    assert {"create-tfrecords", "train", "export", "evaluate"} <= set(spec.root.dag.tasks)
+    if target == "kfp":
+        platform = json_format.ParseDict(
+            c.platform, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False
+        )
+        assert "kubernetes" in platform.platforms
+    else:
+        assert c.platform is None, "vertex YAML has no Kubernetes platform spec"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_yaml_loads_back_with_the_pipeline_parameters(compiled, target):
+    loaded = components.load_component_from_file(str(compiled[target].path))
+    assert loaded.name == "image-classification"
+    inputs = set(loaded.component_spec.inputs)
+    common = set(image_classification_pipeline.component_spec.inputs)
+    assert {"csv_uri", "image_dir", "backbone", "accuracy_threshold"} <= common
+    if target == "vertex":
+        assert inputs == common | set(VERTEX_PARAMETERS)
+    else:
+        assert inputs == common
+        assert not common & set(VERTEX_PARAMETERS)
+
+    c = compiled[target]
+    (gate,) = [
+        t
+        for t in c.spec["root"]["dag"]["tasks"].values()
+        if t["taskInfo"]["name"] == "quality-gate"
+    ]
+    assert "pipelinechannel--evaluate-Output" in gate["triggerPolicy"]["condition"]
+    assert set(c.spec["components"][c.gate]["dag"]["tasks"]) == {"deploy", "batch-predict"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_task_runs_on_the_configured_image_of_its_stage(compiled, target):
+    c = compiled[target]
+    images = {}
+    for task, (parent, _) in c.tasks().items():
+        if task in STAGE_TASKS:
+            images[task] = c.executor(task, parent)["container"]["image"]
+    expected = {task: _image(stage) for task, stage in STAGE_TASKS.items() if task in images}
+    if target == "vertex":
+        # The train task launches a custom job; the train image is in its worker pools.
+        assert images.pop("train").startswith("gcr.io/ml-pipeline/google-cloud-pipeline")
+        pools = c.spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"][
+            "worker_pool_specs"
+        ]["runtimeValue"]["constant"]
+        assert [p["container_spec"]["image_uri"] for p in pools] == [_image("train")]
+        expected.pop("train")
+    else:
+        assert "vertex-model" not in images
+    assert images == expected
+    assert set(images) >= {"create-tfrecords", "export", "evaluate", "deploy", "batch-predict"}
+    # No image from the environment at import time (the default registry) survives.
+    assert DEFAULT_REGISTRY not in c.text
+
+
+def test_registry_and_tag_flags_set_the_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGE_REGISTRY", "elsewhere.example/ml")  # restored afterwards
+    monkeypatch.setenv("IMAGE_TAG", "old")
+    out = tmp_path / "vertex.yaml"
+    main(["--target", "vertex", "--output", str(out), "--registry", REGISTRY, "--tag", TAG])
+    assert stage_image("train") == _image("train")
+    c = Compiled(out)
+    assert "elsewhere.example" not in c.text
+    assert c.executor("evaluate")["container"]["image"] == _image("evaluate")
+    assert f"image_uri: {_image('train')}" in c.text
+
+
+def test_kfp_train_asks_gke_for_gpus_of_the_configured_type(compiled):
+    c = compiled["kfp"]
+    resources = c.executor("train")["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == "1"
+    kubernetes = c.platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert kubernetes["exec-train"]["nodeSelector"]["labels"] == {GPU_LABEL: "nvidia-l4"}
+    assert resources["resourceCpuRequest"] == "6"
+    assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == "24Gi"
+
+
+def test_kfp_gpu_type_count_and_sizes_are_compile_options(tmp_path):
+    gke = GkeResources(gpu_type="nvidia-tesla-t4", gpu_count=2, beam_cpu="3", beam_memory="6Gi")
+    c = Compiled(_compile("kfp", tmp_path / "kfp.yaml", gke=gke))
+    assert c.executor("train")["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+    selectors = c.platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert selectors["exec-train"]["nodeSelector"]["labels"] == {GPU_LABEL: "nvidia-tesla-t4"}
+    assert c.executor("create-tfrecords")["container"]["resources"]["resourceCpuLimit"] == "3"
+
+    cpu_only = Compiled(_compile("kfp", tmp_path / "cpu.yaml", gke=GkeResources(gpu_count=0)))
+    assert "accelerator" not in cpu_only.executor("train")["container"]["resources"]
+    assert cpu_only.platform is None
+
+
+def test_kfp_beam_stages_request_cpu_and_memory_and_deploy_is_never_cached(compiled):
+    c = compiled["kfp"]
+    for task, parent in (("create-tfrecords", "root"), ("batch-predict", c.gate)):
+        resources = c.executor(task, parent)["container"]["resources"]
+        assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"] == "2", task
+        assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == "8Gi"
+    for target in TARGETS:
+        tasks = compiled[target].tasks()
+        assert tasks["deploy"][1]["cachingOptions"].get("enableCache", False) is False
+        # create_tfrecords reads images by URI: a re-run must see changed data.
+        assert tasks["create-tfrecords"][1]["cachingOptions"].get("enableCache", False) is False
+        assert tasks["train"][1]["cachingOptions"]["enableCache"] is True
+
+
+def test_vertex_train_is_a_custom_job_with_its_machine_from_pipeline_parameters(compiled):
+    c = compiled["vertex"]
+    executor = c.executor("train")["container"]
+    assert CUSTOM_JOB_LAUNCHER in executor["command"]
+    assert "resources" not in executor, "Vertex sizes the custom job, not the launcher"
+    root_inputs = c.spec["root"]["inputDefinitions"]["parameters"]
+    assert {"machine_type", "accelerator_type", "accelerator_count", "project", "location"} <= set(
+        root_inputs
+    )
+    assert root_inputs["project"]["defaultValue"] == "{{$.pipeline_google_cloud_project_id}}"
+    assert root_inputs["location"]["defaultValue"] == "{{$.pipeline_google_cloud_location}}"
+
+    inputs = c.spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    (pool,) = inputs["worker_pool_specs"]["runtimeValue"]["constant"]
+    for field in ("machine_type", "accelerator_type", "accelerator_count"):
+        channel = f"pipelinechannel--{field}"
+        assert pool["machine_spec"][field] == f"{{{{$.inputs.parameters['{channel}']}}}}"
+        assert inputs[channel] == {"componentInputParameter": field}
+    assert pool["replica_count"] == 1
+    assert inputs["project"] == {"componentInputParameter": "project"}
+    assert inputs["location"] == {"componentInputParameter": "location"}
+    # The train component's own inputs still come from the pipeline and create_tfrecords.
+    assert inputs["backbone"] == {"componentInputParameter": "backbone"}
+    assert c.spec["root"]["dag"]["tasks"]["train"]["inputs"]["artifacts"]["dataset"] == {
+        "taskOutputArtifact": {"outputArtifactKey": "dataset", "producerTask": "create-tfrecords"}
+    }
+    # The launcher's payload carries the worker pools (and so the machine) to Vertex AI.
+    assert "{{$.inputs.parameters['worker_pool_specs']}}" in " ".join(executor["args"])
+
+
+def test_vertex_replica_count_adds_a_worker_pool(tmp_path):
+    c = Compiled(_compile("vertex", tmp_path / "vertex.yaml", replica_count=3))
+    pools = c.spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["worker_pool_specs"]
+    primary, workers = pools["runtimeValue"]["constant"]
+    assert (primary["replica_count"], workers["replica_count"]) == (1, 2)
+    assert workers["machine_spec"] == primary["machine_spec"]
+
+
+def test_vertex_offers_the_exported_model_as_an_unmanaged_container_model(compiled):
+    c = compiled["vertex"]
+    task = c.spec["root"]["dag"]["tasks"]["vertex-model"]
+    component = c.spec["components"][task["componentRef"]["name"]]
+    output = component["outputDefinitions"]["artifacts"]["model"]["artifactType"]
+    assert output["schemaTitle"] == "google.UnmanagedContainerModel"
+    assert task["inputs"]["artifacts"]["exported_model"] == {
+        "taskOutputArtifact": {"outputArtifactKey": "exported_model", "producerTask": "export"}
+    }
+    assert task["inputs"]["parameters"]["serving_image"] == {
+        "componentInputParameter": "serving_image"
+    }
+    default = c.spec["root"]["inputDefinitions"]["parameters"]["serving_image"]["defaultValue"]
+    assert default == VERTEX_TF_SERVING_IMAGE
+    assert re.fullmatch(r"us-docker\.pkg\.dev/vertex-ai/prediction/tf2-cpu\.2-\d+:latest", default)
+
+
+def test_vertex_model_points_at_the_export_and_names_the_serving_container(kfp_local, tmp_path):
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    (export_dir / "saved_model.pb").write_bytes(b"")
+
+    @dsl.pipeline(name="vertex-model-check")
+    def check():
+        exported = dsl.importer(
+            artifact_uri=str(export_dir), artifact_class=dsl.Model, reimport=False
+        )
+        vertex_model(exported_model=exported.output, serving_image=VERTEX_TF_SERVING_IMAGE)
+
+    run = run_pipeline(check, str(kfp_local))
+    model = output_artifact(task_outputs(run, "vertex-model"), "model")
+    assert model["uri"] == str(export_dir)
+    assert model["metadata"]["containerSpec"] == {"imageUri": VERTEX_TF_SERVING_IMAGE}
+
+
+# A local absolute path starts a value or follows a quote, space, "=" or ":" (not a
+# gs://bucket/tmp path, where a name precedes it).
+LOCAL_PATH = re.compile(r"(?<![\w.-])/(tmp|home|root|Users|var/folders|private)(/|\b)")
+SECRETS = (
+    "BEGIN PRIVATE KEY",
+    "PRIVATE KEY-----",
+    "private_key_id",
+    "access_token",
+    "refresh_token",
+    "client_secret",
+    "Bearer ",
+    "ya29.",
+    "AIza",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_yaml_has_no_local_path_user_or_credential(compiled, target, tmp_path):
+    text = compiled[target].text
+    repo = str(Path(__file__).resolve().parents[1])
+    for local in {repo, os.getcwd(), str(Path.home()), str(tmp_path.parent.parent)}:
+        assert local not in text, local
+    match = LOCAL_PATH.search(text)
+    assert match is None, text[max(0, match.start() - 80) : match.end() + 80]
+    for secret in SECRETS:
+        assert secret not in text, secret
+    user = os.environ.get("USER") or os.environ.get("LOGNAME")
+    if user and user not in {"root"}:  # "root" is also a common word in a pipeline spec
+        assert not re.search(rf"\b{re.escape(user)}\b", text), user
+
+
+def test_the_local_pipeline_has_no_cloud_settings():
+    local = build_pipeline("local")
+    spec = local.pipeline_spec
+    assert set(local.component_spec.inputs) == set(
+        image_classification_pipeline.component_spec.inputs
+    )
+    for executor in spec.deployment_spec.fields["executors"].struct_value.fields.values():
+        container = executor.struct_value.fields["container"].struct_value.fields
+        assert "resources" not in container
+    assert not local.platform_spec.platforms
+
+
+def test_compiled_kfp_yaml_runs_end_to_end_under_kfp_local(compiled, kfp_local, sample_data):
+    """The kfp target's YAML (GPU request, node selector, resources) loaded back with kfp
+    runs under kfp local: its orchestrator warns that resource and accelerator settings
+    have no local effect and ignores them, and it never reads the Kubernetes platform
+    spec, so the very file that goes to GKE runs here."""
+    pipeline = components.load_component_from_file(str(compiled["kfp"].path))
+    with pytest.warns(UserWarning, match="no effect in the current local runner") as ignored:
+        run = run_pipeline(
+            pipeline,
+            str(kfp_local),
+            image_dir=sample_data.image_dir,
+            backbone="MobileNetV3Small",
+            weights="none",
+            image_size=32,
+            batch_size=16,
+            epochs=1,
+            accuracy_threshold=0.0,
+            model_repository=str(kfp_local.parent / "model_repository"),
+        )
+    ignored = [str(w.message) for w in ignored]
+    assert any("'train'" in m and "accelerator" in m for m in ignored), ignored
+    expected = {
+        "create-tfrecords": {"dataset"},
+        "train": {"model", "metrics"},
+        "export": {"exported_model"},
+        "evaluate": {"metrics", "confusion_matrix"},
+        "deploy": {"endpoint"},
+        "batch-predict": {"predictions"},
+    }
+    for task, artifacts in expected.items():
+        outputs = task_outputs(run, task)
+        assert outputs is not None, f"{task} did not run"
+        assert set(outputs["artifacts"]) == artifacts, task
+    assert task_outputs(run, "evaluate")["parameterValues"]["Output"] is True
+    endpoint = output_artifact(task_outputs(run, "deploy"), "endpoint")["metadata"]
+    assert os.path.exists(os.path.join(endpoint["model_dir"], "saved_model.pb"))
+    predictions = output_artifact(task_outputs(run, "batch-predict"), "predictions")
+    assert predictions["metadata"]["rows"] > 0 and predictions["metadata"]["errors"] == 0
