@@ -698,18 +698,24 @@ def _steps(cloudbuild, prefix):
 
 
 def test_cloudbuild_builds_and_pushes_every_stage_image(cloudbuild):
-    expected = {f"${{_REGISTRY}}/{stage.replace('_', '-')}:$COMMIT_SHA" for stage in STAGES}
-    built = {}
+    expected = {f"containers/{stage}/Dockerfile": stage.replace("_", "-") for stage in STAGES}
+    built = set()
     for step in _steps(cloudbuild, "build-"):
         args = step["args"]
         assert args[0] == "build" and args[-1] == "."
-        built[args[args.index("-f") + 1]] = args[args.index("-t") + 1]
-    assert built == {
-        f"containers/{stage}/Dockerfile": f"${{_REGISTRY}}/{stage.replace('_', '-')}:$COMMIT_SHA"
-        for stage in STAGES
+        target = args[args.index("--target") + 1] if "--target" in args else None
+        built.add((args[args.index("-f") + 1], target, args[args.index("-t") + 1]))
+    tag = "${{_REGISTRY}}/{}:$COMMIT_SHA"
+    # Every stage's default image, plus the Beam stages' Dataflow worker images.
+    assert built == {(f, None, tag.format(name)) for f, name in expected.items()} | {
+        (f"containers/{stage}/Dockerfile", "dataflow-worker", tag.format(f"{name}-dataflow"))
+        for stage, name in (
+            ("create_tfrecords", "create-tfrecords"),
+            ("batch_predict", "batch-predict"),
+        )
     }
     pushed = {s["args"][1] for s in _steps(cloudbuild, "push-")}
-    assert pushed == expected == set(cloudbuild["images"])
+    assert pushed == {image for _, _, image in built} == set(cloudbuild["images"])
     for step in _steps(cloudbuild, "push-"):
         assert "tests" in step["waitFor"]  # nothing is pushed from a failing commit
 
