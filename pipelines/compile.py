@@ -12,8 +12,8 @@ one process can compile several targets or registries.
 
 The kfp target's GPU and CPU/memory settings are Kubernetes resource fields, fixed in
 the YAML, hence flags here. The vertex target's train machine (machine type,
-accelerator type and count) and its project and location are pipeline parameters,
-set per run.
+accelerator type and count), its replica count, project and location are pipeline
+parameters, set per run.
 """
 
 from __future__ import annotations
@@ -29,16 +29,14 @@ from pipelines.pipeline import GkeResources, build_pipeline
 TARGETS = ("kfp", "vertex")
 
 
-def compile_pipeline(
-    target: str, output: str, gke: GkeResources | None = None, replica_count: int = 1
-) -> str:
+def compile_pipeline(target: str, output: str, gke: GkeResources | None = None) -> str:
     """Compiles the pipeline for ``target`` to ``output`` (YAML) and returns the path.
 
     Stage images are those ``IMAGE_REGISTRY``/``IMAGE_TAG`` name at the time of the call.
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-    pipeline = build_pipeline(target, gke=gke or GkeResources(), replica_count=replica_count)
+    pipeline = build_pipeline(target, gke=gke or GkeResources())
     if os.path.dirname(output):
         os.makedirs(os.path.dirname(output), exist_ok=True)
     compiler.Compiler().compile(pipeline, package_path=output)
@@ -78,14 +76,6 @@ def main(argv: list[str] | None = None) -> None:
             default=getattr(defaults, flag.replace("-", "_")),
             help=f"{what}: request and limit (default: %(default)s)",
         )
-    vertex = p.add_argument_group("vertex target")
-    vertex.add_argument(
-        "--replica-count",
-        type=int,
-        default=1,
-        help="machines of the train custom job (default: %(default)s); more than one "
-        "needs multi-worker training support in the train stage",
-    )
     args = p.parse_args(argv)
     if args.registry:
         os.environ["IMAGE_REGISTRY"] = args.registry
@@ -94,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     resources = GkeResources(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(GkeResources)}
     )
-    print(compile_pipeline(args.target, args.output, resources, args.replica_count))
+    print(compile_pipeline(args.target, args.output, resources))
 
 
 if __name__ == "__main__":

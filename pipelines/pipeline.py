@@ -15,8 +15,10 @@ One definition, three targets (``build_pipeline(target)``):
   Kubernetes resource fields, fixed in the YAML, so they are compile-time settings
   (``GkeResources``).
 - ``vertex``: Vertex AI Pipelines. Train runs as a Vertex AI custom job whose machine
-  type and accelerators are pipeline parameters, and the exported model is also
-  offered as a ``google.UnmanagedContainerModel`` for ModelUploadOp.
+  type, accelerators and replica count are pipeline parameters (one replica: a single
+  worker pool; more: a primary pool plus a worker pool, in a ``dsl.If``/``dsl.Else``
+  joined by ``dsl.OneOf``), and the exported model is also offered as a
+  ``google.UnmanagedContainerModel`` for ModelUploadOp.
 
 Every task runs on its stage's image as configured when the pipeline is built
 (``IMAGE_REGISTRY``/``IMAGE_TAG``, see components.images).
@@ -49,6 +51,7 @@ VERTEX_PARAMETERS = (
     "machine_type",
     "accelerator_type",
     "accelerator_count",
+    "replica_count",
     "project",
     "location",
     "serving_image",
@@ -101,29 +104,50 @@ def vertex_model(
     model.metadata["containerSpec"] = {"imageUri": serving_image}
 
 
-def _vertex_train_job(replica_count: int):
-    """The train component as a Vertex AI custom job (GCPC), and its worker pools.
+# On the export image (a small stage image with kfp): with replica_count a pipeline
+# parameter, the size of the train custom job's worker pool is a run-time number.
+@dsl.component(base_image=stage_image("export"), install_kfp_package=False)
+def worker_replicas(replica_count: int) -> int:
+    """The replica count of the custom job's worker pool: all machines but the primary.
+
+    Args:
+        replica_count: Machines of the train custom job, more than one.
+
+    Returns:
+        replica_count - 1, the replicas of the second worker pool.
+    """
+    return replica_count - 1
+
+
+def _vertex_train_job():
+    """The train component as a Vertex AI custom job (GCPC), and GCPC's worker pools for
+    more than one machine: a primary pool of one replica plus a worker pool (of one here).
 
     The component is made again from train's function so that the worker pools name
     the train image as configured now, like every other task.
     """
     on_image = dsl.component(base_image=stage_image("train"), install_kfp_package=False)
-    job = create_custom_training_job_from_component(
-        on_image(train.python_func), display_name="train", replica_count=replica_count
-    )
-    return job, job.component_spec.inputs["worker_pool_specs"].default
+    component = on_image(train.python_func)
+    job = create_custom_training_job_from_component(component, display_name="train")
+    two_pools = create_custom_training_job_from_component(component, replica_count=2)
+    return job, two_pools.component_spec.inputs["worker_pool_specs"].default
 
 
-def _with_machine(worker_pools: list, machine_type, accelerator_type, accelerator_count) -> list:
-    """GCPC's worker pools with the machine from pipeline parameters. KFP turns the
-    parameters inside this constant into inputs of the custom job task."""
-    pools = copy.deepcopy(worker_pools)
+def _with_machine(
+    worker_pools: list, machine_type, accelerator_type, accelerator_count, workers=None
+) -> list:
+    """GCPC's worker pools with the machine from pipeline parameters and, given
+    ``workers``, the second pool's replica count; without it only the primary pool. KFP
+    turns the pipeline channels inside this constant into inputs of the custom job task."""
+    pools = copy.deepcopy(worker_pools if workers is not None else worker_pools[:1])
     for pool in pools:
         pool["machine_spec"] = {
             "machine_type": machine_type,
             "accelerator_type": accelerator_type,
             "accelerator_count": accelerator_count,
         }
+    if workers is not None:
+        pools[1]["replica_count"] = workers
     return pools
 
 
@@ -134,17 +158,12 @@ def _request(task, cpu: str, memory: str):
     task.set_memory_request(memory).set_memory_limit(memory)
 
 
-def build_pipeline(
-    target: str = "local", gke: GkeResources = GkeResources(), replica_count: int = 1
-):
+def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
     """Builds the pipeline for ``target`` ("local", "kfp" or "vertex").
 
     Args:
         target: Where the pipeline runs; picks the few target-specific settings.
         gke: Kubernetes resources of the kfp target (compile-time).
-        replica_count: Machines of the vertex train custom job (compile-time: the
-            custom job's worker pool layout is one primary plus replica_count - 1
-            workers). More than one needs a multi-worker tf.distribute strategy in train.
 
     Returns:
         The pipeline (a KFP GraphComponent) named "image-classification".
@@ -152,7 +171,7 @@ def build_pipeline(
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
     if target == "vertex":
-        train_job, worker_pools = _vertex_train_job(replica_count)
+        train_job, worker_pools = _vertex_train_job()
 
     def image_classification_pipeline(
         csv_uri: str = "",
@@ -182,6 +201,7 @@ def build_pipeline(
         machine_type: str = "g2-standard-8",
         accelerator_type: str = "NVIDIA_L4",
         accelerator_count: int = 1,
+        replica_count: int = 1,
         project: str = _placeholders.PROJECT_ID_PLACEHOLDER,
         location: str = _placeholders.LOCATION_PLACEHOLDER,
         serving_image: str = VERTEX_TF_SERVING_IMAGE,
@@ -218,6 +238,9 @@ def build_pipeline(
                 NVIDIA_TESLA_T4; ACCELERATOR_TYPE_UNSPECIFIED (with accelerator_count 0)
                 trains on CPU.
             accelerator_count: Accelerators per train machine.
+            replica_count: Train machines. 1 (or less) runs one, in a single worker
+                pool; more run a primary pool of one machine plus a worker pool of
+                replica_count - 1, and need a multi-worker tf.distribute strategy in train.
             project: Google Cloud project of the custom job; by default the pipeline's.
             location: Region of the custom job; by default the pipeline's.
             serving_image: Prediction container named in the Vertex model artifact.
@@ -247,17 +270,27 @@ def build_pipeline(
             backup_dir=backup_dir,
         )
         if target == "vertex":
-            trained = train_job(
-                **train_args,
-                worker_pool_specs=_with_machine(
-                    worker_pools, machine_type, accelerator_type, accelerator_count
-                ),
-                project=project,
-                location=location,
-            )
+            machine = (worker_pools, machine_type, accelerator_type, accelerator_count)
+            with dsl.If(replica_count > 1, name="multi-worker-training"):
+                workers = worker_replicas(replica_count=replica_count)
+                multi = train_job(
+                    **train_args,
+                    worker_pool_specs=_with_machine(*machine, workers=workers.output),
+                    project=project,
+                    location=location,
+                )
+            with dsl.Else(name="single-worker-training"):
+                single = train_job(
+                    **train_args,
+                    worker_pool_specs=_with_machine(*machine),
+                    project=project,
+                    location=location,
+                )
+            model = dsl.OneOf(multi.outputs["model"], single.outputs["model"])
         else:
             trained = train(**train_args)
-        exported = export(model=trained.outputs["model"])
+            model = trained.outputs["model"]
+        exported = export(model=model)
         evaluation = evaluate(
             model=exported.outputs["exported_model"],
             dataset=tfrecords.outputs["dataset"],
@@ -306,8 +339,8 @@ def build_pipeline(
             offered = vertex_model(
                 exported_model=exported.outputs["exported_model"], serving_image=serving_image
             )
-            stage_tasks.append(("deploy", offered))
-        else:  # (the custom job names the train image in its worker pools)
+            stage_tasks += [("deploy", offered), ("export", workers)]
+        else:  # (the custom jobs name the train image in their worker pools)
             stage_tasks.append(("train", trained))
 
         # Every task on its stage's image as configured now, not at component import.

@@ -33,8 +33,11 @@ STAGE_TASKS = {
     "deploy": "deploy",
     "batch-predict": "batch_predict",
     "vertex-model": "deploy",  # its artifact type comes from GCPC, in the deploy image
+    "worker-replicas": "export",  # a small stage image with kfp
 }
 CUSTOM_JOB_LAUNCHER = "google_cloud_pipeline_components.container.v1.custom_job.launcher"
+PLACEHOLDER = re.compile(r"\{\{\$\.inputs\.parameters\['(pipelinechannel--[^']+)'\]\}\}")
+REPLICAS_CONDITION = "int(inputs.parameter_values['pipelinechannel--replica_count']) > 1"
 GPU_LABEL = "cloud.google.com/gke-accelerator"
 
 
@@ -75,6 +78,28 @@ class Compiled:
                 found[task] = (name, task_spec)
         return found
 
+    def source(self, parent: str, spec: dict) -> dict:
+        """Where an input of a task in the component ``parent`` comes from: followed up
+        through the condition components to the root DAG, or to a task's output."""
+        while "componentInputParameter" in spec and parent != "root":
+            name = spec["componentInputParameter"]
+            ((parent, task),) = [
+                (dag_name, task)
+                for dag_name, task in self.tasks().values()
+                if task["componentRef"]["name"] == parent
+            ]
+            spec = task["inputs"]["parameters"][name]
+        return spec
+
+    def custom_jobs(self) -> dict:
+        """The custom job tasks, by name, with the component they are in."""
+        return {
+            task: (parent, spec)
+            for task, (parent, spec) in self.tasks().items()
+            if "executorLabel" in self.spec["components"][spec["componentRef"]["name"]]
+            and CUSTOM_JOB_LAUNCHER in self.executor(task, parent)["container"].get("command", [])
+        }
+
     @property
     def gate(self) -> str:
         """The component holding the quality gate's tasks."""
@@ -99,7 +124,9 @@ def test_yaml_is_a_valid_pipeline_spec_by_kfp_own_schema(compiled, target):
         c.spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False
     )
     assert spec.pipeline_info.name == "image-classification"
-    assert {"create-tfrecords", "train", "export", "evaluate"} <= set(spec.root.dag.tasks)
+    assert {"create-tfrecords", "export", "evaluate"} <= set(spec.root.dag.tasks)
+    # On vertex, train runs inside the branches on replica_count.
+    assert ("train" in spec.root.dag.tasks) == (target == "kfp")
     if target == "kfp":
         platform = json_format.ParseDict(
             c.platform, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False
@@ -116,6 +143,9 @@ def test_yaml_loads_back_with_the_pipeline_parameters(compiled, target):
     inputs = set(loaded.component_spec.inputs)
     common = set(image_classification_pipeline.component_spec.inputs)
     assert {"csv_uri", "image_dir", "backbone", "accuracy_threshold"} <= common
+    # The custom job's machine and replica count exist on vertex only.
+    vertex_only = {"machine_type", "accelerator_count", "replica_count", "project"}
+    assert vertex_only <= set(VERTEX_PARAMETERS) and not vertex_only & common
     if target == "vertex":
         assert inputs == common | set(VERTEX_PARAMETERS)
     else:
@@ -141,15 +171,18 @@ def test_every_task_runs_on_the_configured_image_of_its_stage(compiled, target):
             images[task] = c.executor(task, parent)["container"]["image"]
     expected = {task: _image(stage) for task, stage in STAGE_TASKS.items() if task in images}
     if target == "vertex":
-        # The train task launches a custom job; the train image is in its worker pools.
-        assert images.pop("train").startswith("gcr.io/ml-pipeline/google-cloud-pipeline")
-        pools = c.spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"][
-            "worker_pool_specs"
-        ]["runtimeValue"]["constant"]
-        assert [p["container_spec"]["image_uri"] for p in pools] == [_image("train")]
+        # The train tasks launch custom jobs; the train image is in their worker pools.
+        jobs = c.custom_jobs()
+        assert len(jobs) == 2 and "train" in jobs
+        for task, (parent, spec) in jobs.items():
+            image = c.executor(task, parent)["container"]["image"]
+            assert image.startswith("gcr.io/ml-pipeline/google-cloud-pipeline"), task
+            pools = spec["inputs"]["parameters"]["worker_pool_specs"]["runtimeValue"]["constant"]
+            assert pools and all(p["container_spec"]["image_uri"] == _image("train") for p in pools)
+        images.pop("train")
         expected.pop("train")
     else:
-        assert "vertex-model" not in images
+        assert not {"vertex-model", "worker-replicas"} & set(images)
     assert images == expected
     assert set(images) >= {"create-tfrecords", "export", "evaluate", "deploy", "batch-predict"}
     # No image from the environment at import time (the default registry) survives.
@@ -166,6 +199,9 @@ def test_registry_and_tag_flags_set_the_images(tmp_path, monkeypatch):
     assert "elsewhere.example" not in c.text
     assert c.executor("evaluate")["container"]["image"] == _image("evaluate")
     assert f"image_uri: {_image('train')}" in c.text
+    # The replica count is a pipeline parameter now, no longer a compile flag.
+    with pytest.raises(SystemExit):
+        main(["--target", "vertex", "--output", str(out), "--replica-count", "3"])
 
 
 def test_kfp_train_asks_gke_for_gpus_of_the_configured_type(compiled):
@@ -203,45 +239,120 @@ def test_kfp_beam_stages_request_cpu_and_memory_and_deploy_is_never_cached(compi
         assert tasks["deploy"][1]["cachingOptions"].get("enableCache", False) is False
         # create_tfrecords reads images by URI: a re-run must see changed data.
         assert tasks["create-tfrecords"][1]["cachingOptions"].get("enableCache", False) is False
-        assert tasks["train"][1]["cachingOptions"]["enableCache"] is True
+        for job in compiled[target].custom_jobs() if target == "vertex" else ["train"]:
+            assert tasks[job][1]["cachingOptions"]["enableCache"] is True, job
+
+
+def _training_branches(c: Compiled) -> tuple[str, dict]:
+    """The vertex condition-branches task around the train custom jobs, and its branches
+    by display name: (condition task name, its spec, the branch component, its custom job)."""
+    root = c.spec["root"]["dag"]["tasks"]
+    (branches,) = [name for name in root if name.startswith("condition-branches")]
+    component = c.spec["components"][root[branches]["componentRef"]["name"]]
+    jobs = c.custom_jobs()
+    found = {}
+    for name, spec in component["dag"]["tasks"].items():
+        branch = spec["componentRef"]["name"]
+        (job,) = [task for task, (parent, _) in jobs.items() if parent == branch]
+        found[spec["taskInfo"]["name"]] = (name, spec, branch, job)
+    return branches, found
 
 
 def test_vertex_train_is_a_custom_job_with_its_machine_from_pipeline_parameters(compiled):
     c = compiled["vertex"]
-    executor = c.executor("train")["container"]
-    assert CUSTOM_JOB_LAUNCHER in executor["command"]
-    assert "resources" not in executor, "Vertex sizes the custom job, not the launcher"
     root_inputs = c.spec["root"]["inputDefinitions"]["parameters"]
-    assert {"machine_type", "accelerator_type", "accelerator_count", "project", "location"} <= set(
-        root_inputs
-    )
+    assert {
+        "machine_type",
+        "accelerator_type",
+        "accelerator_count",
+        "replica_count",
+        "project",
+        "location",
+    } <= set(root_inputs)
+    assert root_inputs["replica_count"]["parameterType"] == "NUMBER_INTEGER"
+    assert root_inputs["replica_count"]["defaultValue"] == 1
     assert root_inputs["project"]["defaultValue"] == "{{$.pipeline_google_cloud_project_id}}"
     assert root_inputs["location"]["defaultValue"] == "{{$.pipeline_google_cloud_location}}"
 
-    inputs = c.spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
-    (pool,) = inputs["worker_pool_specs"]["runtimeValue"]["constant"]
-    for field in ("machine_type", "accelerator_type", "accelerator_count"):
-        channel = f"pipelinechannel--{field}"
-        assert pool["machine_spec"][field] == f"{{{{$.inputs.parameters['{channel}']}}}}"
-        assert inputs[channel] == {"componentInputParameter": field}
-    assert pool["replica_count"] == 1
-    assert inputs["project"] == {"componentInputParameter": "project"}
-    assert inputs["location"] == {"componentInputParameter": "location"}
-    # The train component's own inputs still come from the pipeline and create_tfrecords.
-    assert inputs["backbone"] == {"componentInputParameter": "backbone"}
-    assert c.spec["root"]["dag"]["tasks"]["train"]["inputs"]["artifacts"]["dataset"] == {
-        "taskOutputArtifact": {"outputArtifactKey": "dataset", "producerTask": "create-tfrecords"}
+    jobs = c.custom_jobs()
+    assert len(jobs) == 2
+    for task, (parent, spec) in jobs.items():
+        assert parent != "root", "each custom job is in a branch on replica_count"
+        executor = c.executor(task, parent)["container"]
+        assert "resources" not in executor, "Vertex sizes the custom job, not the launcher"
+        # The launcher's payload carries the worker pools (and so the machine) to Vertex AI.
+        assert "{{$.inputs.parameters['worker_pool_specs']}}" in " ".join(executor["args"])
+        inputs = spec["inputs"]["parameters"]
+        pools = inputs["worker_pool_specs"]["runtimeValue"]["constant"]
+        assert pools[0]["replica_count"] == 1
+        for pool in pools:
+            for field in ("machine_type", "accelerator_type", "accelerator_count"):
+                channel = f"pipelinechannel--{field}"
+                assert pool["machine_spec"][field] == f"{{{{$.inputs.parameters['{channel}']}}}}"
+                assert c.source(parent, inputs[channel]) == {"componentInputParameter": field}
+        for field in ("project", "location", "backbone", "epochs"):
+            assert c.source(parent, inputs[field]) == {"componentInputParameter": field}
+        # The train component's dataset still comes from create_tfrecords.
+        dataset = spec["inputs"]["artifacts"]["dataset"]["componentInputArtifact"]
+        assert dataset == "pipelinechannel--create-tfrecords-dataset"
+
+
+def test_vertex_replica_count_picks_one_or_two_worker_pools_at_run_time(compiled):
+    c = compiled["vertex"]
+    branches, found = _training_branches(c)
+    assert set(found) == {"multi-worker-training", "single-worker-training"}
+    # Mutually exclusive: If and Else on the replica_count pipeline parameter.
+    condition = {name: spec["triggerPolicy"]["condition"] for name, (_, spec, *_) in found.items()}
+    assert condition == {
+        "multi-worker-training": REPLICAS_CONDITION,
+        "single-worker-training": f"!({REPLICAS_CONDITION})",
     }
-    # The launcher's payload carries the worker pools (and so the machine) to Vertex AI.
-    assert "{{$.inputs.parameters['worker_pool_specs']}}" in " ".join(executor["args"])
+    replicas = c.spec["root"]["dag"]["tasks"][branches]["inputs"]["parameters"]
+    assert replicas["pipelinechannel--replica_count"] == {
+        "componentInputParameter": "replica_count"
+    }
 
-
-def test_vertex_replica_count_adds_a_worker_pool(tmp_path):
-    c = Compiled(_compile("vertex", tmp_path / "vertex.yaml", replica_count=3))
-    pools = c.spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["worker_pool_specs"]
-    primary, workers = pools["runtimeValue"]["constant"]
-    assert (primary["replica_count"], workers["replica_count"]) == (1, 2)
+    # Multi-worker: GCPC's layout, a primary of one replica plus a worker pool whose
+    # replica count is worker-replicas' output (replica_count - 1), at run time.
+    _, _, branch, job = found["multi-worker-training"]
+    tasks = c.spec["components"][branch]["dag"]["tasks"]
+    assert set(tasks) == {"worker-replicas", job}
+    inputs = tasks[job]["inputs"]["parameters"]
+    primary, workers = inputs["worker_pool_specs"]["runtimeValue"]["constant"]
+    assert primary["replica_count"] == 1
     assert workers["machine_spec"] == primary["machine_spec"]
+    assert workers["container_spec"] == primary["container_spec"]
+    (channel,) = PLACEHOLDER.fullmatch(workers["replica_count"]).groups()
+    assert inputs[channel] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "worker-replicas"}
+    }
+    assert job in [
+        t for t, spec in tasks.items() if "worker-replicas" in spec.get("dependentTasks", [])
+    ]
+    count = tasks["worker-replicas"]["inputs"]["parameters"]["replica_count"]
+    assert c.source(branch, count) == {"componentInputParameter": "replica_count"}
+
+    # Single: one pool of one replica.
+    _, _, branch, job = found["single-worker-training"]
+    tasks = c.spec["components"][branch]["dag"]["tasks"]
+    assert set(tasks) == {job}
+    (pool,) = tasks[job]["inputs"]["parameters"]["worker_pool_specs"]["runtimeValue"]["constant"]
+    assert pool["replica_count"] == 1
+
+    # Export takes the model of whichever branch ran: the OneOf of both custom jobs'.
+    export = c.spec["root"]["dag"]["tasks"]["export"]["inputs"]["artifacts"]["model"]
+    assert export["taskOutputArtifact"]["producerTask"] == branches
+    outer = c.spec["components"][c.spec["root"]["dag"]["tasks"][branches]["componentRef"]["name"]]
+    key = export["taskOutputArtifact"]["outputArtifactKey"]
+    selectors = outer["dag"]["outputs"]["artifacts"][key]["artifactSelectors"]
+    selected = set()
+    for condition_task, _, branch, job in found.values():
+        (selector,) = [s for s in selectors if s["producerSubtask"] == condition_task]
+        outputs = c.spec["components"][branch]["dag"]["outputs"]["artifacts"]
+        (inner,) = outputs[selector["outputArtifactKey"]]["artifactSelectors"]
+        assert inner == {"outputArtifactKey": "model", "producerSubtask": job}
+        selected.add(condition_task)
+    assert len(selectors) == len(selected) == 2
 
 
 def test_vertex_offers_the_exported_model_as_an_unmanaged_container_model(compiled):
