@@ -197,6 +197,13 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
         top_k: int = 3,
         beam_runner: str = "DirectRunner",
         beam_args: list = [],  # noqa: B006 (KFP list parameter default)
+        target_shard_mb: float = 150.0,
+        dataflow_project: str = "",
+        dataflow_region: str = "",
+        dataflow_temp_location: str = "",
+        dataflow_machine_type: str = "",
+        dataflow_max_workers: int = 0,
+        dataflow_worker_image: str = "",
         # Vertex AI only (VERTEX_PARAMETERS): the other targets drop them.
         machine_type: str = "g2-standard-8",
         accelerator_type: str = "NVIDIA_L4",
@@ -231,7 +238,16 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
             serving_port: Port the local server is documented to serve on.
             top_k: Classes per image in batch predictions.
             beam_runner: Beam runner of the Beam stages (DirectRunner, DataflowRunner).
-            beam_args: Extra Beam pipeline options, e.g. ["--project=p", "--region=r"].
+            beam_args: Extra Beam pipeline options, e.g. ["--experiments=..."].
+            target_shard_mb: Size a TFRecord shard aims at; the shard count follows.
+            dataflow_project: Google Cloud project of the Dataflow job (DataflowRunner).
+            dataflow_region: Dataflow region, e.g. us-central1.
+            dataflow_temp_location: gs:// folder for Dataflow's temporary files.
+            dataflow_machine_type: Dataflow worker machine type, e.g. n2-standard-4.
+            dataflow_max_workers: Most Dataflow workers autoscaling may start (0: Beam's
+                default).
+            dataflow_worker_image: Image the Dataflow workers run: the stage's
+                dataflow-worker build, <registry>/create-tfrecords-dataflow:<tag>.
             machine_type: Machine type of the train custom job, e.g. g2-standard-8,
                 n1-standard-8.
             accelerator_type: Accelerator of each train machine, e.g. NVIDIA_L4,
@@ -255,6 +271,13 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
             max_error_fraction=max_error_fraction,
             runner=beam_runner,
             beam_args=beam_args,
+            target_shard_mb=target_shard_mb,
+            project=dataflow_project,
+            region=dataflow_region,
+            temp_location=dataflow_temp_location,
+            worker_machine_type=dataflow_machine_type,
+            max_num_workers=dataflow_max_workers,
+            sdk_container_image=dataflow_worker_image,
         )
         # It reads the images by URI, and their content may change under the same URI.
         tfrecords.set_caching_options(False)

@@ -456,7 +456,7 @@ def test_compiled_kfp_yaml_runs_end_to_end_under_kfp_local(compiled, kfp_local, 
     ignored = [str(w.message) for w in ignored]
     assert any("'train'" in m and "accelerator" in m for m in ignored), ignored
     expected = {
-        "create-tfrecords": {"dataset"},
+        "create-tfrecords": {"dataset", "report"},
         "train": {"model", "metrics"},
         "export": {"exported_model"},
         "evaluate": {"metrics", "confusion_matrix"},

@@ -1,5 +1,6 @@
-"""Tests of the create_tfrecords stage: split function, image checks, the Beam pipeline on both
-input formats and on bad input, the command line and the KFP component under kfp local.
+"""Tests of the create_tfrecords stage: split function, image checks, Beam options, the Beam
+pipeline on both input formats, split stability, shard sizing, the command line, and the KFP
+component under kfp local on a corpus holding every kind of bad input.
 
 Each pipeline run is a module-scoped fixture shared by the assertions that read its output.
 """
@@ -11,6 +12,7 @@ import glob
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -20,8 +22,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.common import schema
-from components.create_tfrecords import beam_pipeline
+from components.common import beam as beam_utils, schema
+from components.create_tfrecords import beam_pipeline, sharding
 from components.create_tfrecords.beam_pipeline import assign_split, run
 from components.create_tfrecords.image_checks import ImageRejected, check_image
 
@@ -130,7 +132,13 @@ def test_run_rejects_bad_arguments_before_running(sample_data, tmp_path):
         run(out, image_dir=sample_data.image_dir, train_fraction=0.9, valid_fraction=0.3)
     with pytest.raises(FileNotFoundError, match="no CSV"):
         run(out, csv_uri=str(tmp_path / "nope.csv"), labels_uri=sample_data.labels_path)
-    assert not os.path.exists(os.path.join(out, schema.STATS_FILE))
+    with pytest.raises(ValueError, match="target_shard_mb"):
+        run(out, image_dir=sample_data.image_dir, target_shard_mb=0)
+    with pytest.raises(ValueError, match="num_shards"):
+        run(out, image_dir=sample_data.image_dir, num_shards=-1)
+    with pytest.raises(ValueError, match="--region is set twice"):
+        run(out, image_dir=sample_data.image_dir, region="r1", beam_args=["--region=r2"])
+    assert not os.path.exists(out)
 
 
 # --------------------------------------------------------------------------- image checks
@@ -180,6 +188,19 @@ def test_check_image_resizes_long_side_and_zero_disables():
     assert check_image(data, max_image_side=0).encoded == data
 
 
+def test_check_image_keeps_mpo_bytes_and_names_conversions():
+    """A phone's MPO (a JPEG with extra pictures) keeps its bytes, which TF decodes."""
+    first = Image.new("RGB", (40, 30), (10, 200, 30))
+    out = io.BytesIO()
+    first.save(out, "MPO", save_all=True, append_images=[Image.new("RGB", (40, 30))])
+    checked = check_image(out.getvalue())
+    assert checked.encoded == out.getvalue() and checked.conversions() == ()
+    assert tuple(tf.io.decode_jpeg(checked.encoded).shape) == (30, 40, 3)
+    grey = io.BytesIO()
+    Image.new("L", (300, 100)).save(grey, "PNG")
+    assert check_image(grey.getvalue(), 150).conversions() == ("format", "mode", "resized")
+
+
 @pytest.mark.parametrize(
     "data, reason",
     [
@@ -193,6 +214,122 @@ def test_check_image_rejects_bad_data(data, reason):
     with pytest.raises(ImageRejected) as caught:
         check_image(data)
     assert caught.value.reason == reason
+
+
+# --------------------------------------------------------------------------- Beam options
+
+
+def test_dataflow_parameters_become_beam_options():
+    args = beam_utils.dataflow_args(
+        project="my-project",
+        region="europe-west4",
+        temp_location="gs://bucket/tmp",
+        worker_machine_type="n2-standard-8",
+        max_num_workers=40,
+        sdk_container_image="europe-docker.pkg.dev/p/r/create-tfrecords-dataflow:v1",
+    )
+    assert args == [
+        "--project=my-project",
+        "--region=europe-west4",
+        "--temp_location=gs://bucket/tmp",
+        "--machine_type=n2-standard-8",
+        "--max_num_workers=40",
+        "--sdk_container_image=europe-docker.pkg.dev/p/r/create-tfrecords-dataflow:v1",
+        "--sdk_location=container",
+    ]
+    assert beam_utils.dataflow_args() == []  # Empty means unset.
+    assert beam_utils.dataflow_args(project="p", sdk_container_image=" ") == ["--project=p"]
+    options = beam_utils.pipeline_options(
+        "DataflowRunner",
+        ["--job_name=tfrecords", "--region", "europe-west4", "--experiments=use_runner_v2"],
+        project="my-project",
+        region="europe-west4",  # Also in beam_args, with the same value: fine.
+        worker_machine_type="n2-standard-8",
+        sdk_container_image="img:v1",
+    ).get_all_options(drop_default=True)
+    assert options == {
+        "runner": "DataflowRunner",
+        "project": "my-project",
+        "region": "europe-west4",
+        "machine_type": "n2-standard-8",
+        "sdk_container_image": "img:v1",
+        "sdk_location": "container",
+        "job_name": "tfrecords",
+        "experiments": ["use_runner_v2"],
+    }
+    # Beam's other spelling of the machine type is the same option.
+    with pytest.raises(ValueError, match="--machine_type is set twice"):
+        beam_utils.pipeline_options(
+            "DataflowRunner", ["--worker_machine_type=n1"], worker_machine_type="n2"
+        )
+    with pytest.raises(ValueError, match="--sdk_location is set twice"):
+        beam_utils.pipeline_options(
+            "DirectRunner", ["--sdk_location=sdk.tar.gz"], sdk_container_image="i"
+        )
+    with pytest.raises(ValueError, match="max_num_workers"):
+        beam_utils.dataflow_args(max_num_workers=-1)
+    # The DirectRunner keeps Beam's default mode: no direct_* option is added.
+    direct = beam_utils.pipeline_options("DirectRunner").get_all_options(drop_default=True)
+    assert direct == {"runner": "DirectRunner"}
+
+
+def test_run_and_component_pass_the_dataflow_parameters(monkeypatch, sample_data, tmp_path):
+    """run() hands the named Dataflow settings to make_pipeline; the component to run()."""
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_make_pipeline(runner, beam_args=None, **dataflow):
+        calls.append((runner, beam_args, dataflow))
+        raise Stop
+
+    monkeypatch.setattr(beam_utils, "make_pipeline", fake_make_pipeline)
+    dataflow = dict(
+        project="p",
+        region="r",
+        temp_location="gs://b/tmp",
+        worker_machine_type="n2-standard-4",
+        max_num_workers=7,
+        sdk_container_image="img:v1",
+    )
+    with pytest.raises(Stop):
+        run(
+            str(tmp_path / "out"),
+            image_dir=sample_data.image_dir,
+            runner="DataflowRunner",
+            beam_args=["--job_name=j"],
+            **dataflow,
+        )
+    assert calls == [("DataflowRunner", ["--job_name=j"], dataflow)]
+
+    from kfp.dsl import Dataset, Markdown
+
+    from components.common import io as io_lib
+    from components.create_tfrecords import report as report_lib
+    from components.create_tfrecords.component import create_tfrecords
+
+    runs, written = [], {}
+    monkeypatch.setattr(
+        beam_pipeline, "run", lambda **kw: runs.append(kw) or {"kept": 1, "rejected": 0}
+    )
+    monkeypatch.setattr(report_lib, "render_report", lambda stats, *args: "# report")
+    monkeypatch.setattr(io_lib, "write_text", lambda path, text: written.update({path: text}))
+    dataset, report = Dataset(uri=str(tmp_path / "d")), Markdown(uri=str(tmp_path / "r.md"))
+    create_tfrecords.python_func(
+        dataset=dataset,
+        report=report,
+        image_dir="gs://b/images",
+        runner="DataflowRunner",
+        target_shard_mb=100.0,
+        beam_args=["--job_name=j"],
+        **dataflow,
+    )
+    assert runs[0]["runner"] == "DataflowRunner" and runs[0]["target_shard_mb"] == 100.0
+    assert {k: runs[0][k] for k in dataflow} == dataflow
+    assert runs[0]["beam_args"] == ["--job_name=j"]
+    assert written == {str(tmp_path / "r.md"): "# report"}
+    assert dataset.metadata == {"kept": 1, "rejected": 0}
 
 
 # --------------------------------------------------------------------------- runs on good data
@@ -264,181 +401,430 @@ def test_stats_match_records(good_run):
         assert json.load(f) == stats
     assert stats["kept"] == 48
     for split in schema.SPLITS:
-        assert stats["splits"][split] == len(dataset[split])
+        records = dataset[split]
+        assert stats["splits"][split] == len(records)
+        assert stats["image_bytes_by_split"][split] == sum(len(r["encoded"]) for r in records)
+        shard_files = schema.shard_files(out, split)
+        assert stats["shards"][split] == {
+            "files": len(shard_files),
+            "bytes": sum(os.path.getsize(f) for f in shard_files),
+        }
         for label in stats["labels"]:
-            n = sum(r["text"] == label for r in dataset[split])
+            n = sum(r["text"] == label for r in records)
             assert stats["classes"][split][label] == n
     assert stats["splits"]["train"] > stats["splits"]["valid"]
+    records = [r for split in schema.SPLITS for r in dataset[split]]
+    widths = sorted(r["width"] for r in records)
+    heights = sorted(r["height"] for r in records)
+    sizes = stats["image_sizes"]
+    assert sizes["width"] == {"min": widths[0], "median": widths[23], "max": widths[-1]}
+    assert sizes["height"] == {"min": heights[0], "median": heights[23], "max": heights[-1]}
+    histogram = sizes["long_side_histogram"]
+    assert sum(histogram.values()) == 48
+    long_sides = [max(r["width"], r["height"]) for r in records]  # 72..256 px
+    assert histogram["64-127"] == sum(s < 128 for s in long_sides)
+    assert histogram["128-255"] == sum(128 <= s < 256 for s in long_sides)
+    assert histogram["256-511"] == sum(s >= 256 for s in long_sides)
 
 
-def test_shard_names_follow_the_schema(csv_run, dir_run):
-    csv_out, _ = csv_run
+def test_forced_shard_count_and_shard_names(csv_run, dir_run):
+    csv_out, csv_stats = csv_run  # num_shards=2: exactly 2 per split, whatever the size.
     for split in schema.SPLITS:
         names = sorted(os.listdir(os.path.join(csv_out, split)))
         assert names == [f"{split}-0000{i}-of-00002.tfrecord.gz" for i in range(2)]
-    dir_out, _ = dir_run
+    assert csv_stats["estimate"]["num_shards"] == {"train": 2, "valid": 2, "test": 2}
+    assert csv_stats["estimate"]["method"] == "none"  # No estimate needed.
+    dir_out, dir_stats = dir_run  # About 0.5 MB of input: one shard per split.
     for split in schema.SPLITS:
-        assert schema.shard_files(dir_out, split)
+        assert [os.path.basename(f) for f in schema.shard_files(dir_out, split)] == [
+            f"{split}-00000-of-00001.tfrecord.gz"
+        ]
+    assert dir_stats["estimate"]["method"] == "folder_listing"
+    assert dir_stats["estimate"]["images"] == 48
 
 
-def test_both_formats_give_the_same_dataset(csv_run, dir_run):
-    assert csv_run[1]["splits"] == dir_run[1]["splits"]
-    # Folder tree labels are the sorted subdirectories; the CSV's come from its label file.
-    assert dir_run[1]["labels"] == sorted(csv_run[1]["labels"])
-
-
-# --------------------------------------------------------------------------- bad input
+# --------------------------------------------------------------------------- split stability
 
 
 @pytest.fixture(scope="module")
-def bad_corpus(sample_data, tmp_path_factory):
-    """A CSV mixing good images, bad ones and images that need re-encoding."""
-    root = tmp_path_factory.mktemp("bad_corpus")
+def grown_run(sample_data, tmp_path_factory):
+    """The sample CSV with 24 more images appended, run again."""
+    from pipelines.sample_data import generate
+
+    root = tmp_path_factory.mktemp("grown")
+    more = generate(str(root / "more"), per_class=6, seed=7)
+    csv_path = root / "grown.csv"
+    csv_path.write_text(Path(sample_data.csv_path).read_text() + Path(more.csv_path).read_text())
+    out = str(root / "dataset")
+    return out, run(out, csv_uri=str(csv_path), labels_uri=sample_data.labels_path)
+
+
+def manifest_splits(dataset_dir: str) -> dict[str, str]:
+    """uri -> split, from the manifests."""
+    return {uri: split for split in schema.SPLITS for uri, _ in read_manifest(dataset_dir, split)}
+
+
+def test_splits_are_stable_across_runs_and_growth(csv_run, dir_run, grown_run):
+    first, again, grown = (manifest_splits(run[0]) for run in (csv_run, dir_run, grown_run))
+    assert len(first) == 48 and again == first  # Same URIs, another run: same splits.
+    assert len(grown) == 72
+    assert {uri: grown[uri] for uri in first} == first  # Old images never move.
+    new = set(grown) - set(first)
+    assert len(new) == 24 and {grown[uri] for uri in new} >= {"train"}
+    assert grown_run[1]["estimate"]["method"] == "csv_complete"
+
+
+# --------------------------------------------------------------------------- shard sizing
+
+
+def test_shard_count_follows_the_input_size(sample_data, tmp_path):
+    target_mb = 0.05
+    out = str(tmp_path / "dataset")
+    stats = run(
+        out,
+        csv_uri=sample_data.csv_path,
+        labels_uri=sample_data.labels_path,
+        target_shard_mb=target_mb,
+    )
+    with open(sample_data.csv_path, newline="") as f:
+        input_bytes = sum(os.path.getsize(uri) for uri, _ in csv.reader(f))
+    target = target_mb * 2**20
+    expected = {
+        split: max(1, math.ceil(input_bytes * fraction / target))
+        for split, fraction in (("train", 0.8), ("valid", 0.1), ("test", 0.1))
+    }
+    assert expected["train"] >= 5  # About 0.45 MB of JPEGs: several 50 KB shards.
+    assert stats["estimate"]["input_bytes"] == input_bytes
+    assert stats["estimate"]["num_shards"] == expected
+    dataset = read_dataset(out)
+    for split in schema.SPLITS:
+        files = schema.shard_files(out, split)
+        n = expected[split]
+        assert [os.path.basename(f) for f in files] == [
+            f"{split}-{i:05d}-of-{n:05d}.tfrecord.gz" for i in range(n)
+        ]
+        assert stats["shards"][split]["files"] == n
+        # Records are spread evenly: no shard is far above the target.
+        assert max(os.path.getsize(f) for f in files) < 2 * target
+    assert sum(len(records) for records in dataset.values()) == 48
+    report = Path(out, beam_pipeline.REPORT_FILE).read_text()
+    assert f"| train | {stats['splits']['train']} | {expected['train']} |" in report
+
+
+def test_csv_estimate_from_a_sample_scales_to_the_whole_listing(sample_data, tmp_path):
+    with open(sample_data.csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    true_bytes = sum(os.path.getsize(uri) for uri, _ in rows)
+    # A header line and a missing file among the listed ones are estimated as they come.
+    listing = tmp_path / "listing.csv"
+    listing.write_text("uri,label\n" + Path(sample_data.csv_path).read_text())
+    estimate = sharding.estimate_csv(str(listing), list(sample_data.labels), sample_lines=20)
+    assert (estimate.method, estimate.sampled) == ("csv_sample", 19)
+    assert estimate.input_bytes == pytest.approx(true_bytes, rel=0.35)
+    assert estimate.images == pytest.approx(48, rel=0.1)
+    complete = sharding.estimate_csv(str(listing), list(sample_data.labels))
+    assert (complete.method, complete.input_bytes, complete.images) == (
+        "csv_complete",
+        true_bytes,
+        48,
+    )
+    assert sharding.shards_per_split(10 * 2**20, 0.8, 0.1, 1.0) == {
+        "train": 8,
+        "valid": 1,
+        "test": 1,
+    }
+    assert sharding.shards_per_split(0, 1.0, 0.0, 150) == {"train": 1, "valid": 1, "test": 1}
+    assert sharding.shards_per_split(10**12, 0.8, 0.1, 150, num_shards=3)["train"] == 3
+
+
+# --------------------------------------------------------------------------- every bad input
+
+
+def random_image(seed: int, size=(120, 90)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), np.uint8))
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def corpus(sample_data, tmp_path_factory):
+    """A CSV listing every kind of input the stage must handle, and the expected outcome
+    of each: ``kept`` (URI -> label, stored size, conversions) or ``rejected`` (URI ->
+    reason)."""
+    root = tmp_path_factory.mktemp("corpus")
     images = root / "images"
     images.mkdir()
     samples = sorted(glob.glob(os.path.join(sample_data.image_dir, "*", "*.jpg")))
-    good, rows, expected_errors = {}, [], {}
+    rows: list[str] = []
+    kept: dict[str, dict] = {}
+    rejected: dict[str, str] = {}
 
-    for label in sample_data.labels:  # Two original JPEGs per class, as relative URIs.
-        for path in [p for p in samples if f"/{label}/" in p][:2]:
-            target = images / os.path.basename(path)
-            shutil.copy(path, target)
-            good[str(target)] = label
-            rows.append(f"images/{target.name},{label}")
+    def path_of(name: str) -> str:
+        return str(images / name)
 
-    def add(name: str, data: bytes | None, label: str, reason: str | None) -> str:
-        path = images / name
+    def add(name, data, label, reason=None, size=(120, 90), conversions=(), row=None):
+        path = path_of(name)
         if data is not None:
-            path.write_bytes(data)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Path(path).write_bytes(data)
         if reason:
-            expected_errors[str(path)] = reason
+            rejected[path] = reason
         else:
-            good[str(path)] = label
-        rows.append(f"  {path} , {label} ")
-        return str(path)
+            kept[path] = {"label": label, "size": size, "conversions": conversions}
+        rows.append(row or f"{path},{label}")
+        return path
 
+    # Original JPEGs, listed relative to the CSV and with surrounding whitespace.
+    for i, label in enumerate(("circle", "square", "triangle", "cross")):
+        for j, sample in enumerate([p for p in samples if f"/{label}/" in p][:2]):
+            name = os.path.basename(sample)
+            size = Image.open(sample).size
+            row = f"images/{name},{label}" if j == 0 else f"  {path_of(name)} ,  {label}  "
+            add(name, Path(sample).read_bytes(), label, size=size, row=row)
+            kept[path_of(name)]["original"] = True
+        del i
+
+    # Files that cannot be read, or hold no image.
     sample = Path(samples[0]).read_bytes()
-    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), np.uint8))
-    png = io.BytesIO()
-    rgb.convert("RGBA").save(png, "PNG")
-    exif = Image.Exif()
-    exif[0x0112] = 8
-    add("truncated.jpg", sample[: len(sample) // 2], "circle", "corrupt_image")
-    add("empty.jpg", b"", "square", "empty_file")
     add("missing.jpg", None, "circle", "missing_file")
+    os.mkdir(path_of("folder.jpg"))  # Exists, but is no file.
+    add("folder.jpg", None, "square", "unreadable_file")
+    add("empty.jpg", b"", "square", "empty_file")
+    add("truncated.jpg", sample[: len(sample) // 2], "circle", "corrupt_image")
     add("text.jpg", b"hello, I am not a JPEG\n" * 10, "cross", "corrupt_image")
-    add("hexagon.jpg", sample, "hexagon", "unknown_label")
-    conflict = add("conflict.jpg", sample, "circle", "conflicting_labels")
+
+    # Other formats and modes, re-encoded as RGB JPEGs.
+    add(
+        "rgba.png",
+        encoded(random_image(1).convert("RGBA"), "PNG"),
+        "square",
+        conversions=("format", "mode"),
+    )
+    add("palette.gif", encoded(random_image(2), "GIF"), "triangle", conversions=("format", "mode"))
+    add("plain.bmp", encoded(random_image(3), "BMP"), "cross", conversions=("format",))
+    add("photo.webp", encoded(random_image(4), "WEBP"), "circle", conversions=("format",))
+    add(
+        "grey.jpg", encoded(random_image(5).convert("L"), "JPEG"), "triangle", conversions=("mode",)
+    )
+    add(
+        "cmyk.jpg", encoded(random_image(6).convert("CMYK"), "JPEG"), "cross", conversions=("mode",)
+    )
+    halves = Image.new("RGB", (120, 90), (255, 0, 0))
+    halves.paste((0, 0, 255), (60, 0, 120, 90))  # Left red, right blue.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Displayed rotated 90 degrees clockwise: left comes on top.
+    rotated = add(
+        "rotated.jpg",
+        encoded(halves, "JPEG", exif=exif.tobytes()),
+        "square",
+        size=(90, 120),
+        conversions=("orientation",),
+    )
+    add(
+        "big.jpg",
+        encoded(random_image(7, (1200, 900)), "JPEG"),
+        "circle",
+        size=(512, 384),
+        conversions=("resized",),
+    )
+
+    # Labels and lines.
+    add("hexagon.jpg", encoded(random_image(8), "JPEG"), "hexagon", "unknown_label")
+    conflict = add("conflict.jpg", encoded(random_image(9), "JPEG"), "circle", "conflicting_labels")
     rows.append(f"{conflict},square")
-    png_path = add("drawing.png", png.getvalue(), "square", None)
-    grey_path = add("grey.jpg", jpeg_bytes(rgb.convert("L")), "triangle", None)
-    big_path = add("big.jpg", jpeg_bytes(rgb.resize((1200, 900))), "cross", None)
-    rotated_path = add("rotated.jpg", jpeg_bytes(rgb, exif=exif.tobytes()), "circle", None)
     rows.append(rows[0])  # A repeated line is kept once, not rejected.
-    rows[3:3] = ["", "   ", "only-one-field", "a.jpg,circle,extra"]
+    rows[3:3] = ["", "   ", "only-one-field", "a.jpg,circle,extra", '"unclosed.jpg,circle']
     rows.insert(0, "uri,label")  # A header line is tolerated.
 
-    csv_path = root / "images.csv"
+    # Byte-identical copies: the smallest URI is kept, the others rejected.
+    copy = encoded(random_image(10), "JPEG")
+    add("dup/b_copy.jpg", copy, "cross", "duplicate_image")
+    add("dup/a_copy.jpg", copy, "cross", size=(120, 90))
+    add("dup/c_copy.jpg", copy, "cross", "duplicate_image")
+    # The same pixels in two containers store the same JPEG: duplicates too.
+    add("same/pixels.png", encoded(random_image(11), "PNG"), "circle", "duplicate_image")
+    add("same/pixels.bmp", encoded(random_image(11), "BMP"), "circle", conversions=("format",))
+    # The same bytes under different labels: the truth is unknown, all are rejected.
+    contested = encoded(random_image(12), "JPEG")
+    add("contested_1.jpg", contested, "circle", "conflicting_labels")
+    add("contested_2.jpg", contested, "square", "conflicting_labels")
+
+    csv_path = root / "listing.csv"
     csv_path.write_text("\n".join(rows) + "\n")
-    labels_path = root / "labels.txt"
-    labels_path.write_text("\n".join(sample_data.labels) + "\n")
+    labels_path = root / "labels.txt"  # Blank lines and repeats are dropped.
+    labels_path.write_text("circle\n\nsquare\ncircle\n  \ntriangle\ncross\nsquare\n")
     return {
         "csv": str(csv_path),
         "labels": str(labels_path),
-        "good": good,
-        "errors": expected_errors,
-        "malformed": 2,
-        "png": png_path,
-        "grey": grey_path,
-        "big": big_path,
-        "rotated": rotated_path,
+        "kept": kept,
+        "rejected": rejected,
+        "malformed": 3,
+        "rotated": rotated,
+        "kept_copy": path_of("dup/a_copy.jpg"),
     }
 
 
 @pytest.fixture(scope="module")
-def bad_run(bad_corpus, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("bad_run") / "dataset")
-    # train_fraction=1: the valid and test splits are empty, yet must exist and parse.
-    stats = run(
-        out,
-        csv_uri=bad_corpus["csv"],
-        labels_uri=bad_corpus["labels"],
-        train_fraction=1.0,
-        valid_fraction=0.0,
+def corpus_run(corpus, tmp_path_factory):
+    """The corpus through the component under kfp local, once for the module (the
+    function-scoped ``kfp_local`` fixture cannot serve a module-scoped one)."""
+    from kfp import local
+
+    from components.create_tfrecords.component import create_tfrecords
+
+    root = tmp_path_factory.mktemp("kfp_local") / "pipeline_root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    task = create_tfrecords(
+        csv_uri=corpus["csv"],
+        labels_uri=corpus["labels"],
         max_image_side=512,
-        max_error_fraction=0.5,
+        max_error_fraction=0.6,
     )
-    return out, stats, read_dataset(out)
-
-
-def test_bad_inputs_are_listed_with_their_reason(bad_corpus, bad_run):
-    out, stats, _ = bad_run
-    errors = read_errors(out)
-    for error in errors:
-        assert set(error) == {"uri", "label", "reason", "detail", "stage"}
-        assert error["stage"] == "create_tfrecords" and error["detail"]
-    by_uri = {e["uri"]: e["reason"] for e in errors if e["reason"] != "malformed_line"}
-    assert by_uri == bad_corpus["errors"]
-    malformed = [e for e in errors if e["reason"] == "malformed_line"]
-    assert len(malformed) == bad_corpus["malformed"]
-    assert {e["uri"] for e in malformed} == {bad_corpus["csv"]}
-    assert any("only-one-field" in e["detail"] for e in malformed)
-    assert stats["rejected"] == len(errors) == len(bad_corpus["errors"]) + 2
-    assert stats["rejected_by_reason"] == {
-        "conflicting_labels": 1,
-        "corrupt_image": 2,
-        "empty_file": 1,
-        "malformed_line": 2,
-        "missing_file": 1,
-        "unknown_label": 1,
+    dataset, report = task.outputs["dataset"], task.outputs["report"]
+    assert dataset.path.startswith(str(root))
+    stats = json.loads(Path(dataset.path, schema.STATS_FILE).read_text())
+    return {
+        "dir": dataset.path,
+        "metadata": dataset.metadata,
+        "stats": stats,
+        "records": read_dataset(dataset.path),
+        "errors": read_errors(dataset.path),
+        "report": Path(report.path).read_text(),
     }
 
 
-def test_good_inputs_are_kept_exactly_once(bad_corpus, bad_run):
-    out, stats, dataset = bad_run
-    records = dataset["train"]
-    assert sorted(r["filename"] for r in records) == sorted(bad_corpus["good"])
-    assert {r["filename"]: r["text"] for r in records} == bad_corpus["good"]
-    assert stats["kept"] == stats["splits"]["train"] == len(bad_corpus["good"])
-    assert sorted(read_manifest(out, "train")) == sorted(bad_corpus["good"].items())
+def test_every_good_image_is_kept_exactly_once(corpus, corpus_run):
+    records = [r for split in schema.SPLITS for r in corpus_run["records"][split]]
+    filenames = [r["filename"] for r in records]
+    assert sorted(filenames) == sorted(corpus["kept"])  # None lost, none twice.
+    labels = corpus_run["stats"]["labels"]
+    assert labels == ["circle", "square", "triangle", "cross"]
+    for split in schema.SPLITS:
+        for r in corpus_run["records"][split]:
+            assert r["text"] == corpus["kept"][r["filename"]]["label"]
+            assert labels[r["label"]] == r["text"]
+            assert assign_split(r["filename"], 0.8, 0.1) == split
+        manifest = read_manifest(corpus_run["dir"], split)
+        assert sorted(manifest) == sorted(
+            (r["filename"], r["text"]) for r in corpus_run["records"][split]
+        )
+    assert {split for split in schema.SPLITS if corpus_run["records"][split]} >= {"train"}
 
 
-def test_empty_splits_have_a_readable_empty_shard(bad_run):
-    out, stats, dataset = bad_run
-    for split in ("valid", "test"):
-        assert stats["splits"][split] == 0 and dataset[split] == []
-        assert [os.path.basename(f) for f in schema.shard_files(out, split)] == [
-            f"{split}-00000-of-00001.tfrecord.gz"
-        ]
-        assert read_manifest(out, split) == []
-
-
-def test_non_rgb_jpeg_and_large_images_are_reencoded(bad_corpus, bad_run):
-    _, stats, dataset = bad_run
-    by_name = {r["filename"]: r for r in dataset["train"]}
-    for key, size in [
-        ("png", (120, 90)),
-        ("grey", (120, 90)),
-        ("big", (512, 384)),
-        ("rotated", (90, 120)),
-    ]:
-        r = by_name[bad_corpus[key]]
+def test_kept_images_are_rgb_jpegs_converted_as_needed(corpus, corpus_run):
+    by_name = {r["filename"]: r for split in corpus_run["records"].values() for r in split}
+    for uri, expected in corpus["kept"].items():
+        r = by_name[uri]
         image = decode(r["encoded"])
-        assert (image.format, image.mode, r["format"]) == ("JPEG", "RGB", "jpeg"), key
-        assert image.size == (r["width"], r["height"]) == size, key
-    assert stats["reencoded"] == 4 and stats["resized"] == 1
+        assert (image.format, image.mode, r["format"]) == ("JPEG", "RGB", "jpeg"), uri
+        assert image.size == (r["width"], r["height"]) == expected["size"], uri
+        if expected.get("original") or uri == corpus["kept_copy"]:
+            assert r["encoded"] == Path(uri).read_bytes(), uri
+        else:
+            assert r["encoded"] != Path(uri).read_bytes(), uri
+    # EXIF orientation applied: the red left half is now on top.
+    upright = decode(by_name[corpus["rotated"]]["encoded"])
+    top, bottom = upright.getpixel((45, 10)), upright.getpixel((45, 110))
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
+    stats = corpus_run["stats"]
+    expected = {name: 0 for name in ("format", "mode", "orientation", "resized")}
+    for item in corpus["kept"].values():
+        for name in item["conversions"]:
+            expected[name] += 1
+    assert stats["conversions"] == expected
+    assert stats["reencoded"] == sum(bool(item["conversions"]) for item in corpus["kept"].values())
+    assert stats["resized"] == 1
 
 
-def test_too_many_bad_inputs_fail_the_run(bad_corpus, tmp_path):
+def test_every_bad_input_is_rejected_with_its_reason(corpus, corpus_run):
+    errors = corpus_run["errors"]
+    for error in errors:
+        assert set(error) == {"uri", "label", "reason", "detail", "stage"}
+        assert error["stage"] == "create_tfrecords" and error["detail"]
+    by_uri = {e["uri"]: e for e in errors if e["reason"] != "malformed_line"}
+    assert {uri: e["reason"] for uri, e in by_uri.items()} == corpus["rejected"]
+    assert len(by_uri) == len(errors) - corpus["malformed"]  # One error per input.
+    malformed = [e for e in errors if e["reason"] == "malformed_line"]
+    assert {e["uri"] for e in malformed} == {corpus["csv"]}
+    assert sorted(e["detail"].split(": ")[-1] for e in malformed) == sorted(
+        ["'only-one-field'", "'a.jpg,circle,extra'", "'\"unclosed.jpg,circle'"]
+    )
+    conflict = by_uri[str(Path(corpus["csv"]).parent / "images" / "conflict.jpg")]
+    assert conflict["label"] == "circle|square"
+    for name in ("dup/b_copy.jpg", "dup/c_copy.jpg"):
+        error = by_uri[str(Path(corpus["csv"]).parent / "images" / name)]
+        assert corpus["kept_copy"] in error["detail"] and error["label"] == "cross"
+    pixels = by_uri[str(Path(corpus["csv"]).parent / "images" / "same" / "pixels.png")]
+    assert pixels["detail"].endswith("pixels.bmp, which is kept")
+    contested = [e for e in errors if "contested" in e["uri"]]
+    assert sorted(e["label"] for e in contested) == ["circle", "square"]
+    assert all("different labels" in e["detail"] for e in contested)
+
+
+def test_counts_are_in_stats_and_artifact_metadata(corpus, corpus_run):
+    stats, metadata = corpus_run["stats"], corpus_run["metadata"]
+    reasons = {}
+    for reason in corpus["rejected"].values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    reasons["malformed_line"] = corpus["malformed"]
+    assert stats["rejected_by_reason"] == dict(sorted(reasons.items()))
+    assert stats["rejected"] == len(corpus_run["errors"]) == sum(reasons.values())
+    assert stats["kept"] == len(corpus["kept"])
+    assert stats["ignored"] == {
+        "csv_header_lines": 1,
+        "blank_lines": 2,
+        "repeated_uri_lines": 1,
+        "non_image_files": 0,
+        "label_file_blank_lines": 2,
+        "label_file_repeated_labels": 2,
+    }
+    examples = stats["rejected_examples"]
+    assert set(examples) == set(reasons)
+    assert all(1 <= len(pairs) <= 3 for pairs in examples.values())
+    assert [uri for uri, _ in examples["corrupt_image"]] == sorted(
+        uri for uri, reason in corpus["rejected"].items() if reason == "corrupt_image"
+    )
+    for key in ("kept", "rejected", "rejected_by_reason", "ignored", "conversions"):
+        assert metadata[key] == stats[key], key
+    assert {s: int(n) for s, n in metadata["splits"].items()} == stats["splits"]
+    assert metadata["image_sizes"]["width"]["max"] == 512  # The resized one.
+    assert metadata["shards"]["train"]["files"] == 1
+
+
+def test_markdown_report_shows_the_counts(corpus_run):
+    report, stats = corpus_run["report"], corpus_run["stats"]
+    assert report == Path(corpus_run["dir"], beam_pipeline.REPORT_FILE).read_text()
+    assert report.startswith("# create_tfrecords report")
+    assert f"**{stats['kept']} images kept**, {stats['rejected']} inputs rejected" in report
+    totals = " | ".join(str(stats["splits"][s]) for s in schema.SPLITS)
+    assert f"| **total** | {totals} | {stats['kept']} |" in report
+    for reason, n in stats["rejected_by_reason"].items():
+        assert f"| {reason} | {n} | " in report
+    assert "missing.jpg: no such file" in report
+    assert "| repeated_uri_lines | 1 |" in report
+    assert "| 512-1023 | 1 |" in report  # The resized image's long side.
+    assert "## Shards" in report and "| train |" in report
+
+
+def test_too_many_bad_inputs_fail_the_run(corpus, tmp_path):
     out = str(tmp_path / "dataset")
-    total = len(bad_corpus["good"]) + len(bad_corpus["errors"]) + bad_corpus["malformed"]
     with pytest.raises(ValueError) as caught:
-        run(out, csv_uri=bad_corpus["csv"], labels_uri=bad_corpus["labels"], max_error_fraction=0.1)
+        run(out, csv_uri=corpus["csv"], labels_uri=corpus["labels"], max_image_side=512)
+    # Duplicates lose nothing (a copy is kept): they count neither as errors nor in the total.
+    duplicates = sum(r == "duplicate_image" for r in corpus["rejected"].values())
+    errors = len(corpus["rejected"]) - duplicates + corpus["malformed"]
+    total = len(corpus["kept"]) + errors
     message = str(caught.value)
-    assert f"rejected 8 of {total} input images" in message
+    assert f"rejected {errors} of {total} input images" in message
     assert "corrupt_image=2" in message and "missing_file=1" in message
     assert os.path.join(out, "errors.jsonl") in message
-    assert len(read_errors(out)) == 8  # The errors are there to look at.
+    assert len(read_errors(out)) == errors + duplicates  # The errors are there to look at.
+    assert os.path.exists(os.path.join(out, beam_pipeline.REPORT_FILE))
 
 
 def test_empty_input_fails_the_run(sample_data, tmp_path):
@@ -449,6 +835,8 @@ def test_empty_input_fails_the_run(sample_data, tmp_path):
     stats = {"kept": 0, "rejected": 3, "rejected_by_reason": {"missing_file": 3}}
     with pytest.raises(ValueError, match="rejected 3 of 3 .*none was kept"):
         beam_pipeline.check_error_share(stats, 1.0, "/out")
+    stats = {"kept": 10, "rejected": 30, "rejected_by_reason": {"duplicate_image": 30}}
+    beam_pipeline.check_error_share(stats, 0.0, "/out")  # Duplicates are no errors.
 
 
 def test_folder_tree_with_a_label_file(sample_data, tmp_path):
@@ -465,14 +853,16 @@ def test_folder_tree_with_a_label_file(sample_data, tmp_path):
     stats = run(out, image_dir=str(tree), labels_uri=str(labels_path), max_error_fraction=0.3)
     assert stats["labels"] == ["triangle", "square", "circle", "hexagon"]
     assert (stats["kept"], stats["rejected_by_reason"]) == (36, {"unknown_label": 12})
+    assert stats["ignored"]["non_image_files"] == 1
     assert sum(stats["classes"][s]["hexagon"] for s in schema.SPLITS) == 0
     assert {e["label"] for e in read_errors(out)} == {"cross"}
     records = [r for split in read_dataset(out).values() for r in split]
     assert all(stats["labels"][r["label"]] == r["text"] for r in records)
     assert len(records) == 36
+    assert stats["estimate"]["images"] == 36  # Only the folders of labels in use.
 
 
-# --------------------------------------------------------------------------- CLI and component
+# --------------------------------------------------------------------------- CLI
 
 
 def test_cli_passes_options_and_beam_args_and_prints_stats(monkeypatch, capsys):
@@ -497,6 +887,8 @@ def test_cli_passes_options_and_beam_args_and_prints_stats(monkeypatch, capsys):
         "l.txt",
         "--num-shards",
         "4",
+        "--target-shard-mb",
+        "64",
         "--max-image-side",
         "0",
         "--runner",
@@ -515,6 +907,7 @@ def test_cli_passes_options_and_beam_args_and_prints_stats(monkeypatch, capsys):
         "train_fraction": 0.8,
         "valid_fraction": 0.1,
         "num_shards": 4,
+        "target_shard_mb": 64.0,
         "max_image_side": 0,
         "max_error_fraction": 0.1,
         "runner": "DataflowRunner",
@@ -524,23 +917,3 @@ def test_cli_passes_options_and_beam_args_and_prints_stats(monkeypatch, capsys):
     assert "train_fraction" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # Exactly one input.
         main(["--output-dir", "o", "--image-dir", "x", "--csv", "a.csv"])
-
-
-def test_component_under_kfp_local(kfp_local, sample_data, dir_run):
-    from components.create_tfrecords.component import create_tfrecords
-
-    task = create_tfrecords(image_dir=sample_data.image_dir, num_shards=1)
-    dataset = task.outputs["dataset"]
-    metadata = dataset.metadata
-    assert metadata["kept"] == 48 and metadata["rejected"] == 0
-    expected = dir_run[1]  # Same images, same URIs: the same split.
-    assert {s: int(n) for s, n in metadata["splits"].items()} == expected["splits"]
-    assert metadata["labels"] == sorted(sample_data.labels)
-    assert metadata["classes"]["train"]["circle"] == expected["classes"]["train"]["circle"]
-    assert dataset.path.startswith(str(kfp_local))
-    records = read_dataset(dataset.path)
-    for split in schema.SPLITS:
-        assert len(records[split]) == expected["splits"][split]
-        assert os.path.basename(schema.shard_files(dataset.path, split)[0]) == (
-            f"{split}-00000-of-00001.tfrecord.gz"
-        )

@@ -1,5 +1,6 @@
-"""What the Beam stages (create_tfrecords, batch_predict) share: creating the pipeline
-with its runner, replacing an earlier run's shards, and reading listing lines."""
+"""What the Beam stages (create_tfrecords, batch_predict) share: the pipeline options
+(Dataflow's named ones included), creating the pipeline with its runner, replacing an
+earlier run's shards, and reading listing lines."""
 
 from __future__ import annotations
 
@@ -12,6 +13,101 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 _log = logging.getLogger(__name__)
+
+# Beam's own spellings of the same option (argparse aliases of one destination).
+_ALIASES = {"worker_machine_type": "machine_type"}
+
+
+def dataflow_args(
+    *,
+    project: str = "",
+    region: str = "",
+    temp_location: str = "",
+    worker_machine_type: str = "",
+    max_num_workers: int = 0,
+    sdk_container_image: str = "",
+) -> list[str]:
+    """The standard Beam pipeline arguments for the named Dataflow settings.
+
+    An empty string (or 0 workers) leaves an option unset, so Beam's default applies.
+    A worker image also sets ``--sdk_location=container``: the workers use the Beam SDK
+    installed in that image instead of staging one.
+
+    Args:
+        project: Google Cloud project of the job (``--project``).
+        region: Dataflow region, e.g. ``us-central1`` (``--region``).
+        temp_location: ``gs://`` folder for temporary and staging files
+            (``--temp_location``).
+        worker_machine_type: Worker VM type, e.g. ``n2-standard-4`` (``--machine_type``).
+        max_num_workers: Most workers autoscaling may start (``--max_num_workers``).
+        sdk_container_image: Image the workers run (``--sdk_container_image``), e.g. a
+            stage's ``dataflow-worker`` build.
+
+    Returns:
+        Arguments such as ``["--project=p", "--region=r"]``, in a fixed order.
+
+    Raises:
+        ValueError: when ``max_num_workers`` is negative.
+    """
+    if max_num_workers < 0:
+        raise ValueError(f"max_num_workers must be >= 0 (0 = unset), got {max_num_workers}")
+    image = sdk_container_image.strip()
+    named = [
+        ("project", project.strip()),
+        ("region", region.strip()),
+        ("temp_location", temp_location.strip()),
+        ("machine_type", worker_machine_type.strip()),
+        ("max_num_workers", str(max_num_workers) if max_num_workers else ""),
+        ("sdk_container_image", image),
+        ("sdk_location", "container" if image else ""),
+    ]
+    return [f"--{name}={value}" for name, value in named if value]
+
+
+def _flag(arg: str) -> tuple[str, str | None]:
+    """``--name=value`` to ``(name, value)``; ``--name`` alone gives ``(name, None)``."""
+    name, sep, value = arg[2:].partition("=")
+    name = name.replace("-", "_")
+    return _ALIASES.get(name, name), (value if sep else None)
+
+
+def merge_args(named: list[str], beam_args: list[str] | None = None) -> list[str]:
+    """``named`` options (``--name=value`` each) followed by ``beam_args``.
+
+    An option given both ways with the same value is kept once; with different values it
+    is an error rather than a silent choice of one.
+
+    Raises:
+        ValueError: naming the option set twice to different values.
+    """
+    extra = [str(arg) for arg in beam_args or []]
+    given: dict[str, str] = dict(_flag(arg) for arg in named)  # type: ignore[misc]
+    merged = list(named)
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        value = None
+        if arg.startswith("--"):
+            name, value = _flag(arg)
+            if value is None and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+                value = extra[i + 1]  # The "--name value" form.
+                step = 2
+            else:
+                step = 1
+            if name in given:
+                if value != given[name]:
+                    raise ValueError(
+                        f"--{name} is set twice, to {given[name]!r} by its parameter and to "
+                        f"{value!r} in beam_args; give it once"
+                    )
+                i += step
+                continue
+            merged.extend(extra[i : i + step])
+            i += step
+            continue
+        merged.append(arg)
+        i += 1
+    return merged
 
 
 def _resolve_runner(runner: str, options: PipelineOptions) -> Any:
@@ -34,10 +130,37 @@ def _resolve_runner(runner: str, options: PipelineOptions) -> Any:
     return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
 
 
-def make_pipeline(runner: str, beam_args: list[str] | None = None) -> beam.Pipeline:
-    """A Beam pipeline on ``runner`` (e.g. ``DirectRunner``, ``DataflowRunner``) with
-    extra pipeline arguments such as ``["--project=p", "--region=r"]``."""
-    options = PipelineOptions([f"--runner={runner}", *(str(arg) for arg in beam_args or [])])
+def pipeline_options(
+    runner: str, beam_args: list[str] | None = None, **dataflow: Any
+) -> PipelineOptions:
+    """The pipeline options of ``make_pipeline`` (see there), without creating a pipeline."""
+    return PipelineOptions(
+        [f"--runner={runner}", *merge_args(dataflow_args(**dataflow), beam_args)]
+    )
+
+
+def make_pipeline(
+    runner: str, beam_args: list[str] | None = None, **dataflow: Any
+) -> beam.Pipeline:
+    """A Beam pipeline on ``runner`` (e.g. ``DirectRunner``, ``DataflowRunner``).
+
+    Args:
+        runner: Beam runner name.
+        beam_args: Extra pipeline arguments, e.g. ``["--job_name=j"]``; an option also set
+            by a ``dataflow`` parameter must agree with it.
+        **dataflow: The named Dataflow settings of ``dataflow_args`` (``project``,
+            ``region``, ``temp_location``, ``worker_machine_type``, ``max_num_workers``,
+            ``sdk_container_image``); empty ones are left unset.
+
+    The DirectRunner keeps Beam's default ``in_memory`` mode (one process, one worker)
+    unless ``beam_args`` choose another (``--direct_running_mode=multi_processing
+    --direct_num_workers=0`` uses every core). Measured on a 2-core machine, running
+    create_tfrecords over 48 to 16,000 generated JPEGs (0.5 to 173 MB), multi_processing
+    was slower at every size (e.g. 24 s against 46 s for 16,000): each worker process
+    imports TensorFlow and every element crosses a process boundary twice, which the
+    second core does not pay back. For large inputs, use Dataflow.
+    """
+    options = pipeline_options(runner, beam_args, **dataflow)
     return beam.Pipeline(runner=_resolve_runner(runner, options), options=options)
 
 

@@ -12,7 +12,8 @@ A dataset directory written by create_tfrecords looks like::
     <dataset>/manifests/<split>.csv                     uri,label of every kept image
     <dataset>/labels.txt                                one label per line
     <dataset>/errors.jsonl                              one rejected input per line
-    <dataset>/stats.json                                counts per split and class
+    <dataset>/stats.json                                counts per split and class, sizes, bytes
+    <dataset>/report.md                                 the same, for a person
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """Command line: ``python -m components.create_tfrecords --output-dir DIR (--csv PATH --labels
 PATH | --image-dir ROOT) [options] [Beam pipeline args]``.
 
-Arguments this command does not know are passed to Beam as pipeline arguments, e.g.
-``--project=p --region=r --temp_location=gs://b/tmp`` with ``--runner DataflowRunner``.
-Prints the counts (``stats.json``) as JSON; exits with status 1 and a message when the run
-fails on its input (too many rejected images, no image, a missing file).
+Arguments this command does not know are passed to Beam as pipeline arguments: for
+Dataflow, ``--runner DataflowRunner --project=p --region=r --temp_location=gs://b/tmp``
+and optionally ``--machine_type=n2-standard-4 --max_num_workers=20
+--sdk_container_image=<the stage's dataflow-worker image> --sdk_location=container``.
+Prints the counts (``stats.json``) as JSON (the Markdown summary is ``report.md`` in the
+output directory); exits with status 1 and a message when the run fails on its input (too
+many rejected images, no image, a missing file).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         prog="python -m components.create_tfrecords",
         description="Labelled images (a uri,label CSV or a <label>/<image> folder tree) to "
         "gzip-compressed, sharded TFRecords with a stable train/valid/test split.",
-        epilog="Other arguments are passed to Beam as pipeline arguments.",
+        epilog="Other arguments are passed to Beam as pipeline arguments, e.g. --project=p "
+        "--region=r --temp_location=gs://b/tmp --sdk_container_image=IMAGE for Dataflow.",
     )
     parser.add_argument("--output-dir", required=True, help="dataset directory to write")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -30,7 +34,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--labels", default="", help="label file, one label per line")
     parser.add_argument("--train-fraction", type=float, default=0.8)
     parser.add_argument("--valid-fraction", type=float, default=0.1)
-    parser.add_argument("--num-shards", type=int, default=0, help="per split; 0 = automatic")
+    parser.add_argument(
+        "--num-shards", type=int, default=0, help="per split; 0 = from the input size"
+    )
+    parser.add_argument(
+        "--target-shard-mb",
+        type=float,
+        default=150.0,
+        help="shard size (MiB) the count is derived for when --num-shards is 0",
+    )
     parser.add_argument(
         "--max-image-side", type=int, default=1024, help="scale larger images down; 0 = off"
     )
@@ -59,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             train_fraction=args.train_fraction,
             valid_fraction=args.valid_fraction,
             num_shards=args.num_shards,
+            target_shard_mb=args.target_shard_mb,
             max_image_side=args.max_image_side,
             max_error_fraction=args.max_error_fraction,
             runner=args.runner,

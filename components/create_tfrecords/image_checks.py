@@ -1,9 +1,10 @@
 """Checks one image with PIL and decides which bytes go into the TFRecord.
 
 An image is fully decoded (so truncated or corrupt data is caught here, not in training).
-An RGB JPEG no larger than the configured maximum side, stored upright, keeps its original
-bytes; anything else (PNG, GIF, greyscale, CMYK, palette, alpha, EXIF-rotated, too large)
-is converted to an upright RGB image, resized down and re-encoded as a JPEG.
+An RGB JPEG (or MPO, a JPEG with extra pictures) no larger than the configured maximum
+side, stored upright, keeps its original bytes; anything else (PNG, GIF, BMP, WebP, TIFF,
+greyscale, CMYK, palette, alpha, EXIF-rotated, too large) is converted to an upright RGB
+image, resized down and re-encoded as a JPEG. ``CheckedImage.conversions()`` says which.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MALFORMED_LINE = "malformed_line"
 UNKNOWN_LABEL = "unknown_label"
 CONFLICTING_LABELS = "conflicting_labels"
+DUPLICATE_IMAGE = "duplicate_image"
 MISSING_FILE = "missing_file"
 UNREADABLE_FILE = "unreadable_file"
 EMPTY_FILE = "empty_file"
@@ -27,6 +29,9 @@ IMAGE_TOO_LARGE = "image_too_large"
 UNSUPPORTED_IMAGE = "unsupported_image"
 
 JPEG_QUALITY = 95
+# Formats whose bytes TensorFlow's JPEG decoder reads as they are: MPO is a JPEG with
+# extra pictures appended (many phone cameras), decoded as its first picture.
+JPEG_FORMATS = ("JPEG", "MPO")
 _EXIF_ORIENTATION = 0x0112
 _WHITE = (255, 255, 255)
 
@@ -55,6 +60,9 @@ class CheckedImage:
         width: Width in pixels of the stored image.
         reencoded: Whether ``encoded`` is a re-encoding rather than the original bytes.
         resized: Whether the image was scaled down to the maximum side.
+        original_format: The input's format as PIL names it (``"JPEG"``, ``"PNG"``, ...).
+        original_mode: The input's PIL mode (``"RGB"``, ``"L"``, ``"CMYK"``, ...).
+        rotated: Whether an EXIF orientation other than upright was applied.
     """
 
     encoded: bytes
@@ -62,6 +70,20 @@ class CheckedImage:
     width: int
     reencoded: bool
     resized: bool
+    original_format: str = "JPEG"
+    original_mode: str = "RGB"
+    rotated: bool = False
+
+    def conversions(self) -> tuple[str, ...]:
+        """What changed on the way in: ``format`` (not a JPEG), ``mode`` (not RGB),
+        ``orientation`` (EXIF rotation applied), ``resized``; empty for original bytes."""
+        changes = (
+            ("format", self.original_format not in JPEG_FORMATS),
+            ("mode", self.original_mode != "RGB"),
+            ("orientation", self.rotated),
+            ("resized", self.resized),
+        )
+        return tuple(name for name, changed in changes if changed)
 
 
 def _open_and_decode(data: bytes) -> Image.Image:
@@ -131,8 +153,12 @@ def check_image(data: bytes, max_image_side: int = 1024) -> CheckedImage:
         orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
     except Exception:  # A broken EXIF block does not make the pixels unusable.
         orientation = 1
-    if image.format == "JPEG" and image.mode == "RGB" and not too_large and orientation == 1:
-        return CheckedImage(data, height, width, reencoded=False, resized=False)
+    original_format, original_mode = image.format or "", image.mode
+    upright = orientation == 1
+    if image.format in JPEG_FORMATS and image.mode == "RGB" and not too_large and upright:
+        return CheckedImage(
+            data, height, width, reencoded=False, resized=False, original_format=original_format
+        )
 
     try:
         image = ImageOps.exif_transpose(image)
@@ -150,5 +176,12 @@ def check_image(data: bytes, max_image_side: int = 1024) -> CheckedImage:
             UNSUPPORTED_IMAGE, f"cannot convert {image.mode} image to an RGB JPEG: {e}"
         ) from e
     return CheckedImage(
-        out.getvalue(), image.height, image.width, reencoded=True, resized=too_large
+        out.getvalue(),
+        image.height,
+        image.width,
+        reencoded=True,
+        resized=too_large,
+        original_format=original_format,
+        original_mode=original_mode,
+        rotated=orientation != 1,
     )

@@ -1,0 +1,156 @@
+"""Reading and checking images: ``(uri, label)`` pairs become ``ImageRecord``s (or
+rejections), and kept records become ``tf.train.Example``s and manifest lines.
+
+Every transform of the stage sends what it rejects to the ``errors`` output as an
+``error_record`` (``uri``, ``label``, ``reason``, ``detail``, ``stage``) and what it skips
+without rejecting (a CSV header, a blank line, a repeated line, a non-image file) to the
+``ignored`` output as a counter name; both end up in ``stats.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io as _pyio
+import logging
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from components.common import schema
+from components.create_tfrecords import image_checks
+from components.create_tfrecords.image_checks import ImageRejected
+from components.create_tfrecords.splits import assign_split
+
+STAGE = "create_tfrecords"
+ERRORS = "errors"  # Tag of the rejected-input side outputs.
+IGNORED = "ignored"  # Tag of the skipped-without-rejection side outputs.
+_PROGRESS_EVERY = 1000
+
+_log = logging.getLogger(__name__)
+
+
+class ImageRecord(NamedTuple):
+    """One kept image on its way to a TFRecord."""
+
+    uri: str
+    label: str
+    label_index: int
+    split: str
+    encoded: bytes
+    height: int
+    width: int
+    reencoded: bool
+    resized: bool
+    sha256: str = ""  # Of ``encoded``, the stored bytes: byte-identical duplicates share it.
+    conversions: tuple[str, ...] = ()  # ``CheckedImage.conversions()``.
+
+
+def error_record(uri: str, label: str, reason: str, detail: str) -> dict[str, str]:
+    """One line of ``errors.jsonl``."""
+    return {"uri": uri, "label": label, "reason": reason, "detail": detail, "stage": STAGE}
+
+
+def reject(uri: str, label: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+    """A rejection for the ``errors`` output, counted in the Beam counters."""
+    Metrics.counter(STAGE, "images_rejected").inc()
+    Metrics.counter(STAGE, f"rejected_{reason}").inc()
+    return beam.pvalue.TaggedOutput(ERRORS, error_record(uri, label, reason, detail))
+
+
+def ignore(what: str, count: int = 1) -> Iterator[beam.pvalue.TaggedOutput]:
+    """``count`` skipped inputs of one kind for the ``ignored`` output."""
+    Metrics.counter(STAGE, what).inc(count)
+    for _ in range(count):
+        yield beam.pvalue.TaggedOutput(IGNORED, what)
+
+
+def to_example(record: ImageRecord) -> bytes:
+    """Serialises a kept image as a ``tf.train.Example`` (``components.common.schema``)."""
+    return schema.make_example(
+        encoded=record.encoded,
+        label_index=record.label_index,
+        label=record.label,
+        filename=record.uri,
+        height=record.height,
+        width=record.width,
+    )
+
+
+def manifest_line(record: ImageRecord) -> str:
+    """``uri,label`` in CSV quoting: a manifest is itself valid input for this stage."""
+    out = _pyio.StringIO()
+    csv.writer(out, lineterminator="").writerow([record.uri, record.label])
+    return out.getvalue()
+
+
+def read_file(uri: str) -> bytes:
+    """Reads a local or remote file's bytes as they are (no decompression).
+
+    Raises:
+        ImageRejected: ``missing_file`` or ``unreadable_file``.
+    """
+    try:
+        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return f.read()
+    except Exception as e:
+        try:
+            missing = not FileSystems.exists(uri)
+        except Exception:
+            missing = False
+        if missing:
+            raise ImageRejected(image_checks.MISSING_FILE, f"no such file: {uri}") from e
+        raise ImageRejected(image_checks.UNREADABLE_FILE, f"cannot read {uri}: {e}") from e
+
+
+class ReadAndCheckImage(beam.DoFn):
+    """``(uri, label)`` to an ``ImageRecord``; unreadable or bad images go to ``errors``."""
+
+    def __init__(
+        self, labels: list[str], train_fraction: float, valid_fraction: float, max_side: int
+    ):
+        self._label_index = {label: i for i, label in enumerate(labels)}
+        self._train_fraction = train_fraction
+        self._valid_fraction = valid_fraction
+        self._max_side = max_side
+
+    def setup(self) -> None:
+        self._seen = 0
+        self._kept = Metrics.counter(STAGE, "images_checked")
+        self._reencoded = Metrics.counter(STAGE, "images_reencoded")
+        self._resized = Metrics.counter(STAGE, "images_resized")
+        self._bytes = Metrics.counter(STAGE, "image_bytes")
+
+    def process(self, element: tuple[str, str]) -> Iterator[Any]:
+        uri, label = element
+        self._seen += 1
+        if self._seen % _PROGRESS_EVERY == 0:
+            _log.info("create_tfrecords: this worker has read %d images", self._seen)
+        try:
+            checked = image_checks.check_image(read_file(uri), self._max_side)
+        except ImageRejected as e:
+            yield reject(uri, label, e.reason, e.detail)
+            return
+        self._kept.inc()
+        self._bytes.inc(len(checked.encoded))
+        if checked.reencoded:
+            self._reencoded.inc()
+        if checked.resized:
+            self._resized.inc()
+        yield ImageRecord(
+            uri=uri,
+            label=label,
+            label_index=self._label_index[label],
+            split=assign_split(uri, self._train_fraction, self._valid_fraction),
+            encoded=checked.encoded,
+            height=checked.height,
+            width=checked.width,
+            reencoded=checked.reencoded,
+            resized=checked.resized,
+            sha256=hashlib.sha256(checked.encoded).hexdigest(),
+            conversions=checked.conversions(),
+        )
