@@ -10,8 +10,10 @@ The stage in steps, each in its own module:
    (``image_checks``): keep an upright RGB JPEG's bytes, re-encode anything else as one,
    assign the split (``splits.assign_split``: a pure function of the URI).
 4. ``duplicates.KeepOnePerImage``: one record per distinct stored image.
-5. Write each split's records as ``sharding.shards_per_split`` shards, its manifest, the
-   rejected inputs (``errors.jsonl``) and the counts (``stats.StatsFn``, ``stats.json``);
+5. Write each split's records as ``sharding.shards_per_split`` shards (one
+   ``WriteToTFRecord`` per split); then write, with one sink for all of them
+   (``common.beam.WriteTextFiles``), the manifests, the rejected inputs
+   (``errors.jsonl``) and the counts (``stats.StatsFn``, ``stats.json``);
    the driver then adds the shard files and the estimate to ``stats.json`` and writes
    ``report.md`` (``report.render_report``).
 
@@ -97,11 +99,6 @@ NOT_ERRORS = (image_checks.DUPLICATE_IMAGE,)
 _log = logging.getLogger(__name__)
 
 
-def _write_single_file(pcoll: beam.PCollection, path: str, step: str) -> None:
-    """Writes the lines of a PCollection to exactly ``path`` (written even when empty)."""
-    _ = pcoll | step >> beam.io.WriteToText(path, shard_name_template="")
-
-
 def build_pipeline(
     pipeline: beam.Pipeline,
     output_dir: str,
@@ -146,6 +143,8 @@ def build_pipeline(
     by_split = records | "PartitionBySplit" >> beam.Partition(
         lambda record, _: schema.SPLITS.index(record.split), len(schema.SPLITS)
     )
+    # (path, line) pairs of the small text files, all written by one sink at the end.
+    side_files: list[beam.PCollection] = []
     for split, split_records in zip(schema.SPLITS, by_split, strict=True):
         shards = num_shards[split] if isinstance(num_shards, dict) else num_shards
         _ = (
@@ -160,10 +159,11 @@ def build_pipeline(
                 compression_type=CompressionTypes.GZIP,
             )
         )
-        _write_single_file(
-            split_records | f"ManifestLines_{split}" >> beam.Map(manifest_line),
-            schema.manifest_path(output_dir, split),
-            f"WriteManifest_{split}",
+        manifest = schema.manifest_path(output_dir, split)
+        side_files.append(
+            split_records
+            | f"ManifestLines_{split}"
+            >> beam.Map(lambda record, path=manifest: (path, manifest_line(record)))
         )
 
     all_errors = (
@@ -172,10 +172,10 @@ def build_pipeline(
         checked[ERRORS],
         distinct["errors"],
     ) | "AllErrors" >> beam.Flatten()
-    _write_single_file(
-        all_errors | "ErrorLines" >> beam.Map(json.dumps, sort_keys=True),
-        io.join(output_dir, schema.ERRORS_FILE),
-        "WriteErrors",
+    errors_path = io.join(output_dir, schema.ERRORS_FILE)
+    side_files.append(
+        all_errors
+        | "ErrorLines" >> beam.Map(lambda error: (errors_path, json.dumps(error, sort_keys=True)))
     )
 
     events = (
@@ -185,12 +185,18 @@ def build_pipeline(
         | "AllIgnored" >> beam.Flatten()
         | "IgnoredEvents" >> beam.Map(ignored_event),
     ) | "AllEvents" >> beam.Flatten()
-    _write_single_file(
+    stats_path = io.join(output_dir, schema.STATS_FILE)
+    side_files.append(
         events
         | "Count" >> beam.CombineGlobally(StatsFn(labels, extra_ignored))
-        | "StatsJson" >> beam.Map(json.dumps, indent=2, sort_keys=True),
-        io.join(output_dir, schema.STATS_FILE),
-        "WriteStats",
+        | "StatsJson"
+        >> beam.Map(lambda stats: (stats_path, json.dumps(stats, indent=2, sort_keys=True)))
+    )
+    paths = [schema.manifest_path(output_dir, split) for split in schema.SPLITS]
+    _ = (
+        side_files
+        | "AllSideFiles" >> beam.Flatten()
+        | "WriteSideFiles" >> beam_utils.WriteTextFiles([*paths, errors_path, stats_path])
     )
 
 
