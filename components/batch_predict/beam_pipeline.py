@@ -42,7 +42,6 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
@@ -62,8 +61,8 @@ STATS_FILE = "stats.json"
 MODEL_LABELS = ("assets.extra", labels_lib.LABELS_FILE)
 
 MALFORMED_LINE = "malformed_line"
-MISSING_FILE = "missing_file"
-UNREADABLE_FILE = "unreadable_file"
+MISSING_FILE = beam_utils.MISSING_FILE
+UNREADABLE_FILE = beam_utils.UNREADABLE_FILE
 EMPTY_FILE = "empty_file"
 UNDECODABLE_IMAGE = model_handler.UNDECODABLE_IMAGE
 
@@ -165,23 +164,16 @@ class ParseListingLine(beam.DoFn):
 
 
 def read_image_bytes(uri: str) -> bytes:
-    """Reads a file's bytes as they are (no decompression), local or remote.
+    """Reads a file's bytes as they are, local or remote.
 
     Raises:
         LookupError: ``(reason, detail)`` with reason ``missing_file``, ``unreadable_file``
             or ``empty_file``.
     """
     try:
-        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            data = f.read()
-    except Exception as e:
-        try:
-            missing = not FileSystems.exists(uri)
-        except Exception:
-            missing = False
-        if missing:
-            raise LookupError(MISSING_FILE, f"no such file: {uri}") from e
-        raise LookupError(UNREADABLE_FILE, f"cannot read {uri}: {type(e).__name__}: {e}") from e
+        data = beam_utils.read_file(uri)
+    except beam_utils.UnreadableFile as e:
+        raise LookupError(e.reason, e.detail) from e
     if not data:
         raise LookupError(EMPTY_FILE, f"the file is empty (0 bytes): {uri}")
     return data

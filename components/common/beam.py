@@ -175,6 +175,40 @@ def delete_matching(patterns: list[str]) -> int:
     return len(stale)
 
 
+MISSING_FILE = "missing_file"
+UNREADABLE_FILE = "unreadable_file"
+
+
+class UnreadableFile(Exception):
+    """A listed file that cannot be read; ``reason`` is ``missing_file`` or
+    ``unreadable_file``, ``detail`` says why for a person."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def read_file(uri: str) -> bytes:
+    """Reads a local or remote file's bytes as they are (no decompression).
+
+    Raises:
+        UnreadableFile: with reason ``missing_file`` when the file does not exist, else
+            ``unreadable_file``.
+    """
+    try:
+        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            return f.read()
+    except Exception as e:
+        try:
+            missing = not FileSystems.exists(uri)
+        except Exception:
+            missing = False
+        if missing:
+            raise UnreadableFile(MISSING_FILE, f"no such file: {uri}") from e
+        raise UnreadableFile(UNREADABLE_FILE, f"cannot read {uri}: {type(e).__name__}: {e}") from e
+
+
 def parse_csv_line(line: str) -> list[str]:
     """The stripped fields of one CSV line of a listing (``uri,label`` or ``uri``).
 

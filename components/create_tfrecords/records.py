@@ -17,11 +17,9 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from components.common import schema
+from components.common import beam as beam_utils, schema
 from components.create_tfrecords import image_checks
 from components.create_tfrecords.image_checks import ImageRejected
 from components.create_tfrecords.splits import assign_split
@@ -89,22 +87,15 @@ def manifest_line(record: ImageRecord) -> str:
 
 
 def read_file(uri: str) -> bytes:
-    """Reads a local or remote file's bytes as they are (no decompression).
+    """Reads a local or remote file's bytes as they are.
 
     Raises:
         ImageRejected: ``missing_file`` or ``unreadable_file``.
     """
     try:
-        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            return f.read()
-    except Exception as e:
-        try:
-            missing = not FileSystems.exists(uri)
-        except Exception:
-            missing = False
-        if missing:
-            raise ImageRejected(image_checks.MISSING_FILE, f"no such file: {uri}") from e
-        raise ImageRejected(image_checks.UNREADABLE_FILE, f"cannot read {uri}: {e}") from e
+        return beam_utils.read_file(uri)
+    except beam_utils.UnreadableFile as e:
+        raise ImageRejected(e.reason, e.detail) from e
 
 
 class ReadAndCheckImage(beam.DoFn):
