@@ -216,6 +216,19 @@ def test_check_image_rejects_bad_data(data, reason):
     assert caught.value.reason == reason
 
 
+def test_check_image_rejects_kept_jpegs_cut_anywhere(sample_data):
+    """JPEGs stored as they are get a reduced-size decode (draft); it must still read
+    all of the data, so a file cut short at any point is rejected."""
+    paths = sorted(glob.glob(os.path.join(sample_data.image_dir, "*", "*.jpg")))[:12]
+    for path in paths:
+        data = Path(path).read_bytes()
+        assert check_image(data).encoded == data  # Kept as it is: the draft path.
+        for cut in (0.3, 0.6, 0.9, 0.99):
+            with pytest.raises(ImageRejected) as caught:
+                check_image(data[: int(len(data) * cut)])
+            assert caught.value.reason == "corrupt_image", (path, cut)
+
+
 # --------------------------------------------------------------------------- Beam options
 
 
@@ -271,6 +284,28 @@ def test_dataflow_parameters_become_beam_options():
     # The DirectRunner keeps Beam's default mode: no direct_* option is added.
     direct = beam_utils.pipeline_options("DirectRunner").get_all_options(drop_default=True)
     assert direct == {"runner": "DirectRunner"}
+    every_core = beam_utils.pipeline_options("DirectRunner", direct_num_workers=0)
+    assert every_core.get_all_options(drop_default=True) == {
+        "runner": "DirectRunner",
+        "direct_running_mode": "multi_processing",
+        "direct_num_workers": 0,
+    }
+    with pytest.raises(ValueError, match="DirectRunner only"):
+        beam_utils.pipeline_options("DataflowRunner", direct_num_workers=0)
+    with pytest.raises(ValueError, match="direct_num_workers must be >= 0"):
+        beam_utils.pipeline_options("DirectRunner", direct_num_workers=-2)
+
+
+def test_multi_process_direct_runner_writes_the_same_dataset(sample_data, dir_run, tmp_path):
+    """direct_num_workers=0: a worker process per core, the same records and splits."""
+    out = str(tmp_path / "dataset")
+    stats = run(out, image_dir=sample_data.image_dir, direct_num_workers=0)
+    first_out, first_stats = dir_run
+    assert stats["splits"] == first_stats["splits"]
+    for split in schema.SPLITS:
+        assert sorted(r["filename"] for r in read_split(out, split)) == sorted(
+            r["filename"] for r in read_split(first_out, split)
+        )
 
 
 def test_run_and_component_pass_the_dataflow_parameters(monkeypatch, sample_data, tmp_path):
@@ -280,7 +315,7 @@ def test_run_and_component_pass_the_dataflow_parameters(monkeypatch, sample_data
     class Stop(Exception):
         pass
 
-    def fake_make_pipeline(runner, beam_args=None, **dataflow):
+    def fake_make_pipeline(runner, beam_args=None, direct_num_workers=1, **dataflow):
         calls.append((runner, beam_args, dataflow))
         raise Stop
 
@@ -326,6 +361,7 @@ def test_run_and_component_pass_the_dataflow_parameters(monkeypatch, sample_data
         **dataflow,
     )
     assert runs[0]["runner"] == "DataflowRunner" and runs[0]["target_shard_mb"] == 100.0
+    assert runs[0]["direct_num_workers"] == 1
     assert {k: runs[0][k] for k in dataflow} == dataflow
     assert runs[0]["beam_args"] == ["--job_name=j"]
     assert written == {str(tmp_path / "r.md"): "# report"}
@@ -434,6 +470,11 @@ def test_forced_shard_count_and_shard_names(csv_run, dir_run):
         assert names == [f"{split}-0000{i}-of-00002.tfrecord.gz" for i in range(2)]
     assert csv_stats["estimate"]["num_shards"] == {"train": 2, "valid": 2, "test": 2}
     assert csv_stats["estimate"]["method"] == "none"  # No estimate needed.
+    for split in schema.SPLITS:  # Each image is in the shard its URI's hash names.
+        for i, path in enumerate(sorted(schema.shard_files(csv_out, split))):
+            for batch in tf.data.TFRecordDataset(path, compression_type="GZIP").batch(256):
+                for name in schema.parse_examples(batch)[schema.FILENAME].numpy():
+                    assert sharding.shard_index(name.decode(), 2) == i
     dir_out, dir_stats = dir_run  # About 0.5 MB of input: one shard per split.
     for split in schema.SPLITS:
         assert [os.path.basename(f) for f in schema.shard_files(dir_out, split)] == [
@@ -917,6 +958,7 @@ def test_cli_passes_options_and_beam_args_and_prints_stats(monkeypatch, capsys):
         "max_error_fraction": 0.1,
         "runner": "DataflowRunner",
         "beam_args": ["--region=r", "--project", "p"],
+        "direct_num_workers": 1,
     }
     assert main(["--output-dir", "o", "--image-dir", "x", "--train-fraction", "2"]) == 1
     assert "train_fraction" in capsys.readouterr().err

@@ -1,11 +1,13 @@
 """What the Beam stages (create_tfrecords, batch_predict) share: the pipeline options
 (Dataflow's named ones included), creating the pipeline with its runner, replacing an
-earlier run's shards, reading listing lines, and writing small text files in one step."""
+earlier run's shards, reading listing lines, and writing files keyed by path in one step
+(small text files, TFRecord shards)."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import posixpath
 from typing import Any
 
 import apache_beam as beam
@@ -131,37 +133,66 @@ def _resolve_runner(runner: str, options: PipelineOptions) -> Any:
     return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
 
 
+def direct_args(runner: str, direct_num_workers: int = 1) -> list[str]:
+    """The DirectRunner's options for ``direct_num_workers`` processes.
+
+    Args:
+        runner: The Beam runner name.
+        direct_num_workers: 1 runs the pipeline in this process (Beam's ``in_memory``
+            mode); 0 starts one worker process per core, n > 1 that many
+            (``multi_processing`` mode).
+
+    Raises:
+        ValueError: for a negative count, or a count other than 1 with another runner.
+    """
+    if direct_num_workers < 0:
+        raise ValueError(
+            f"direct_num_workers must be >= 0 (0 = one per core), got {direct_num_workers}"
+        )
+    if direct_num_workers == 1:
+        return []
+    if runner not in ("DirectRunner", "direct"):
+        raise ValueError(f"direct_num_workers applies to the DirectRunner only, not {runner}")
+    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={direct_num_workers}"]
+
+
 def pipeline_options(
-    runner: str, beam_args: list[str] | None = None, **dataflow: Any
+    runner: str,
+    beam_args: list[str] | None = None,
+    direct_num_workers: int = 1,
+    **dataflow: Any,
 ) -> PipelineOptions:
     """The pipeline options of ``make_pipeline`` (see there), without creating a pipeline."""
-    return PipelineOptions(
-        [f"--runner={runner}", *merge_args(dataflow_args(**dataflow), beam_args)]
-    )
+    named = [*direct_args(runner, direct_num_workers), *dataflow_args(**dataflow)]
+    return PipelineOptions([f"--runner={runner}", *merge_args(named, beam_args)])
 
 
 def make_pipeline(
-    runner: str, beam_args: list[str] | None = None, **dataflow: Any
+    runner: str,
+    beam_args: list[str] | None = None,
+    direct_num_workers: int = 1,
+    **dataflow: Any,
 ) -> beam.Pipeline:
     """A Beam pipeline on ``runner`` (e.g. ``DirectRunner``, ``DataflowRunner``).
 
     Args:
         runner: Beam runner name.
         beam_args: Extra pipeline arguments, e.g. ``["--job_name=j"]``; an option also set
-            by a ``dataflow`` parameter must agree with it.
+            by a named parameter must agree with it.
+        direct_num_workers: DirectRunner processes (``direct_args``): 1 (default) runs
+            in this process, 0 one worker process per core.
         **dataflow: The named Dataflow settings of ``dataflow_args`` (``project``,
             ``region``, ``temp_location``, ``worker_machine_type``, ``max_num_workers``,
             ``sdk_container_image``); empty ones are left unset.
 
-    The DirectRunner keeps Beam's default ``in_memory`` mode (one process, one worker)
-    unless ``beam_args`` choose another (``--direct_running_mode=multi_processing
-    --direct_num_workers=0`` uses every core). Measured on a 2-core machine, running
-    create_tfrecords over 48 to 16,000 generated JPEGs (0.5 to 173 MB), multi_processing
-    was slower at every size (e.g. 24 s against 46 s for 16,000): each worker process
-    imports TensorFlow and every element crosses a process boundary twice, which the
-    second core does not pay back. For large inputs, use Dataflow.
+    Why one process by default: on a 2-core machine, create_tfrecords over 2,000
+    generated JPEGs took 1.9 s in this process and 24.7 s with a worker per core (and
+    24 s against 46 s over 16,000): each worker process starts Python, imports
+    TensorFlow and the stage, and every element crosses a process boundary, which the
+    second core does not pay back. Multi-process mode pays off with many cores and long
+    per-element work; beyond one machine, use Dataflow.
     """
-    options = pipeline_options(runner, beam_args, **dataflow)
+    options = pipeline_options(runner, beam_args, direct_num_workers, **dataflow)
     return beam.Pipeline(runner=_resolve_runner(runner, options), options=options)
 
 
@@ -227,6 +258,28 @@ def parse_csv_line(line: str) -> list[str]:
     return fields
 
 
+class _WriteGroupedByPath(beam.PTransform):
+    """``(path, item)`` pairs to one ``(path, items)`` group per path, each path of
+    ``paths`` included (with a ``None`` item) even when no pair names it, then ``write``
+    (a DoFn that writes one group as one file)."""
+
+    def __init__(self, paths: list[str], write: beam.DoFn):
+        super().__init__()
+        self._paths = list(paths)
+        self._write = write
+
+    def expand(self, pairs: beam.PCollection) -> beam.PCollection:
+        every = pairs.pipeline | "EveryPath" >> beam.Create(
+            [(path, None) for path in self._paths], reshuffle=False
+        )
+        return (
+            (pairs, every)
+            | "WithEveryPath" >> beam.Flatten()
+            | "GroupByPath" >> beam.GroupByKey()
+            | "WriteFiles" >> beam.ParDo(self._write)
+        )
+
+
 class _WriteLines(beam.DoFn):
     """Writes one ``(path, lines)`` group as exactly ``path``: each line, then a newline
     (as ``WriteToText`` does); a ``None`` line (the marker that the file must exist) is
@@ -263,12 +316,52 @@ class WriteTextFiles(beam.PTransform):
         self._paths = list(paths)
 
     def expand(self, pairs: beam.PCollection) -> beam.PCollection:
-        every = pairs.pipeline | "EveryPath" >> beam.Create(
-            [(path, None) for path in self._paths], reshuffle=False
-        )
-        return (
-            (pairs, every)
-            | "WithEveryPath" >> beam.Flatten()
-            | "GroupByPath" >> beam.GroupByKey()
-            | "WriteFiles" >> beam.ParDo(_WriteLines())
-        )
+        return pairs | _WriteGroupedByPath(self._paths, _WriteLines())
+
+
+class _WriteTFRecordFile(beam.DoFn):
+    """Writes one ``(path, records)`` group as the TFRecord file ``path`` with TensorFlow's
+    own writer (``compression``: ``"GZIP"`` or ``""``); ``None`` records (the marker that
+    the file must exist) are skipped. Streams the records: a shard need not fit in memory."""
+
+    def __init__(self, compression: str):
+        self._compression = compression
+
+    def process(self, group: tuple[str, Any]):
+        import tensorflow as tf
+
+        path, records = group
+        tf.io.gfile.makedirs(posixpath.dirname(path))
+        count = 0
+        with tf.io.TFRecordWriter(path, options=self._compression or None) as writer:
+            for record in records:
+                if record is not None:
+                    writer.write(record)
+                    count += 1
+        yield path, count
+
+
+class WriteTFRecordFiles(beam.PTransform):
+    """Writes ``(path, serialized record)`` pairs as one TFRecord file per path, with a
+    single sink for all of them.
+
+    It stands for one ``WriteToTFRecord`` per split with a fixed shard count, with the
+    shard of each record chosen by the caller (so it is the same on every run) instead of
+    at random. A ``GroupByKey`` by path brings each file's records to one writer (on
+    Dataflow a large group is streamed, not held in memory); every path in ``paths`` is
+    written, empty when it gets no record, so a split's ``-of-N`` names are always
+    complete. A retried write rewrites its whole file. On the DirectRunner one sink for
+    all splits saves the fixed cost of the init, write and finalize stages that each
+    ``WriteToTFRecord`` adds.
+
+    Returns:
+        The PCollection of ``(path, records written)``.
+    """
+
+    def __init__(self, paths: list[str], compression: str = "GZIP"):
+        super().__init__()
+        self._paths = list(paths)
+        self._compression = compression
+
+    def expand(self, pairs: beam.PCollection) -> beam.PCollection:
+        return pairs | _WriteGroupedByPath(self._paths, _WriteTFRecordFile(self._compression))

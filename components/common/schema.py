@@ -93,6 +93,11 @@ def shard_pattern(dataset_dir: str, split: str) -> str:
     return io.join(dataset_dir, split, f"{split}-*{SHARD_SUFFIX}")
 
 
+def shard_path(dataset_dir: str, split: str, index: int, count: int) -> str:
+    """The file of shard ``index`` (from 0) of a split written as ``count`` shards."""
+    return io.join(dataset_dir, split, f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}")
+
+
 def shard_files(dataset_dir: str, split: str) -> list[str]:
     """One split's shard files; a clear error when the split is empty or missing."""
     files = io.glob(shard_pattern(dataset_dir, split))

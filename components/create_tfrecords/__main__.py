@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         help="fail when a larger share of the input is rejected",
     )
     parser.add_argument("--runner", default="DirectRunner", help="Beam runner")
+    parser.add_argument(
+        "--direct-num-workers",
+        type=int,
+        default=1,
+        help="DirectRunner processes: 1 = this process, 0 = one per core (multi-process mode)",
+    )
     return parser.parse_known_args(argv)
 
 
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             max_error_fraction=args.max_error_fraction,
             runner=args.runner,
             beam_args=beam_args,
+            direct_num_workers=args.direct_num_workers,
         )
     except (ValueError, FileNotFoundError) as e:
         print(f"create_tfrecords: error: {e}", file=sys.stderr)

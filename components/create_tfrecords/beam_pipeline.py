@@ -10,8 +10,9 @@ The stage in steps, each in its own module:
    (``image_checks``): keep an upright RGB JPEG's bytes, re-encode anything else as one,
    assign the split (``splits.assign_split``: a pure function of the URI).
 4. ``duplicates.KeepOnePerImage``: one record per distinct stored image.
-5. Write each split's records as ``sharding.shards_per_split`` shards (one
-   ``WriteToTFRecord`` per split); then write, with one sink for all of them
+5. Write each split's records as ``sharding.shards_per_split`` shards, each record in
+   the shard ``sharding.shard_index`` picks, all splits through one sink
+   (``common.beam.WriteTFRecordFiles``); then write, with one sink for all of them
    (``common.beam.WriteTextFiles``), the manifests, the rejected inputs
    (``errors.jsonl``) and the counts (``stats.StatsFn``, ``stats.json``);
    the driver then adds the shard files and the estimate to ``stats.json`` and writes
@@ -36,7 +37,6 @@ import logging
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 
 from components.common import beam as beam_utils, io, labels as labels_lib, schema
 from components.create_tfrecords import image_checks, report as report_lib, sharding
@@ -72,7 +72,6 @@ __all__ = [
     "ERRORS",
     "IMAGE_EXTENSIONS",
     "REPORT_FILE",
-    "SHARD_NAME_TEMPLATE",
     "STAGE",
     "CheckLabel",
     "ImageRecord",
@@ -91,7 +90,6 @@ __all__ = [
     "validate_fractions",
 ]
 
-SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"
 REPORT_FILE = "report.md"
 # Rejections that lose no image (another copy is kept): not counted as errors.
 NOT_ERRORS = (image_checks.DUPLICATE_IMAGE,)
@@ -108,7 +106,7 @@ def build_pipeline(
     image_dir: str = "",
     train_fraction: float = 0.8,
     valid_fraction: float = 0.1,
-    num_shards: int | dict[str, int] = 0,
+    num_shards: int | dict[str, int] = 1,
     max_image_side: int = 1024,
     extra_ignored: dict[str, int] | None = None,
 ) -> None:
@@ -122,8 +120,8 @@ def build_pipeline(
         image_dir: Root of a ``<label>/<image>`` folder tree; exclusive with csv_uri.
         train_fraction: Share of images in the train split.
         valid_fraction: Share of images in the valid split; the rest is test.
-        num_shards: Shards per split: one count for all, or a count per split name; 0
-            lets the runner choose.
+        num_shards: Shards per split (at least 1): one count for all, or a count per
+            split name.
         max_image_side: Long side above which images are scaled down; 0 never scales.
         extra_ignored: Counts of inputs skipped before the pipeline (the label file's
             blank and repeated lines), added to ``ignored`` in ``stats.json``.
@@ -140,31 +138,35 @@ def build_pipeline(
     distinct = checked.ok | "KeepOnePerImage" >> KeepOnePerImage()
     records = distinct["ok"]
 
-    by_split = records | "PartitionBySplit" >> beam.Partition(
-        lambda record, _: schema.SPLITS.index(record.split), len(schema.SPLITS)
+    counts = (
+        num_shards if isinstance(num_shards, dict) else dict.fromkeys(schema.SPLITS, num_shards)
+    )
+    shard_paths = {
+        split: [
+            schema.shard_path(output_dir, split, i, counts[split]) for i in range(counts[split])
+        ]
+        for split in schema.SPLITS
+    }
+
+    def shard_and_example(record: ImageRecord) -> tuple[str, bytes]:
+        paths = shard_paths[record.split]
+        return paths[sharding.shard_index(record.uri, len(paths))], to_example(record)
+
+    _ = (
+        records
+        | "ShardAndSerialize" >> beam.Map(shard_and_example)
+        | "WriteShards"
+        >> beam_utils.WriteTFRecordFiles(
+            [path for paths in shard_paths.values() for path in paths], schema.COMPRESSION
+        )
     )
     # (path, line) pairs of the small text files, all written by one sink at the end.
-    side_files: list[beam.PCollection] = []
-    for split, split_records in zip(schema.SPLITS, by_split, strict=True):
-        shards = num_shards[split] if isinstance(num_shards, dict) else num_shards
-        _ = (
-            split_records
-            | f"Serialize_{split}" >> beam.Map(to_example)
-            | f"Write_{split}"
-            >> beam.io.WriteToTFRecord(
-                io.join(output_dir, split, split),
-                file_name_suffix=schema.SHARD_SUFFIX,
-                num_shards=shards,
-                shard_name_template=SHARD_NAME_TEMPLATE,
-                compression_type=CompressionTypes.GZIP,
-            )
-        )
-        manifest = schema.manifest_path(output_dir, split)
-        side_files.append(
-            split_records
-            | f"ManifestLines_{split}"
-            >> beam.Map(lambda record, path=manifest: (path, manifest_line(record)))
-        )
+    manifests = {split: schema.manifest_path(output_dir, split) for split in schema.SPLITS}
+    side_files: list[beam.PCollection] = [
+        records
+        | "ManifestLines"
+        >> beam.Map(lambda record: (manifests[record.split], manifest_line(record)))
+    ]
 
     all_errors = (
         listing["errors"],
@@ -192,11 +194,11 @@ def build_pipeline(
         | "StatsJson"
         >> beam.Map(lambda stats: (stats_path, json.dumps(stats, indent=2, sort_keys=True)))
     )
-    paths = [schema.manifest_path(output_dir, split) for split in schema.SPLITS]
     _ = (
         side_files
         | "AllSideFiles" >> beam.Flatten()
-        | "WriteSideFiles" >> beam_utils.WriteTextFiles([*paths, errors_path, stats_path])
+        | "WriteSideFiles"
+        >> beam_utils.WriteTextFiles([*manifests.values(), errors_path, stats_path])
     )
 
 
@@ -256,6 +258,7 @@ def run(
     max_error_fraction: float = 0.1,
     runner: str = "DirectRunner",
     beam_args: list[str] | None = None,
+    direct_num_workers: int = 1,
     target_shard_mb: float = sharding.TARGET_SHARD_MB,
     project: str = "",
     region: str = "",
@@ -287,6 +290,9 @@ def run(
             download Prism) or ``"DataflowRunner"``.
         beam_args: Other Beam pipeline arguments, e.g. ``["--job_name=j"]``; one also set
             by a named parameter below must agree with it.
+        direct_num_workers: DirectRunner only: 1 runs in this process (the fastest on a
+            few cores, see ``common.beam.make_pipeline``); 0 runs one worker process per
+            core (multi-process mode), n > 1 that many.
         target_shard_mb: Size a shard should have, in MiB, when ``num_shards`` is 0.
         project: Google Cloud project of the Dataflow job; empty: unset.
         region: Dataflow region; empty: unset.
@@ -326,7 +332,8 @@ def run(
         max_num_workers=max_num_workers,
         sdk_container_image=sdk_container_image,
     )
-    beam_utils.pipeline_options(runner, beam_args, **dataflow)  # Fails early on a conflict.
+    # Fails early on a conflict.
+    beam_utils.pipeline_options(runner, beam_args, direct_num_workers, **dataflow)
     labels, label_notes = resolve_labels(csv_uri, labels_uri, image_dir)
     source = csv_uri or image_dir
 
@@ -351,7 +358,7 @@ def run(
         f" from about {estimate.input_bytes / 2**20:.1f} MiB of input" if estimate else "",
     )
 
-    with beam_utils.make_pipeline(runner, beam_args, **dataflow) as pipeline:
+    with beam_utils.make_pipeline(runner, beam_args, direct_num_workers, **dataflow) as pipeline:
         build_pipeline(
             pipeline,
             output_dir,

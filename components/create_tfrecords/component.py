@@ -20,6 +20,7 @@ def create_tfrecords(
     max_image_side: int = 1024,
     max_error_fraction: float = 0.1,
     runner: str = "DirectRunner",
+    direct_num_workers: int = 1,
     project: str = "",
     region: str = "",
     temp_location: str = "",
@@ -49,6 +50,8 @@ def create_tfrecords(
         max_error_fraction: The step fails when a larger share of the inputs is rejected
             (missing, empty, corrupt, unknown or conflicting label, malformed line).
         runner: Beam runner: DirectRunner (in the step's own process) or DataflowRunner.
+        direct_num_workers: DirectRunner only: 1 runs in the step's process; 0 starts one
+            worker process per core (Beam's multi-process mode), n > 1 that many.
         project: Google Cloud project of the Dataflow job; empty leaves it unset.
         region: Dataflow region, e.g. us-central1; empty leaves it unset.
         temp_location: gs:// folder for Dataflow's temporary and staging files.
@@ -88,6 +91,7 @@ def create_tfrecords(
         max_error_fraction=max_error_fraction,
         runner=runner,
         beam_args=[str(arg) for arg in beam_args],
+        direct_num_workers=direct_num_workers,
         target_shard_mb=target_shard_mb,
         project=project,
         region=region,

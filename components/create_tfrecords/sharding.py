@@ -1,8 +1,9 @@
 """Shards sized for training: how many TFRecord shards each split gets.
 
-The shard count is fixed before the pipeline runs (Beam's TFRecord writer spreads the
-records of a split evenly over a given count), so it comes from an estimate of the input
-bytes made by the driver, cheaply:
+The shard count is fixed before the pipeline runs (each record's shard is a hash of its
+URI, ``shard_index``, which spreads a split's records evenly over its count and puts an
+image in the same shard on every run), so it comes from an estimate of the input bytes
+made by the driver, cheaply:
 
 * **Folder tree**: one ``FileSystems.match`` per class folder lists every image file with
   its size (a listing, no read): the exact input bytes.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 from apache_beam.io.filesystems import FileSystems
@@ -161,6 +163,16 @@ def shards_per_split(
     return {
         split: max(1, math.ceil(input_bytes * fractions[split] / target)) for split in schema.SPLITS
     }
+
+
+def shard_index(uri: str, count: int) -> int:
+    """The shard (0 to ``count`` - 1) of a split that holds the image ``uri``.
+
+    CRC-32 of the URI: cheap, stable across runs and Python processes (unlike ``hash``),
+    and independent of ``splits.assign_split``'s SHA-256, so each split's images spread
+    evenly over its shards.
+    """
+    return zlib.crc32(uri.encode("utf-8")) % count
 
 
 def written_shards(output_dir: str) -> dict[str, dict[str, int]]:
