@@ -1,7 +1,9 @@
 """The evaluate stage: metrics, confusion matrix and the deploy gate."""
 
 import os
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,22 +53,30 @@ def test_label_mismatch_is_a_clear_error(exported_model, tfrecord_dataset, tmp_p
 
 
 @dsl.pipeline(name="evaluate-only")
-def _evaluate_pipeline(model_dir: str, dataset_dir: str, threshold: float):
+def _evaluate_pipeline(model_dir: str, dataset_dir: str, threshold: float, explain_examples: int):
     model = dsl.importer(artifact_uri=model_dir, artifact_class=dsl.Model, reimport=False)
     dataset = dsl.importer(artifact_uri=dataset_dir, artifact_class=dsl.Dataset, reimport=False)
-    evaluate_component(model=model.output, dataset=dataset.output, accuracy_threshold=threshold)
+    evaluate_component(
+        model=model.output,
+        dataset=dataset.output,
+        accuracy_threshold=threshold,
+        explain_examples=explain_examples,
+        ig_steps=4,
+    )
 
 
-@pytest.mark.parametrize("threshold, passed", [(0.0, True), (1.01, False)])
+@pytest.mark.parametrize("threshold, passed, explain_examples", [(0.0, True, 2), (1.01, False, 0)])
 def test_evaluate_component_under_kfp_local(
-    kfp_local, exported_model, tfrecord_dataset, threshold, passed
+    kfp_local, exported_model, tfrecord_dataset, threshold, passed, explain_examples
 ):
+    """The gate, metrics and confusion matrix, and the explanations page (on or off)."""
     run_dir = run_pipeline(
         _evaluate_pipeline,
         str(kfp_local),
         model_dir=exported_model,
         dataset_dir=tfrecord_dataset,
         threshold=threshold,
+        explain_examples=explain_examples,
     )
     outputs = task_outputs(run_dir, "evaluate")
     assert outputs["parameterValues"]["Output"] is passed
@@ -76,3 +86,13 @@ def test_evaluate_component_under_kfp_local(
     matrix = output_artifact(outputs, "confusion_matrix")["metadata"]["confusionMatrix"]
     assert [a["displayName"] for a in matrix["annotationSpecs"]] == list(CLASSES)
     assert sum(sum(row["row"]) for row in matrix["rows"]) == metrics["examples"]
+    page = output_artifact(outputs, "explanations")
+    assert page["metadata"]["examples"] == explain_examples
+    assert page["metadata"]["ig_steps"] == 4
+    html = Path(page["uri"]).read_text()
+    assert html.count("<img ") == 3 * explain_examples
+    if explain_examples:
+        assert "max_abs_completeness_gap" in page["metadata"]
+        assert len(re.findall(r'class="true-label">', html)) == explain_examples
+    else:
+        assert "Explanations are off" in html

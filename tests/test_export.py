@@ -1,16 +1,19 @@
 """The export stage: a serving SavedModel that carries preprocessing and labels."""
 
 import io as stdio
+import json
 import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from kfp import dsl
 from PIL import Image
 
 from components.common import labels as label_io, preprocessing
-from components.export import saved_model
+from components.common.io import read_json
+from components.export import explanation_metadata, saved_model
 from components.export.component import export as export_component
 from components.train import training
 from pipelines.run_local import output_artifact, run_pipeline, task_outputs
@@ -59,6 +62,80 @@ def test_png_and_greyscale_inputs_are_served(exported_model):
     assert out["probabilities"].shape == (2, len(CLASSES))
 
 
+@pytest.fixture(scope="module")
+def loaded_export(exported_model):
+    """The exported SavedModel, loaded once for the tests of its signatures."""
+    return tf.saved_model.load(exported_model)
+
+
+def test_xai_signatures_compose_to_serving_default(loaded_export, sample_data):
+    """xai_model(xai_preprocess(bytes)) is what serving_default returns, and xai_model is
+    differentiable with respect to the pixels."""
+    paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(sample_data.image_dir) for f in fs)
+    encoded = tf.constant(_jpeg_bytes(paths[::12][:4]))
+    loaded = loaded_export
+    assert {"serving_default", "xai_preprocess", "xai_model"} <= set(loaded.signatures.keys())
+    pixels = loaded.signatures["xai_preprocess"](image_bytes=encoded)["pixels"]
+    assert pixels.shape == (4, 32, 32, 3) and pixels.dtype == tf.float32
+    with tf.GradientTape() as tape:
+        tape.watch(pixels)
+        probabilities = loaded.signatures["xai_model"](pixels=pixels)["probabilities"]
+        first_class = probabilities[:, 0]
+    served = loaded.signatures["serving_default"](image_bytes=encoded)["probabilities"]
+    np.testing.assert_allclose(probabilities.numpy(), served.numpy(), atol=1e-6)
+    gradients = tape.gradient(first_class, pixels)
+    assert gradients.shape == pixels.shape and np.isfinite(gradients.numpy()).all()
+
+
+def test_explanation_spec_names_tensors_of_the_saved_model(exported_model, loaded_export):
+    """The spec written with the model names the xai_model signature's real tensors and
+    parses as the Vertex AI SDK's types."""
+    from google.cloud.aiplatform_v1.types import ExplanationMetadata, ExplanationParameters
+
+    loaded = loaded_export
+    xai_model = loaded.signatures["xai_model"]
+    extra = os.path.join(exported_model, "assets.extra")
+    written = read_json(os.path.join(extra, "explanation_metadata.json"))
+    assert read_json(os.path.join(extra, "explanation_parameters.json")) == {
+        "integratedGradientsAttribution": {"stepCount": 50}
+    }
+    metadata, parameters = explanation_metadata.vertex_explanation_spec(exported_model)
+    assert isinstance(metadata, ExplanationMetadata)
+    assert isinstance(parameters, ExplanationParameters)
+    assert metadata == ExplanationMetadata.from_json(json.dumps(written))
+    (feature,) = metadata.inputs.values()
+    assert feature.input_tensor_name in xai_model.structured_input_signature[1]
+    assert feature.modality == "image"
+    assert list(feature.input_baselines) == [0.0]
+    visualization = feature.visualization
+    assert visualization.type_ == visualization.Type.PIXELS
+    (output,) = metadata.outputs.values()
+    assert output.output_tensor_name in xai_model.structured_outputs
+    assert list(output.index_display_name_mapping) == list(CLASSES)
+    assert parameters.integrated_gradients_attribution.step_count == 50
+    # xai_preprocess feeds exactly that input.
+    assert set(loaded.signatures["xai_preprocess"].structured_outputs) == {
+        feature.input_tensor_name
+    }
+
+    _, xrai = explanation_metadata.vertex_explanation_spec(exported_model, "xrai", 20)
+    assert xrai.xrai_attribution.step_count == 20 and "integrated_gradients_attribution" not in xrai
+    with pytest.raises(ValueError, match="step_count"):
+        explanation_metadata.explanation_spec("pixels", "probabilities", CLASSES, step_count=101)
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        explanation_metadata.explanation_spec("pixels", "probabilities", CLASSES, "shap")
+
+
+def test_a_model_without_xai_signatures_has_no_spec(tmp_path):
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x * 2.0}, input_signature=[tf.TensorSpec([None])])
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.f})
+    with pytest.raises(ValueError, match="no \\['xai_model', 'xai_preprocess'\\]"):
+        explanation_metadata.xai_tensor_names(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no explanation spec"):
+        explanation_metadata.vertex_explanation_spec(str(tmp_path))
+
+
 @dsl.pipeline(name="export-only")
 def _export_pipeline(model_dir: str):
     model = dsl.importer(artifact_uri=model_dir, artifact_class=dsl.Model, reimport=False)
@@ -71,6 +148,14 @@ def test_export_component_under_kfp_local(kfp_local, exported_model):
     exported = output_artifact(task_outputs(run_dir, "export"), "exported_model")
     assert exported["metadata"]["labels"] == list(CLASSES)
     assert exported["metadata"]["input"] == "image_bytes"
+    assert exported["metadata"]["explanation_signatures"] == ["xai_preprocess", "xai_model"]
+    spec = exported["metadata"]["explanation_metadata"]
+    assert spec["inputs"]["image"]["inputTensorName"] == "pixels"
+    assert exported["metadata"]["explanation_parameters"] == {
+        "integratedGradientsAttribution": {"stepCount": 50}
+    }
+    extra = os.path.join(exported["uri"], "assets.extra")
+    assert read_json(os.path.join(extra, "explanation_metadata.json")) == spec
     assert os.path.exists(os.path.join(exported["uri"], "saved_model.pb"))
     serve = saved_model.load_signature(exported["uri"])
     buf = stdio.BytesIO()

@@ -1,7 +1,7 @@
 """KFP component of the evaluate stage."""
 
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components.images import stage_image
 
@@ -12,13 +12,18 @@ def evaluate(
     dataset: Input[Dataset],
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
+    explanations: Output[HTML],
     accuracy_threshold: float = 0.8,
     split: str = "test",
+    explain_examples: int = 8,
+    ig_steps: int = 50,
 ) -> bool:
     """Evaluates the exported model on the test split; its result gates deployment.
 
     Runs the serving SavedModel on the split's encoded images (so preprocessing is
     evaluated too) and reports accuracy, log loss and per-class precision, recall and F1.
+    It also explains the predictions on a sample of the split with integrated gradients,
+    computed on the same SavedModel (its xai_preprocess / xai_model signatures).
 
     Args:
         model: Serving SavedModel written by the export stage.
@@ -26,23 +31,35 @@ def evaluate(
         accuracy_threshold: The quality gate: deployment runs only when accuracy
             reaches it.
         split: Which dataset split to evaluate.
+        explain_examples: How many of the split's images to explain, spread over the
+            classes; 0 turns explanations off.
+        ig_steps: Integrated-gradients steps per image (more: a more exact integral,
+            linearly slower).
 
     Returns:
         metrics: accuracy, loss, examples, and precision_<label>, recall_<label>,
             f1_<label> for each class.
         confusion_matrix: The confusion matrix, rendered by the KFP and Vertex UIs.
+        explanations: An HTML page: per sampled image, its integrated-gradients heatmap
+            and overlay, true and predicted labels, score and completeness gap; its
+            metadata holds the gap's maximum and mean.
         Output: True when accuracy reaches accuracy_threshold (the deploy gate).
     """
     from components.common.io import artifact_location
     from components.evaluate.evaluation import evaluate as evaluate_model
+    from components.evaluate.explanations import write_explanations
 
-    report = evaluate_model(
-        artifact_location(model), artifact_location(dataset), split, accuracy_threshold
-    )
+    model_dir, dataset_dir = artifact_location(model), artifact_location(dataset)
+    report = evaluate_model(model_dir, dataset_dir, split, accuracy_threshold)
     for name in ("accuracy", "loss", "examples"):
         metrics.log_metric(name, report[name])
     for label, scores in report["per_class"].items():
         for name in ("precision", "recall", "f1"):
             metrics.log_metric(f"{name}_{label}", scores[name])
     confusion_matrix.log_confusion_matrix(report["labels"], report["confusion_matrix"])
+    explanations.metadata.update(
+        write_explanations(
+            explanations.path, model_dir, dataset_dir, split, explain_examples, ig_steps
+        )
+    )
     return report["passed"]
