@@ -1,5 +1,18 @@
-"""The batch_predict KFP component: a thin wrapper over ``beam_pipeline.run``."""
+"""The batch_predict KFP components, thin wrappers over their modules:
 
+``batch_predict``           Apache Beam RunInference (``beam_pipeline.run``): DirectRunner
+                            or Dataflow
+``batch_predict_vertex``    a Vertex AI BatchPredictionJob (``vertex.run_batch_prediction``);
+                            outputs GCPC's ``google.VertexBatchPredictionJob``. It only calls
+                            the Vertex AI API, so it runs on the deploy image (which has the
+                            Vertex AI SDK and Google Cloud Pipeline Components), not on this
+                            stage's Beam image.
+"""
+
+from google_cloud_pipeline_components.types.artifact_types import (
+    VertexBatchPredictionJob,
+    VertexModel,
+)
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
@@ -63,3 +76,134 @@ def batch_predict(
         max_error_fraction=max_error_fraction,
     )
     predictions.metadata.update(summary)
+
+
+@dsl.component(base_image=stage_image("deploy"), install_kfp_package=False)
+def batch_predict_vertex(
+    batch_prediction_job: Output[VertexBatchPredictionJob],
+    project: str,
+    location: str,
+    gcs_destination_prefix: str,
+    vertex_model: Input[VertexModel] = None,
+    model: Input[Model] = None,
+    dataset: Input[Dataset] = None,
+    gcs_source_uris: list = [],  # noqa: B006 (KFP parameter default)
+    instances_format: str = "file-list",
+    serving_image: str = "",
+    job_display_name: str = "image-classifier-batch-predict",
+    machine_type: str = "n1-standard-4",
+    accelerator_type: str = "",
+    accelerator_count: int = 0,
+    starting_replica_count: int = 1,
+    max_replica_count: int = 1,
+    batch_size: int = 0,
+    service_account: str = "",
+    max_error_fraction: float = 0.1,
+    wait: bool = True,
+    timeout_s: float = 86400.0,
+):
+    """Predicts the class of many images with a Vertex AI batch prediction job.
+
+    The model is either a Model Registry version (``vertex_model``, e.g. deploy_vertex's
+    output) or the exported SavedModel itself (``model``, served by ``serving_image``
+    without an upload). The images are ``gcs_source_uris`` (``file-list`` files of
+    gs:// image URIs: Vertex AI sends each image's bytes as ``{"b64": ...}``; or
+    ``jsonl`` instances) or, when that is empty, the test split of ``dataset`` (its
+    manifest becomes a file list in this step's output folder). Waits for the job unless
+    ``wait`` is False, and fails when the job fails or more than ``max_error_fraction``
+    of the instances fail.
+
+    Args:
+        project: Google Cloud project.
+        location: Vertex AI region, e.g. us-central1.
+        gcs_destination_prefix: gs:// prefix under which the job writes its output folder.
+        vertex_model: A google.VertexModel (its metadata's resourceName).
+        model: Instead of vertex_model: the exported SavedModel on Cloud Storage.
+        dataset: A create_tfrecords dataset whose manifests/test.csv lists gs:// images;
+            used when gcs_source_uris is empty.
+        gcs_source_uris: Input files on Cloud Storage, in instances_format.
+        instances_format: "file-list" or "jsonl".
+        serving_image: Container serving ``model``; empty picks Vertex AI's prebuilt
+            TensorFlow image for the export's TensorFlow version.
+        job_display_name: Display name of the job.
+        machine_type: Machine type of the prediction workers.
+        accelerator_type: Accelerator per worker, e.g. NVIDIA_TESLA_T4; empty for none.
+        accelerator_count: Accelerators per worker.
+        starting_replica_count: Workers the job starts with.
+        max_replica_count: Most workers.
+        batch_size: Instances per request to the container; 0 for Vertex AI's default.
+        service_account: Service account of the job; empty for the default.
+        max_error_fraction: Largest tolerated share of failed instances.
+        wait: Wait for the job to end.
+        timeout_s: How long to wait; past it the job is cancelled and the step fails.
+
+    Returns:
+        batch_prediction_job: google.VertexBatchPredictionJob (``resourceName``,
+            ``gcsOutputDirectory``), with the job's state and instance counts.
+    """
+    from components.batch_predict import vertex
+    from components.common import io, schema
+    from components.common.io import artifact_location
+    from components.deploy.vertex import (
+        is_accelerated,
+        prebuilt_serving_image,
+        resource_uri,
+        saved_model_tf_version,
+    )
+
+    if (vertex_model is None) == (model is None):
+        raise ValueError("give exactly one of vertex_model (a Model Registry version) and model")
+    model_name = artifact_uri = ""
+    if vertex_model is not None:
+        model_name = vertex_model.metadata["resourceName"]
+    else:
+        artifact_uri = model.uri
+        if not serving_image:
+            tf_version = model.metadata.get("framework_version") or saved_model_tf_version(
+                artifact_uri
+            )
+            accelerated = is_accelerated(accelerator_type, accelerator_count)
+            serving_image = prebuilt_serving_image(location, tf_version, accelerated)
+    sources = [str(uri) for uri in gcs_source_uris]
+    if not sources:
+        if dataset is None:
+            raise ValueError("give gcs_source_uris or a dataset")
+        if not io.is_remote(batch_prediction_job.uri):
+            raise ValueError(
+                "the dataset input needs this step's output on Cloud Storage (a Vertex AI "
+                f"pipeline root) for the file list, not {batch_prediction_job.uri!r}; pass "
+                "gcs_source_uris instead"
+            )
+        file_list = io.join(batch_prediction_job.uri, vertex.FILE_LIST_NAME)
+        vertex.write_file_list(schema.manifest_path(artifact_location(dataset), "test"), file_list)
+        sources, instances_format = [file_list], "file-list"
+    info = vertex.run_batch_prediction(
+        project=project,
+        region=location,
+        display_name=job_display_name,
+        gcs_source_uris=sources,
+        gcs_destination_prefix=gcs_destination_prefix,
+        instances_format=instances_format,
+        model=model_name,
+        artifact_uri=artifact_uri,
+        serving_image=serving_image,
+        machine_type=machine_type,
+        accelerator_type=accelerator_type,
+        accelerator_count=accelerator_count,
+        starting_replica_count=starting_replica_count,
+        max_replica_count=max_replica_count,
+        batch_size=batch_size,
+        service_account=service_account,
+        wait=wait,
+        timeout_s=timeout_s,
+        max_error_fraction=max_error_fraction,
+    )
+    batch_prediction_job.uri = resource_uri(location, info["job"])
+    batch_prediction_job.metadata.update(
+        {
+            "resourceName": info["job"],
+            "gcsOutputDirectory": info["gcs_output_directory"],
+            **{k: v for k, v in info.items() if k not in ("job", "gcs_output_directory")},
+            "serving_image": serving_image,
+        }
+    )

@@ -1,5 +1,17 @@
-"""The deploy stage's KFP component: a thin body over ``components.deploy.local``."""
+"""The deploy stage's KFP components, one per target, each a thin body over its module:
 
+``deploy``          the local target (``components.deploy.local``): a model repository and
+                    a checked local server
+``deploy_vertex``   a Vertex AI endpoint (``components.deploy.vertex``); outputs GCPC's
+                    ``google.VertexModel`` and ``google.VertexEndpoint``, which the Vertex AI
+                    console links to the Model and Endpoint
+``deploy_kserve``   a KServe InferenceService, e.g. on GKE (``components.deploy.kserve``)
+
+One component per target, as Google Cloud Pipeline Components does, since each target has
+its own parameters and outputs and a KFP component must write every output it declares.
+"""
+
+from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
@@ -30,7 +42,8 @@ def deploy(
             (``/v1/models/<model_name>:predict``).
         model_repository: Root of the model repository (local path or gs:// URI); empty
             puts it in the endpoint artifact, under ``model_repository/``.
-        target: Where to deploy; only ``"local"`` for now.
+        target: Where to deploy: ``"local"``; Vertex AI and KServe have their own
+            components, ``deploy_vertex`` and ``deploy_kserve``.
         port: The port of the advertised URL and serve command.
 
     Returns:
@@ -45,10 +58,212 @@ def deploy(
 
     targets = ("local",)
     if target not in targets:
-        raise ValueError(f"unsupported deploy target {target!r}; supported: {', '.join(targets)}")
+        raise ValueError(
+            f"unsupported deploy target {target!r}; supported: {', '.join(targets)} (Vertex AI "
+            "and KServe: the deploy_vertex and deploy_kserve components)"
+        )
     os.makedirs(endpoint.path, exist_ok=True)
     repository = model_repository or os.path.join(endpoint.path, "model_repository")
     info = deploy_local(model.path, model_name=model_name, model_repository=repository, port=port)
     endpoint.metadata.update(info)
     with open(os.path.join(endpoint.path, "endpoint.json"), "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
+
+
+@dsl.component(base_image=stage_image("deploy"), install_kfp_package=False)
+def deploy_vertex(
+    model: Input[Model],
+    vertex_model: Output[VertexModel],
+    vertex_endpoint: Output[VertexEndpoint],
+    project: str,
+    location: str,
+    model_display_name: str = "image-classifier",
+    endpoint_display_name: str = "",
+    serving_image: str = "",
+    machine_type: str = "n1-standard-4",
+    accelerator_type: str = "",
+    accelerator_count: int = 0,
+    min_replica_count: int = 1,
+    max_replica_count: int = 1,
+    traffic_percent: int = 100,
+    keep_versions: int = 1,
+    service_account: str = "",
+    enable_explanations: bool = False,
+    explanation_metadata: dict = {},  # noqa: B006 (KFP parameter default)
+    explanation_parameters: dict = {},  # noqa: B006
+):
+    """Deploys an exported model to a Vertex AI endpoint, as a new version of its Model.
+
+    Uploads the SavedModel (the export artifact's gs:// URI) as a version of the Model
+    named ``model_display_name`` (a new Model the first time) on Vertex AI's prebuilt
+    TensorFlow container, deploys it to the endpoint named ``endpoint_display_name``
+    (created if missing) with ``traffic_percent`` of the traffic (the models serving now
+    keep the rest in proportion), and undeploys older versions of the Model that get no
+    traffic beyond ``keep_versions``. Re-running it with the same export does nothing
+    and reports what serves it.
+
+    Args:
+        model: The exported serving SavedModel (on Cloud Storage: run on Vertex AI).
+        project: Google Cloud project.
+        location: Vertex AI region, e.g. us-central1.
+        model_display_name: Display name of the Model in the Model Registry.
+        endpoint_display_name: Display name of the Endpoint; empty means
+            ``<model_display_name>-endpoint``.
+        serving_image: Prediction container; empty picks Vertex AI's prebuilt
+            TensorFlow image for the export's TensorFlow version (the newest prebuilt,
+            TF 2.15, for newer exports; a GPU image with an accelerator).
+        machine_type: Serving machine type.
+        accelerator_type: Accelerator per replica, e.g. NVIDIA_TESLA_T4; empty for none.
+        accelerator_count: Accelerators per replica.
+        min_replica_count: Fewest serving replicas.
+        max_replica_count: Most serving replicas (autoscaling).
+        traffic_percent: The new version's share of the endpoint's traffic, 0 to 100
+            (below 100: a canary).
+        keep_versions: Most deployments of this Model left on the endpoint, the new one
+            included; deployments with traffic always stay.
+        service_account: Service account of the serving container; empty for the default.
+        enable_explanations: Upload with the explanation spec the export stage recorded
+            in the model's metadata (unless the two explanation arguments give one).
+        explanation_metadata: Vertex AI ExplanationMetadata as REST JSON; with
+            explanation_parameters.
+        explanation_parameters: Vertex AI ExplanationParameters as REST JSON.
+
+    Returns:
+        vertex_model: google.VertexModel: the deployed Model version
+            (``resourceName`` ``projects/.../models/ID@VERSION``).
+        vertex_endpoint: google.VertexEndpoint: the Endpoint (``resourceName``), with
+            ``deployed_model_id``, ``traffic_split``, ``predict_url``, ``undeployed`` and
+            ``already_deployed`` in its metadata.
+    """
+    from components.deploy import vertex
+
+    metadata, parameters = explanation_metadata, explanation_parameters
+    if enable_explanations and not metadata and not parameters:
+        metadata = model.metadata.get("explanation_metadata")
+        parameters = model.metadata.get("explanation_parameters")
+        if not metadata or not parameters:
+            raise ValueError(
+                "enable_explanations: the model's metadata has no explanation spec "
+                "(explanation_metadata, explanation_parameters); export it again or pass them"
+            )
+    explanation = vertex.explanation_spec_from_json(metadata, parameters)
+    tf_version = model.metadata.get("framework_version", "")
+    if not serving_image and not tf_version:
+        tf_version = vertex.saved_model_tf_version(model.uri)
+    info = vertex.deploy_to_vertex(
+        artifact_uri=model.uri,
+        project=project,
+        region=location,
+        model_display_name=model_display_name,
+        endpoint_display_name=endpoint_display_name,
+        serving_image=serving_image,
+        tf_version=tf_version,
+        machine_type=machine_type,
+        accelerator_type=accelerator_type,
+        accelerator_count=accelerator_count,
+        min_replica_count=min_replica_count,
+        max_replica_count=max_replica_count,
+        traffic_percent=traffic_percent,
+        keep_versions=keep_versions,
+        service_account=service_account,
+        explanation_metadata=explanation[0],
+        explanation_parameters=explanation[1],
+    )
+    vertex_model.uri = vertex.resource_uri(location, info["model_version_name"])
+    vertex_model.metadata.update(
+        {
+            "resourceName": info["model_version_name"],
+            "model": info["model"],
+            "model_version_id": info["model_version_id"],
+            "artifact_uri": info["artifact_uri"],
+            "serving_image": info["serving_image"],
+            "uploaded": info["uploaded"],
+        }
+    )
+    vertex_endpoint.uri = vertex.resource_uri(location, info["endpoint"])
+    vertex_endpoint.metadata.update(
+        {
+            "resourceName": info["endpoint"],
+            "deployed_model_id": info["deployed_model_id"],
+            "traffic_split": info["traffic_split"],
+            "predict_url": info["predict_url"],
+            "undeployed": info["undeployed"],
+            "already_deployed": info["already_deployed"],
+            "endpoint_created": info["endpoint_created"],
+        }
+    )
+
+
+@dsl.component(base_image=stage_image("deploy"), install_kfp_package=False)
+def deploy_kserve(
+    model: Input[Model],
+    endpoint: Output[Artifact],
+    model_repository: str,
+    namespace: str,
+    model_name: str = "image-classifier",
+    runtime_version: str = "2.21.0",
+    cpu: str = "1",
+    memory: str = "2Gi",
+    gpu_count: int = 0,
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    service_account_name: str = "",
+    traffic_percent: int = 100,
+    timeout_s: float = 600.0,
+):
+    """Serves an exported model with a KServe InferenceService (TensorFlow predictor).
+
+    Stages the SavedModel as ``<model_repository>/<model_name>-<digest>/1/`` (the layout
+    KServe's TensorFlow Serving predictor loads), creates the InferenceService
+    ``model_name`` in ``namespace`` or, when it exists, patches it with the new
+    storageUri and ``canaryTrafficPercent``, and waits until it is Ready. Runs with the
+    pod's service account, which needs RBAC rights on inferenceservices there.
+
+    Args:
+        model: The exported serving SavedModel.
+        model_repository: gs:// folder to stage the model in, readable by the
+            InferenceService's pods.
+        namespace: Namespace of the InferenceService (Kubeflow: the profile namespace).
+        model_name: InferenceService name, and the model name in its URL.
+        runtime_version: TensorFlow Serving version (image tag of tensorflow/serving).
+        cpu: CPU request and limit of the predictor.
+        memory: Memory request and limit of the predictor.
+        gpu_count: GPUs of the predictor (nvidia.com/gpu); 0 for none.
+        min_replicas: Fewest predictor replicas (0: scale to zero).
+        max_replicas: Most predictor replicas.
+        service_account_name: Service account of the predictor pods (to read the model).
+        traffic_percent: Share of traffic for the new revision when updating (canary);
+            100 rolls out fully.
+        timeout_s: How long to wait for Ready.
+
+    Returns:
+        endpoint: A directory with ``endpoint.json``: name, namespace, action (created,
+            patched or unchanged), storage URI, URL, predict URL and traffic (also the
+            artifact's metadata).
+    """
+    import json
+    import os
+
+    from components.common.io import artifact_location
+    from components.deploy.kserve import deploy_kserve as deploy_to_kserve
+
+    info = deploy_to_kserve(
+        artifact_location(model),
+        model_repository_uri=model_repository,
+        name=model_name,
+        namespace=namespace,
+        runtime_version=runtime_version,
+        cpu=cpu,
+        memory=memory,
+        gpu_count=gpu_count,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        service_account_name=service_account_name,
+        traffic_percent=traffic_percent,
+        timeout_s=timeout_s,
+    )
+    info["target"] = "kserve"
+    os.makedirs(endpoint.path, exist_ok=True)
+    with open(os.path.join(endpoint.path, "endpoint.json"), "w") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+    endpoint.metadata.update(info)
