@@ -1,16 +1,12 @@
-"""Tests of the deploy stage: model repository, local model server, deploy_local, component.
+"""Tests of the deploy stage: model repository, deploy_local, the component.
 
-A server start-up (TensorFlow, KServe, the model) costs seconds, so the file has two:
-one model server shared by the server tests, and the one deploy_local starts and stops
-inside the component's kfp-local run.
+The model server itself is tested in test_server.py; here it runs once, started and
+stopped by deploy_local inside the component's kfp-local run.
 """
 
 from __future__ import annotations
 
-import base64
-import io as bytes_io
 import json
-import math
 import os
 import shlex
 import shutil
@@ -18,12 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from components.deploy import local, model_repository
 from components.deploy.model_repository import TMP_PREFIX, latest_version, publish
@@ -31,51 +23,6 @@ from pipelines.sample_data import CLASSES
 
 LABELS = list(CLASSES)
 MODEL_NAME = "shapes"
-
-
-def _jpeg(size: int = 48, seed: int = 0, noise: bool = False) -> bytes:
-    rng = np.random.default_rng(seed)
-    if noise:
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    else:
-        pixels = np.full((size, size, 3), rng.integers(0, 256, 3), dtype=np.uint8)
-    buffer = bytes_io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _encoded(image_format: str) -> bytes:
-    buffer = bytes_io.BytesIO()
-    Image.new("RGB", (20, 30), (10, 200, 30)).save(buffer, format=image_format)
-    return buffer.getvalue()
-
-
-_NOISE = _jpeg(size=64, noise=True)  # large enough that a truncated copy keeps its header
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _http(url: str, body: bytes | dict | None = None) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def _port_is_free(port: int) -> bool:
-    """Whether a new server could listen on ``port`` (connections in TIME_WAIT are fine)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _servers_on(repository: str) -> list[int]:
@@ -90,18 +37,6 @@ def _servers_on(repository: str) -> list[int]:
         if b"components.deploy.server" in args and repository.encode() in args:
             pids.append(int(pid))
     return pids
-
-
-def _listen_addresses(port: int) -> set[str]:
-    """Local addresses of the IPv4 sockets listening on ``port`` (from /proc/net/tcp)."""
-    addresses = set()
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            address, port_hex = fields[1].split(":")
-            if fields[3] == "0A" and int(port_hex, 16) == port:
-                addresses.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
-    return addresses
 
 
 # --- model repository ---------------------------------------------------------------
@@ -234,8 +169,6 @@ def test_component_rejects_unknown_targets(tmp_path):
     assert not (tmp_path / "endpoint").exists()
 
 
-# server_process: the module's server loads while this test runs (saves a server start-up).
-@pytest.mark.usefixtures("server_process")
 def test_component_deploys_and_verifies_in_kfp_local(kfp_local, exported_model, tmp_path):
     from kfp import dsl
 
@@ -294,135 +227,3 @@ def test_component_deploys_and_verifies_in_kfp_local(kfp_local, exported_model, 
     assert metadata["url"] == info["url"] and metadata["verified"] is True
     assert metadata["version"] == 1 and metadata["model_dir"] == info["model_dir"]
     assert metadata["serve_command"] == info["serve_command"]
-
-
-# --- the model server ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server_process(exported_model, tmp_path_factory):
-    """A model server process on a free loopback port for this module, maybe still loading.
-
-    Yields ``(process, port, log_path)``; stops the server at the end of the module and
-    checks that it stopped cleanly on SIGTERM.
-    """
-    repo = str(tmp_path_factory.mktemp("served") / "repo")
-    publish(exported_model, repo, MODEL_NAME)
-    port = local.free_port()
-    log_path = str(tmp_path_factory.mktemp("server_log") / "server.log")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            local.server_command(repo, MODEL_NAME, port),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        yield process, port, log_path
-    finally:
-        code = local.stop_server(process)
-    assert code == 0, f"the server did not stop cleanly on SIGTERM (exit code {code})"
-    assert _port_is_free(port)
-
-
-@pytest.fixture
-def server_url(server_process):
-    """The base URL of the module's model server, once it is ready."""
-    process, port, log_path = server_process
-    local.wait_until_ready(process, MODEL_NAME, port, 120, log_path)
-    return f"http://127.0.0.1:{port}"
-
-
-def _check_predictions(body: dict, count: int) -> None:
-    predictions = body["predictions"]
-    assert len(predictions) == count
-    for prediction in predictions:
-        assert set(prediction) == {"probabilities", "class_index", "label", "score"}
-        probabilities = prediction["probabilities"]
-        assert len(probabilities) == len(LABELS)
-        assert math.isclose(sum(probabilities), 1.0, abs_tol=1e-4)
-        assert prediction["label"] in LABELS
-        assert prediction["class_index"] == LABELS.index(prediction["label"])
-        assert prediction["class_index"] == int(np.argmax(probabilities))
-        assert math.isclose(prediction["score"], max(probabilities), rel_tol=1e-5)
-
-
-@pytest.mark.parametrize("count", [1, 3])
-@pytest.mark.parametrize(
-    "shape",
-    [lambda b: {"b64": b}, lambda b: {"image_bytes": {"b64": b}}],
-    ids=["b64", "image_bytes"],
-)
-def test_server_predicts(server_url, shape, count):
-    instances = [shape(_b64(_jpeg(seed=i, noise=i % 2 == 1))) for i in range(count)]
-    status, body = _http(f"{server_url}/v1/models/{MODEL_NAME}:predict", {"instances": instances})
-    assert status == 200, body
-    _check_predictions(body, count)
-
-
-def test_server_accepts_the_signature_name_and_png(server_url):
-    body = {
-        "signature_name": "serving_default",
-        "instances": [{"b64": _b64(_encoded("PNG"))}, {"b64": _b64(_jpeg())}],
-    }
-    status, response = _http(f"{server_url}/v1/models/{MODEL_NAME}:predict", body)
-    assert status == 200, response
-    _check_predictions(response, 2)
-
-
-def test_server_readiness_and_health(server_url):
-    assert _http(f"{server_url}/v1/models/{MODEL_NAME}") == (
-        200,
-        {"name": MODEL_NAME, "ready": True},
-    )
-    assert _http(f"{server_url}/") == (200, {"status": "alive"})
-    status, body = _http(f"{server_url}/v1/models/unknown-model")
-    assert status == 404 and "unknown-model" in body["error"]
-
-
-def test_server_listens_on_loopback_only(server_url):
-    if not os.path.exists("/proc/net/tcp"):
-        pytest.skip("needs Linux's /proc/net/tcp")
-    port = int(server_url.rsplit(":", 1)[1])
-    assert _listen_addresses(port) == {"127.0.0.1"}
-
-
-BAD_REQUESTS = {
-    "malformed JSON": (b'{"instances": [', "request format"),
-    "not an object": ([{"b64": "x"}], "JSON object"),
-    "no instances": ({"inputs": [{"b64": _b64(_NOISE)}]}, "instances"),
-    "empty instances": ({"instances": []}, "non-empty"),
-    "instance not b64": ({"instances": ["just a string"]}, "b64"),
-    "bad base64": ({"instances": [{"b64": "@@not base64@@"}]}, "base64"),
-    "not an image": ({"instances": [{"b64": _b64(b"plain text, not a JPEG")}]}, "not an image"),
-    # A valid JPEG header over truncated data: only TensorFlow's decoder notices.
-    "truncated JPEG": (
-        {"instances": [{"b64": _b64(_jpeg())}, {"b64": _b64(_NOISE[: len(_NOISE) // 2])}]},
-        "instance 1: the image does not decode",
-    ),
-    "unsupported format": (
-        {"instances": [{"b64": _b64(_encoded("TIFF"))}]},
-        "unsupported image format TIFF",
-    ),
-    "too many instances": ({"instances": [{"b64": _b64(_jpeg(8))}] * 65}, "limit of 64"),
-    "unknown signature": (
-        {"instances": [{"b64": _b64(_NOISE)}], "signature_name": "predict_uris"},
-        "signature_name",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
-def test_server_rejects_bad_requests_with_400(server_url, case):
-    body, message = BAD_REQUESTS[case]
-    status, response = _http(f"{server_url}/v1/models/{MODEL_NAME}:predict", body)
-    assert status == 400, response
-    assert isinstance(response.get("error"), str) and message in response["error"]
-    assert "Traceback" not in response["error"]
-
-
-def test_server_still_serves_after_bad_requests(server_url):
-    body = {"instances": [{"b64": _b64(_NOISE)}, {"image_bytes": {"b64": _b64(_jpeg())}}]}
-    status, response = _http(f"{server_url}/v1/models/{MODEL_NAME}:predict", body)
-    assert status == 200, response
-    _check_predictions(response, 2)

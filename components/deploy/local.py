@@ -3,8 +3,9 @@
 ``deploy_local`` publishes the SavedModel as a new version (or reuses an identical
 latest one), starts the local model server (``components.deploy.server``) on a free
 loopback port, waits until the model is ready, sends one real predict request with a
-generated JPEG, checks the answer, and stops the server. What it returns says where the
-model lies and the exact command that serves it at the advertised URL.
+generated JPEG, checks the answer and the liveness and readiness routes, and stops the
+server. What it returns says where the model lies and the exact command that serves it
+at the advertised URL.
 """
 
 from __future__ import annotations
@@ -53,8 +54,18 @@ def server_command(
     port: int,
     host: str = LOOPBACK,
     version: int | None = None,
+    max_inflight: int | None = None,
+    max_body_bytes: int | None = None,
+    batch_max_size: int | None = None,
+    batch_timeout_ms: float | None = None,
+    shutdown_delay_s: float | None = None,
+    grace_period_s: int | None = None,
 ) -> list[str]:
-    """The command line that runs the local model server on a repository."""
+    """The command line that runs the local model server on a repository.
+
+    The server options left ``None`` are not passed, so the server's defaults apply
+    (``python -m components.deploy.server --help`` lists them).
+    """
     command = [
         sys.executable,
         "-m",
@@ -68,8 +79,18 @@ def server_command(
         "--host",
         host,
     ]
-    if version is not None:
-        command += ["--model-version", str(version)]
+    options = {
+        "--model-version": version,
+        "--max-inflight": max_inflight,
+        "--max-body-bytes": max_body_bytes,
+        "--batch-max-size": batch_max_size,
+        "--batch-timeout-ms": batch_timeout_ms,
+        "--shutdown-delay-s": shutdown_delay_s,
+        "--grace-period-s": grace_period_s,
+    }
+    for option, value in options.items():
+        if value is not None:
+            command += [option, str(value)]
     return command
 
 
@@ -186,6 +207,18 @@ def check_prediction(response: dict, labels: list[str]) -> dict:
     return prediction
 
 
+def check_health(port: int, host: str = LOOPBACK) -> None:
+    """Checks the liveness and readiness routes that Kubernetes probes would use.
+
+    Raises:
+        DeployError: when either does not answer 200.
+    """
+    for route, key in (("/v2/health/live", "live"), ("/v2/health/ready", "ready")):
+        status, body = _request(f"http://{host}:{port}{route}", timeout_s=10.0)
+        if status != 200 or body.get(key) is not True:
+            raise DeployError(f"GET {route} answered HTTP {status}: {body!r:.200}")
+
+
 def deploy_local(
     export_dir: str,
     model_name: str = DEFAULT_MODEL_NAME,
@@ -253,6 +286,7 @@ def deploy_local(
                     f"server's output ends with:\n{_tail(server_log.name)}"
                 )
             prediction = check_prediction(response, labels)
+            check_health(check_port)
         finally:
             code = stop_server(process)
             log.info("model server stopped (exit code %s)", code)

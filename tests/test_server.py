@@ -1,0 +1,780 @@
+"""Tests of the local model server (components.deploy.server).
+
+A server start-up (TensorFlow, KServe, the model) costs seconds, so the file starts two:
+one shared by the request tests (batching on, a small in-flight bound and body limit),
+and one for loading, draining and SIGTERM (batching off). Both run the real server CLI
+through a wrapper that can hold the model's loading and its signature calls while a file
+exists: slow requests on demand, so that overload and shutdown are tested without timing
+assumptions. Every wait is bounded, with room for a slow, loaded machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import io as bytes_io
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from email.message import Message
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.deploy import local
+from components.deploy.model_repository import publish
+from pipelines.sample_data import CLASSES
+
+LABELS = list(CLASSES)
+MODEL_NAME = "shapes"
+MAX_INFLIGHT = 4
+MAX_BODY_BYTES = 200_000
+WAIT_S = 120.0
+
+# The server's CLI, with the model's load and signature calls held while the files
+# load.hold / predict.hold exist in $TEST_HOLD_DIR; each held call first writes a
+# predict.entered-* file, so a test knows when a request has reached the model.
+HELD_SERVER = """
+import os, sys, time, uuid
+from components.deploy import server
+
+hold_dir = os.environ["TEST_HOLD_DIR"]
+
+def held(method, name):
+    def call(self, *args):
+        if name == "predict":
+            open(os.path.join(hold_dir, "predict.entered-" + uuid.uuid4().hex), "w").close()
+        deadline = time.monotonic() + 300
+        while os.path.exists(os.path.join(hold_dir, name + ".hold")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(name + " held for too long")
+            time.sleep(0.02)
+        return method(self, *args)
+    return call
+
+server.ImageClassifierModel.load = held(server.ImageClassifierModel.load, "load")
+server.ImageClassifierModel.run_signature = held(
+    server.ImageClassifierModel.run_signature, "predict"
+)
+server.main(sys.argv[1:])
+"""
+
+
+def _jpeg(size: int = 48, seed: int = 0, noise: bool = False) -> bytes:
+    rng = np.random.default_rng(seed)
+    if noise:
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    else:
+        pixels = np.full((size, size, 3), rng.integers(0, 256, 3), dtype=np.uint8)
+    buffer = bytes_io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _encoded(image_format: str) -> bytes:
+    buffer = bytes_io.BytesIO()
+    Image.new("RGB", (20, 30), (10, 200, 30)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+_NOISE = _jpeg(size=64, noise=True)  # large enough that a truncated copy keeps its header
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _http(
+    url: str, body: bytes | dict | None = None, content_type: str = "application/json"
+) -> tuple[int, dict]:
+    status, _, response = _http_full(url, body, content_type)
+    return status, response
+
+
+def _http_full(
+    url: str, body: bytes | dict | None = None, content_type: str = "application/json"
+) -> tuple[int, Message, dict]:
+    """(status, headers, JSON body) of one request; the body must be JSON, errors too."""
+    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT_S) as response:
+            return response.status, response.headers, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def _raw_http(port: int, head: bytes, body_parts: tuple[bytes, ...] = ()) -> tuple[int, dict]:
+    """Sends a hand-made request on a new connection; (status, JSON body) of its answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:
+        sock.sendall(head)
+        for part in body_parts:
+            sock.sendall(part)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536) or b"<eof>"
+            assert not data.endswith(b"<eof>"), f"connection closed before an answer: {data!r}"
+        head_bytes, _, body = data.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        while len(body) < int(headers["content-length"]):
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed in the middle of an answer"
+            body += chunk
+    return int(lines[0].split()[1]), {"headers": headers, "json": json.loads(body)}
+
+
+def _poll(check, what: str, timeout_s: float = WAIT_S, interval_s: float = 0.1):
+    """Calls ``check`` until it returns something truthy; returns that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def _entered(hold_dir) -> int:
+    return sum(name.startswith("predict.entered-") for name in os.listdir(hold_dir))
+
+
+def _status(url: str) -> int | None:
+    try:
+        return _http(url)[0]
+    except OSError:
+        return None
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """Local addresses of the IPv4 sockets listening on ``port`` (from /proc/net/tcp)."""
+    addresses = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            address, port_hex = fields[1].split(":")
+            if fields[3] == "0A" and int(port_hex, 16) == port:
+                addresses.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return addresses
+
+
+def _start_held_server(repo: str, port: int, hold_dir, log_path, **options) -> subprocess.Popen:
+    argv = local.server_command(repo, MODEL_NAME, port, **options)[3:]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", HELD_SERVER, *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "TEST_HOLD_DIR": str(hold_dir)},
+        )
+
+
+@pytest.fixture(scope="module")
+def served_repo(exported_model, tmp_path_factory) -> str:
+    repo = str(tmp_path_factory.mktemp("served") / "repo")
+    publish(exported_model, repo, MODEL_NAME)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(served_repo, tmp_path_factory):
+    """The module's server: batching on (the default), in-flight bound 4, 200 kB bodies.
+
+    Yields ``(base_url, port, hold_dir)``; checks at the end that SIGTERM stops it with 0.
+    """
+    hold_dir = tmp_path_factory.mktemp("hold")
+    log_path = tmp_path_factory.mktemp("server_log") / "server.log"
+    port = local.free_port()
+    process = _start_held_server(
+        served_repo,
+        port,
+        hold_dir,
+        log_path,
+        max_inflight=MAX_INFLIGHT,
+        max_body_bytes=MAX_BODY_BYTES,
+    )
+    try:
+        local.wait_until_ready(process, MODEL_NAME, port, WAIT_S, str(log_path))
+        yield f"http://127.0.0.1:{port}", port, hold_dir
+    finally:
+        for hold in hold_dir.glob("*.hold"):
+            hold.unlink()
+        code = local.stop_server(process, timeout_s=WAIT_S)
+    assert code == 0, f"the server did not stop cleanly on SIGTERM (exit code {code})"
+
+
+@pytest.fixture
+def server_url(server) -> str:
+    return server[0]
+
+
+def _predict_url(base: str) -> str:
+    return f"{base}/v1/models/{MODEL_NAME}:predict"
+
+
+def _check_predictions(predictions: list, count: int) -> None:
+    assert len(predictions) == count
+    for prediction in predictions:
+        assert set(prediction) == {"probabilities", "class_index", "label", "score"}
+        probabilities = prediction["probabilities"]
+        assert len(probabilities) == len(LABELS)
+        assert math.isclose(sum(probabilities), 1.0, abs_tol=1e-4)
+        assert prediction["label"] in LABELS
+        assert prediction["class_index"] == LABELS.index(prediction["label"])
+        assert prediction["class_index"] == int(np.argmax(probabilities))
+        assert math.isclose(prediction["score"], max(probabilities), rel_tol=1e-5)
+
+
+def _same_predictions(got: list, expected: list) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a["label"] == b["label"] and a["class_index"] == b["class_index"]
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], rtol=1e-4, atol=1e-6)
+
+
+# --- the request formats ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize(
+    "shape",
+    [lambda b: {"b64": b}, lambda b: {"image_bytes": {"b64": b}}],
+    ids=["b64", "image_bytes"],
+)
+def test_row_format(server_url, shape, count):
+    instances = [shape(_b64(_jpeg(seed=i, noise=i % 2 == 1))) for i in range(count)]
+    status, body = _http(_predict_url(server_url), {"instances": instances})
+    assert status == 200, body
+    _check_predictions(body["predictions"], count)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [lambda values: {"image_bytes": values}, lambda values: values],
+    ids=["named", "list"],
+)
+def test_columnar_format_answers_in_columns(server_url, inputs):
+    images = [_jpeg(seed=1, noise=True), _encoded("PNG"), _jpeg(seed=2)]
+    values = [{"b64": _b64(image)} for image in images]
+    status, body = _http(_predict_url(server_url), {"inputs": inputs(values)})
+    assert status == 200, body
+    outputs = body["outputs"]
+    assert set(outputs) == {"probabilities", "class_index", "label", "score"}
+    assert all(len(column) == len(images) for column in outputs.values())
+    rows = [{name: outputs[name][i] for name in outputs} for i in range(len(images))]
+    _check_predictions(rows, len(images))
+    # The same images in the row format: the same answers.
+    _, row_body = _http(_predict_url(server_url), {"instances": values})
+    _same_predictions(rows, row_body["predictions"])
+
+
+def test_signature_name_png_and_plain_text_content_type(server_url):
+    body = {
+        "signature_name": "serving_default",
+        "instances": [{"b64": _b64(_encoded("PNG"))}, {"b64": _b64(_jpeg())}],
+    }
+    status, response = _http(_predict_url(server_url), body)
+    assert status == 200, response
+    _check_predictions(response["predictions"], 2)
+    # curl's default content type: KServe hands the raw body over, parsed all the same.
+    raw = json.dumps(body).encode()
+    status, response = _http(_predict_url(server_url), raw, "application/x-www-form-urlencoded")
+    assert status == 200, response
+    _check_predictions(response["predictions"], 2)
+
+
+def test_kserve_v2_infer_with_base64_bytes(server_url):
+    images = [_jpeg(seed=3, noise=True), _jpeg(seed=4)]
+    request = {
+        "id": "req-1",
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "datatype": "BYTES",
+                "shape": [2],
+                "data": [_b64(image) for image in images],
+            }
+        ],
+    }
+    status, body = _http(f"{server_url}/v2/models/{MODEL_NAME}/infer", request)
+    assert status == 200, body
+    assert body["id"] == "req-1" and body["model_name"] == MODEL_NAME
+    assert body["model_version"] == "1"
+    outputs = {output["name"]: output for output in body["outputs"]}
+    assert outputs["probabilities"]["shape"] == [2, len(LABELS)]
+    assert outputs["probabilities"]["datatype"] == "FP32"
+    assert (outputs["label"]["datatype"], outputs["label"]["shape"]) == ("BYTES", [2])
+    assert outputs["class_index"]["datatype"] == "INT64"
+    probabilities = np.reshape(outputs["probabilities"]["data"], (2, len(LABELS)))
+    rows = [
+        {
+            "probabilities": probabilities[i].tolist(),
+            "class_index": outputs["class_index"]["data"][i],
+            "label": outputs["label"]["data"][i],
+            "score": outputs["score"]["data"][i],
+        }
+        for i in range(2)
+    ]
+    _check_predictions(rows, 2)
+    _, v1 = _http(_predict_url(server_url), {"instances": [{"b64": _b64(i)} for i in images]})
+    _same_predictions(rows, v1["predictions"])
+
+    # Requested outputs only.
+    status, body = _http(
+        f"{server_url}/v2/models/{MODEL_NAME}/infer", {**request, "outputs": [{"name": "label"}]}
+    )
+    assert status == 200, body
+    assert [output["name"] for output in body["outputs"]] == ["label"]
+
+
+def test_kserve_v2_model_metadata(server_url):
+    status, body = _http(f"{server_url}/v2/models/{MODEL_NAME}")
+    assert status == 200, body
+    assert body["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
+    outputs = {output["name"]: output for output in body["outputs"]}
+    assert outputs["probabilities"] == {
+        "name": "probabilities",
+        "datatype": "FP32",
+        "shape": [-1, len(LABELS)],
+    }
+    assert outputs["label"]["datatype"] == "BYTES"
+
+
+# --- bad requests -------------------------------------------------------------------------
+
+_IMAGE = {"b64": _b64(_NOISE)}
+
+BAD_REQUESTS = {
+    "malformed JSON": (b'{"instances": [', "request format"),
+    "not an object": ([{"b64": "x"}], "JSON object"),
+    "neither instances nor inputs": ({"signature_name": "serving_default"}, "neither"),
+    "both instances and inputs": ({"instances": [_IMAGE], "inputs": [_IMAGE]}, "not both"),
+    "unknown key": ({"instances": [_IMAGE], "parameters": {}}, "unexpected keys"),
+    "empty instances": ({"instances": []}, "non-empty"),
+    "instances not a list": ({"instances": _IMAGE}, "non-empty list"),
+    "instance not b64": ({"instances": ["just a string"]}, "b64"),
+    "instance a nested list": ({"instances": [[_IMAGE]]}, "got a JSON list"),
+    "b64 not a string": ({"instances": [{"b64": 12}]}, '"b64" must be a base64 string'),
+    "b64 with other keys": ({"instances": [{"b64": _IMAGE["b64"], "x": 1}]}, "expected"),
+    "wrong input name in an instance": (
+        {"instances": [{"image_bytes": _IMAGE, "extra": 1}]},
+        "unexpected inputs ['extra']",
+    ),
+    "wrong input name in inputs": ({"inputs": {"images": [_IMAGE]}}, "takes only"),
+    "inputs a single value": ({"inputs": _IMAGE}, "takes only"),
+    "inputs not a list": ({"inputs": {"image_bytes": _IMAGE}}, "non-empty list"),
+    "a URI": ({"instances": [{"uri": "gs://bucket/a.jpg"}]}, "does not read URIs"),
+    "bad base64": ({"instances": [{"b64": "@@not base64@@"}]}, "base64"),
+    "empty image": ({"instances": [{"b64": ""}]}, "empty"),
+    "not an image": ({"instances": [{"b64": _b64(b"plain text, not a JPEG")}]}, "not an image"),
+    "not an image, columnar": ({"inputs": [{"b64": _b64(b"text")}]}, "instance 0: not an image"),
+    # A valid JPEG header over truncated data: only TensorFlow's decoder notices.
+    "truncated JPEG": (
+        {"instances": [{"b64": _b64(_jpeg())}, {"b64": _b64(_NOISE[: len(_NOISE) // 2])}]},
+        "instance 1: the image does not decode",
+    ),
+    "unsupported format": (
+        {"instances": [{"b64": _b64(_encoded("TIFF"))}]},
+        "unsupported image format TIFF",
+    ),
+    "too many instances": ({"instances": [{"b64": _b64(_jpeg(8))}] * 65}, "limit of 64"),
+    "unknown signature": (
+        {"instances": [_IMAGE], "signature_name": "predict_uris"},
+        "signature_name",
+    ),
+}
+
+
+def _check_error(status: int, response: dict, expected_status: int, message: str) -> None:
+    assert status == expected_status, response
+    assert set(response) == {"error"} and isinstance(response["error"], str), response
+    assert message in response["error"]
+    assert "Traceback" not in response["error"]
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_requests_get_400_with_a_json_error(server_url, case):
+    body, message = BAD_REQUESTS[case]
+    _check_error(*_http(_predict_url(server_url), body), 400, message)
+
+
+def test_malformed_json_without_a_json_content_type_gets_400(server_url):
+    status, response = _http(_predict_url(server_url), b'{"instances": [', "text/plain")
+    _check_error(status, response, 400, "not JSON")
+
+
+def _v2(**fields) -> dict:
+    tensor = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [_b64(_NOISE)]}
+    return {"inputs": [{**tensor, **fields}]}
+
+
+BAD_V2_REQUESTS = {
+    "malformed JSON": (b'{"inputs": [', "invalid request"),
+    "missing fields": ({"inputs": [{"name": "image_bytes"}]}, "Field required"),
+    "wrong input name": (_v2(name="images"), "one input named 'image_bytes'"),
+    "two inputs": ({"inputs": _v2()["inputs"] * 2}, "one input named"),
+    "wrong datatype": (_v2(datatype="FP32", data=[1.0]), "datatype BYTES"),
+    "shape mismatch": (_v2(shape=[2]), "does not match"),
+    "not strings": (_v2(data=[1]), "base64 strings"),
+    "bad base64": (_v2(data=["@@"]), "invalid base64"),
+    "not an image": (_v2(data=[_b64(b"text")]), "not an image"),
+    "unknown output": ({**_v2(), "outputs": [{"name": "logits"}]}, "logits"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_V2_REQUESTS, ids=list(BAD_V2_REQUESTS))
+def test_bad_v2_requests_get_400_with_a_json_error(server_url, case):
+    body, message = BAD_V2_REQUESTS[case]
+    url = f"{server_url}/v2/models/{MODEL_NAME}/infer"
+    _check_error(*_http(url, body), 400, message)
+
+
+def test_v2_binary_extension_is_refused_clearly(server_url):
+    status, response = _http(
+        f"{server_url}/v2/models/{MODEL_NAME}/infer", b"\x00\x01binary", "application/octet-stream"
+    )
+    _check_error(status, response, 400, "binary tensor extension is not supported")
+
+
+def test_unknown_model_route_and_method_get_json_errors(server_url):
+    _check_error(
+        *_http(f"{server_url}/v1/models/unknown:predict", {"instances": [_IMAGE]}), 404, "unknown"
+    )
+    _check_error(*_http(f"{server_url}/v1/models/unknown"), 404, "unknown")
+    _check_error(*_http(f"{server_url}/no/such/route"), 404, "Not Found")
+    _check_error(*_http(f"{server_url}/v2/models/{MODEL_NAME}/infer"), 405, "Method Not Allowed")
+
+
+def test_an_oversized_body_is_refused_from_its_content_length(server):
+    server_url, port, _ = server
+    # Only the headers are sent: the answer comes without the body being read.
+    head = (
+        f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
+    )
+    status, answer = _raw_http(port, head.encode())
+    _check_error(status, answer["json"], 413, f"limit of {MAX_BODY_BYTES} bytes")
+    # Clients that send the whole body before they read get the 413 too, those that keep
+    # the connection (raw HTTP/1.1 here) and those that close it (urllib) alike: more
+    # than the socket buffers hold, so that the body is still arriving when answered.
+    big = json.dumps({"instances": [{"b64": "A" * 8_000_000}]}).encode()
+    head = head.replace(str(MAX_BODY_BYTES + 1), str(len(big)))
+    status, answer = _raw_http(port, head.encode(), (big,))
+    _check_error(status, answer["json"], 413, f"is {len(big)} bytes")
+    _check_error(*_http(_predict_url(server_url), big), 413, f"is {len(big)} bytes")
+
+
+def test_an_oversized_chunked_body_is_refused_while_read(server):
+    server_url, port, _ = server
+    # Valid JSON, one image too many bytes: refused by size, not parsed.
+    big = json.dumps({"instances": [{"b64": "A" * MAX_BODY_BYTES}]}).encode()
+    chunks = tuple(
+        b"%x\r\n%s\r\n" % (len(part), part)
+        for part in (big[i : i + 32_768] for i in range(0, len(big), 32_768))
+    )
+    head = (
+        f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: test\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    status, answer = _raw_http(port, head.encode(), (*chunks, b"0\r\n\r\n"))
+    _check_error(status, answer["json"], 413, f"limit of {MAX_BODY_BYTES} bytes")
+    # A chunked body under the limit is served.
+    small = json.dumps({"instances": [_IMAGE]}).encode()
+    status, answer = _raw_http(
+        port, head.encode(), (b"%x\r\n%s\r\n" % (len(small), small), b"0\r\n\r\n")
+    )
+    assert status == 200, answer
+    _check_predictions(answer["json"]["predictions"], 1)
+    # So is an ordinary request afterwards.
+    status, body = _http(_predict_url(server_url), {"instances": [_IMAGE]})
+    assert status == 200, body
+
+
+# --- health, load, overload ---------------------------------------------------------------
+
+
+def test_liveness_and_readiness_routes(server_url):
+    assert _http(f"{server_url}/") == (200, {"status": "alive"})
+    assert _http(f"{server_url}/v2/health/live") == (200, {"live": True})
+    assert _http(f"{server_url}/v2/health/ready") == (200, {"ready": True})
+    assert _http(f"{server_url}/v1/models/{MODEL_NAME}") == (
+        200,
+        {"name": MODEL_NAME, "ready": True},
+    )
+    assert _http(f"{server_url}/v2/models/{MODEL_NAME}/ready") == (
+        200,
+        {"name": MODEL_NAME, "ready": True},
+    )
+
+
+def test_listens_on_loopback_only(server):
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("needs Linux's /proc/net/tcp")
+    assert _listen_addresses(server[1]) == {"127.0.0.1"}
+
+
+def test_a_burst_past_the_inflight_bound_gets_503_then_the_server_serves(server):
+    server_url, _, hold_dir = server
+    # Distinct requests (1 to 10 images each), so that each admitted one must get its rows.
+    bodies = [
+        {"instances": [{"b64": _b64(_jpeg(seed=10 * n + i, noise=True))} for i in range(n)]}
+        for n in range(1, 11)
+    ]
+    hold = hold_dir / "predict.hold"
+    hold.touch()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            futures = [pool.submit(_http_full, _predict_url(server_url), b) for b in bodies]
+            # The admitted requests wait in the model while it is held; all others are
+            # refused at once, so exactly len - MAX_INFLIGHT answers come back.
+            rejected = len(bodies) - MAX_INFLIGHT
+            _poll(lambda: sum(f.done() for f in futures) >= rejected, "the refusals")
+            _poll(lambda: _entered(hold_dir) >= 1, "a request to reach the model")
+            done = [f for f in futures if f.done()]
+            assert len(done) == rejected
+            for future in done:
+                status, headers, response = future.result()
+                _check_error(status, response, 503, "busy")
+                assert headers["Retry-After"] == "1"
+            # Busy is not dead, nor unready: probes do not count against the bound.
+            assert _http(f"{server_url}/v2/health/live") == (200, {"live": True})
+            assert _http(f"{server_url}/v2/health/ready") == (200, {"ready": True})
+            hold.unlink()
+            answers = {i: f.result(timeout=WAIT_S) for i, f in enumerate(futures) if f not in done}
+    finally:
+        hold.unlink(missing_ok=True)
+    assert len(answers) == MAX_INFLIGHT
+    for i, (status, _, response) in answers.items():
+        assert status == 200, response
+        # Each caller gets its own rows, as if it had been alone.
+        _, alone = _http(_predict_url(server_url), bodies[i])
+        _same_predictions(response["predictions"], alone["predictions"])
+    status, response = _http(_predict_url(server_url), bodies[0])
+    assert status == 200, response
+    metrics = urllib.request.urlopen(f"{server_url}/metrics", timeout=WAIT_S).read().decode()
+    assert 'image_classifier_rejected_requests_total{reason="overloaded"}' in metrics
+
+
+def test_the_server_reports_a_model_that_fails_to_load(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / MODEL_NAME / "1").mkdir(parents=True)
+    (repo / MODEL_NAME / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    log_path = tmp_path / "server.log"
+    port = local.free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            local.server_command(str(repo), MODEL_NAME, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        with pytest.raises(local.DeployError, match="(?s)exited with code 1.*failed to load"):
+            local.wait_until_ready(process, MODEL_NAME, port, WAIT_S, str(log_path))
+    finally:
+        local.stop_server(process, timeout_s=30)
+
+
+def test_loading_draining_and_graceful_sigterm(served_repo, tmp_path):
+    hold_dir = tmp_path / "hold"
+    hold_dir.mkdir()
+    (hold_dir / "load.hold").touch()
+    port = local.free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = _start_held_server(
+        served_repo,
+        port,
+        hold_dir,
+        tmp_path / "server.log",
+        batch_max_size=0,
+        shutdown_delay_s=300,
+        grace_period_s=300,
+    )
+    request = {"instances": [{"b64": _b64(_jpeg(seed=5, noise=True))}]}
+    results: dict[str, tuple] = {}
+
+    def predict(key: str) -> None:
+        results[key] = _http_full(_predict_url(base), request)
+
+    threads = []
+    try:
+        # While the model loads: alive, not ready, predictions refused with 503.
+        _poll(lambda: _status(f"{base}/v2/health/live") == 200, "liveness")
+        assert process.poll() is None
+        _check_error(*_http(f"{base}/v2/health/ready"), 503, "not ready")
+        _check_error(*_http(f"{base}/v1/models/{MODEL_NAME}"), 503, "not ready")
+        _check_error(*_http(_predict_url(base), request), 503, "not ready")
+        (hold_dir / "load.hold").unlink()
+        local.wait_until_ready(process, MODEL_NAME, port, WAIT_S, str(tmp_path / "server.log"))
+
+        # A request in flight (held in the model) when SIGTERM comes.
+        (hold_dir / "predict.hold").touch()
+        threads.append(threading.Thread(target=predict, args=("first",)))
+        threads[-1].start()
+        _poll(lambda: _entered(hold_dir) == 1, "the first request to reach the model")
+        assert _http(f"{base}/v2/health/live") == (200, {"live": True})  # busy, alive
+
+        # Draining: not ready, alive, and still serving (a request that comes now too).
+        process.send_signal(signal.SIGTERM)
+        _poll(lambda: _status(f"{base}/v2/health/ready") == 503, "readiness to turn off")
+        _check_error(*_http(f"{base}/v1/models/{MODEL_NAME}"), 503, "not ready")
+        assert _http(f"{base}/v2/health/live") == (200, {"live": True})
+        threads.append(threading.Thread(target=predict, args=("while draining",)))
+        threads[-1].start()
+        _poll(lambda: _entered(hold_dir) == 2, "the second request to reach the model")
+
+        # A second signal ends the delay: no new connections, the two in flight finish.
+        process.send_signal(signal.SIGTERM)
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        _poll(refused, "the server to stop accepting connections")
+        assert process.poll() is None, "the server exited with requests in flight"
+        (hold_dir / "predict.hold").unlink()
+        for thread in threads:
+            thread.join(WAIT_S)
+        assert process.wait(timeout=WAIT_S) == 0
+    finally:
+        (hold_dir / "predict.hold").unlink(missing_ok=True)
+        local.stop_server(process, timeout_s=30)
+    for key in ("first", "while draining"):
+        status, _, response = results[key]
+        assert status == 200, (key, response)
+        _check_predictions(response["predictions"], 1)
+
+
+# --- the batcher and the CLI, in process -----------------------------------------------
+
+
+def _echo_model(calls: list, gate: threading.Event | None = None):
+    """A model call that records its batches and answers each image with its own bytes."""
+
+    def run(images: list[bytes]) -> dict[str, np.ndarray]:
+        calls.append(list(images))
+        if gate is not None:
+            assert gate.wait(WAIT_S)
+        if any(image.startswith(b"bad") for image in images):
+            from kserve.errors import InvalidInput
+
+            raise InvalidInput("an image does not decode")
+        return {"echo": np.array(images, dtype=object), "size": np.array([len(i) for i in images])}
+
+    return run
+
+
+def test_batcher_runs_concurrent_requests_together_and_hands_each_its_rows():
+    from components.deploy.server import Batcher
+
+    calls: list = []
+    gate = threading.Event()
+
+    async def scenario():
+        batcher = Batcher(_echo_model(calls, gate), max_size=5)
+        first = asyncio.create_task(batcher.predict([b"a0"]))
+        await asyncio.to_thread(_poll, lambda: len(calls) == 1, "the first call")
+        # While the first call runs, three requests queue: 2 + 2 images fit in one call
+        # of 5, the third (3 images) would not, so it makes the call after.
+        others = [
+            asyncio.create_task(batcher.predict(images))
+            for images in ([b"b0", b"b1"], [b"c0", b"c1"], [b"d0", b"d1", b"d2"])
+        ]
+        while batcher.queued < 3:
+            await asyncio.sleep(0.01)
+        gate.set()
+        return await first, await asyncio.gather(*others)
+
+    first, others = asyncio.run(scenario())
+    assert calls == [[b"a0"], [b"b0", b"b1", b"c0", b"c1"], [b"d0", b"d1", b"d2"]]
+    assert first["echo"].tolist() == [b"a0"]
+    assert [o["echo"].tolist() for o in others] == [
+        [b"b0", b"b1"],
+        [b"c0", b"c1"],
+        [b"d0", b"d1", b"d2"],
+    ]
+    assert others[2]["size"].tolist() == [2, 2, 2]
+
+
+def test_batcher_never_splits_a_request_and_waits_up_to_its_timeout_for_more():
+    from components.deploy.server import Batcher
+
+    calls: list = []
+
+    async def scenario():
+        # A long timeout: the first request waits for company, and the batch closes as
+        # soon as it is full (it never waits out the timeout here).
+        batcher = Batcher(_echo_model(calls), max_size=3, timeout_s=WAIT_S)
+        a = asyncio.create_task(batcher.predict([b"a0"]))
+        await asyncio.sleep(0.05)
+        b = asyncio.create_task(batcher.predict([b"b0", b"b1"]))
+        results = await asyncio.gather(a, b)
+        big = await Batcher(_echo_model(calls), max_size=2).predict([b"x0", b"x1", b"x2"])
+        return results, big
+
+    (a, b), big = asyncio.run(scenario())
+    assert calls == [[b"a0", b"b0", b"b1"], [b"x0", b"x1", b"x2"]]
+    assert a["echo"].tolist() == [b"a0"] and b["echo"].tolist() == [b"b0", b"b1"]
+    assert big["echo"].tolist() == [b"x0", b"x1", b"x2"]
+
+
+def test_batcher_fails_only_the_request_with_a_bad_image():
+    from kserve.errors import InvalidInput
+
+    from components.deploy.server import Batcher
+
+    calls: list = []
+    gate = threading.Event()
+
+    async def scenario():
+        batcher = Batcher(_echo_model(calls, gate), max_size=8)
+        first = asyncio.create_task(batcher.predict([b"a0"]))
+        await asyncio.to_thread(_poll, lambda: len(calls) == 1, "the first call")
+        good = asyncio.create_task(batcher.predict([b"g0"]))
+        bad = asyncio.create_task(batcher.predict([b"bad0"]))
+        while batcher.queued < 2:
+            await asyncio.sleep(0.01)
+        gate.set()
+        return await asyncio.gather(first, good, bad, return_exceptions=True)
+
+    first, good, bad = asyncio.run(scenario())
+    assert first["echo"].tolist() == [b"a0"]
+    assert good["echo"].tolist() == [b"g0"]
+    assert isinstance(bad, InvalidInput) and "does not decode" in str(bad)
+
+
+def test_cli_defaults_and_options():
+    from components.deploy import server
+
+    args = server.parse_args(["--model-repository", "r", "--model-name", "m"])
+    assert (args.host, args.http_port, args.model_version) == ("127.0.0.1", 8080, None)
+    assert (args.max_instances, args.max_body_bytes, args.max_inflight) == (64, 16 << 20, 32)
+    assert (args.batch_max_size, args.batch_timeout_ms) == (32, 0.0)
+    assert (args.shutdown_delay_s, args.grace_period_s) == (0.0, 10)
+    # The per-request limit keeps its old name as an alias.
+    old = server.parse_args(
+        ["--model-repository", "r", "--model-name", "m", "--max-batch-size", "8"]
+    )
+    assert old.max_instances == 8
+    with pytest.raises(SystemExit):
+        server.parse_args(["--model-repository", "r", "--model-name", "m", "--max-inflight", "-1"])
+
+    command = local.server_command("r", "m", 9000, max_inflight=3, batch_max_size=0)
+    options = server.parse_args(command[3:])
+    assert (options.max_inflight, options.batch_max_size, options.http_port) == (3, 0, 9000)
+    assert "--shutdown-delay-s" not in command  # unset options keep the server's defaults
