@@ -1,9 +1,14 @@
-"""``python -m components.train``: the train stage from the command line."""
+"""``python -m components.train``: the train stage from the command line.
+
+Under several workers, start it on every machine with the same arguments and each
+machine's ``TF_CONFIG`` (or, on Vertex AI, the ``CLUSTER_SPEC`` it sets).
+"""
 
 import argparse
 import json
 import logging
 
+from components.train.hardware import JIT_COMPILE, PRECISIONS
 from components.train.training import train
 
 
@@ -16,16 +21,48 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backbone", default="EfficientNetB0")
     p.add_argument("--weights", default="imagenet", help='"imagenet", "none" or a weights file')
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="images per batch on each replica (GPU)"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=10, help="epoch phase one ends at (Keras fit semantics)"
+    )
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="phase one's learning rate")
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--early-stopping-patience", type=int, default=3)
-    p.add_argument("--backup-dir", default="")
+    p.add_argument("--early-stopping-patience", type=int, default=3, help="0 disables it")
+    p.add_argument(
+        "--fine-tune-layers",
+        type=int,
+        default=20,
+        help="top backbone layers phase two unfreezes (pretrained weights only); -1 all, 0 none",
+    )
+    p.add_argument("--fine-tune-epochs", type=int, default=5, help="epochs of phase two")
+    p.add_argument(
+        "--fine-tune-learning-rate", type=float, default=1e-5, help="phase two's peak rate"
+    )
+    p.add_argument("--warmup-epochs", type=int, default=1, help="phase two's linear warm-up")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--jit-compile", default="auto", choices=JIT_COMPILE, help="XLA")
+    p.add_argument("--steps-per-execution", type=int, default=0, help="0: 1 on CPU, 32 on a GPU")
+    p.add_argument(
+        "--cache",
+        action="store_true",
+        help="keep decoded images in memory after the first epoch (splits that fit in memory)",
+    )
+    p.add_argument(
+        "--initial-model", default="", help="model directory of a previous run to continue"
+    )
+    p.add_argument(
+        "--initial-epoch", type=int, default=0, help="0: the initial model's epoch count"
+    )
+    p.add_argument(
+        "--backup-dir", default="", help="durable resume state; default <model-dir>/backup"
+    )
+    p.add_argument("--curves-path", default="", help="also write the HTML curves there")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    print(json.dumps(train(**vars(args)), indent=2))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    print(json.dumps(train(**vars(args)), indent=2), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,11 @@ BACKBONES: dict[str, tuple[float, float] | None] = {
 }
 
 
+def is_pretrained(weights: str) -> bool:
+    """True when ``weights`` names pretrained weights (``"imagenet"`` or a file)."""
+    return weights.strip().lower() not in ("", "none", "random")
+
+
 def resolve_weights(weights: str) -> str | None:
     """Maps the ``weights`` parameter to what keras.applications takes.
 
@@ -34,7 +39,7 @@ def resolve_weights(weights: str) -> str | None:
             initialisation), or a path to a weights file of the backbone without its
             top (local or ``gs://``; a remote file is copied to a local temp file).
     """
-    if weights.strip().lower() in ("", "none", "random"):
+    if not is_pretrained(weights):
         return None
     if weights == "imagenet":
         return "imagenet"
@@ -65,11 +70,26 @@ def build_classifier(
     image_size: int,
     weights: str = "imagenet",
     dropout: float = 0.2,
+    pretrained: bool | None = None,
 ) -> tuple[keras.Model, keras.Model]:
     """Backbone + new head (global pooling, dropout, softmax).
 
     The softmax layer is float32 whatever the mixed-precision policy, so the
-    probabilities stay numerically sound.
+    probabilities stay numerically sound. With pretrained ``weights`` the backbone is
+    called in inference mode: its BatchNormalization layers keep their ImageNet
+    statistics even when the backbone is unfrozen for fine-tuning (Keras guide
+    "Transfer learning & fine-tuning"); from random initialisation it trains as usual.
+
+    Args:
+        backbone_name: A name from ``BACKBONES``.
+        num_classes: Outputs of the softmax layer.
+        image_size: Side of the square input, in pixels.
+        weights: See :func:`resolve_weights`.
+        dropout: Dropout rate before the classification layer.
+        pretrained: Whether the backbone is used as a pretrained one (inference-mode
+            BatchNormalization); default: whether ``weights`` are pretrained. Set it to
+            build the same network without loading ``weights``, e.g. to load a trained
+            model's weights into it.
 
     Returns:
         ``(classifier, backbone)``; the backbone is returned so callers can freeze or
@@ -81,10 +101,38 @@ def build_classifier(
     rescale = BACKBONES[backbone_name]
     if rescale is not None:
         x = keras.layers.Rescaling(rescale[0], offset=rescale[1], name="rescale")(x)
-    x = backbone(x)
+    if pretrained is None:
+        pretrained = is_pretrained(weights)
+    x = backbone(x, training=False) if pretrained else backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(
         x
     )
     return keras.Model(inputs, outputs, name=f"{backbone_name}_classifier"), backbone
+
+
+def unfreeze_top_layers(backbone: keras.Model, num_layers: int) -> list[str]:
+    """Makes the top ``num_layers`` layers of ``backbone`` trainable, the rest frozen.
+
+    BatchNormalization layers stay frozen wherever they are: fine-tuning on a small
+    dataset would otherwise wreck the statistics the pretrained weights rely on.
+
+    Args:
+        backbone: The backbone :func:`build_classifier` returned.
+        num_layers: How many layers, counted from the output; ``-1`` means all.
+
+    Returns:
+        The names of the layers made trainable that have weights.
+    """
+    backbone.trainable = True
+    layers = backbone.layers
+    top = layers if num_layers < 0 else layers[len(layers) - min(num_layers, len(layers)) :]
+    top_ids = {id(layer) for layer in top}
+    unfrozen = []
+    for layer in layers:
+        trainable = id(layer) in top_ids and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = trainable
+        if trainable and layer.weights:
+            unfrozen.append(layer.name)
+    return unfrozen

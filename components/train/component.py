@@ -1,7 +1,7 @@
 """KFP component of the train stage."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from components.images import stage_image
 
@@ -11,6 +11,7 @@ def train(
     dataset: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
+    curves: Output[HTML],
     backbone: str = "EfficientNetB0",
     weights: str = "imagenet",
     image_size: int = 224,
@@ -19,14 +20,29 @@ def train(
     learning_rate: float = 0.001,
     dropout: float = 0.2,
     early_stopping_patience: int = 3,
+    fine_tune_layers: int = 20,
+    fine_tune_epochs: int = 5,
+    fine_tune_learning_rate: float = 0.00001,
+    warmup_epochs: int = 1,
+    precision: str = "auto",
+    jit_compile: str = "auto",
+    steps_per_execution: int = 0,
+    cache: bool = False,
+    initial_model: str = "",
+    initial_epoch: int = 0,
     backup_dir: str = "",
     seed: int = 42,
 ):
     """Trains an image classifier by transfer learning on a keras.applications backbone.
 
-    Reads the train and valid splits of the TFRecord dataset with tf.data, trains a new
-    classification head (and, from random initialisation, the whole network) with
-    early stopping, best-epoch checkpointing, TensorBoard logs and BackupAndRestore.
+    Reads the train and valid splits of the TFRecord dataset with tf.data. With
+    pretrained weights, phase one trains a new head on the frozen backbone and phase two
+    fine-tunes the backbone's top layers (BatchNormalization frozen) at a low, warmed-up,
+    cosine-decayed learning rate; from random initialisation the whole network trains in
+    one phase. Early stopping and best-epoch checkpointing per phase, the best epoch
+    overall kept. Runs on one device, several GPUs (MirroredStrategy) or several
+    workers (MultiWorkerMirroredStrategy, from TF_CONFIG or Vertex AI's CLUSTER_SPEC);
+    mixed precision and XLA on GPUs; resumes after preemption (BackupAndRestore).
 
     Args:
         dataset: TFRecord dataset written by create_tfrecords.
@@ -34,21 +50,43 @@ def train(
         weights: "imagenet", "none" (random initialisation) or a path / gs:// URI of a
             no-top weights file for the backbone.
         image_size: Side of the square model input, in pixels.
-        batch_size: Images per training batch.
-        epochs: Maximum number of epochs.
-        learning_rate: Adam learning rate.
+        batch_size: Images per batch on each replica (GPU); a step processes
+            batch_size x replicas images (all GPUs of all workers).
+        epochs: Epoch phase one ends at (Keras fit semantics: counted from
+            initial_epoch, 0 for a new model); fewer with early stopping.
+        learning_rate: Adam learning rate of phase one (the only phase from scratch).
         dropout: Dropout rate before the classification layer.
-        early_stopping_patience: Epochs without validation-loss improvement before
-            stopping; 0 disables early stopping.
-        backup_dir: Durable directory (e.g. gs://) for BackupAndRestore, so a preempted
-            run resumes at its last completed epoch; empty keeps it in the model directory.
+        early_stopping_patience: Epochs without validation-loss improvement before a
+            phase stops; 0 disables early stopping.
+        fine_tune_layers: Top backbone layers phase two unfreezes (pretrained weights
+            only); -1 for the whole backbone, 0 for no phase two.
+        fine_tune_epochs: Epochs of phase two; 0 for no phase two.
+        fine_tune_learning_rate: Peak learning rate of phase two.
+        warmup_epochs: Epochs of linear learning-rate warm-up at the start of phase two,
+            followed by cosine decay.
+        precision: "auto" (mixed_float16 on GPUs with compute capability 7.0 or more,
+            else float32), "float32", "mixed_float16" or "mixed_bfloat16". The saved
+            model is float32 either way.
+        jit_compile: XLA compilation of the train step: "auto" (on GPUs), "true", "false".
+        steps_per_execution: Batches per compiled call; 0 is 1 on CPU, 32 on a GPU.
+        cache: Keep the decoded train and valid images in memory after the first
+            epoch; only for datasets that fit in the machine's memory.
+        initial_model: Model directory (gs:// URI or path) of a previous train run to
+            continue training from: same backbone, image size and labels. Empty: none.
+        initial_epoch: Epoch to continue at; 0 takes the initial model's epoch count.
+        backup_dir: Durable directory (e.g. gs://) for the state a preempted run resumes
+            from, one run's only; empty keeps it in the model directory.
         seed: Random seed for initialisation and shuffling.
 
     Returns:
-        model: The model directory: model.keras, labels.txt, training_config.json,
-            TensorBoard logs under logs/.
+        model: The model directory: model.keras (float32), labels.txt,
+            training_config.json (settings and per-epoch history), history.csv,
+            curves.html, TensorBoard logs under logs/.
         metrics: Metrics of the kept (best) epoch: accuracy, loss, val_accuracy,
-            val_loss, epochs_run, best_epoch.
+            val_loss; and of the run: epochs_run, phase_one_epochs, phase_two_epochs,
+            best_epoch, train_seconds, images_per_second, global_batch_size, replicas.
+        curves: Loss and accuracy curves (train and validation) per epoch, the
+            fine-tuning phase marked, as an HTML page.
     """
     from components.common.io import artifact_location
     from components.train.training import train as train_model
@@ -64,10 +102,34 @@ def train(
         learning_rate=learning_rate,
         dropout=dropout,
         early_stopping_patience=early_stopping_patience,
+        fine_tune_layers=fine_tune_layers,
+        fine_tune_epochs=fine_tune_epochs,
+        fine_tune_learning_rate=fine_tune_learning_rate,
+        warmup_epochs=warmup_epochs,
+        precision=precision,
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+        cache=cache,
+        initial_model=initial_model,
+        initial_epoch=initial_epoch,
         backup_dir=backup_dir,
+        curves_path=curves.path,
         seed=seed,
     )
-    for name in ("accuracy", "loss", "val_accuracy", "val_loss", "epochs_run", "best_epoch"):
+    for name in (
+        "accuracy",
+        "loss",
+        "val_accuracy",
+        "val_loss",
+        "epochs_run",
+        "phase_one_epochs",
+        "phase_two_epochs",
+        "best_epoch",
+        "train_seconds",
+        "images_per_second",
+        "global_batch_size",
+        "replicas",
+    ):
         metrics.log_metric(name, result[name])
     model.metadata.update(
         {"backbone": backbone, "image_size": image_size, "framework": "tensorflow"}
