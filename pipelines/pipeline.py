@@ -13,12 +13,14 @@ One definition, three targets (``build_pipeline(target)``):
 - ``kfp``: Kubeflow Pipelines on GKE. Train asks Kubernetes for GPUs on a node pool of
   the chosen GPU type; the Beam stages and train request CPU and memory. These are
   Kubernetes resource fields, fixed in the YAML, so they are compile-time settings
-  (``GkeResources``).
+  (``GkeResources``). ``deploy_target="kserve"`` deploys a KServe InferenceService;
+  "local" publishes to a model repository and checks it with the local server.
 - ``vertex``: Vertex AI Pipelines. Train runs as a Vertex AI custom job whose machine
   type, accelerators and replica count are pipeline parameters (one replica: a single
   worker pool; more: a primary pool plus a worker pool, in a ``dsl.If``/``dsl.Else``
-  joined by ``dsl.OneOf``), and the exported model is also offered as a
-  ``google.UnmanagedContainerModel`` for ModelUploadOp.
+  joined by ``dsl.OneOf``); deploy uploads the model to Vertex AI and deploys it to an
+  endpoint (``deploy_vertex``). The exported model is also offered as a
+  ``google.UnmanagedContainerModel`` for GCPC's ModelUploadOp.
 
 Every task runs on its stage's image as configured when the pipeline is built
 (``IMAGE_REGISTRY``/``IMAGE_TAG``, see components.images).
@@ -38,7 +40,7 @@ from kfp.dsl import Input, Model, Output
 
 from components.batch_predict.component import batch_predict
 from components.create_tfrecords.component import create_tfrecords
-from components.deploy.component import deploy
+from components.deploy.component import deploy, deploy_kserve, deploy_vertex
 from components.evaluate.component import evaluate
 from components.export.component import export
 from components.images import stage_image
@@ -55,6 +57,9 @@ VERTEX_PARAMETERS = (
     "project",
     "location",
     "serving_image",
+    "serving_machine_type",
+    "serving_min_replicas",
+    "serving_max_replicas",
 )
 # Vertex AI's prebuilt TensorFlow 2 prediction container (the newest listed on
 # https://cloud.google.com/vertex-ai/docs/predictions/pre-built-containers).
@@ -188,12 +193,24 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
         epochs: int = 10,
         learning_rate: float = 0.001,
         early_stopping_patience: int = 3,
+        fine_tune_layers: int = 20,
+        fine_tune_epochs: int = 5,
+        fine_tune_learning_rate: float = 0.00001,
+        warmup_epochs: int = 1,
+        precision: str = "auto",
+        jit_compile: str = "auto",
+        steps_per_execution: int = 0,
+        cache_images: bool = False,
         backup_dir: str = "",
         accuracy_threshold: float = 0.8,
+        explain_examples: int = 8,
+        ig_steps: int = 50,
         model_name: str = "image-classifier",
         deploy_target: str = "local",
         model_repository: str = "",
         serving_port: int = 8080,
+        traffic_percent: int = 100,
+        kserve_namespace: str = "kubeflow-user-example-com",
         top_k: int = 3,
         beam_runner: str = "DirectRunner",
         beam_args: list = [],  # noqa: B006 (KFP list parameter default)
@@ -212,6 +229,9 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
         project: str = _placeholders.PROJECT_ID_PLACEHOLDER,
         location: str = _placeholders.LOCATION_PLACEHOLDER,
         serving_image: str = VERTEX_TF_SERVING_IMAGE,
+        serving_machine_type: str = "n1-standard-4",
+        serving_min_replicas: int = 1,
+        serving_max_replicas: int = 1,
     ):
         """Builds the pipeline DAG.
 
@@ -230,12 +250,34 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
             epochs: Maximum training epochs.
             learning_rate: Adam learning rate.
             early_stopping_patience: Epochs without improvement before stopping.
+            fine_tune_layers: Top backbone layers phase two unfreezes (pretrained
+                weights only); -1 all, 0 no phase two.
+            fine_tune_epochs: Epochs of phase two (fine-tuning); 0 none.
+            fine_tune_learning_rate: Peak learning rate of phase two (warm-up, then
+                cosine decay).
+            warmup_epochs: Linear warm-up epochs of phase two.
+            precision: "auto" (mixed_float16 on a recent GPU, else float32), "float32",
+                "mixed_float16" or "mixed_bfloat16".
+            jit_compile: XLA: "auto" (on GPU), "true" or "false".
+            steps_per_execution: Training steps per call; 0 picks (1 on CPU, 32 on GPU).
+            cache_images: Cache decoded images in memory (when the data fits).
             backup_dir: Durable BackupAndRestore directory for preemptible training.
             accuracy_threshold: Test accuracy the model must reach to be deployed.
-            model_name: Name the model is served under.
-            deploy_target: Where to deploy ("local").
-            model_repository: Model repository directory of the local server.
+            explain_examples: Test images evaluate explains with integrated gradients
+                (an HTML artifact); 0 none.
+            ig_steps: Integrated-gradients steps per image.
+            model_name: Name the model is served under (the Vertex model and endpoint
+                display name on the vertex target).
+            deploy_target: kfp target: "local" (a model repository, checked with the
+                local server) or "kserve" (an InferenceService in kserve_namespace,
+                model staged under model_repository, gs://). Ignored on vertex, which
+                deploys to a Vertex AI endpoint.
+            model_repository: Model repository directory (local server) or gs:// folder
+                (KServe).
             serving_port: Port the local server is documented to serve on.
+            traffic_percent: Share of traffic the new model gets on an endpoint that
+                already serves one (canary); 100 replaces it.
+            kserve_namespace: Namespace of the KServe InferenceService (kfp target).
             top_k: Classes per image in batch predictions.
             beam_runner: Beam runner of the Beam stages (DirectRunner, DataflowRunner).
             beam_args: Extra Beam pipeline options, e.g. ["--experiments=..."].
@@ -259,7 +301,10 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
                 replica_count - 1, and need a multi-worker tf.distribute strategy in train.
             project: Google Cloud project of the custom job; by default the pipeline's.
             location: Region of the custom job; by default the pipeline's.
-            serving_image: Prediction container named in the Vertex model artifact.
+            serving_image: Prediction container of the Vertex model.
+            serving_machine_type: Machine type of the Vertex endpoint's replicas.
+            serving_min_replicas: Fewest endpoint replicas.
+            serving_max_replicas: Most endpoint replicas (autoscaling).
         """
         tfrecords = create_tfrecords(
             csv_uri=csv_uri,
@@ -290,6 +335,14 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
             epochs=epochs,
             learning_rate=learning_rate,
             early_stopping_patience=early_stopping_patience,
+            fine_tune_layers=fine_tune_layers,
+            fine_tune_epochs=fine_tune_epochs,
+            fine_tune_learning_rate=fine_tune_learning_rate,
+            warmup_epochs=warmup_epochs,
+            precision=precision,
+            jit_compile=jit_compile,
+            steps_per_execution=steps_per_execution,
+            cache=cache_images,
             backup_dir=backup_dir,
         )
         if target == "vertex":
@@ -318,18 +371,52 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
             model=exported.outputs["exported_model"],
             dataset=tfrecords.outputs["dataset"],
             accuracy_threshold=accuracy_threshold,
+            explain_examples=explain_examples,
+            ig_steps=ig_steps,
         )
         # kfp local resolves a condition on a task's single return value ("Output"), so the
         # gate is evaluate's return value rather than a named output.
+        exported_model = exported.outputs["exported_model"]
+        local_args = dict(
+            model=exported_model,
+            model_name=model_name,
+            model_repository=model_repository,
+            target="local",
+            port=serving_port,
+        )
         with dsl.If(evaluation.outputs["Output"] == True, name="quality-gate"):  # noqa: E712
-            deployed = deploy(
-                model=exported.outputs["exported_model"],
-                model_name=model_name,
-                model_repository=model_repository,
-                target=deploy_target,
-                port=serving_port,
-            )
-            deployed.set_caching_options(False)  # a deployment is a side effect: always run it
+            deployed = []  # Deployments are side effects: never cached.
+            if target == "vertex":
+                deployed.append(
+                    deploy_vertex(
+                        model=exported_model,
+                        project=project,
+                        location=location,
+                        model_display_name=model_name,
+                        serving_image=serving_image,
+                        machine_type=serving_machine_type,
+                        min_replica_count=serving_min_replicas,
+                        max_replica_count=serving_max_replicas,
+                        traffic_percent=traffic_percent,
+                    )
+                )
+            elif target == "kfp":
+                with dsl.If(deploy_target == "kserve", name="deploy-to-kserve"):
+                    deployed.append(
+                        deploy_kserve(
+                            model=exported_model,
+                            model_repository=model_repository,
+                            namespace=kserve_namespace,
+                            model_name=model_name,
+                            traffic_percent=traffic_percent,
+                        )
+                    )
+                with dsl.Else(name="deploy-locally"):
+                    deployed.append(deploy(**local_args))
+            else:
+                deployed.append(deploy(**local_args))
+            for task in deployed:
+                task.set_caching_options(False)
             predicted = batch_predict(
                 model=exported.outputs["exported_model"],
                 dataset=tfrecords.outputs["dataset"],
@@ -354,8 +441,8 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
             ("create_tfrecords", tfrecords),
             ("export", exported),
             ("evaluate", evaluation),
-            ("deploy", deployed),
             ("batch_predict", predicted),
+            *(("deploy", task) for task in deployed),
         ]
         if target == "vertex":
             # The exported model as Vertex AI sees it, ready for ModelUploadOp.

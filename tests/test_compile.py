@@ -31,6 +31,8 @@ STAGE_TASKS = {
     "export": "export",
     "evaluate": "evaluate",
     "deploy": "deploy",
+    "deploy-vertex": "deploy",
+    "deploy-kserve": "deploy",
     "batch-predict": "batch_predict",
     "vertex-model": "deploy",  # its artifact type comes from GCPC, in the deploy image
     "worker-replicas": "export",  # a small stage image with kfp
@@ -159,7 +161,13 @@ def test_yaml_loads_back_with_the_pipeline_parameters(compiled, target):
         if t["taskInfo"]["name"] == "quality-gate"
     ]
     assert "pipelinechannel--evaluate-Output" in gate["triggerPolicy"]["condition"]
-    assert set(c.spec["components"][c.gate]["dag"]["tasks"]) == {"deploy", "batch-predict"}
+    gate_tasks = set(c.spec["components"][c.gate]["dag"]["tasks"])
+    if target == "kfp":  # deploy_target picks KServe or the local deploy at run time.
+        assert {"batch-predict"} < gate_tasks and {"deploy", "deploy-kserve"} & gate_tasks == set()
+        assert {"deploy", "deploy-kserve"} <= set(c.tasks())
+    else:
+        deploy_task = "deploy-vertex" if target == "vertex" else "deploy"
+        assert gate_tasks == {deploy_task, "batch-predict"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -184,7 +192,8 @@ def test_every_task_runs_on_the_configured_image_of_its_stage(compiled, target):
     else:
         assert not {"vertex-model", "worker-replicas"} & set(images)
     assert images == expected
-    assert set(images) >= {"create-tfrecords", "export", "evaluate", "deploy", "batch-predict"}
+    assert set(images) >= {"create-tfrecords", "export", "evaluate", "batch-predict"}
+    assert {"deploy", "deploy-vertex"} & set(images)
     # No image from the environment at import time (the default registry) survives.
     assert DEFAULT_REGISTRY not in c.text
 
@@ -236,7 +245,9 @@ def test_kfp_beam_stages_request_cpu_and_memory_and_deploy_is_never_cached(compi
         assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == "8Gi"
     for target in TARGETS:
         tasks = compiled[target].tasks()
-        assert tasks["deploy"][1]["cachingOptions"].get("enableCache", False) is False
+        for task in ("deploy", "deploy-vertex", "deploy-kserve"):
+            if task in tasks:
+                assert tasks[task][1]["cachingOptions"].get("enableCache", False) is False
         # create_tfrecords reads images by URI: a re-run must see changed data.
         assert tasks["create-tfrecords"][1]["cachingOptions"].get("enableCache", False) is False
         for job in compiled[target].custom_jobs() if target == "vertex" else ["train"]:
@@ -457,9 +468,9 @@ def test_compiled_kfp_yaml_runs_end_to_end_under_kfp_local(compiled, kfp_local, 
     assert any("'train'" in m and "accelerator" in m for m in ignored), ignored
     expected = {
         "create-tfrecords": {"dataset", "report"},
-        "train": {"model", "metrics"},
+        "train": {"model", "metrics", "curves"},
         "export": {"exported_model"},
-        "evaluate": {"metrics", "confusion_matrix"},
+        "evaluate": {"metrics", "confusion_matrix", "explanations"},
         "deploy": {"endpoint"},
         "batch-predict": {"predictions"},
     }
