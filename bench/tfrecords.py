@@ -165,7 +165,12 @@ def _int64_feature(values: list[int]) -> tf.train.Feature:
 
 def decode_float(path: str) -> np.ndarray:
     """The book's ``read_and_decode``: float32 pixels in [0, 1], at the image's own size."""
-    image = tf.image.decode_jpeg(tf.io.read_file(path), channels=3)
+    return decode_float_bytes(tf.io.read_file(path))
+
+
+def decode_float_bytes(data: bytes | tf.Tensor) -> np.ndarray:
+    """``decode_float`` of JPEG bytes already in memory."""
+    image = tf.image.decode_jpeg(data, channels=3)
     return tf.image.convert_image_dtype(image, tf.float32).numpy()
 
 

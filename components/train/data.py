@@ -171,7 +171,9 @@ def augment_batch(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tenso
     flip = generator.uniform(per_image) < 0.5
     delta = generator.uniform(per_image, -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA)
     factor = generator.uniform(per_image, *CONTRAST_RANGE)
-    return _jitter(images, flip, delta, factor)
+    # tf.data runs on the host; keep the XLA cluster there on a machine with a GPU too.
+    with tf.device("/device:CPU:0"):
+        return _jitter(images, flip, delta, factor)
 
 
 def make_dataset(
