@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tfrecords as tfrecords_bench  # noqa: E402  (bench/tfrecords.py: the book's records)
+from machine import cpu_model, usable_cpus  # noqa: E402  (bench/machine.py)
 from PIL import Image  # noqa: E402
 
 from components.common import schema  # noqa: E402
@@ -86,7 +87,7 @@ def write_baseline(dataset_dir: str, out_dir: str) -> list[str]:
     labels = read_labels(os.path.join(dataset_dir, LABELS_FILE))
     ours = schema.shard_files(dataset_dir, SPLIT)
     os.makedirs(out_dir, exist_ok=True)
-    shards = max(len(ours), tfrecords_bench.usable_cpus())
+    shards = max(len(ours), usable_cpus())
     paths = [os.path.join(out_dir, f"{SPLIT}-{i:05d}.tfrecord.gz") for i in range(shards)]
     writers = [tf.io.TFRecordWriter(p, options="GZIP") for p in paths]
     try:
@@ -153,8 +154,8 @@ def measure(make: Callable[[], tf.data.Dataset], warmup: int, batches: int) -> t
 def machine_lines() -> list[str]:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return [
-        f"CPU: {tfrecords_bench.cpu_model()}, {os.cpu_count()} logical CPUs "
-        f"({tfrecords_bench.usable_cpus()} usable), load average before the run {load}",
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs "
+        f"({usable_cpus()} usable), load average before the run {load}",
         f"platform: {platform.platform()}, python {platform.python_version()}, "
         f"tensorflow {tf.__version__}",
     ]

@@ -53,6 +53,7 @@ import apache_beam as beam  # noqa: E402
 import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from machine import cpu_model, usable_cpus  # noqa: E402  (bench/machine.py)
 
 from components.common import schema  # noqa: E402
 from components.create_tfrecords import beam_pipeline, image_checks  # noqa: E402
@@ -270,24 +271,6 @@ def breakdown(
 
 
 # --------------------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def machine(load: tuple[float, ...]) -> list[str]:
