@@ -71,6 +71,14 @@ def write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
+def remove(path: str) -> None:
+    """Deletes a file or a directory tree; nothing if it does not exist."""
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
 def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 

@@ -130,17 +130,6 @@ def _load_weights(model: keras.Model, path: str) -> None:
         model.load_weights(path)
 
 
-def _copy_file(src: str, dst: str) -> None:
-    io.write_bytes(dst, io.read_bytes(src))
-
-
-def _remove(path: str) -> None:
-    if tf.io.gfile.isdir(path):
-        tf.io.gfile.rmtree(path)
-    elif tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
-
-
 def _check_initial_model(config: dict, backbone: str, labels: list[str], image_size: int) -> None:
     """Raises ValueError unless a previous run's model has this run's network."""
     expected = {"backbone": backbone, "image_size": image_size, "labels": labels}
@@ -355,7 +344,7 @@ def train(
     marker = io.read_json(marker_path) if fine_tune and io.exists(marker_path) else None
     shared_best = io.join(model_dir, "checkpoints", BEST_WEIGHTS)
     if not chief and io.exists(shared_best):
-        _copy_file(shared_best, own_best)
+        io.write_bytes(own_best, io.read_bytes(shared_best))
 
     previous_rows: dict[int, dict[str, float]] = {}
     start_epoch = initial_epoch
@@ -527,13 +516,8 @@ def train(
             backbone, len(labels), image_size, "none", dropout, pretrained=pretrained
         )
     final.set_weights(model.get_weights())
-    final.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
-    # Built, so that loading the model finds the optimizer it saved.
-    final.optimizer.build(final.trainable_variables)
+    # Compiled (optimizer built), so that loading the model finds the optimizer it saved.
+    _compile(final, learning_rate, jit_compile=False, steps_per_execution=1)
 
     def val_loss_of(epoch: int) -> float:
         value = rows[epoch]["val_loss"]
@@ -614,12 +598,12 @@ def train(
         if curves_path:
             io.write_text(curves_path, page)
         for name in ("phase1", "phase2", PHASE_ONE_MARKER, PHASE_ONE_WEIGHTS, HISTORY_FILE):
-            _remove(io.join(backup_dir, name))
+            io.remove(io.join(backup_dir, name))
         if io.isdir(backup_dir) and not io.listdir(backup_dir):
-            _remove(backup_dir)
+            io.remove(backup_dir)
     else:
-        _remove(own_model_dir)
-        _remove(own_backup_dir)
+        io.remove(own_model_dir)
+        io.remove(own_backup_dir)
     log.info("trained %s: %s", backbone, json.dumps(metrics))
     return metrics
 
