@@ -118,21 +118,25 @@ def test_explanations_of_the_served_model_and_their_page(tiny_export, tfrecord_d
     are the served ones, completeness holds; the page shows every image and its labels."""
     from components.export.saved_model import load_signature
 
-    explained = explanations.explain_split(tiny_export, tfrecord_dataset, "test", 4, steps=24)
+    # Enough steps that the trapezoid rule's error (about 1/steps^2 here) stays well
+    # under 1% whichever images the URI hash puts in the test split.
+    explained = explanations.explain_split(tiny_export, tfrecord_dataset, "test", 4, steps=96)
     present = set(_test_labels(tfrecord_dataset))
     assert len(explained) == 4
     first = [x.true_label for x in explained[: len(present)]]
     assert len(set(first)) == len(first)  # every class present before any repeats
     for x in explained:
         assert x.pixels.shape == (SIZE, SIZE, 3) and x.attributions.shape == (SIZE, SIZE, 3)
-        assert abs(x.completeness_gap) <= 0.01 * abs(x.delta) + 1e-6
+        # Relative to f(x) - f(b), plus an absolute floor: when that difference is near
+        # 0 the path's ups and downs still leave a small (float32) remainder.
+        assert abs(x.completeness_gap) <= 0.01 * abs(x.delta) + 1e-4
     # The explained class and score are those serving_default returns for the image.
     records = explanations.sample_examples(tfrecord_dataset, "test", 4, len(CLASSES))
     served = load_signature(tiny_export)(image_bytes=tf.stack([r[ENCODED] for r in records]))
     assert [s.decode() for s in served["label"].numpy()] == [x.predicted_label for x in explained]
     np.testing.assert_allclose(served["score"].numpy(), [x.score for x in explained], atol=1e-5)
 
-    page = explanations.render_html(explained, steps=24)
+    page = explanations.render_html(explained, steps=96)
     sources = re.findall(r'<img src="([^"]+)"', page)
     assert len(sources) == 3 * len(explained)
     assert all(s.startswith("data:image/png;base64,") for s in sources)

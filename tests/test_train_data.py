@@ -24,8 +24,10 @@ def _epoch(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _class_counts(dataset_dir: str, split: str, labels: np.ndarray) -> dict[str, int]:
+    """Images per label, every label included (0 when none), as stats.json counts them."""
     names = label_io.read_labels(os.path.join(dataset_dir, "labels.txt"))
-    return dict(collections.Counter(names[int(i)] for i in labels))
+    counts = collections.Counter(names[int(i)] for i in labels)
+    return {name: counts[name] for name in names}
 
 
 def _records(dataset_dir: str, split: str) -> dict[str, tf.Tensor]:
