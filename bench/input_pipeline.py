@@ -3,10 +3,11 @@
 Measures, in one process and on the same images (the train split written by
 create_tfrecords), how many images per second each input pipeline delivers:
 
-* ours: ``components.train.data.make_dataset(..., training=True)`` on the gzip shards of
+* ours: ``components.train.data.make_dataset(..., training=True)`` on the shards of
   encoded JPEGs: fused random crop (``decode_and_crop_jpeg``), resize, per-image flip and
-  brightness/contrast jitter. Also with ``cache=True`` and the evaluation pipeline
-  (``training=False``, the serving model's decoding), for reference.
+  brightness/contrast jitter, as the endless stream that training reads. Also with
+  ``cache=True`` and the evaluation pipeline (``training=False``, the serving model's
+  decoding, one pass at a time), for reference.
 * baseline: what "Practical Machine Learning for Computer Vision" reads
   (``07_training/flowers/flowers/ingest/tfrecords.py``): gzip records of ``jpeg_to_tfrecord.py``
   (the float32 pixels in [0, 1] at the image's own size as a ``float_list``, with ``shape``,
@@ -19,10 +20,11 @@ create_tfrecords), how many images per second each input pipeline delivers:
   CPU, so that its larger files are decompressed in parallel. The book augments in the
   model (Keras layers on the accelerator), so the baseline does less work on the CPU here.
 
-Each pipeline repeats its epochs without end; after ``--warmup`` batches (start-up, shuffle
-buffer, compilation) ``--batches`` batches are timed, ``--repeats`` times; the best run is
-reported (images per second: the highest; CPU time per image, all of the process's threads:
-the lowest).
+Each pipeline runs without end (``repeat()``: the book's and our evaluation pipeline
+restart at every pass, as Keras restarts them each epoch; our training stream never
+ends). After ``--warmup`` batches (start-up, shuffle buffer, compilation) ``--batches``
+batches are timed, ``--repeats`` times; the best run is reported (images per second: the
+highest; CPU time per image, all of the process's threads: the lowest).
 
 Usage::
 
@@ -91,7 +93,7 @@ def write_baseline(dataset_dir: str, out_dir: str) -> list[str]:
     paths = [os.path.join(out_dir, f"{SPLIT}-{i:05d}.tfrecord.gz") for i in range(shards)]
     writers = [tf.io.TFRecordWriter(p, options="GZIP") for p in paths]
     try:
-        records = tf.data.TFRecordDataset(ours, compression_type=schema.COMPRESSION)
+        records = schema.read_records(ours)
         for i, serialized in enumerate(records):
             features = schema.parse_examples(serialized)
             label = int(features[schema.LABEL])

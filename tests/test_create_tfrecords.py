@@ -34,7 +34,7 @@ def read_split(dataset_dir: str, split: str) -> list[dict]:
     """All records of one split, parsed with the shared schema."""
     files = schema.shard_files(dataset_dir, split)
     records = []
-    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(256):
+    for batch in schema.read_records(files).batch(256):
         parsed = schema.parse_examples(batch)
         for i in range(int(tf.shape(batch)[0])):
             records.append(
@@ -467,18 +467,18 @@ def test_forced_shard_count_and_shard_names(csv_run, dir_run):
     csv_out, csv_stats = csv_run  # num_shards=2: exactly 2 per split, whatever the size.
     for split in schema.SPLITS:
         names = sorted(os.listdir(os.path.join(csv_out, split)))
-        assert names == [f"{split}-0000{i}-of-00002.tfrecord.gz" for i in range(2)]
+        assert names == [f"{split}-0000{i}-of-00002.tfrecord" for i in range(2)]
     assert csv_stats["estimate"]["num_shards"] == {"train": 2, "valid": 2, "test": 2}
     assert csv_stats["estimate"]["method"] == "none"  # No estimate needed.
     for split in schema.SPLITS:  # Each image is in the shard its URI's hash names.
         for i, path in enumerate(sorted(schema.shard_files(csv_out, split))):
-            for batch in tf.data.TFRecordDataset(path, compression_type="GZIP").batch(256):
+            for batch in schema.read_records([path]).batch(256):
                 for name in schema.parse_examples(batch)[schema.FILENAME].numpy():
                     assert sharding.shard_index(name.decode(), 2) == i
     dir_out, dir_stats = dir_run  # About 0.5 MB of input: one shard per split.
     for split in schema.SPLITS:
         assert [os.path.basename(f) for f in schema.shard_files(dir_out, split)] == [
-            f"{split}-00000-of-00001.tfrecord.gz"
+            f"{split}-00000-of-00001.tfrecord"
         ]
     assert dir_stats["estimate"]["method"] == "folder_listing"
     assert dir_stats["estimate"]["images"] == 48
@@ -543,7 +543,7 @@ def test_shard_count_follows_the_input_size(sample_data, tmp_path):
         files = schema.shard_files(out, split)
         n = expected[split]
         assert [os.path.basename(f) for f in files] == [
-            f"{split}-{i:05d}-of-{n:05d}.tfrecord.gz" for i in range(n)
+            f"{split}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)
         ]
         assert stats["shards"][split]["files"] == n
         total_bytes += sum(os.path.getsize(f) for f in files)

@@ -4,6 +4,7 @@ import collections
 import io
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def _class_counts(dataset_dir: str, split: str, labels: np.ndarray) -> dict[str,
 def _records(dataset_dir: str, split: str) -> dict[str, tf.Tensor]:
     """Every record of a split, parsed, in the files' order."""
     files = schema.shard_files(dataset_dir, split)
-    serialized = list(tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION))
+    serialized = list(schema.read_records(files))
     return schema.parse_examples(tf.stack(serialized))
 
 
@@ -44,10 +45,15 @@ def _jpeg(height: int, width: int) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("training", [False, True])
-def test_batches_have_the_promised_shapes_types_and_range(tfrecord_dataset, training):
+def _stream(ds: tf.data.Dataset, images: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``images`` images and labels of a fresh iterator over an endless ``ds``."""
+    first, labels = _epoch(ds.take(math.ceil(images / batch_size)))
+    return first[:images], labels[:images]
+
+
+def test_evaluation_batches_have_the_promised_shapes_types_and_range(tfrecord_dataset):
     count = schema.split_size(tfrecord_dataset, "train")
-    ds = data.make_dataset(tfrecord_dataset, "train", SIZE, 8, training=training, seed=0)
+    ds = data.make_dataset(tfrecord_dataset, "train", SIZE, 8)
     assert int(ds.cardinality()) == math.ceil(count / 8)
     batches = list(ds)
     assert len(batches) == math.ceil(count / 8)
@@ -60,16 +66,42 @@ def test_batches_have_the_promised_shapes_types_and_range(tfrecord_dataset, trai
     assert images.std() > 10  # real pixels, not a constant
 
 
-@pytest.mark.parametrize(
-    "split,training,cache",
-    [("valid", False, False), ("test", False, True), ("train", True, False), ("train", True, True)],
-)
-def test_every_example_is_seen_once_per_epoch(tfrecord_dataset, split, training, cache):
+def test_training_is_an_endless_stream_of_full_batches(tfrecord_dataset):
+    count = schema.split_size(tfrecord_dataset, "train")
+    ds = data.make_dataset(tfrecord_dataset, "train", SIZE, 8, training=True, seed=0)
+    assert int(ds.cardinality()) == tf.data.INFINITE_CARDINALITY
+    steps = data.steps_per_epoch(count, 8)
+    assert steps == math.ceil(count / 8)
+    batches = list(ds.take(3 * steps))
+    assert len(batches) == 3 * steps
+    for images, labels in batches:
+        assert images.shape == (8, SIZE, SIZE, 3) and images.dtype == tf.float32
+        assert labels.shape == (8,) and labels.dtype == tf.int64
+    images = np.concatenate([b[0].numpy() for b in batches])
+    assert images.min() >= 0.0 and images.max() <= 255.0
+    assert images.std() > 10
+
+
+@pytest.mark.parametrize("split,cache", [("valid", False), ("test", True)])
+def test_evaluation_sees_every_example_once_per_pass(tfrecord_dataset, split, cache):
     expected = read_json(os.path.join(tfrecord_dataset, "stats.json"))["classes"][split]
-    ds = data.make_dataset(tfrecord_dataset, split, SIZE, 5, training=training, cache=cache)
+    ds = data.make_dataset(tfrecord_dataset, split, SIZE, 5, cache=cache)
     for _ in range(2):
         _, labels = _epoch(ds)
         assert _class_counts(tfrecord_dataset, split, labels) == expected
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_training_stream_draws_every_example_once_per_epoch(tfrecord_dataset, cache):
+    # Epochs run into each other (the shuffle buffer spans an epoch's end), so over four
+    # epochs' worth of images each class is short or over by less than one epoch.
+    expected = read_json(os.path.join(tfrecord_dataset, "stats.json"))["classes"]["train"]
+    count = schema.split_size(tfrecord_dataset, "train")
+    ds = data.make_dataset(tfrecord_dataset, "train", SIZE, 5, training=True, seed=1, cache=cache)
+    _, labels = _stream(ds, 4 * count, 5)
+    got = _class_counts(tfrecord_dataset, "train", labels)
+    for name, n in expected.items():
+        assert 3 * n < got[name] < 5 * n or n == got[name] == 0, (name, got, expected)
 
 
 def test_evaluation_decodes_exactly_as_serving_does(tfrecord_dataset):
@@ -89,8 +121,10 @@ def test_training_crops_and_augmentation_change_every_epoch(tfrecord_dataset, ca
     # pipeline's must not.
     tf.random.set_seed(1)
     ds = data.make_dataset(tfrecord_dataset, "train", SIZE, 8, training=True, seed=3, cache=cache)
-    first, _ = _epoch(ds)
-    second, _ = _epoch(ds)
+    count = schema.split_size(tfrecord_dataset, "train")
+    # Two iterators, as two calls of fit (the training phases) make them.
+    first, _ = _stream(ds, count, 8)
+    second, _ = _stream(ds, count, 8)
     distance = np.abs(first[:, None] - second[None, :]).reshape(len(first), len(second), -1)
     # No image of the second epoch is an image of the first.
     assert distance.max(axis=2).min() > 1.0
@@ -143,12 +177,49 @@ def test_random_crop_windows_are_inception_style_and_inside_the_image():
     assert len({tuple(v) for v in windows}) > 90
 
 
-@pytest.mark.parametrize("height,width", [(20, 24), (90, 40), (150, 120)])
-def test_training_resize_matches_serving_resize(height, width):
-    encoded = _jpeg(height, width)
-    serving = preprocessing.decode_and_resize(encoded, SIZE)
-    got = data.resize(tf.io.decode_jpeg(encoded, channels=3), SIZE)
-    np.testing.assert_allclose(got.numpy(), serving.numpy(), atol=0.01)
+def _checkerboard(height: int, width: int) -> tf.Tensor:
+    """Alternating 0 and 255 pixels: the pattern that aliases worst when shrunk."""
+    board = (np.indices((height, width)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    return tf.constant(np.repeat(board[..., None], 3, axis=-1))
+
+
+@pytest.mark.parametrize("height,width", [(96, 96), (100, 70), (33, 96)])
+def test_resize_anti_aliases_every_axis_that_shrinks(height, width):
+    # Averaged over its area, each output pixel of a 1-pixel checkerboard is close to
+    # grey; plain bilinear picks single pixels and keeps the full 0..255 swing.
+    got = preprocessing.resize(_checkerboard(height, width), SIZE).numpy()
+    assert got.shape == (SIZE, SIZE, 3) and got.dtype == np.float32
+    assert abs(got.mean() - 127.5) < 8
+    plain = tf.image.resize(_checkerboard(height, width), [SIZE, SIZE]).numpy()
+    assert got.std() < 25 and plain.std() > 2 * got.std()
+
+
+@pytest.mark.parametrize("height,width", [(20, 24), (32, 8), (32, 32)])
+def test_resize_enlarges_bilinearly(height, width):
+    image = tf.io.decode_jpeg(_jpeg(height, width), channels=3)
+    got = preprocessing.resize(image, SIZE).numpy()
+    np.testing.assert_allclose(got, tf.image.resize(image, [SIZE, SIZE]).numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("height,width", [(150, 120), (90, 40), (200, 20)])
+def test_resize_is_close_to_triangle_antialiasing(height, width):
+    image = tf.io.decode_jpeg(_jpeg(height, width), channels=3)
+    got = preprocessing.resize(image, SIZE).numpy()
+    reference = tf.image.resize(image, [SIZE, SIZE], antialias=True).numpy()
+    plain = tf.image.resize(image, [SIZE, SIZE]).numpy()
+    # On pixel noise, the hardest case: far closer than unfiltered bilinear.
+    assert np.abs(got - reference).mean() * 2 < np.abs(plain - reference).mean()
+    assert got.min() >= 0 and got.max() <= 255
+
+
+def test_random_crop_of_the_whole_image_is_the_serving_input():
+    encoded = _jpeg(90, 40)
+    window = tf.constant([0, 0, 90, 40])
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    np.testing.assert_array_equal(
+        preprocessing.resize(crop, SIZE).numpy(),
+        preprocessing.decode_and_resize(encoded, SIZE).numpy(),
+    )
 
 
 def test_decoded_crop_is_that_window_of_the_image():
@@ -172,3 +243,23 @@ def test_training_cache_keeps_images_small_but_croppable():
 def test_missing_split_is_a_clear_error(tfrecord_dataset):
     with pytest.raises(FileNotFoundError, match="no holdout shards under"):
         data.make_dataset(tfrecord_dataset, "holdout", SIZE, 4)
+
+
+def test_gzip_shards_of_earlier_versions_are_still_read(tfrecord_dataset, tmp_path):
+    # Earlier versions wrote <split>-*.tfrecord.gz; a cached create_tfrecords output of
+    # theirs must keep working with this train and evaluate.
+    legacy = str(tmp_path / "legacy")
+    shutil.copytree(tfrecord_dataset, legacy)
+    for path in schema.shard_files(legacy, "valid"):
+        with tf.io.TFRecordWriter(path + ".gz", options="GZIP") as writer:
+            for record in schema.read_records([path]):
+                writer.write(record.numpy())
+        os.remove(path)
+    files = schema.shard_files(legacy, "valid")
+    assert files and all(f.endswith(".tfrecord.gz") for f in files)
+    assert schema.compression_type(files) == "GZIP"
+    old, new = (_epoch(data.make_dataset(d, "valid", SIZE, 4)) for d in (legacy, tfrecord_dataset))
+    np.testing.assert_array_equal(old[0], new[0])
+    np.testing.assert_array_equal(old[1], new[1])
+    with pytest.raises(ValueError, match="mixes gzip and uncompressed"):
+        schema.compression_type([files[0], schema.shard_files(tfrecord_dataset, "train")[0]])

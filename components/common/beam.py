@@ -358,7 +358,7 @@ class WriteTFRecordFiles(beam.PTransform):
         The PCollection of ``(path, records written)``.
     """
 
-    def __init__(self, paths: list[str], compression: str = "GZIP"):
+    def __init__(self, paths: list[str], compression: str = ""):
         super().__init__()
         self._paths = list(paths)
         self._compression = compression

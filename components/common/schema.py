@@ -2,13 +2,16 @@
 
 Records are ``tf.train.Example`` protos under the keys the TensorFlow ecosystem uses
 (TF Object Detection API, TF-Slim, TFDS). The image stays encoded (JPEG): decoded float
-pixels would be an order of magnitude larger and slower to read.
+pixels would be an order of magnitude larger and slower to read. The shards are not
+compressed, as TensorFlow's own ImageNet shards are not: gzip saves under 2% of a JPEG's
+bytes and costs every reader a decompression of all of them. Readers still take the
+gzip shards (``.tfrecord.gz``) that earlier versions wrote.
 
 A dataset directory written by create_tfrecords looks like::
 
-    <dataset>/train/train-00000-of-00002.tfrecord.gz   gzip-compressed, sharded
-    <dataset>/valid/valid-00000-of-00001.tfrecord.gz
-    <dataset>/test/test-00000-of-00001.tfrecord.gz
+    <dataset>/train/train-00000-of-00002.tfrecord      sharded, uncompressed
+    <dataset>/valid/valid-00000-of-00001.tfrecord
+    <dataset>/test/test-00000-of-00001.tfrecord
     <dataset>/manifests/<split>.csv                     uri,label of every kept image
     <dataset>/labels.txt                                one label per line
     <dataset>/errors.jsonl                              one rejected input per line
@@ -31,8 +34,8 @@ TEXT = "image/class/text"
 FILENAME = "image/filename"
 
 SPLITS = ("train", "valid", "test")
-COMPRESSION = "GZIP"
-SHARD_SUFFIX = ".tfrecord.gz"
+SHARD_SUFFIX = ".tfrecord"
+_GZIP_SUFFIX = ".gz"
 STATS_FILE = "stats.json"
 ERRORS_FILE = "errors.jsonl"
 
@@ -93,14 +96,29 @@ def shard_pattern(dataset_dir: str, split: str) -> str:
     return io.join(dataset_dir, split, f"{split}-*{SHARD_SUFFIX}")
 
 
+def compression_type(files: list[str]) -> str:
+    """The ``compression_type`` that reads ``files``: ``"GZIP"`` for ``.gz`` shards."""
+    gzip = {f.endswith(_GZIP_SUFFIX) for f in files}
+    if len(gzip) > 1:
+        raise ValueError(f"a split mixes gzip and uncompressed shards: {sorted(files)}")
+    return "GZIP" if gzip == {True} else ""
+
+
+def read_records(files: list[str]) -> tf.data.TFRecordDataset:
+    """The serialised Examples of ``files``, in order."""
+    return tf.data.TFRecordDataset(files, compression_type=compression_type(files))
+
+
 def shard_path(dataset_dir: str, split: str, index: int, count: int) -> str:
     """The file of shard ``index`` (from 0) of a split written as ``count`` shards."""
     return io.join(dataset_dir, split, f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}")
 
 
 def shard_files(dataset_dir: str, split: str) -> list[str]:
-    """One split's shard files; a clear error when the split is empty or missing."""
-    files = io.glob(shard_pattern(dataset_dir, split))
+    """One split's shard files (else its gzip shards, from an earlier version); a clear
+    error when the split is empty or missing."""
+    pattern = shard_pattern(dataset_dir, split)
+    files = io.glob(pattern) or io.glob(pattern + _GZIP_SUFFIX)
     if not files:
         raise FileNotFoundError(
             f"no {split} shards under {dataset_dir} (expected {shard_pattern(dataset_dir, split)})"

@@ -1,4 +1,4 @@
-"""The create_tfrecords stage: labelled JPEGs to gzip-compressed, sharded TFRecords.
+"""The create_tfrecords stage: labelled JPEGs to sharded TFRecords.
 
 ``beam_pipeline.run`` is the entry point (an Apache Beam pipeline, DirectRunner or Dataflow),
 ``component.create_tfrecords`` the KFP component, ``python -m components.create_tfrecords``

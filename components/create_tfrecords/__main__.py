@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser = argparse.ArgumentParser(
         prog="python -m components.create_tfrecords",
         description="Labelled images (a uri,label CSV or a <label>/<image> folder tree) to "
-        "gzip-compressed, sharded TFRecords with a stable train/valid/test split.",
+        "sharded TFRecords with a stable train/valid/test split.",
         epilog="Other arguments are passed to Beam as pipeline arguments, e.g. --project=p "
         "--region=r --temp_location=gs://b/tmp --sdk_container_image=IMAGE for Dataflow.",
     )

@@ -1,4 +1,4 @@
-"""The create_tfrecords Beam pipeline: labelled images to gzip-compressed, sharded TFRecords.
+"""The create_tfrecords Beam pipeline: labelled images to sharded TFRecords.
 
 The stage in steps, each in its own module:
 
@@ -156,9 +156,7 @@ def build_pipeline(
         records
         | "ShardAndSerialize" >> beam.Map(shard_and_example)
         | "WriteShards"
-        >> beam_utils.WriteTFRecordFiles(
-            [path for paths in shard_paths.values() for path in paths], schema.COMPRESSION
-        )
+        >> beam_utils.WriteTFRecordFiles([path for paths in shard_paths.values() for path in paths])
     )
     # (path, line) pairs of the small text files, all written by one sink at the end.
     manifests = {split: schema.manifest_path(output_dir, split) for split in schema.SPLITS}

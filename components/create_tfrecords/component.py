@@ -29,7 +29,7 @@ def create_tfrecords(
     sdk_container_image: str = "",
     beam_args: list = [],  # noqa: B006
 ):
-    """Turns labelled images into gzip-compressed, sharded TFRecords with an Apache Beam
+    """Turns labelled images into sharded TFRecords with an Apache Beam
     pipeline (DirectRunner or Dataflow), split into train/valid/test by a stable hash of
     each image's URI. Bad images are skipped and listed in errors.jsonl; byte-identical
     copies of an image are kept once.
@@ -65,7 +65,7 @@ def create_tfrecords(
             given by a parameter above must agree with it.
 
     Returns:
-        dataset: The dataset directory: <split>/<split>-SSSSS-of-NNNNN.tfrecord.gz shards
+        dataset: The dataset directory: <split>/<split>-SSSSS-of-NNNNN.tfrecord shards
             for train, valid and test, manifests/<split>.csv, labels.txt, errors.jsonl,
             stats.json and report.md. Its metadata holds the counts (splits, classes,
             kept, rejected by reason, skipped inputs, conversions, image sizes, shards

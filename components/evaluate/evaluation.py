@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def _encoded_batches(dataset_dir: str, split: str, batch_size: int) -> tf.data.Dataset:
     files = schema.shard_files(dataset_dir, split)
-    ds = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION)
+    ds = schema.read_records(files)
     ds = ds.batch(batch_size).map(schema.parse_examples, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

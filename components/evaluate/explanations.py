@@ -171,7 +171,7 @@ def sample_examples(
     """
     per_class: list[list[dict]] = [[] for _ in range(num_classes)]
     files = schema.shard_files(dataset_dir, split)
-    records = tf.data.TFRecordDataset(files, compression_type=schema.COMPRESSION)
+    records = schema.read_records(files)
     for serialized in records.batch(256):
         batch = schema.parse_examples(serialized)
         for i, label in enumerate(batch[schema.LABEL].numpy()):

@@ -4,10 +4,12 @@ Both pipelines read the shards in parallel (interleave), let tf.data tune every 
 step (AUTOTUNE) and end in ``prefetch``, so batches are ready when the accelerator asks;
 Keras / tf.distribute copy them to the device.
 
-Training: shards in random order, records shuffled while still encoded (cheap to buffer),
-then a fused random crop: ``sample_distorted_bounding_box`` picks an Inception-style window
-(``AREA_RANGE``, ``ASPECT_RATIO_RANGE``) from the JPEG header's shape and
-``decode_and_crop_jpeg`` decodes only that window, which is resized to ``image_size``.
+Training: an endless stream (see ``make_dataset``) of shards in random order, examples
+shuffled while still encoded (cheap to buffer), then a fused random crop:
+``sample_distorted_bounding_box`` picks an Inception-style window (``AREA_RANGE``,
+``ASPECT_RATIO_RANGE``) from the JPEG header's shape and
+``decode_and_crop_jpeg`` decodes only that window, which is resized to ``image_size`` by
+``components.common.preprocessing.resize``, as serving resizes whole images.
 Flip and brightness/contrast jitter then run on whole batches, drawn per image.
 Randomness comes from one ``tf.random.Generator``: its state lives on across iterations,
 so every epoch gets new crops and flips even under a global seed, and it keeps the
@@ -52,20 +54,19 @@ def _options(training: bool) -> tf.data.Options:
     return options
 
 
-def _records(files: list[str], training: bool, shuffle_buffer: int, seed: int | None):
-    """Serialised Examples of ``files``, read in parallel; shuffled for training."""
+def _records(files: list[str], training: bool, seed: int | None) -> tf.data.Dataset:
+    """Serialised Examples of ``files``, read in parallel; the files in random order for
+    training (a new order every pass)."""
+    compression = schema.compression_type(files)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=seed)
-    ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type=schema.COMPRESSION),
+    return ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
         cycle_length=min(len(files), 8),
         num_parallel_calls=AUTOTUNE,
         deterministic=not training,
     )
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed)
-    return ds
 
 
 def _encoded_and_labels(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -76,26 +77,6 @@ def _encoded_and_labels(ds: tf.data.Dataset) -> tf.data.Dataset:
         return features[schema.ENCODED], features[schema.LABEL]
 
     return ds.batch(_PARSE_BATCH).map(parse, num_parallel_calls=AUTOTUNE).unbatch()
-
-
-def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Resizes one image to ``image_size`` square as ``decode_and_resize`` does.
-
-    Antialiasing only changes the result where an axis shrinks (enlarging gives the same
-    pixels to within float rounding), and costs several times plain bilinear, so it runs
-    only then. Bilinear weights are non-negative and sum to one, so the result stays in the
-    input's range without clipping.
-    """
-    shape = tf.shape(image)
-    enlarge = tf.logical_and(shape[0] <= image_size, shape[1] <= image_size)
-    size = [image_size, image_size]
-    image = tf.cond(
-        enlarge,
-        lambda: tf.image.resize(image, size),
-        lambda: tf.image.resize(image, size, antialias=True),
-    )
-    image.set_shape([image_size, image_size, 3])
-    return image
 
 
 def random_crop_window(shape: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
@@ -119,14 +100,14 @@ def decode_random_crop(
     """Decodes only a random window of a JPEG and resizes it: float32 in ``[0, 255]``."""
     window = random_crop_window(tf.image.extract_jpeg_shape(encoded), generator)
     image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-    return resize(image, image_size)
+    return preprocessing.resize(image, image_size)
 
 
 def random_crop(image: tf.Tensor, image_size: int, generator: tf.random.Generator) -> tf.Tensor:
     """``decode_random_crop`` for an already decoded image."""
     window = random_crop_window(tf.shape(image), generator)
     crop = tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
-    return resize(crop, image_size)
+    return preprocessing.resize(crop, image_size)
 
 
 def _decode_for_cache(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -138,7 +119,7 @@ def _decode_for_cache(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
         tf.reduce_max(shape[:2]) > limit,
         lambda: tf.cast(
             tf.round(
-                tf.image.resize(image, [limit, limit], preserve_aspect_ratio=True, antialias=True)
+                tf.image.resize(image, [limit, limit], preserve_aspect_ratio=True, method="area")
             ),
             tf.uint8,
         ),
@@ -176,6 +157,11 @@ def augment_batch(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tenso
         return _jitter(images, flip, delta, factor)
 
 
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    """Batches of the endless training stream that make one epoch of ``count`` images."""
+    return max(1, -(-count // batch_size))
+
+
 def make_dataset(
     dataset_dir: str,
     split: str,
@@ -188,40 +174,35 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of ``(images, labels)`` of one split.
 
+    For evaluation, one pass in the files' order; for training, an endless stream of
+    full batches: take ``steps_per_epoch(count, batch_size)`` of them per epoch (Keras:
+    ``fit(..., steps_per_epoch=...)``, which keeps one iterator across epochs).
+
     Args:
         dataset_dir: A dataset directory written by create_tfrecords.
         split: ``"train"``, ``"valid"`` or ``"test"``.
         image_size: Side of the square images the pipeline yields.
-        batch_size: Images per batch; the last batch may be smaller.
+        batch_size: Images per batch; for evaluation the last batch may be smaller.
         training: Shuffle, random-crop and augment (else: the serving model's decoding,
             in the files' order).
-        shuffle_buffer: Records in the shuffle buffer (training).
+        shuffle_buffer: Records in the shuffle buffer (training), at most the split's size.
         seed: Seed of the shuffles and the augmentation; ``None`` for a random one.
         cache: Keep decoded images in memory after the first epoch (see the module's
             docstring for what is kept); only when the split fits in memory.
 
     Returns:
         A dataset of float32 images ``[batch, image_size, image_size, 3]`` in
-        ``[0, 255]`` and int64 labels ``[batch]``, with the known number of batches.
+        ``[0, 255]`` and int64 labels ``[batch]``; for evaluation with the known number
+        of batches, for training endless.
 
     Raises:
         FileNotFoundError: The split has no shards.
     """
     files = schema.shard_files(dataset_dir, split)
     count = schema.split_size(dataset_dir, split)
-    generator = None
-    if training:
-        generator = (
-            tf.random.Generator.from_non_deterministic_state()
-            if seed is None
-            else tf.random.Generator.from_seed(seed)
-        )
-    # Reading order only matters without a cache: a cache freezes the first epoch's order
-    # and the shuffle comes after it.
-    ds = _records(files, training and not cache, shuffle_buffer, seed)
-    ds = _encoded_and_labels(ds)
-    # Declaring the split's size gives Keras its steps per epoch (progress bars, no "ran
-    # out of data" warning after the first epoch), and fails loudly on a stale stats.json.
+    ds = _encoded_and_labels(_records(files, training, seed))
+    # Fails loudly on a stale stats.json; for evaluation it also gives Keras the number
+    # of batches (progress bars, no "ran out of data" warning).
     ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     if not training:
         ds = ds.map(
@@ -230,24 +211,32 @@ def make_dataset(
         )
         if cache:
             ds = ds.cache()
-        ds = ds.batch(batch_size)
+        return ds.batch(batch_size).with_options(_options(training)).prefetch(AUTOTUNE)
+
+    generator = (
+        tf.random.Generator.from_non_deterministic_state()
+        if seed is None
+        else tf.random.Generator.from_seed(seed)
+    )
+    if cache:
+        ds = ds.map(
+            lambda encoded, label: (_decode_for_cache(encoded, image_size), label),
+            num_parallel_calls=AUTOTUNE,
+        ).cache()
+        crop = random_crop
     else:
-        if cache:
-            ds = ds.map(
-                lambda encoded, label: (_decode_for_cache(encoded, image_size), label),
-                num_parallel_calls=AUTOTUNE,
-            )
-            ds = ds.cache().shuffle(min(shuffle_buffer, count), seed=seed)
-            crop = random_crop
-        else:
-            crop = decode_random_crop
-        ds = ds.map(
-            lambda image, label: (crop(image, image_size, generator), label),
-            num_parallel_calls=AUTOTUNE,
-        )
-        ds = ds.batch(batch_size)
-        ds = ds.map(
-            lambda images, labels: (augment_batch(images, generator), labels),
-            num_parallel_calls=AUTOTUNE,
-        )
+        crop = decode_random_crop
+    # Repeating before the shuffle makes one endless stream: the shuffle buffer never
+    # drains and refills at an epoch's end, so the accelerator does not wait there. At
+    # most one epoch in the buffer: examples mix only with the next epoch's.
+    ds = ds.repeat().shuffle(min(shuffle_buffer, count), seed=seed)
+    ds = ds.map(
+        lambda image, label: (crop(image, image_size, generator), label),
+        num_parallel_calls=AUTOTUNE,
+    )
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.map(
+        lambda images, labels: (augment_batch(images, generator), labels),
+        num_parallel_calls=AUTOTUNE,
+    )
     return ds.with_options(_options(training)).prefetch(AUTOTUNE)

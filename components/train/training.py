@@ -37,7 +37,6 @@ import math
 import warnings
 
 import keras
-import tensorflow as tf
 
 from components.common import io, labels as label_io, schema
 from components.train import backbones, callbacks, curves, data, distribution, hardware
@@ -301,26 +300,21 @@ def train(
         dataset_dir, "train", image_size, global_batch, True, seed=seed, cache=cache
     )
     valid_ds = data.make_dataset(dataset_dir, "valid", image_size, global_batch, cache=cache)
+    # The training stream is endless: Keras takes steps_per_epoch batches per epoch from
+    # one iterator, so no epoch waits for the pipeline to restart, and every worker of
+    # a multi-worker run takes the same number of steps.
+    steps_per_epoch = data.steps_per_epoch(train_size, global_batch)
     if multi_worker:
-        # Keras needs the same number of steps on every worker, and workers reading
-        # different files see different numbers of images: an endless stream cut into
-        # equal epochs, of full batches only (a replica left with an empty batch breaks
-        # BatchNormalization in training). Validation stays one exact pass:
-        # tf.distribute gives workers that run out early empty batches until all are done.
-        steps_per_epoch = max(1, train_size // global_batch)
-        fit_steps: int | None = steps_per_epoch
-        train_ds = train_ds.repeat().rebatch(global_batch, drop_remainder=True)
+        # Validation stays one exact pass: tf.distribute gives workers that run out
+        # early empty batches until all are done.
         train_ds = distribution.with_autoshard(
-            train_ds.prefetch(tf.data.AUTOTUNE),
+            train_ds,
             distribution.autoshard_policy(len(schema.shard_files(dataset_dir, "train")), workers),
         )
         valid_ds = distribution.with_autoshard(
             valid_ds,
             distribution.autoshard_policy(len(schema.shard_files(dataset_dir, "valid")), workers),
         )
-    else:
-        steps_per_epoch = math.ceil(train_size / global_batch)
-        fit_steps = None  # the dataset's own length: one pass per epoch
     spe = hardware.resolve_steps_per_execution(steps_per_execution, steps_per_epoch, capabilities)
     if multi_worker and spe > 1:
         # Keras 3's multi-step loop fails under multi-worker collectives.
@@ -449,7 +443,7 @@ def train(
                 validation_data=valid_ds,
                 initial_epoch=first_epoch,
                 epochs=end_epoch,
-                steps_per_epoch=fit_steps,
+                steps_per_epoch=steps_per_epoch,
                 callbacks=phase_callbacks,
                 shuffle=False,  # train_ds shuffles itself
                 verbose=2,
@@ -526,7 +520,7 @@ def train(
     best = min(sorted(rows), key=val_loss_of)
     seconds = [rows[e].get("epoch_seconds", math.nan) for e in sorted(rows)]
     seconds = [s for s in seconds if math.isfinite(s)]
-    images_per_epoch = steps_per_epoch * global_batch if multi_worker else train_size
+    images_per_epoch = steps_per_epoch * global_batch
     phases = [int(r.get("phase", 1)) for r in rows.values()]
     metrics = {key: rows[best][key] for key in METRIC_KEYS}
     metrics.update(
