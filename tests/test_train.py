@@ -72,9 +72,11 @@ def test_precision_jit_and_steps_per_execution_follow_the_hardware():
     assert hardware.resolve_jit_compile("auto", volta) is True
     assert hardware.resolve_jit_compile("False", volta) is False
     assert hardware.resolve_steps_per_execution(0, 100, cpu) == 1
-    assert hardware.resolve_steps_per_execution(0, 100, volta) == 32
+    assert hardware.resolve_steps_per_execution(0, 100, volta) == 25  # 4 calls, not 32+32+32+4
+    assert hardware.resolve_steps_per_execution(0, 128, volta) == 32
     assert hardware.resolve_steps_per_execution(0, 5, volta) == 5
-    assert hardware.resolve_steps_per_execution(8, 100, cpu) == 8
+    assert hardware.resolve_steps_per_execution(8, 100, cpu) == 8  # 13 calls: 104 steps
+    assert hardware.resolve_steps_per_execution(0, 33, volta) == 17
     with pytest.raises(ValueError, match="precision must be one of auto, float32"):
         hardware.resolve_precision("float64", cpu)
     with pytest.raises(ValueError, match="jit_compile must be one of auto, true, false"):
@@ -370,3 +372,8 @@ def test_train_component_under_kfp_local(kfp_local, tfrecord_dataset):
     assert page == Path(os.path.join(model["uri"], "curves.html")).read_text()
     settings = training.read_config(model["uri"])["training"]
     assert settings["steps_per_execution"] == 2 and settings["cache"] is True
+    # An epoch is whole calls of 2 steps, at least one pass over the train split.
+    steps = settings["steps_per_epoch"]
+    assert steps % 2 == 0 and steps >= data.steps_per_epoch(
+        read_json(os.path.join(tfrecord_dataset, "stats.json"))["splits"]["train"], 16
+    )

@@ -64,6 +64,10 @@ def resolve_steps_per_execution(
     """Training steps per tf.function call: ``0`` picks 1 on CPU and
     ``GPU_STEPS_PER_EXECUTION`` on a GPU, never more than an epoch's steps.
 
+    An epoch runs whole calls, so the value is evened out over the calls an epoch needs
+    (100 steps at 32 a call: 4 calls of 25): an epoch then overruns its steps by less
+    than one step per call.
+
     Raises:
         ValueError: for a negative value.
     """
@@ -71,4 +75,6 @@ def resolve_steps_per_execution(
         raise ValueError(f"steps_per_execution must be 0 (auto) or more; got {steps_per_execution}")
     if steps_per_execution == 0:
         steps_per_execution = GPU_STEPS_PER_EXECUTION if capabilities else 1
-    return max(1, min(steps_per_execution, steps_per_epoch))
+    steps_per_epoch = max(1, steps_per_epoch)
+    calls = -(-steps_per_epoch // max(1, steps_per_execution))
+    return -(-steps_per_epoch // calls)

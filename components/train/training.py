@@ -320,6 +320,8 @@ def train(
         # Keras 3's multi-step loop fails under multi-worker collectives.
         log.info("steps_per_execution %d -> 1 with several workers", spe)
         spe = 1
+    # Keras runs whole calls of spe steps: the epoch is what they take from the stream.
+    steps_per_epoch = spe * -(-steps_per_epoch // spe)
 
     pretrained = backbones.is_pretrained(weights)
     fine_tune = pretrained and fine_tune_layers != 0 and fine_tune_epochs > 0
