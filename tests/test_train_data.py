@@ -2,6 +2,7 @@
 
 import collections
 import io
+import json
 import math
 import os
 import shutil
@@ -263,3 +264,14 @@ def test_gzip_shards_of_earlier_versions_are_still_read(tfrecord_dataset, tmp_pa
     np.testing.assert_array_equal(old[1], new[1])
     with pytest.raises(ValueError, match="mixes gzip and uncompressed"):
         schema.compression_type([files[0], schema.shard_files(tfrecord_dataset, "train")[0]])
+
+
+def test_training_on_an_empty_split_is_a_clear_error(tfrecord_dataset, tmp_path):
+    empty = str(tmp_path / "empty")
+    shutil.copytree(tfrecord_dataset, empty)
+    stats = read_json(os.path.join(empty, "stats.json"))
+    stats["splits"]["train"] = 0
+    with open(os.path.join(empty, "stats.json"), "w") as f:
+        json.dump(stats, f)
+    with pytest.raises(ValueError, match="the train split of .* has no images to train on"):
+        data.make_dataset(empty, "train", SIZE, 4, training=True)

@@ -197,6 +197,7 @@ def make_dataset(
 
     Raises:
         FileNotFoundError: The split has no shards.
+        ValueError: Training on a split without images.
     """
     files = schema.shard_files(dataset_dir, split)
     count = schema.split_size(dataset_dir, split)
@@ -213,6 +214,8 @@ def make_dataset(
             ds = ds.cache()
         return ds.batch(batch_size).with_options(_options(training)).prefetch(AUTOTUNE)
 
+    if count == 0:
+        raise ValueError(f"the {split} split of {dataset_dir} has no images to train on")
     generator = (
         tf.random.Generator.from_non_deterministic_state()
         if seed is None
