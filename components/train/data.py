@@ -29,6 +29,8 @@ crop of the smallest area (a quarter) still has about ``image_size`` pixels a si
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from components.common import preprocessing, schema
@@ -159,7 +161,7 @@ def augment_batch(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tenso
 
 def steps_per_epoch(count: int, batch_size: int) -> int:
     """Batches of the endless training stream that make one epoch of ``count`` images."""
-    return max(1, -(-count // batch_size))
+    return max(1, math.ceil(count / batch_size))
 
 
 def make_dataset(

@@ -6,6 +6,8 @@ GPU, plain float32 and no XLA on CPU, where both cost more than they bring.
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -76,5 +78,5 @@ def resolve_steps_per_execution(
     if steps_per_execution == 0:
         steps_per_execution = GPU_STEPS_PER_EXECUTION if capabilities else 1
     steps_per_epoch = max(1, steps_per_epoch)
-    calls = -(-steps_per_epoch // max(1, steps_per_execution))
-    return -(-steps_per_epoch // calls)
+    calls = math.ceil(steps_per_epoch / max(1, steps_per_execution))
+    return math.ceil(steps_per_epoch / calls)

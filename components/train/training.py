@@ -321,7 +321,7 @@ def train(
         log.info("steps_per_execution %d -> 1 with several workers", spe)
         spe = 1
     # Keras runs whole calls of spe steps: the epoch is what they take from the stream.
-    steps_per_epoch = spe * -(-steps_per_epoch // spe)
+    steps_per_epoch = spe * math.ceil(steps_per_epoch / spe)
 
     pretrained = backbones.is_pretrained(weights)
     fine_tune = pretrained and fine_tune_layers != 0 and fine_tune_epochs > 0
