@@ -2,7 +2,8 @@
 
 ``IMAGE_REGISTRY`` (e.g. ``us-central1-docker.pkg.dev/my-project/kfp``) and ``IMAGE_TAG``
 (e.g. a commit SHA) name the images Cloud Build pushed; set them before importing the
-components or compiling a pipeline. The defaults name local, unpublished images.
+components or compiling a pipeline. The defaults name the local images ``make images``
+builds.
 """
 
 from __future__ import annotations
@@ -12,12 +13,27 @@ import os
 DEFAULT_REGISTRY = "localhost/kfp-image-classification"
 DEFAULT_TAG = "dev"
 STAGES = ("create_tfrecords", "train", "export", "evaluate", "deploy", "batch_predict")
+# The Apache Beam stages: their Dockerfiles also have a `dataflow-worker` target, the image
+# Dataflow's workers run (--sdk_container_image).
+BEAM_STAGES = ("create_tfrecords", "batch_predict")
+
+
+def _image(name: str) -> str:
+    registry = os.environ.get("IMAGE_REGISTRY", DEFAULT_REGISTRY).rstrip("/")
+    tag = os.environ.get("IMAGE_TAG", DEFAULT_TAG)
+    return f"{registry}/{name}:{tag}"
 
 
 def stage_image(stage: str) -> str:
     """The image a stage's component runs in: ``<registry>/<stage with dashes>:<tag>``."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-    registry = os.environ.get("IMAGE_REGISTRY", DEFAULT_REGISTRY).rstrip("/")
-    tag = os.environ.get("IMAGE_TAG", DEFAULT_TAG)
-    return f"{registry}/{stage.replace('_', '-')}:{tag}"
+    return _image(stage.replace("_", "-"))
+
+
+def dataflow_worker_image(stage: str) -> str:
+    """The Dataflow SDK worker image of a Beam stage (its Dockerfile's ``dataflow-worker``
+    target): ``<registry>/<stage with dashes>-dataflow:<tag>``."""
+    if stage not in BEAM_STAGES:
+        raise ValueError(f"{stage!r} is not a Beam stage; expected one of {BEAM_STAGES}")
+    return _image(stage.replace("_", "-") + "-dataflow")

@@ -1,8 +1,8 @@
-"""The stage images, checked without Docker (no engine runs here): one Dockerfile per stage,
-base images pinned to exact versions that agree with requirements.lock, the project
-installed with the lock as constraints and only existing extras, a non-root user, an entry
-point that exists and runs in this environment, a build context that leaves out what it
-should, and no hadolint finding.
+"""The stage Dockerfiles, read without Docker: one per stage, all on the pinned Python image
+of requirements.lock, installed through the shared containers/install.sh with the lock as
+constraints and only existing extras, a non-root user, no entry point in the image KFP
+runs, Dataflow worker targets for the Beam stages, a build context that leaves out what it
+should, and no hadolint finding. tests/test_stage_images.py builds and runs them.
 """
 
 from __future__ import annotations
@@ -19,21 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from components.images import STAGES, stage_image
+from components.images import BEAM_STAGES, STAGES, dataflow_worker_image, stage_image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTAINERS = ROOT / "containers"
 LOCK = ROOT / "requirements.lock"
-BEAM_STAGES = ("create_tfrecords", "batch_predict")
 # The extras each stage image installs (pyproject.toml): what the stage needs, no more.
-# train has none: the `tensorflow` extra is CPU TensorFlow; its image installs the GPU build
-# (containers/train/gpu-constraints.txt). deploy's `cloud` is for Vertex AI and KServe.
+# train's `gpu` is TensorFlow's GPU build with TensorBoard (containers/train/gpu-constraints.txt);
+# deploy's `cloud` is for Vertex AI and KServe.
 STAGE_EXTRAS = {
     "create_tfrecords": {"beam", "tensorflow"},
-    "train": set(),
+    "train": {"gpu"},
     "export": {"tensorflow"},
     "evaluate": {"tensorflow"},
     "deploy": {"tensorflow", "serve", "cloud"},
@@ -147,56 +145,19 @@ def shell_commands(script: str) -> list[list[str]]:
     return [c for c in commands if c]
 
 
-@dataclass
-class PipInstall:
-    line: int
-    options: list[str]
-    constraints: list[str]
-    requirements: list[str]
-
-
-def pip_installs(parsed: Dockerfile) -> list[PipInstall]:
-    """Every ``pip install`` command of every RUN (commands split at && and ;)."""
-    installs = []
-    for run in parsed.all("RUN"):
-        for words in shell_commands(run.args):
-            if "pip" not in words[:4] or "install" not in words:
-                continue
-            rest = words[words.index("install") + 1 :]
-            options, constraints, requirements = [], [], []
-            while rest:
-                word = rest.pop(0)
-                if word in ("-c", "--constraint"):
-                    constraints.append(rest.pop(0))
-                elif word.startswith("--constraint="):
-                    constraints.append(word.split("=", 1)[1])
-                elif word.startswith("-"):
-                    options.append(word)
-                else:
-                    requirements.append(word)
-            installs.append(PipInstall(run.line, options, constraints, requirements))
-    return installs
-
-
 def copied_from_context(parsed: Dockerfile) -> dict[str, str]:
-    """Image path -> repository path of each file COPY takes from the build context."""
+    """Image path -> repository path of each file COPY takes from the build context (not
+    those it takes from another image, ``COPY --from``)."""
     copied = {}
     for copy in parsed.all("COPY") + parsed.all("ADD"):
         words = [w for w in shlex.split(copy.args) if not w.startswith("--chown")]
-        assert not any(w.startswith("--from") for w in words), "unexpected COPY --from"
+        if any(w.startswith("--from") for w in words):
+            continue
         *sources, dest = words
         for source in sources:
             target = dest + Path(source).name if dest.endswith("/") else dest
             copied[target] = source
     return copied
-
-
-def project_extras(requirement: str) -> set[str] | None:
-    """The extras of a requirement naming the project's own folder; None for others."""
-    match = re.fullmatch(rf"({re.escape(SRC)}|\.)/?(?:\[([^\]]*)\])?", requirement)
-    if not match:
-        return None
-    return {e.strip() for e in (match[2] or "").split(",") if e.strip()}
 
 
 def modules_named(parsed: Dockerfile) -> set[str]:
@@ -232,66 +193,80 @@ def test_every_base_image_is_pinned_to_an_exact_version(stage):
         earlier_stages.add(build_stage.name)
 
 
-@pytest.mark.parametrize("stage", [s for s in STAGES if s not in BEAM_STAGES])
-def test_python_base_matches_the_lock(stage):
-    (build_stage,) = dockerfile(stage).stages
-    match = re.fullmatch(r"python:(\d+\.\d+)\.\d+-slim-[a-z]+", build_stage.base)
-    assert match, f"{build_stage.base}: expected a pinned python:X.Y.Z-slim-<debian> image"
+def stage_build(stage: str) -> BuildStage:
+    """The build stage that installs the stage (the only one built on Python)."""
+    (build,) = [s for s in dockerfile(stage).stages if s.base.startswith("python:")]
+    return build
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_builds_on_the_python_of_the_lock(stage):
+    """One base for all six images: the official Python image of the lock's Python."""
+    match = re.fullmatch(r"python:(\d+\.\d+)\.\d+-slim-[a-z]+", stage_build(stage).base)
+    assert match, f"{stage_build(stage).base}: expected a pinned python:X.Y.Z-slim-<debian> image"
     assert match[1] == lock_python()
 
 
 @pytest.mark.parametrize("stage", BEAM_STAGES)
-def test_beam_stages_run_on_the_beam_sdk_image_of_the_lock(stage):
-    """Same Beam and Python as the lock, so Dataflow workers can run the image; Beam's boot
-    entry point kept; a `dataflow-worker` target (root, as Dataflow needs) and a default
-    target that is the same plus a non-root user."""
+def test_beam_stages_have_a_dataflow_worker_target(stage):
+    """Beam's custom-container recipe for another base image: the stage image plus
+    /opt/apache/beam from the Beam SDK image of the lock's Beam and Python, Beam's boot as
+    the entry point, as root (Dataflow's workers need it); the default (last) target is the
+    stage image itself."""
     parsed = dockerfile(stage)
-    worker, final = parsed.stages
     beam = pins(LOCK)["apache-beam"]
-    assert worker.base == f"apache/beam_python{lock_python()}_sdk:{beam}"
-    assert worker.name == "dataflow-worker"
-    assert not [i for i in worker.instructions if i.keyword == "USER"]
-    assert final.base == "dataflow-worker"
-    assert not parsed.all("ENTRYPOINT") and not parsed.all("CMD"), "keep /opt/apache/beam/boot"
+    sdk, stage_image_build, worker, final = parsed.stages
+    assert sdk.base == f"apache/beam_python{lock_python()}_sdk:{beam}" and not sdk.instructions
+    assert worker.name == "dataflow-worker" and worker.base == stage_image_build.name
+    assert [(i.keyword, i.args) for i in worker.instructions] == [
+        ("USER", "0:0"),
+        ("COPY", f"--from={sdk.name} /opt/apache/beam /opt/apache/beam"),
+        ("ENTRYPOINT", '["/opt/apache/beam/boot"]'),
+    ]
+    assert final.base == stage_image_build.name and not final.instructions
 
 
 # --- what is installed ------------------------------------------------------------------------
 
 
+def install_steps(stage: str) -> list[list[str]]:
+    """The arguments of each ``install.sh`` call of the stage's RUN instructions."""
+    steps = []
+    for run in stage_build(stage).instructions:
+        if run.keyword != "RUN":
+            continue
+        for words in shell_commands(run.args):
+            script = [w for w in words if w.endswith("/install.sh")]
+            assert script == [f"{SRC}/install.sh"], f"RUN {run.args}: not the shared install.sh"
+            steps.append(words[words.index(script[0]) + 1 :])
+    return steps
+
+
 @pytest.mark.parametrize("stage", STAGES)
-def test_package_is_installed_with_the_lock_as_constraints(stage):
-    parsed = dockerfile(stage)
-    copied = copied_from_context(parsed)
-    installs = pip_installs(parsed)
-    resolving = [i for i in installs if "--no-deps" not in i.options]
-    assert resolving, "no pip install that installs dependencies"
-    for install in resolving:
-        sources = [copied.get(c) for c in install.constraints]
-        assert "requirements.lock" in sources, f"line {install.line}: not -c requirements.lock"
-        assert all(s and (ROOT / s).is_file() for s in sources), f"line {install.line}: {sources}"
+def test_stage_installs_its_extras_with_the_shared_script(stage):
+    """Every image installs through containers/install.sh: its dependencies (the stage's
+    extras, versions from the lock and the stage's constraints file), then the package."""
+    copied = copied_from_context(dockerfile(stage))
+    assert copied[f"{SRC}/install.sh"] == "containers/install.sh"
+    assert copied[f"{SRC}/requirements.lock"] == "requirements.lock"
+    dependencies, package = install_steps(stage)
+    assert dependencies[0] == "dependencies" and package == ["package"]
+    extras = set(dependencies[1].split(","))
+    assert extras == STAGE_EXTRAS[stage]
+    assert extras <= pyproject_extras() and not extras & {"all", "dev"}
+    for constraints in dependencies[2:]:
+        assert (ROOT / copied[f"{SRC}/{constraints}"]).is_file(), constraints
 
-    extras = [project_extras(r) for i in installs for r in i.requirements]
-    extras = [e for e in extras if e is not None]
-    assert extras, "the project package is never installed"
-    for named in extras:
-        assert named <= pyproject_extras(), f"extras not in pyproject.toml: {named}"
-        assert not named & {"all", "dev"}
-    assert extras[0] == STAGE_EXTRAS[stage]
 
-    # Anything installed beside the project is pinned by one of the constraint files.
-    for install in resolving:
-        pinned = {}
-        for constraint in install.constraints:
-            pinned |= pins(ROOT / copied[constraint])
-        for requirement in install.requirements:
-            if project_extras(requirement) is None:
-                name = canonicalize_name(Requirement(requirement).name)
-                assert name in pinned, f"{requirement} is not pinned by {install.constraints}"
+def test_install_script_takes_every_version_from_the_lock():
+    script = (CONTAINERS / "install.sh").read_text()
+    assert '-c "$src/requirements.lock"' in script
+    assert "--no-deps" in script and "pip check" in script
 
 
 def test_train_gpu_constraints_agree_with_the_lock():
     """The train image's extra pins: TensorFlow's GPU build at the lock's TensorFlow version
-    and NVIDIA wheels the lock does not hold."""
+    and NVIDIA wheels the lock does not hold; the `gpu` extra asks for the same TensorFlow."""
     lock = pins(LOCK)
     gpu = pins(CONTAINERS / "train" / "gpu-constraints.txt")
     assert gpu["tensorflow"] == lock["tensorflow-cpu"]
@@ -299,21 +274,27 @@ def test_train_gpu_constraints_agree_with_the_lock():
     assert not set(gpu) & set(lock), "pinned twice: keep these in requirements.lock only"
     for line in (CONTAINERS / "train" / "gpu-constraints.txt").read_text().splitlines():
         assert not line.strip() or line.startswith("#") or "==" in line, line
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        extra = tomllib.load(f)["project"]["optional-dependencies"]["gpu"]
+    assert f"tensorflow[and-cuda]=={gpu['tensorflow']}" in " ".join(extra)
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_runs_as_a_non_root_user_after_the_installs(stage):
-    parsed = dockerfile(stage)
-    users = parsed.all("USER")
+    build = stage_build(stage)
+    users = [i for i in build.instructions if i.keyword == "USER"]
     assert users, "no USER: the image would run as root"
     user = users[-1]
     uid, _, gid = user.args.partition(":")
     assert uid.isdigit() and int(uid) > 0, f"USER {user.args}: use a numeric, non-zero UID"
     assert not gid or (gid.isdigit() and int(gid) > 0), f"USER {user.args}"
-    assert user.line > max(i.line for i in parsed.all("RUN")), "USER must follow every RUN"
-    assert f"--uid {uid}" in " ".join(r.args for r in parsed.all("RUN")), "user not created"
-    assert "/gcs" in parsed.text, "the KFP launcher's /gcs must be writable for the user"
-    assert any(i.keyword == "WORKDIR" for i in parsed.stages[-1].instructions)
+    assert user.line > max(i.line for i in build.instructions if i.keyword == "RUN")
+    script = (CONTAINERS / "install.sh").read_text()
+    assert f"--uid {uid}" in script, "user not created"
+    assert "/gcs" in script, "the KFP launcher's /gcs must be writable for the user"
+    assert [i.args for i in build.instructions if i.keyword == "WORKDIR"] == ["/home/app"]
+    env = " ".join(i.args for i in build.instructions if i.keyword == "ENV")
+    assert re.search(r"(^|\s)HOME=/home/app(\s|$)", env), "HOME must not depend on the UID"
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -330,28 +311,31 @@ def test_environment_and_nothing_fetched_at_start(stage):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_header_says_how_to_build_it(stage, monkeypatch):
-    """The image name in the build command is the one components.images.stage_image gives."""
+    """The image names in the build commands are those components.images gives."""
     monkeypatch.setenv("IMAGE_REGISTRY", "$IMAGE_REGISTRY")
     monkeypatch.setenv("IMAGE_TAG", "$IMAGE_TAG")
-    image = stage_image(stage)
     text = dockerfile(stage).text
-    header = text[: text.index("\nFROM ")]
-    assert f"docker build -f containers/{stage}/Dockerfile -t {image} ." in header
+    header = " ".join(text[: text.index("\nFROM ")].replace("\\\n#", " ").split())
+    assert f"docker build -f containers/{stage}/Dockerfile -t {stage_image(stage)} ." in header
+    if stage in BEAM_STAGES:
+        worker = dataflow_worker_image(stage)
+        assert (
+            f"docker build -f containers/{stage}/Dockerfile --target dataflow-worker "
+            f"-t {worker} ." in header
+        )
 
 
-# --- entry points --------------------------------------------------------------------------
+# --- how the image runs --------------------------------------------------------------------
 
 
-def test_entry_points_are_the_stage_clis():
-    """Non-Beam images run ``python -m components.<stage>``; Beam images keep Beam's boot
-    and name the stage CLI in their header."""
-    for stage in STAGES:
-        parsed = dockerfile(stage)
-        if stage in BEAM_STAGES:
-            assert f"components.{stage}" in modules_named(parsed)
-        else:
-            (entrypoint,) = parsed.all("ENTRYPOINT")
-            assert json.loads(entrypoint.args) == ["python", "-m", f"components.{stage}"]
+@pytest.mark.parametrize("stage", STAGES)
+def test_kfp_command_runs_unchanged_and_the_default_command_is_the_stage_cli(stage):
+    """No entry point in the image KFP runs (it would take KFP's command as its arguments);
+    run without a command, the image prints its stage CLI's usage."""
+    build = stage_build(stage)
+    assert not [i for i in build.instructions if i.keyword == "ENTRYPOINT"]
+    (cmd,) = [i for i in build.instructions if i.keyword == "CMD"]
+    assert json.loads(cmd.args) == ["python", "-m", f"components.{stage}", "--help"]
 
 
 ALL_MODULES = sorted(set().union(*(modules_named(dockerfile(s)) for s in STAGES)))

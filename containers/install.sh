@@ -1,0 +1,49 @@
+#!/bin/sh
+# The steps every stage image shares, in one place: each containers/<stage>/Dockerfile copies
+# this script with requirements.lock and pyproject.toml to /tmp/src and runs
+#
+#   install.sh dependencies EXTRAS [CONSTRAINTS]
+#       The stage's third-party packages: the project package with the pyproject.toml extras
+#       EXTRAS (comma-separated, "" for none) while its code folders and README are still
+#       empty, so that this layer, the largest, is rebuilt only when the lock, pyproject.toml
+#       or CONSTRAINTS change (and is shared by images with the same extras). Every
+#       version comes from requirements.lock (and CONSTRAINTS, a file beside it, for what the
+#       lock does not hold). The NVIDIA libraries that wheels install are registered with the
+#       dynamic linker: TensorFlow's RUNPATH misses some of them (curand, nvJitLink, NVRTC).
+#   install.sh package
+#       The project's own code and README, copied in by then (its dependencies are in
+#       place), `pip check`, and the runtime user app (UID 1000). Its home and the folders
+#       where the KFP launcher puts artifacts (/gcs, /minio, /s3) can be written by any UID,
+#       as /tmp can, so the image also runs as the UID a runtime assigns (docker run --user,
+#       Kubernetes runAsUser, OpenShift's random UIDs). /tmp/src is removed.
+set -eu
+src=/tmp/src
+
+case "${1:-}" in
+dependencies)
+    extras=${2?"install.sh dependencies EXTRAS [CONSTRAINTS]"}
+    constraints=${3:+$src/$3}
+    mkdir -p "$src/components" "$src/pipelines"
+    touch "$src/README.md"
+    pip install --no-cache-dir -c "$src/requirements.lock" ${constraints:+-c "$constraints"} \
+        "$src${extras:+[$extras]}"
+    purelib=$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    for lib in "$purelib"/nvidia/*/lib; do
+        if [ -d "$lib" ]; then echo "$lib"; fi
+    done >/etc/ld.so.conf.d/zz-nvidia-pip-wheels.conf
+    ldconfig
+    ;;
+package)
+    pip install --no-cache-dir --no-deps --force-reinstall "$src"
+    pip check
+    rm -rf "$src"
+    groupadd --gid 1000 app
+    useradd --uid 1000 --gid 1000 --home-dir /home/app --create-home --shell /usr/sbin/nologin app
+    install -d -m 1777 /gcs /minio /s3
+    chmod 1777 /home/app
+    ;;
+*)
+    echo "usage: install.sh dependencies EXTRAS [CONSTRAINTS] | install.sh package" >&2
+    exit 2
+    ;;
+esac
