@@ -7,7 +7,9 @@ Usage::
 
 Each stage runs as a lightweight component in a subprocess (kfp local's
 SubprocessRunner) in this Python environment: Beam's DirectRunner, CPU training, a
-local model server. The defaults are demo-sized (``DEMO_SETTINGS``: a small backbone
+local model server. ``--runner docker`` runs each stage in its own image instead
+(kfp local's DockerRunner, set up by ``pipelines.local_docker``; build the images first
+with ``make images``). The defaults are demo-sized (``DEMO_SETTINGS``: a small backbone
 from random initialisation, small images, few epochs) so a few hundred images finish
 in minutes on two CPU cores; ``--full-size`` switches to the pipeline's own defaults
 (EfficientNetB0, 224 px, ImageNet weights). Writes ``<work-dir>/summary.json``.
@@ -17,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 import time
+import urllib.parse
 import warnings
 
 from components.common import io
@@ -33,6 +38,14 @@ DEMO_SETTINGS = {
     "early_stopping_patience": 4,
 }
 TRAINING_KNOBS = tuple(DEMO_SETTINGS)
+RUNNERS = ("subprocess", "docker")
+# The tasks every run has, in order, and those behind the quality gate.
+ALWAYS_RUN = ("create-tfrecords", "train", "export", "evaluate")
+BEHIND_GATE = ("deploy", "batch-predict")
+
+
+class PipelineFailed(RuntimeError):
+    """A stage failed, or ended without writing the outputs it must write."""
 
 
 def run_pipeline(pipeline_func, pipeline_root: str, **arguments) -> str:
@@ -46,16 +59,33 @@ def run_pipeline(pipeline_func, pipeline_root: str, **arguments) -> str:
     with warnings.catch_warnings():
         # kfp warns that the stage images are not this environment: by design here.
         warnings.filterwarnings("ignore", message="You may be attemping to run a task")
-        pipeline_func(**arguments)
+        try:
+            pipeline_func(**arguments)
+        except RuntimeError as e:
+            # kfp local: "Pipeline ... finished with status FAILURE. Inner task failed: 'x'."
+            message = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # kfp colours task names
+            raise PipelineFailed(f"{message} The failed stage's log is above.") from e
     (run,) = set(os.listdir(pipeline_root)) - before
     return os.path.join(pipeline_root, run)
 
 
-def task_outputs(run_dir: str, task: str) -> dict | None:
+def task_outputs(run_dir: str, task: str, required: bool = False) -> dict | None:
     """A task's executor output (parameter values and artifacts with their metadata), or
-    None if the task did not run (e.g. behind a failed gate)."""
+    None if the task did not run (e.g. behind a failed gate).
+
+    Raises:
+        PipelineFailed: when ``required`` and the task wrote none. Every kfp component
+            writes it last, so a task without it did not finish, whatever status it got.
+    """
     path = os.path.join(run_dir, task, "executor_output.json")
-    return io.read_json(path) if os.path.exists(path) else None
+    if os.path.exists(path):
+        return io.read_json(path)
+    if required:
+        raise PipelineFailed(
+            f"stage {task!r} wrote no executor output ({path}): it did not finish, although "
+            "the runner reported success; its log is above"
+        )
+    return None
 
 
 def output_artifact(outputs: dict, name: str) -> dict:
@@ -63,17 +93,25 @@ def output_artifact(outputs: dict, name: str) -> dict:
     return outputs["artifacts"][name]["artifacts"][0]
 
 
-def summarize(run_dir: str, seconds: float) -> dict:
-    """Builds the run summary from the executor outputs kfp local wrote in ``run_dir``."""
-    dataset = output_artifact(task_outputs(run_dir, "create-tfrecords"), "dataset")
-    evaluation = task_outputs(run_dir, "evaluate")
+def summarize(run_dir: str, seconds: float, runner: str = "subprocess") -> dict:
+    """Builds the run summary from the executor outputs kfp local wrote in ``run_dir``.
+
+    Raises:
+        PipelineFailed: when a stage that must have run (all of them when the gate passed)
+            wrote no executor output.
+    """
+    outputs = {task: task_outputs(run_dir, task, required=True) for task in ALWAYS_RUN}
+    evaluation = outputs["evaluate"]
+    gate_passed = bool(evaluation["parameterValues"]["Output"])
+    outputs |= {task: task_outputs(run_dir, task, required=gate_passed) for task in BEHIND_GATE}
+    dataset = output_artifact(outputs["create-tfrecords"], "dataset")
     test = output_artifact(evaluation, "metrics")["metadata"]
-    train = output_artifact(task_outputs(run_dir, "train"), "metrics")["metadata"]
-    deployed = task_outputs(run_dir, "deploy")
-    predicted = task_outputs(run_dir, "batch-predict")
+    train = output_artifact(outputs["train"], "metrics")["metadata"]
+    deployed, predicted = outputs["deploy"], outputs["batch-predict"]
     meta = dataset["metadata"]
     summary = {
         "run_dir": run_dir,
+        "runner": runner,
         "splits": {split: int(n) for split, n in meta["splits"].items()},
         "rejected": int(meta["rejected"]),
         "rejected_by_reason": {k: int(v) for k, v in meta.get("rejected_by_reason", {}).items()},
@@ -85,7 +123,7 @@ def summarize(run_dir: str, seconds: float) -> dict:
             "loss": test["loss"],
             "examples": int(test["examples"]),
         },
-        "gate_passed": bool(evaluation["parameterValues"]["Output"]),
+        "gate_passed": gate_passed,
         "deployed": deployed is not None,
         "serving": None,
         "batch_predictions": None,
@@ -93,12 +131,21 @@ def summarize(run_dir: str, seconds: float) -> dict:
     }
     if deployed:
         endpoint = output_artifact(deployed, "endpoint")["metadata"]
+        serve_command = endpoint.get("serve_command")
+        if runner == "docker":  # the command the container reported names its own Python
+            from pipelines.local_docker import serve_command as docker_serve_command
+
+            serve_command = docker_serve_command(
+                endpoint["model_repository"],
+                endpoint["model_name"],
+                urllib.parse.urlparse(endpoint["url"]).port,
+            )
         summary["serving"] = {
             "url": endpoint["url"],
             "model_dir": endpoint["model_dir"],
             "model_name": endpoint["model_name"],
             "version": int(endpoint["version"]),
-            "serve_command": endpoint.get("serve_command"),
+            "serve_command": serve_command,
         }
     if predicted:
         predictions = output_artifact(predicted, "predictions")
@@ -115,6 +162,7 @@ def run_local(
     csv_uri: str = "",
     labels_uri: str = "",
     image_dir: str = "",
+    runner: str = "subprocess",
     **params,
 ) -> dict:
     """Runs the pipeline under kfp local and returns (and writes) its summary.
@@ -124,16 +172,34 @@ def run_local(
         csv_uri: The book's CSV (``uri,label``); use with ``labels_uri``.
         labels_uri: Label file for ``csv_uri``.
         image_dir: Folder tree ``root/<label>/*.jpg`` (instead of a CSV).
+        runner: "subprocess" (each stage in a subprocess of this environment) or
+            "docker" (each stage in its stage image; see ``pipelines.local_docker``).
         **params: Any other parameter of ``image_classification_pipeline``.
+
+    Raises:
+        PipelineFailed: when a stage fails; the message names it.
+        pipelines.local_docker.DockerSetupError: (docker) no engine, or images not built.
     """
     from kfp import local
 
     from pipelines.pipeline import image_classification_pipeline
 
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; choose one of {RUNNERS}")
     work_dir = os.path.abspath(work_dir)
     pipeline_root = os.path.join(work_dir, "pipeline_root")
     params.setdefault("model_repository", os.path.join(work_dir, "model_repository"))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root)
+    if runner == "docker":
+        from pipelines import local_docker
+
+        local_docker.check_images(local_docker.pipeline_images(image_classification_pipeline))
+        task_runner = local_docker.docker_runner(
+            read_only=local_docker.input_folders(csv_uri, labels_uri, image_dir),
+            read_write=[params["model_repository"]],
+        )
+    else:
+        task_runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=task_runner, pipeline_root=pipeline_root)
     start = time.monotonic()
     run_dir = run_pipeline(
         image_classification_pipeline,
@@ -143,7 +209,7 @@ def run_local(
         image_dir=image_dir,
         **params,
     )
-    summary = summarize(run_dir, time.monotonic() - start)
+    summary = summarize(run_dir, time.monotonic() - start, runner)
     io.write_json(os.path.join(work_dir, "summary.json"), summary)
     return summary
 
@@ -184,6 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--labels", default="", help="label file, one label per line")
     p.add_argument("--work-dir", default="work", help="where the run's outputs go")
     p.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="subprocess",
+        help="subprocess: every stage in this environment; docker: each stage in its image "
+        "(make images first)",
+    )
+    p.add_argument(
         "--full-size",
         action="store_true",
         help="use the pipeline's full-size training defaults (EfficientNetB0, 224 px, ImageNet)",
@@ -204,16 +277,22 @@ def main(argv: list[str] | None = None) -> None:
 
     params = {} if args.full_size else dict(DEMO_SETTINGS)
     params.update({k: getattr(args, k) for k in TRAINING_KNOBS if getattr(args, k) is not None})
-    summary = run_local(
-        args.work_dir,
-        csv_uri=os.path.abspath(args.csv) if args.csv else "",
-        labels_uri=os.path.abspath(args.labels) if args.labels else "",
-        image_dir=os.path.abspath(args.image_dir) if args.image_dir else "",
-        accuracy_threshold=args.accuracy_threshold,
-        model_name=args.model_name,
-        serving_port=args.serving_port,
-        **params,
-    )
+    from pipelines.local_docker import DockerSetupError
+
+    try:
+        summary = run_local(
+            args.work_dir,
+            csv_uri=os.path.abspath(args.csv) if args.csv else "",
+            labels_uri=os.path.abspath(args.labels) if args.labels else "",
+            image_dir=os.path.abspath(args.image_dir) if args.image_dir else "",
+            runner=args.runner,
+            accuracy_threshold=args.accuracy_threshold,
+            model_name=args.model_name,
+            serving_port=args.serving_port,
+            **params,
+        )
+    except (PipelineFailed, DockerSetupError) as e:
+        sys.exit(f"run_local: {e}")
     print(format_summary(summary))
     print(f"Summary: {os.path.join(os.path.abspath(args.work_dir), 'summary.json')}")
 

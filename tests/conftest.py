@@ -70,3 +70,27 @@ def tfrecord_dataset(sample_data, tmp_path_factory) -> str:
         valid_fraction=0.2,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_training() -> dict:
+    """Training settings that make a pipeline run quick; accuracy is not the point."""
+    return {
+        "backbone": "MobileNetV3Small",
+        "weights": "none",
+        "image_size": 32,
+        "batch_size": 16,
+        "epochs": 2,
+    }
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(sample_data, tiny_training, tmp_path_factory):
+    """The whole pipeline under kfp local's SubprocessRunner on ``sample_data`` with tiny
+    training and no gate: ``(work dir, summary)``."""
+    from pipelines.run_local import run_local
+
+    work = tmp_path_factory.mktemp("run")
+    return work, run_local(
+        str(work), image_dir=sample_data.image_dir, accuracy_threshold=0.0, **tiny_training
+    )

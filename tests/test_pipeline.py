@@ -10,14 +10,6 @@ from components.images import stage_image
 from pipelines.run_local import DEMO_SETTINGS, run_local
 from pipelines.sample_data import generate
 
-TINY = {
-    "backbone": "MobileNetV3Small",
-    "weights": "none",
-    "image_size": 32,
-    "batch_size": 16,
-    "epochs": 2,
-}
-
 
 def test_images_follow_the_configured_registry_and_tag(tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGE_REGISTRY", "europe-docker.pkg.dev/acme/ml")
@@ -25,14 +17,6 @@ def test_images_follow_the_configured_registry_and_tag(tmp_path, monkeypatch):
     assert stage_image("train") == "europe-docker.pkg.dev/acme/ml/train:abc123"
     with pytest.raises(ValueError, match="unknown stage"):
         stage_image("nope")
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(sample_data, tmp_path_factory):
-    work = tmp_path_factory.mktemp("run")
-    return work, run_local(
-        str(work), image_dir=sample_data.image_dir, accuracy_threshold=0.0, **TINY
-    )
 
 
 def test_pipeline_runs_end_to_end_and_summarises(pipeline_run, sample_data):
@@ -66,13 +50,13 @@ def test_pipeline_batch_predicts_every_test_image(pipeline_run):
     assert {row["label"] for row in rows} <= set(summary["labels"])
 
 
-def test_failed_gate_stops_before_deploy_with_csv_input(sample_data, tmp_path):
+def test_failed_gate_stops_before_deploy_with_csv_input(sample_data, tiny_training, tmp_path):
     summary = run_local(
         str(tmp_path),
         csv_uri=sample_data.csv_path,
         labels_uri=sample_data.labels_path,
         accuracy_threshold=1.01,
-        **{**TINY, "epochs": 1},
+        **{**tiny_training, "epochs": 1},
     )
     assert summary["gate_passed"] is False and summary["deployed"] is False
     assert summary["serving"] is None and summary["batch_predictions"] is None

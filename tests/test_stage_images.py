@@ -1,0 +1,320 @@
+"""The stage images, built (``make images``) and run: each holds what its stage imports and no
+more, passes ``pip check``, runs as a non-root user (and as any UID), prints its CLI by
+default, serves from inside the deploy image; the whole pipeline runs in them under kfp
+local's DockerRunner; a stage whose container fails fails the run and is named.
+
+Needs a Docker engine and the images. Without an engine these tests are skipped, unless
+REQUIRE_DOCKER=1 (CI sets it): then they fail.
+"""
+
+import base64
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+from kfp import dsl
+from packaging.utils import canonicalize_name
+from test_containers import CONTAINERS, LOCK, pins
+
+from components.common.io import read_json, read_jsonl
+from components.images import BEAM_STAGES, STAGES, dataflow_worker_image, stage_image
+from pipelines.build_images import image_builds
+from pipelines.run_local import DEMO_SETTINGS, PipelineFailed, run_local, run_pipeline
+from pipelines.sample_data import generate
+
+pytestmark = pytest.mark.docker
+
+# The stage package's modules each image must import: all but the KFP component modules
+# (imported where the pipeline is compiled) and Vertex batch prediction, which runs on the
+# deploy image (as its component says).
+ON_DEPLOY_IMAGE = ("components.batch_predict.vertex",)
+# What each image must not hold: the heavy packages of the other stages (apache-beam[gcp]
+# brings google-cloud-aiplatform, for Beam's Vertex AI model handler).
+NOT_IN_IMAGE = {
+    "create_tfrecords": ("kserve", "google_cloud_pipeline_components", "tensorboard"),
+    "train": ("apache_beam", "kserve", "google.cloud.aiplatform"),
+    "export": ("apache_beam", "kserve", "google.cloud.aiplatform", "tensorboard"),
+    "evaluate": ("apache_beam", "kserve", "google.cloud.aiplatform", "tensorboard"),
+    "deploy": ("apache_beam", "tensorboard"),
+    "batch_predict": ("kserve", "google_cloud_pipeline_components", "tensorboard"),
+}
+
+
+def docker(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode:
+        raise AssertionError(f"docker {' '.join(args[:3])}...: {result.stdout}{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def stage_images():
+    """The images ``make images`` builds, checked to be present."""
+    engine = subprocess.run(["docker", "info"], capture_output=True, timeout=60)
+    if engine.returncode:
+        if os.environ.get("REQUIRE_DOCKER") == "1":
+            pytest.fail("REQUIRE_DOCKER=1 but no Docker engine answers `docker info`")
+        pytest.skip("no Docker engine answers (start one: ../shared/tools/docker-engine)")
+    missing = [
+        b.image
+        for b in image_builds()
+        if docker("image", "inspect", b.image, check=False).returncode
+    ]
+    assert not missing, f"images not built (run `make images`): {missing}"
+    return {stage: stage_image(stage) for stage in STAGES}
+
+
+def python_in(image: str, script: str, *docker_args: str) -> subprocess.CompletedProcess:
+    return docker("run", "--rm", *docker_args, image, "python", "-c", textwrap.dedent(script))
+
+
+# --- each image on its own ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_image_holds_what_its_stage_imports_and_no_more(stage, stage_images):
+    """Every module of the stage imports in its image; the other stages' heavy packages
+    are absent."""
+    result = python_in(
+        stage_images[stage],
+        f"""
+        import importlib, importlib.util, json, pkgutil
+        package = importlib.import_module("components.{stage}")
+        modules = [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+        if "{stage}" == "deploy":
+            modules += {list(ON_DEPLOY_IMAGE)!r}
+        modules = [m for m in modules if not m.endswith(".component") and m not in (
+            {list(ON_DEPLOY_IMAGE) if stage != "deploy" else []!r})]
+        for module in modules:
+            importlib.import_module(module)
+        present = [p for p in {list(NOT_IN_IMAGE[stage])!r} if importlib.util.find_spec(p)]
+        print(json.dumps({{"imported": modules, "present": present}}))
+        """,
+        "-e",
+        "TF_CPP_MIN_LOG_LEVEL=3",
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert f"components.{stage}.__main__" in report["imported"]
+    assert report["present"] == [], f"{stage} image holds what its stage does not use"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_installed_version_is_the_pinned_one(stage, stage_images):
+    """requirements.lock (and the train image's gpu-constraints.txt) decide every version."""
+    pinned = pins(LOCK)
+    if stage == "train":
+        pinned |= pins(CONTAINERS / "train" / "gpu-constraints.txt")
+    listed = docker("run", "--rm", stage_images[stage], "pip", "list", "--format", "json")
+    installed = {canonicalize_name(p["name"]): p["version"] for p in json.loads(listed.stdout)}
+    differ = {n: (v, pinned[n]) for n, v in installed.items() if n in pinned and v != pinned[n]}
+    assert not differ, f"installed, pinned: {differ}"
+    unpinned = set(installed) - set(pinned) - {"kfp-image-classification", "pip", "wheel"}
+    assert not unpinned, f"installed without a pin: {unpinned}"
+
+
+@pytest.mark.parametrize("build", image_builds(), ids=lambda b: b.image.rsplit("/", 1)[-1])
+def test_pip_check_passes(build, stage_images):
+    entrypoint = ["--entrypoint", "pip"] if build.target else []
+    args = ["run", "--rm", *entrypoint, build.image] + ([] if build.target else ["pip"])
+    result = docker(*args, "check", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_runs_as_non_root_without_an_entry_point_and_prints_its_cli(stage, stage_images):
+    config = json.loads(docker("image", "inspect", stage_images[stage]).stdout)[0]["Config"]
+    assert not config["Entrypoint"], "an entry point would take KFP's command as arguments"
+    assert config["User"] == "1000:1000"
+    assert docker("run", "--rm", stage_images[stage], "id", "-u").stdout.strip() == "1000"
+    usage = docker("run", "--rm", "-e", "TF_CPP_MIN_LOG_LEVEL=3", stage_images[stage]).stdout
+    assert f"usage: python -m components.{stage}" in usage
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_any_uid_can_write_home_temp_and_kfp_artifact_folders(stage, stage_images):
+    """A runtime may assign any UID (docker run --user, Kubernetes runAsUser)."""
+    result = python_in(
+        stage_images[stage],
+        """
+        import os, pathlib, tempfile
+        for folder in (os.environ["HOME"], tempfile.gettempdir(), "/gcs", "/minio", "/s3"):
+            pathlib.Path(folder, "probe").write_text("x")
+        print(os.getuid(), os.environ["HOME"])
+        """,
+        "--user",
+        "4321:4321",
+    )
+    assert result.stdout.split() == ["4321", "/home/app"]
+
+
+@pytest.mark.parametrize("stage", BEAM_STAGES)
+def test_dataflow_worker_image_starts_beams_boot_as_root(stage, stage_images):
+    config = json.loads(docker("image", "inspect", dataflow_worker_image(stage)).stdout)[0]
+    assert config["Config"]["Entrypoint"] == ["/opt/apache/beam/boot"]
+    assert config["Config"]["User"] in ("0:0", "root")
+    version = docker(
+        "run", "--rm", "--entrypoint", "python", dataflow_worker_image(stage), "-c",
+        "import apache_beam; print(apache_beam.__version__)",
+    ).stdout.strip()  # fmt: skip
+    assert pins(LOCK)["apache-beam"] == version
+
+
+def test_deploy_image_serves_a_predict_request_from_inside_its_container(
+    exported_model, stage_images, tmp_path
+):
+    """The model server in the deploy image, as its non-root user, answers TF Serving's
+    REST predict call on its loopback."""
+    from components.deploy.local import probe_jpeg
+    from components.deploy.model_repository import publish
+
+    repository = tmp_path / "models"
+    publish(exported_model, str(repository), "image-classifier")
+    subprocess.run(["chmod", "-R", "a+rX", str(repository)], check=True)
+    name = f"serve-test-{uuid.uuid4().hex[:8]}"
+    docker(
+        "run", "-d", "--name", name, "-v", f"{repository}:/models:ro", stage_images["deploy"],
+        "python", "-m", "components.deploy.server", "--model-repository", "/models",
+        "--model-name", "image-classifier", "--http-port", "8080",
+    )  # fmt: skip
+    jpeg = base64.b64encode(probe_jpeg()).decode()
+    client = f"""
+        import json, urllib.request
+        ready = urllib.request.urlopen("http://127.0.0.1:8080/v2/health/ready", timeout=5)
+        body = json.dumps({{"instances": [{{"b64": "{jpeg}"}}]}}).encode()
+        request = urllib.request.Request(
+            "http://127.0.0.1:8080/v1/models/image-classifier:predict", data=body,
+            headers={{"Content-Type": "application/json"}})
+        print(urllib.request.urlopen(request, timeout=60).read().decode())
+        """
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            answer = docker("exec", name, "python", "-c", textwrap.dedent(client), check=False)
+            if answer.returncode == 0 or time.monotonic() > deadline:
+                break
+            assert docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true", (
+                docker("logs", name, check=False).stderr
+            )
+            time.sleep(2)
+        assert answer.returncode == 0, answer.stderr + docker("logs", name, check=False).stderr
+        (prediction,) = json.loads(answer.stdout)["predictions"]
+        assert prediction["label"] in ("circle", "square", "triangle", "cross")
+        assert abs(sum(prediction["probabilities"]) - 1) < 1e-3
+        assert docker("exec", name, "id", "-u").stdout.strip() == "1000"
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+# --- kfp local's DockerRunner ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docker_pipeline_run(stage_images, tmp_path_factory):
+    """The README's demo in the stage images: 400 generated images, demo-sized training."""
+    data = generate(str(tmp_path_factory.mktemp("sample")), per_class=100)
+    work = tmp_path_factory.mktemp("docker-run")
+    return work, run_local(str(work), image_dir=data.image_dir, runner="docker", **DEMO_SETTINGS)
+
+
+def test_pipeline_runs_every_stage_in_its_image(docker_pipeline_run):
+    work, summary = docker_pipeline_run
+    assert summary["runner"] == "docker"
+    assert read_json(str(work / "summary.json")) == summary
+    assert summary["rejected"] == 0 and sum(summary["splits"].values()) == 400
+    assert summary["test_metrics"]["accuracy"] >= 0.8, summary
+    assert summary["test_metrics"]["examples"] == summary["splits"]["test"]
+    assert summary["deployed"] and summary["batch_predictions"]["rows"] == summary["splits"]["test"]
+    rows = list(
+        read_jsonl(glob.glob(os.path.join(summary["batch_predictions"]["path"], "*.jsonl")))
+    )
+    assert len(rows) == summary["splits"]["test"]
+    assert {row["label"] for row in rows} <= set(summary["labels"])
+    model_dir = summary["serving"]["model_dir"]
+    assert model_dir.startswith(str(work / "model_repository"))
+    assert os.path.exists(os.path.join(model_dir, "saved_model.pb"))
+    assert summary["serving"]["serve_command"].startswith("docker run")
+    assert stage_image("deploy") in summary["serving"]["serve_command"]
+
+
+def test_docker_summary_has_the_subprocess_summary_keys(docker_pipeline_run, pipeline_run):
+    _, in_docker = docker_pipeline_run
+    _, in_subprocess = pipeline_run
+    assert in_docker.keys() == in_subprocess.keys()
+    assert in_docker["serving"].keys() == in_subprocess["serving"].keys()
+    assert in_docker["training"].keys() == in_subprocess["training"].keys()
+
+
+def test_what_containers_wrote_belongs_to_the_user(docker_pipeline_run):
+    work, _ = docker_pipeline_run
+    paths = [os.path.join(d, f) for d, _, files in os.walk(work) for f in files]
+    assert len(paths) > 20
+    assert {os.stat(p).st_uid for p in paths} == {os.getuid()}
+    for path in paths:
+        with open(path, "rb") as f:
+            f.read(1)
+
+
+def test_a_stage_that_fails_in_its_container_fails_the_run_and_is_named(stage_images, tmp_path):
+    """create_tfrecords on a folder without class folders: its container fails."""
+    empty = tmp_path / "no-classes"
+    empty.mkdir()
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pipelines.run_local", "--runner", "docker",
+            "--image-dir", str(empty), "--work-dir", str(tmp_path / "work"),
+        ],
+        capture_output=True, text=True, timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )  # fmt: skip
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("run_local: ") and "'create-tfrecords'" in last_line, result.stderr
+    assert not (tmp_path / "work" / "summary.json").exists()
+
+
+@dsl.component(base_image=stage_image("export"), install_kfp_package=False)
+def exits_at_once(status: int) -> int:
+    """Ends its process at once, before the kfp executor writes any output."""
+    import os
+
+    os._exit(status)
+
+
+@pytest.mark.parametrize("status", [3, 0])
+def test_a_container_that_ends_at_once_is_a_failure(status, stage_images, tmp_path):
+    """kfp 2.17 alone reports SUCCESS when such a container is removed before its status is
+    read; one that exits 0 without its executor output did not finish either."""
+    from kfp import local
+
+    from pipelines.local_docker import docker_runner
+
+    @dsl.pipeline(name="ends-at-once")
+    def ends_at_once():
+        exits_at_once(status=status)
+
+    root = str(tmp_path / "root")
+    local.init(runner=docker_runner(), pipeline_root=root)
+    with pytest.raises(PipelineFailed, match="Inner task failed: 'exits-at-once'"):
+        run_pipeline(ends_at_once, root)
+
+
+def test_containers_run_as_any_uid_given(stage_images, tmp_path):
+    """A non-root UID other than the image's writes the task's outputs."""
+    from kfp import local
+
+    from pipelines.local_docker import docker_runner
+    from pipelines.pipeline import worker_replicas
+
+    root = tmp_path / "root"
+    root.mkdir(mode=0o777)
+    root.chmod(0o1777)
+    local.init(runner=docker_runner(user="4321:4321"), pipeline_root=str(root))
+    assert worker_replicas(replica_count=3).output == 2
+    outputs = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
+    assert outputs and {os.stat(p).st_uid for p in outputs} == {4321}
