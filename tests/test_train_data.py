@@ -275,3 +275,16 @@ def test_training_on_an_empty_split_is_a_clear_error(tfrecord_dataset, tmp_path)
         json.dump(stats, f)
     with pytest.raises(ValueError, match="the train split of .* has no images to train on"):
         data.make_dataset(empty, "train", SIZE, 4, training=True)
+
+
+def test_repeated_evaluation_passes_give_full_batches_endlessly(tfrecord_dataset):
+    """What every worker of a multi-worker run validates on: never a short batch."""
+    valid = schema.split_size(tfrecord_dataset, "valid")
+    ds = data.make_dataset(tfrecord_dataset, "valid", 32, 5, repeat=True)
+    batches = list(ds.take(3 * valid))
+    assert all(images.shape[0] == 5 and labels.shape[0] == 5 for images, labels in batches)
+    once = [
+        int(x) for _, labels in data.make_dataset(tfrecord_dataset, "valid", 32, 5) for x in labels
+    ]
+    repeated = [int(x) for _, labels in batches for x in labels]
+    assert repeated[: len(once)] == once and repeated[len(once) : 2 * len(once)] == once

@@ -173,6 +173,7 @@ def make_dataset(
     shuffle_buffer: int = 2048,
     seed: int | None = None,
     cache: bool = False,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
     """Batches of ``(images, labels)`` of one split.
 
@@ -191,6 +192,9 @@ def make_dataset(
         seed: Seed of the shuffles and the augmentation; ``None`` for a random one.
         cache: Keep decoded images in memory after the first epoch (see the module's
             docstring for what is kept); only when the split fits in memory.
+        repeat: For evaluation: passes repeated endlessly in full batches, so that every
+            worker of a multi-worker run can take the same number of them (the caller
+            says how many).
 
     Returns:
         A dataset of float32 images ``[batch, image_size, image_size, 3]`` in
@@ -214,7 +218,8 @@ def make_dataset(
         )
         if cache:
             ds = ds.cache()
-        return ds.batch(batch_size).with_options(_options(training)).prefetch(AUTOTUNE)
+        ds = ds.repeat().batch(batch_size, drop_remainder=True) if repeat else ds.batch(batch_size)
+        return ds.with_options(_options(training)).prefetch(AUTOTUNE)
 
     if count == 0:
         raise ValueError(f"the {split} split of {dataset_dir} has no images to train on")

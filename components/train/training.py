@@ -37,6 +37,7 @@ import math
 import warnings
 
 import keras
+import tensorflow as tf
 
 from components.common import io, labels as label_io, schema
 from components.train import backbones, callbacks, curves, data, distribution, hardware
@@ -304,17 +305,25 @@ def train(
     # one iterator, so no epoch waits for the pipeline to restart, and every worker of
     # a multi-worker run takes the same number of steps.
     steps_per_epoch = data.steps_per_epoch(train_size, global_batch)
+    validation_steps = None
+    valid_size = schema.split_size(dataset_dir, "valid")
     if multi_worker:
-        # Validation stays one exact pass: tf.distribute gives workers that run out
-        # early empty batches until all are done.
         train_ds = distribution.with_autoshard(
             train_ds,
             distribution.autoshard_policy(len(schema.shard_files(dataset_dir, "train")), workers),
         )
+    if multi_worker and valid_size:
+        # tf.distribute hands a worker that runs out of validation data before the others
+        # empty batches, which Keras 3's layers fail on ("Incompatible shapes: [0,...]").
+        # Every worker reads all valid files instead and takes the same number of full
+        # batches from an endless pass (the last one repeats a few images).
         valid_ds = distribution.with_autoshard(
-            valid_ds,
-            distribution.autoshard_policy(len(schema.shard_files(dataset_dir, "valid")), workers),
+            data.make_dataset(
+                dataset_dir, "valid", image_size, global_batch, cache=cache, repeat=True
+            ),
+            tf.data.experimental.AutoShardPolicy.DATA,
         )
+        validation_steps = math.ceil(valid_size / global_batch)
     spe = hardware.resolve_steps_per_execution(steps_per_execution, steps_per_epoch, capabilities)
     if multi_worker and spe > 1:
         # Keras 3's multi-step loop fails under multi-worker collectives.
@@ -443,6 +452,7 @@ def train(
             model.fit(
                 train_ds,
                 validation_data=valid_ds,
+                validation_steps=validation_steps,
                 initial_epoch=first_epoch,
                 epochs=end_epoch,
                 steps_per_epoch=steps_per_epoch,
