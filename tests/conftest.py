@@ -38,9 +38,9 @@ def exported_model(tmp_path_factory) -> str:
     stages that serve or run a model, not of accuracy. Labels: circle, square,
     triangle, cross (those of ``sample_data``).
     """
+    from components.common.model_dir import save_model_dir
     from components.export.saved_model import export_saved_model
     from components.train.backbones import build_classifier
-    from components.train.training import save_model_dir
     from pipelines.sample_data import CLASSES
 
     base = tmp_path_factory.mktemp("exported")

@@ -161,7 +161,7 @@ def test_predictions_are_the_saved_models(main_run, probe_model):
     """RunInference ran the real model: each URI gets what the signature gives its bytes."""
     import tensorflow as tf
 
-    from components.export.saved_model import load_signature
+    from components.common.serving import load_signature
 
     rows = {row["uri"]: row for row in main_run["predictions"]}
     uris = sorted(rows)
@@ -190,14 +190,12 @@ def test_corrupt_image_shares_a_batch_with_good_ones(main_run):
 
 
 def test_handler_falls_back_image_by_image(probe_model, sample_data, bad_files):
-    import tensorflow as tf
-
     handler = model_handler.SavedModelHandler(probe_model, batch_size=8, num_classes=4)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 8}
     model = handler.load_model()
     good = [io.read_bytes(uri) for uri, _ in _sample_rows(sample_data)[:3]]
     corrupt = io.read_bytes(bad_files["undecodable_image"])
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    with pytest.raises(model_handler.UndecodableImages, match="Unknown image file format"):
         model.predict([good[0], corrupt])
     direct = model.predict(good)
 

@@ -116,7 +116,7 @@ def _test_labels(dataset_dir: str) -> list[str]:
 def test_explanations_of_the_served_model_and_their_page(tiny_export, tfrecord_dataset, tmp_path):
     """On the SavedModel: the sample spreads over classes, the predicted class and score
     are the served ones, completeness holds; the page shows every image and its labels."""
-    from components.export.saved_model import load_signature
+    from components.common.serving import load_signature
 
     # Enough steps that the trapezoid rule's error (about 1/steps^2 here) stays well
     # under 1% whichever images the URI hash puts in the test split.

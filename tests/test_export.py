@@ -11,11 +11,10 @@ import tensorflow as tf
 from kfp import dsl
 from PIL import Image
 
-from components.common import labels as label_io, preprocessing
+from components.common import labels as label_io, model_dir as model_dir_lib, preprocessing, serving
 from components.common.io import read_json
-from components.export import explanation_metadata, saved_model
+from components.export import explanation_metadata
 from components.export.component import export as export_component
-from components.train import training
 from pipelines.run_local import output_artifact, run_pipeline, task_outputs
 from pipelines.sample_data import CLASSES
 
@@ -25,10 +24,10 @@ def _jpeg_bytes(paths):
 
 
 def test_signature_takes_image_bytes_and_returns_named_outputs(exported_model):
-    serve = saved_model.load_signature(exported_model)
+    serve = serving.load_signature(exported_model)
     (inputs,) = serve.structured_input_signature[1].values()
     assert inputs.name == "image_bytes" and inputs.dtype == tf.string
-    assert set(serve.structured_outputs) == set(saved_model.OUTPUT_NAMES)
+    assert set(serve.structured_outputs) == set(serving.OUTPUT_NAMES)
 
 
 def test_labels_travel_with_the_model(exported_model):
@@ -41,8 +40,8 @@ def test_served_predictions_match_the_keras_model(exported_model, sample_data):
     paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(sample_data.image_dir) for f in fs)[
         :6
     ]
-    out = saved_model.load_signature(exported_model)(image_bytes=tf.constant(_jpeg_bytes(paths)))
-    model = training.load_model(os.path.join(os.path.dirname(exported_model), "model"))
+    out = serving.load_signature(exported_model)(image_bytes=tf.constant(_jpeg_bytes(paths)))
+    model = model_dir_lib.load_model(os.path.join(os.path.dirname(exported_model), "model"))
     images = tf.stack([preprocessing.decode_and_resize(b, 32) for b in _jpeg_bytes(paths)])
     expected = model.predict(images, verbose=0)
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
@@ -58,7 +57,7 @@ def test_png_and_greyscale_inputs_are_served(exported_model):
         buf = stdio.BytesIO()
         Image.new(mode, (50, 70), 120).save(buf, fmt)
         encoded.append(buf.getvalue())
-    out = saved_model.load_signature(exported_model)(image_bytes=tf.constant(encoded))
+    out = serving.load_signature(exported_model)(image_bytes=tf.constant(encoded))
     assert out["probabilities"].shape == (2, len(CLASSES))
 
 
@@ -157,7 +156,7 @@ def test_export_component_under_kfp_local(kfp_local, exported_model):
     extra = os.path.join(exported["uri"], "assets.extra")
     assert read_json(os.path.join(extra, "explanation_metadata.json")) == spec
     assert os.path.exists(os.path.join(exported["uri"], "saved_model.pb"))
-    serve = saved_model.load_signature(exported["uri"])
+    serve = serving.load_signature(exported["uri"])
     buf = stdio.BytesIO()
     Image.new("RGB", (40, 40), (200, 10, 10)).save(buf, "JPEG")
     out = serve(image_bytes=tf.constant([buf.getvalue()]))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from kfp import dsl
 
-from components.common import labels as label_io
+from components.common import labels as label_io, model_dir as model_dir_lib
 from components.common.io import read_json
 from components.train import backbones, curves, data, hardware, training
 from components.train.component import train as train_component
@@ -184,7 +184,7 @@ def test_train_writes_a_complete_model_directory(trained_model_dir, tfrecord_dat
     assert not os.path.exists(os.path.join(model_dir, "backup"))  # removed once saved
     events = [f for _, _, fs in os.walk(os.path.join(model_dir, "logs")) for f in fs]
     assert any(f.startswith("events.out.tfevents") for f in events)
-    config = training.read_config(model_dir)
+    config = model_dir_lib.read_config(model_dir)
     assert config["labels"] == label_io.read_labels(os.path.join(tfrecord_dataset, "labels.txt"))
     assert config["image_size"] == 32 and config["history"]["epoch"] == [1, 2]
     assert config["history"]["phase"] == [1, 1]
@@ -200,7 +200,7 @@ def test_train_writes_a_complete_model_directory(trained_model_dir, tfrecord_dat
 
 def test_saved_model_reloads_with_the_best_weights(trained_model_dir, tfrecord_dataset):
     model_dir, metrics = trained_model_dir
-    model = training.load_model(model_dir)
+    model = model_dir_lib.load_model(model_dir)
     valid = data.make_dataset(tfrecord_dataset, "valid", 32, 8)
     _, accuracy = model.evaluate(valid, verbose=0)
     assert accuracy == pytest.approx(metrics["val_accuracy"], abs=1e-6)
@@ -218,10 +218,10 @@ def test_mixed_bfloat16_trains_on_cpu_and_saves_a_float32_model(tfrecord_dataset
         **TINY,
     )
     assert keras.config.dtype_policy().name == "float32"  # restored after training
-    settings = training.read_config(model_dir)["training"]
+    settings = model_dir_lib.read_config(model_dir)["training"]
     assert settings["precision"] == "mixed_bfloat16" and settings["steps_per_execution"] == 1
     assert np.isfinite(metrics["loss"]) and metrics["epochs_run"] == 1
-    model = training.load_model(model_dir)
+    model = model_dir_lib.load_model(model_dir)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     probs = model.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0)
     assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -323,10 +323,10 @@ def test_two_phases_and_a_restart_that_skips_the_finished_phase_one(
     assert _changed(after_phase_one, after_phase_two) - head == top
     assert not batchnorm & _changed(initial, after_phase_two)
     # The model kept is the best epoch's, from either phase.
-    final = _weights_by_layer(training.load_model(model_dir))
+    final = _weights_by_layer(model_dir_lib.load_model(model_dir))
     assert _changed(initial, final) <= head | top and not batchnorm & _changed(initial, final)
 
-    config = training.read_config(model_dir)
+    config = model_dir_lib.read_config(model_dir)
     history = config["history"]
     assert history["epoch"] == [1, 2, 3, 4] and history["phase"] == [1, 1, 2, 2]
     assert config["training"]["phase_boundary"] == 2
@@ -370,7 +370,7 @@ def test_train_component_under_kfp_local(kfp_local, tfrecord_dataset):
     page = Path(curves_artifact["uri"]).read_text()
     assert page.count("<svg") == 2 and "MobileNetV3Small training curves" in page
     assert page == Path(os.path.join(model["uri"], "curves.html")).read_text()
-    settings = training.read_config(model["uri"])["training"]
+    settings = model_dir_lib.read_config(model["uri"])["training"]
     assert settings["steps_per_execution"] == 2 and settings["cache"] is True
     # An epoch is whole calls of 2 steps, at least one pass over the train split.
     steps = settings["steps_per_epoch"]

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.train import distribution, training
+from components.common import model_dir as model_dir_lib
+from components.train import distribution
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +148,7 @@ def test_two_workers_train_one_model_written_by_the_chief(tfrecord_dataset, tmp_
     # TensorBoard names its event files after the writing process: only the chief's.
     events = [f for _, _, files in os.walk(model_dir / "logs") for f in files]
     assert events and all(f".{chief_pid}." in f for f in events), events
-    config = training.read_config(str(model_dir))
+    config = model_dir_lib.read_config(str(model_dir))
     settings = config["training"]
     assert settings["strategy"] == "MultiWorkerMirroredStrategy"
     assert settings["workers"] == 2 and settings["replicas"] == 2
@@ -158,7 +159,7 @@ def test_two_workers_train_one_model_written_by_the_chief(tfrecord_dataset, tmp_
     assert results[0]["val_loss"] == results[1]["val_loss"] == config["metrics"]["val_loss"]
     assert (tmp_path / "curves.html").read_text() == (model_dir / "curves.html").read_text()
 
-    model = training.load_model(str(model_dir))
+    model = model_dir_lib.load_model(str(model_dir))
     probs = model.predict(np.full((3, 32, 32, 3), 100.0, np.float32), verbose=0)
     assert probs.shape == (3, len(config["labels"]))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

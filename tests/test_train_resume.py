@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from components.common import model_dir as model_dir_lib
 from components.train import backbones, training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_a_killed_run_resumes_at_its_next_epoch(tfrecord_dataset, tmp_path):
         str(e) for e in range(backed_up + 1, 5)
     ]
     assert f"phase 1: resuming from its backup at epoch {backed_up + 1}" in second.stderr
-    config = training.read_config(str(model_dir))
+    config = model_dir_lib.read_config(str(model_dir))
     assert config["history"]["epoch"] == [1, 2, 3, 4]  # each epoch once, across both runs
     assert all(np.isfinite(config["history"]["val_loss"]))
     assert config["metrics"]["epochs_run"] == 4
@@ -95,12 +96,12 @@ def test_training_continues_from_a_previous_runs_model(
         tfrecord_dataset, second, epochs=2, learning_rate=0.0, initial_model=first, **settings
     )
     assert re.findall(r"Epoch (\d+)/2", capsys.readouterr().out) == ["2"]
-    before = training.load_model(first).get_weights()
-    after = training.load_model(second).get_weights()
+    before = model_dir_lib.load_model(first).get_weights()
+    after = model_dir_lib.load_model(second).get_weights()
     for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)
-    first_history = training.read_config(first)["history"]
-    config = training.read_config(second)
+    first_history = model_dir_lib.read_config(first)["history"]
+    config = model_dir_lib.read_config(second)
     assert config["training"]["initial_epoch"] == 1 and config["training"]["initial_model"] == first
     assert config["history"]["epoch"] == [1, 2]
     assert config["history"]["val_loss"][0] == first_history["val_loss"][0]

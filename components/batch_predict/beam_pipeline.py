@@ -50,7 +50,7 @@ from apache_beam.runners.runner import PipelineState
 
 from components.batch_predict import model_handler
 from components.batch_predict.model_handler import STAGE, InferenceFailure
-from components.common import beam as beam_utils, io, labels as labels_lib, schema
+from components.common import beam as beam_utils, io, schema, serving
 
 ERRORS = "errors"  # Tag of the error side outputs.
 PREDICTIONS_PREFIX = "predictions"
@@ -58,8 +58,6 @@ PREDICTIONS_SUFFIX = ".jsonl"
 SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"
 ERRORS_FILE = "errors.jsonl"
 STATS_FILE = "stats.json"
-MODEL_LABELS = ("assets.extra", labels_lib.LABELS_FILE)
-
 MALFORMED_LINE = "malformed_line"
 MISSING_FILE = beam_utils.MISSING_FILE
 UNREADABLE_FILE = beam_utils.UNREADABLE_FILE
@@ -338,11 +336,6 @@ def resolve_listing(input_uris: str, dataset_dir: str) -> str:
     return listing
 
 
-def model_labels(model_dir: str) -> list[str]:
-    """The labels an exported SavedModel carries (``assets.extra/labels.txt``)."""
-    return labels_lib.read_labels(io.join(model_dir, *MODEL_LABELS))
-
-
 def _remove_stale_shards(output_dir: str) -> None:
     beam_utils.delete_matching([predictions_pattern(output_dir)])
 
@@ -421,7 +414,7 @@ def run(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= max_error_fraction <= 1:
         raise ValueError(f"max_error_fraction must be in [0, 1], got {max_error_fraction}")
-    labels = model_labels(model_dir)
+    labels = serving.read_export_labels(model_dir)
 
     io.makedirs(output_dir)
     _remove_stale_shards(output_dir)

@@ -2,7 +2,7 @@
 
 Beam's own ``apache_beam.ml.inference.tensorflow_inference`` imports ``tensorflow_hub``,
 which is not usable in this environment, and it feeds tensors, not encoded images. This
-handler speaks the SavedModel contract of ``components.export.saved_model``: a batch of
+handler speaks the SavedModel contract of ``components.common.serving``: a batch of
 encoded image bytes goes to the ``serving_default`` signature in one call, and each
 element gets its row of class probabilities back.
 
@@ -14,6 +14,9 @@ one comes back as an ``InferenceFailure`` (one extra pass over a batch at most).
 Beam loads the model once per worker process and shares it across the process's
 threads (``apache_beam.utils.shared``), since ``share_model_across_processes()`` is
 False here: the suite's classifiers are small enough for one copy per process.
+
+TensorFlow is imported where a model is loaded or run, not with this module: building the
+pipeline (on the launcher, in the KFP pod) does not load it, nor Keras with it.
 """
 
 from __future__ import annotations
@@ -23,16 +26,24 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-import tensorflow as tf
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
-from components.export import saved_model
+from components.common import serving
 
 STAGE = "batch_predict"
 UNDECODABLE_IMAGE = "undecodable_image"
 
 _log = logging.getLogger(__name__)
+
+
+class UndecodableImages(Exception):
+    """The signature could not decode an image of the batch (TensorFlow's
+    ``InvalidArgumentError``); ``detail`` is its useful line."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
 
 
 class InferenceFailure(NamedTuple):
@@ -50,19 +61,26 @@ class LoadedModel:
     """
 
     def __init__(self, model_dir: str):
+        import tensorflow as tf
+
         self._loaded = tf.saved_model.load(model_dir)
-        self.signature = self._loaded.signatures[saved_model.SIGNATURE]
-        self.input_name = saved_model.INPUT_NAME
+        self.signature = self._loaded.signatures[serving.SIGNATURE]
+        self.input_name = serving.INPUT_NAME
         self.num_classes = int(self.signature.structured_outputs["probabilities"].shape[-1])
 
     def predict(self, images: Sequence[bytes]) -> np.ndarray:
         """Class probabilities ``[len(images), classes]`` of a batch of encoded images.
 
         Raises:
-            tf.errors.InvalidArgumentError: when an image in the batch cannot be decoded.
+            UndecodableImages: when an image in the batch cannot be decoded.
         """
+        import tensorflow as tf
+
         tensor = tf.constant(list(images), dtype=tf.string)
-        outputs = self.signature(**{self.input_name: tensor})
+        try:
+            outputs = self.signature(**{self.input_name: tensor})
+        except tf.errors.InvalidArgumentError as e:
+            raise UndecodableImages(error_detail(e)) from None
         return outputs["probabilities"].numpy()
 
 
@@ -148,7 +166,7 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
         try:
             probabilities = model.predict(batch)
             return [PredictionResult(e, p) for e, p in zip(batch, probabilities, strict=True)]
-        except tf.errors.InvalidArgumentError:
+        except UndecodableImages:
             Metrics.counter(STAGE, "fallback_batches").inc()
             Metrics.counter(STAGE, "fallback_images").inc(len(batch))
         return list(self._one_by_one(batch, model))
@@ -158,10 +176,8 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
         for element in batch:
             try:
                 yield PredictionResult(element, model.predict([element])[0])
-            except tf.errors.InvalidArgumentError as e:
-                yield PredictionResult(
-                    element, InferenceFailure(UNDECODABLE_IMAGE, error_detail(e))
-                )
+            except UndecodableImages as e:
+                yield PredictionResult(element, InferenceFailure(UNDECODABLE_IMAGE, e.detail))
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         """Rejects inference args: the serving signature takes none."""

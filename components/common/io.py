@@ -1,7 +1,10 @@
 """One way to read and write paths: local paths and ``gs://`` URIs alike.
 
 Everything goes through ``tf.io.gfile``, which speaks both (and the other filesystems
-TensorFlow registers), so stage code never branches on where its data lives.
+TensorFlow registers), so stage code never branches on where its data lives. TensorFlow is
+imported at the first file operation, not with this module: importing it takes seconds and
+loads Keras, which the serving and batch-prediction paths and every CLI's ``--help`` do
+without.
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
-
-import tensorflow as tf
 
 REMOTE_SCHEMES = ("gs://",)
 
@@ -32,34 +33,40 @@ def artifact_location(artifact: Any) -> str:
     return artifact.uri if is_remote(artifact.uri) else artifact.path
 
 
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
 def join(*parts: str) -> str:
     """Joins path parts for local paths and URIs."""
     return os.path.join(*parts)
 
 
 def exists(path: str) -> bool:
-    return tf.io.gfile.exists(path)
+    return _gfile().exists(path)
 
 
 def isdir(path: str) -> bool:
-    return tf.io.gfile.isdir(path)
+    return _gfile().isdir(path)
 
 
 def makedirs(path: str) -> None:
-    tf.io.gfile.makedirs(path)
+    _gfile().makedirs(path)
 
 
 def listdir(path: str) -> list[str]:
     """Entries of a directory, without trailing slashes, sorted."""
-    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path))
+    return sorted(name.rstrip("/") for name in _gfile().listdir(path))
 
 
 def glob(pattern: str) -> list[str]:
-    return sorted(tf.io.gfile.glob(pattern))
+    return sorted(_gfile().glob(pattern))
 
 
 def read_bytes(path: str) -> bytes:
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with _gfile().GFile(path, "rb") as f:
         return f.read()
 
 
@@ -67,16 +74,16 @@ def write_bytes(path: str, data: bytes) -> None:
     parent = os.path.dirname(path)
     if parent:
         makedirs(parent)
-    with tf.io.gfile.GFile(path, "wb") as f:
+    with _gfile().GFile(path, "wb") as f:
         f.write(data)
 
 
 def remove(path: str) -> None:
     """Deletes a file or a directory tree; nothing if it does not exist."""
-    if tf.io.gfile.isdir(path):
-        tf.io.gfile.rmtree(path)
-    elif tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
+    if _gfile().isdir(path):
+        _gfile().rmtree(path)
+    elif _gfile().exists(path):
+        _gfile().remove(path)
 
 
 def read_text(path: str) -> str:
@@ -98,7 +105,7 @@ def write_json(path: str, obj: Any) -> None:
 def read_jsonl(paths: str | Iterable[str]) -> Iterator[dict]:
     """Yields the objects of one JSON Lines file, or of several (e.g. shards)."""
     for path in [paths] if isinstance(paths, str) else paths:
-        with tf.io.gfile.GFile(path, "r") as f:
+        with _gfile().GFile(path, "r") as f:
             for line in f:
                 if line.strip():
                     yield json.loads(line)
@@ -106,9 +113,9 @@ def read_jsonl(paths: str | Iterable[str]) -> Iterator[dict]:
 
 def copy_tree(src: str, dst: str, overwrite: bool = False) -> None:
     """Copies a directory tree, e.g. a SavedModel into a model repository."""
-    for dirpath, _, filenames in tf.io.gfile.walk(src):
+    for dirpath, _, filenames in _gfile().walk(src):
         rel = os.path.relpath(dirpath, src)
         target_dir = dst if rel == "." else join(dst, rel)
         makedirs(target_dir)
         for name in filenames:
-            tf.io.gfile.copy(join(dirpath, name), join(target_dir, name), overwrite=overwrite)
+            _gfile().copy(join(dirpath, name), join(target_dir, name), overwrite=overwrite)

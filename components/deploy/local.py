@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 
-from components.common import io, labels as label_io
+from components.common import serving
 from components.deploy import DEFAULT_HTTP_PORT, GRACE_PERIOD_S, LOOPBACK
 from components.deploy.model_repository import publish
 
@@ -249,7 +249,7 @@ def deploy_local(
         TimeoutError: when the server is not ready within ``timeout_s``.
     """
     repository = model_repository or DEFAULT_MODEL_REPOSITORY
-    labels = label_io.read_labels(io.join(export_dir, "assets.extra", label_io.LABELS_FILE))
+    labels = serving.read_export_labels(export_dir)
     published = publish(export_dir, repository, model_name)
     version = published["version"]
     log.info(

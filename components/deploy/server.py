@@ -133,13 +133,13 @@ from prometheus_client import Counter, Histogram  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from uvicorn.importer import import_from_string  # noqa: E402
 
+from components.common import serving  # noqa: E402
 from components.deploy import (  # noqa: E402
     DEFAULT_HTTP_PORT,
     GRACE_PERIOD_S,
     LOOPBACK,
     model_repository,
 )
-from components.export import saved_model  # noqa: E402
 
 DEFAULT_HOST = LOOPBACK
 MAX_INSTANCES = 64
@@ -222,20 +222,20 @@ def _b64_value(value: Any, index: int, what: Any) -> bytes:
         )
     raise InvalidInput(
         f'instance {index}: expected {{"b64": "<base64 image>"}} or '
-        f'{{"{saved_model.INPUT_NAME}": {{"b64": "<base64 image>"}}}}, got {_describe(what)}'
+        f'{{"{serving.INPUT_NAME}": {{"b64": "<base64 image>"}}}}, got {_describe(what)}'
     )
 
 
 def _instance_image(instance: Any, index: int) -> bytes:
     """The encoded image of one row-format instance, base64-decoded."""
-    if isinstance(instance, dict) and saved_model.INPUT_NAME in instance:
+    if isinstance(instance, dict) and serving.INPUT_NAME in instance:
         if len(instance) != 1:
-            others = sorted(set(instance) - {saved_model.INPUT_NAME})
+            others = sorted(set(instance) - {serving.INPUT_NAME})
             raise InvalidInput(
                 f"instance {index}: unexpected inputs {others}; the signature takes only "
-                f"{saved_model.INPUT_NAME!r}"
+                f"{serving.INPUT_NAME!r}"
             )
-        return _b64_value(instance[saved_model.INPUT_NAME], index, instance)
+        return _b64_value(instance[serving.INPUT_NAME], index, instance)
     return _b64_value(instance, index, instance)
 
 
@@ -300,10 +300,10 @@ def parse_request(
             f'unexpected keys {unknown}: a request has "instances" (row format) or "inputs" '
             '(columnar format), and optionally "signature_name"'
         )
-    signature = body.get("signature_name", saved_model.SIGNATURE)
-    if signature != saved_model.SIGNATURE:
+    signature = body.get("signature_name", serving.SIGNATURE)
+    if signature != serving.SIGNATURE:
         raise InvalidInput(
-            f"unknown signature_name {signature!r}; this server serves {saved_model.SIGNATURE!r}"
+            f"unknown signature_name {signature!r}; this server serves {serving.SIGNATURE!r}"
         )
     if "instances" in body and "inputs" in body:
         raise InvalidInput(
@@ -316,16 +316,16 @@ def parse_request(
     elif "inputs" in body:
         instances, form = body["inputs"], "columns"
         if isinstance(instances, dict):
-            if set(instances) != {saved_model.INPUT_NAME}:
+            if set(instances) != {serving.INPUT_NAME}:
                 raise InvalidInput(
                     f'"inputs" names {sorted(instances)}; the signature takes only '
-                    f"{saved_model.INPUT_NAME!r}"
+                    f"{serving.INPUT_NAME!r}"
                 )
-            instances = instances[saved_model.INPUT_NAME]
+            instances = instances[serving.INPUT_NAME]
         if not isinstance(instances, list) or not instances:
             raise InvalidInput(
                 f'"inputs" must be a non-empty list of {{"b64": ...}} values, or an object '
-                f"{{{saved_model.INPUT_NAME!r}: [...]}} holding one"
+                f"{{{serving.INPUT_NAME!r}: [...]}} holding one"
             )
     else:
         raise InvalidInput('the request has neither "instances" nor "inputs"')
@@ -350,22 +350,22 @@ def parse_v2_request(
         InvalidInput: (HTTP 400) for anything but a well-formed request.
     """
     names = [infer_input.name for infer_input in request.inputs]
-    if names != [saved_model.INPUT_NAME]:
-        raise InvalidInput(f"expected one input named {saved_model.INPUT_NAME!r}, got {names}")
+    if names != [serving.INPUT_NAME]:
+        raise InvalidInput(f"expected one input named {serving.INPUT_NAME!r}, got {names}")
     [infer_input] = request.inputs
     if infer_input.datatype != "BYTES":
         raise InvalidInput(
-            f"input {saved_model.INPUT_NAME!r} must have datatype BYTES, not {infer_input.datatype}"
+            f"input {serving.INPUT_NAME!r} must have datatype BYTES, not {infer_input.datatype}"
         )
     data = infer_input.data
     if not isinstance(data, list) or not data or not all(isinstance(v, str) for v in data):
         raise InvalidInput(
-            f"input {saved_model.INPUT_NAME!r}: data must be a non-empty list of base64 "
+            f"input {serving.INPUT_NAME!r}: data must be a non-empty list of base64 "
             "strings, one per image"
         )
     if list(infer_input.shape) != [len(data)]:
         raise InvalidInput(
-            f"input {saved_model.INPUT_NAME!r}: shape {list(infer_input.shape)} does not "
+            f"input {serving.INPUT_NAME!r}: shape {list(infer_input.shape)} does not "
             f"match its {len(data)} data elements; expected [{len(data)}]"
         )
     _check_count(len(data), max_instances)
@@ -596,7 +596,7 @@ class ImageClassifierModel(kserve.Model):
         model_dir = self.resolve()
         # Keep the loaded object: its variables must outlive the signature function.
         self._loaded = tf.saved_model.load(model_dir)
-        self._serve = self._loaded.signatures[saved_model.SIGNATURE]
+        self._serve = self._loaded.signatures[serving.SIGNATURE]
         if self.batch_max_size > 0:
             self._batcher = Batcher(
                 self.run_signature, self.batch_max_size, self.batch_timeout_ms / 1000.0
@@ -609,7 +609,7 @@ class ImageClassifierModel(kserve.Model):
         """One call of the serving signature on encoded images (blocking)."""
         MODEL_CALL_IMAGES.observe(len(images))
         try:
-            outputs = self._serve(**{saved_model.INPUT_NAME: tf.constant(images, tf.string)})
+            outputs = self._serve(**{serving.INPUT_NAME: tf.constant(images, tf.string)})
         except tf.errors.InvalidArgumentError as e:
             # The header looked right but the image does not decode (e.g. truncated).
             raise InvalidInput(_decode_error(images, e)) from None
@@ -633,7 +633,7 @@ class ImageClassifierModel(kserve.Model):
         return format_answer(payload, outputs, self.name, self.version)
 
     def get_input_types(self) -> list[dict]:
-        return [{"name": saved_model.INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
+        return [{"name": serving.INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
         if self._serve is None:
@@ -853,7 +853,7 @@ class ServingDataPlane(DataPlane):
         if protocol_version.lower() == PredictorProtocol.REST_V2.value and isinstance(body, bytes):
             raise InvalidInput(
                 "the v2 binary tensor extension is not supported: send a JSON body with "
-                f'{{"name": "{saved_model.INPUT_NAME}", "datatype": "BYTES", "shape": [N], '
+                f'{{"name": "{serving.INPUT_NAME}", "datatype": "BYTES", "shape": [N], '
                 '"data": ["<base64 image>", ...]}'
             )
         return super().decode(body, headers, protocol_version=protocol_version, **kwargs)

@@ -11,8 +11,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from components.common import io, labels as label_io, schema
-from components.export import saved_model
+from components.common import io, labels as label_io, schema, serving
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +73,17 @@ def evaluate(
     Returns:
         The :func:`classification_report` plus ``split``, ``threshold`` and ``passed``.
     """
-    model_labels = label_io.read_labels(io.join(export_dir, "assets.extra", label_io.LABELS_FILE))
+    model_labels = serving.read_export_labels(export_dir)
     data_labels = label_io.read_labels(io.join(dataset_dir, label_io.LABELS_FILE))
     if model_labels != data_labels:
         raise ValueError(
             f"the model's labels {model_labels} differ from the dataset's {data_labels}: "
             "evaluate a model on the dataset (or label file) it was trained with"
         )
-    serve = saved_model.load_signature(export_dir)
+    serve = serving.load_signature(export_dir)
     y_true, probabilities = [], []
     for batch in _encoded_batches(dataset_dir, split, batch_size):
-        out = serve(**{saved_model.INPUT_NAME: batch[schema.ENCODED]})
+        out = serve(**{serving.INPUT_NAME: batch[schema.ENCODED]})
         probabilities.append(out["probabilities"].numpy())
         y_true.append(batch[schema.LABEL].numpy())
     if not y_true:

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from components.common import io, labels as label_io, schema
+from components.common import io, schema, serving
 from components.export import explanation_metadata
 
 log = logging.getLogger(__name__)
@@ -207,11 +207,11 @@ def explain_split(
     Returns:
         One :class:`Explanation` per sampled image, of its predicted class.
     """
-    labels = label_io.read_labels(io.join(export_dir, "assets.extra", label_io.LABELS_FILE))
+    labels = serving.read_export_labels(export_dir)
     loaded = tf.saved_model.load(export_dir)
     input_name, output_name = explanation_metadata.signature_tensor_names(loaded.signatures)
-    preprocess = loaded.signatures[explanation_metadata.XAI_PREPROCESS_SIGNATURE]
-    model = loaded.signatures[explanation_metadata.XAI_MODEL_SIGNATURE]
+    preprocess = loaded.signatures[serving.XAI_PREPROCESS_SIGNATURE]
+    model = loaded.signatures[serving.XAI_MODEL_SIGNATURE]
 
     def predict(pixels):
         return model(**{input_name: pixels})[output_name]

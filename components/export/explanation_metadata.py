@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
-from components.common import io
+from components.common import io, serving
+
+# Vertex AI's signature keys for TensorFlow 2 models with a preprocessing function.
+from components.common.serving import XAI_MODEL_SIGNATURE, XAI_PREPROCESS_SIGNATURE
 
 if TYPE_CHECKING:
     from google.cloud.aiplatform_v1.types import ExplanationMetadata, ExplanationParameters
-
-# Vertex AI's signature keys for TensorFlow 2 models with a preprocessing function.
-XAI_PREPROCESS_SIGNATURE = "xai_preprocess"
-XAI_MODEL_SIGNATURE = "xai_model"
 
 METADATA_FILE = "explanation_metadata.json"
 PARAMETERS_FILE = "explanation_parameters.json"
@@ -68,7 +67,7 @@ _VISUALIZATIONS = {
 
 def spec_dir(export_dir: str) -> str:
     """The folder next to the SavedModel's graph where the spec files go."""
-    return io.join(export_dir, "assets.extra")
+    return io.join(export_dir, serving.EXTRA_DIR)
 
 
 def xai_tensor_names(export_dir: str) -> tuple[str, str]:

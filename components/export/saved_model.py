@@ -4,27 +4,12 @@ The SavedModel carries its preprocessing (decode, resize) and its labels, so any
 TensorFlow Serving compatible server (TF Serving, Vertex AI's prebuilt TensorFlow
 container, KServe's TensorFlow predictor, the suite's local server) serves it as is.
 
-Signature ``serving_default``::
-
-    inputs:  image_bytes  string [batch]   encoded JPEG/PNG/GIF/BMP; in JSON requests
-                                           the TF Serving convention {"b64": "..."}
-    outputs: probabilities float32 [batch, classes]
-             class_index   int64   [batch]
-             label         string  [batch]
-             score         float32 [batch]   probability of the top class
-
-The input name ends in ``_bytes`` because TensorFlow Serving's REST API base64-decodes
-``{"b64": ...}`` values for such inputs. Labels are also written to
-``assets.extra/labels.txt`` (next to, not inside, the graph) for clients.
-
-Two more signatures split ``serving_default`` at its one non-differentiable step (JPEG
-decoding), the convention Vertex Explainable AI uses for TensorFlow 2 models whose
-serving input is not differentiable::
-
-    xai_preprocess: image_bytes string [batch] -> pixels float32 [batch, size, size, 3]
-    xai_model:      pixels float32 [batch, size, size, 3] (0-255) -> probabilities
-
-``xai_model(xai_preprocess(b))`` is ``serving_default(b)["probabilities"]``; attribution
+Its signatures, input and output names and the place of its labels are the serving
+contract, ``components.common.serving``: ``serving_default`` takes ``image_bytes`` and
+returns ``probabilities``, ``class_index``, ``label`` and ``score``; labels are also written
+to ``assets.extra/labels.txt``. ``xai_preprocess`` and ``xai_model`` split it at decoding,
+the convention Vertex Explainable AI uses for TensorFlow 2 models whose serving input is
+not differentiable: ``xai_model(xai_preprocess(b))`` is ``serving_default(b)["probabilities"]``; attribution
 methods (integrated gradients, XRAI) differentiate ``xai_model`` with respect to the
 pixels. ``assets.extra/explanation_metadata.json`` describes them for a Vertex AI upload
 (see :mod:`components.export.explanation_metadata`).
@@ -35,18 +20,17 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from components.common import io, labels as label_io, preprocessing
+from components.common import model_dir as model_dir_lib, preprocessing, serving
+from components.common.serving import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    PIXELS_NAME,
+    PROBABILITIES_NAME,
+    SIGNATURE,
+    XAI_MODEL_SIGNATURE,
+    XAI_PREPROCESS_SIGNATURE,
+)
 from components.export import explanation_metadata
-from components.train import training
-
-SIGNATURE = "serving_default"
-INPUT_NAME = "image_bytes"
-OUTPUT_NAMES = ("probabilities", "class_index", "label", "score")
-
-XAI_PREPROCESS_SIGNATURE = explanation_metadata.XAI_PREPROCESS_SIGNATURE
-XAI_MODEL_SIGNATURE = explanation_metadata.XAI_MODEL_SIGNATURE
-PIXELS_NAME = "pixels"
-PROBABILITIES_NAME = "probabilities"
 
 
 def build_archive(
@@ -109,11 +93,11 @@ def export_saved_model(
         ``explanation_metadata`` / ``explanation_parameters`` (the Vertex AI REST JSON
         of the files in ``assets.extra/``).
     """
-    config = training.read_config(model_dir)
-    labels = label_io.read_labels(io.join(model_dir, label_io.LABELS_FILE))
-    model = training.load_model(model_dir)
+    config = model_dir_lib.read_config(model_dir)
+    labels = model_dir_lib.read_labels(model_dir)
+    model = model_dir_lib.load_model(model_dir)
     build_archive(model, labels, config["image_size"]).write_out(export_dir, verbose=False)
-    label_io.write_labels(io.join(export_dir, "assets.extra", label_io.LABELS_FILE), labels)
+    serving.write_export_labels(export_dir, labels)
     spec = explanation_metadata.write_explanation_spec(
         export_dir, labels, explanation_method, explanation_steps
     )
@@ -129,9 +113,3 @@ def export_saved_model(
         "framework": "tensorflow",
         "framework_version": tf.__version__,
     }
-
-
-def load_signature(export_dir: str, name: str = SIGNATURE):
-    """Loads one signature of an exported SavedModel (``serving_default`` by default:
-    ``image_bytes`` -> outputs)."""
-    return tf.saved_model.load(export_dir).signatures[name]

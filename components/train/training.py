@@ -40,12 +40,15 @@ import keras
 import tensorflow as tf
 
 from components.common import io, labels as label_io, schema
+from components.common.model_dir import (
+    CURVES_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    read_config,
+    save_model_dir,
+)
 from components.train import backbones, callbacks, curves, data, distribution, hardware
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "training_config.json"
-HISTORY_FILE = "history.csv"
-CURVES_FILE = "curves.html"
 BEST_WEIGHTS = "best.weights.h5"
 PHASE_ONE_WEIGHTS = "phase1.weights.h5"
 PHASE_ONE_MARKER = "phase1.json"
@@ -623,24 +626,3 @@ def write_history_csv(path: str, columns: dict[str, list[float]]) -> None:
     for i in range(len(columns["epoch"])):
         writer.writerow([columns[key][i] for key in keys])
     io.write_text(path, out.getvalue())
-
-
-def save_model_dir(model: keras.Model, model_dir: str, labels: list[str], config: dict) -> None:
-    """Writes ``model.keras``, ``labels.txt`` and ``training_config.json`` to ``model_dir``.
-
-    ``config`` must hold at least ``backbone`` and ``image_size``; the labels are added.
-    """
-    io.makedirs(model_dir)
-    model.save(io.join(model_dir, MODEL_FILE))
-    label_io.write_labels(io.join(model_dir, label_io.LABELS_FILE), labels)
-    io.write_json(io.join(model_dir, CONFIG_FILE), {**config, "labels": labels})
-
-
-def read_config(model_dir: str) -> dict:
-    """The ``training_config.json`` of a model directory written by :func:`train`."""
-    return io.read_json(io.join(model_dir, CONFIG_FILE))
-
-
-def load_model(model_dir: str) -> keras.Model:
-    """Loads the classifier a :func:`train` run saved."""
-    return keras.models.load_model(io.join(model_dir, MODEL_FILE))
