@@ -110,8 +110,7 @@ def check_images(images: Iterable[str]) -> None:
 def csv_image_folders(csv_uri: str) -> set[str]:
     """The folders of the local image paths a CSV (or CSV glob) lists, relative paths
     resolved against the CSV's folder as create_tfrecords does. Remote URIs are left out."""
-    from components.common.beam import parse_csv_line
-    from components.create_tfrecords.inputs import resolve_uri
+    from components.common.beam import parse_csv_line, resolve_listed_uri
 
     folders = set()
     for csv_file in glob.glob(csv_uri):
@@ -123,7 +122,9 @@ def csv_image_folders(csv_uri: str) -> set[str]:
                 except csv.Error:  # create_tfrecords rejects the line itself
                     continue
                 if fields and "://" not in fields[0]:
-                    folders.add(os.path.dirname(os.path.abspath(resolve_uri(fields[0], csv_file))))
+                    folders.add(
+                        os.path.dirname(os.path.abspath(resolve_listed_uri(fields[0], csv_file)))
+                    )
     return folders
 
 

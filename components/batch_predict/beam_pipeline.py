@@ -36,7 +36,6 @@ image>"]`` with ``gs://`` model, listing, images and output.
 import csv
 import json
 import logging
-import posixpath
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,18 +55,11 @@ ERRORS = "errors"  # Tag of the error side outputs.
 PREDICTIONS_PREFIX = "predictions"
 PREDICTIONS_SUFFIX = ".jsonl"
 SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"
-ERRORS_FILE = "errors.jsonl"
-STATS_FILE = "stats.json"
+# Reasons an input gets no prediction (besides components.common.beam's beam_utils.MISSING_FILE and
+# beam_utils.UNREADABLE_FILE, the reading ones).
 MALFORMED_LINE = "malformed_line"
-MISSING_FILE = beam_utils.MISSING_FILE
-UNREADABLE_FILE = beam_utils.UNREADABLE_FILE
 EMPTY_FILE = "empty_file"
 UNDECODABLE_IMAGE = model_handler.UNDECODABLE_IMAGE
-
-_HEADER_URI_NAMES = {"uri", "url", "image", "image_uri", "image_url", "path", "image_path"}
-_HEADER_URI_NAMES |= {"file", "filename", "gcs_uri", "gcs_path"}
-_HEADER_LABEL_NAMES = {"label", "labels", "class", "class_name", "label_name", "category"}
-_HEADER_LABEL_NAMES |= {"true_label"}
 _PROGRESS_EVERY = 1000
 
 _log = logging.getLogger(__name__)
@@ -76,15 +68,10 @@ _log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- records
 
 
-def error_record(uri: str, reason: str, detail: str) -> dict[str, str]:
-    """One line of ``errors.jsonl``."""
-    return {"uri": uri, "reason": reason, "detail": detail, "stage": STAGE}
-
-
 def _error(uri: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
     Metrics.counter(STAGE, "errors").inc()
     Metrics.counter(STAGE, f"errors_{reason}").inc()
-    return beam.pvalue.TaggedOutput(ERRORS, error_record(uri, reason, detail))
+    return beam.pvalue.TaggedOutput(ERRORS, beam_utils.error_record(STAGE, uri, reason, detail))
 
 
 def prediction_record(
@@ -125,18 +112,6 @@ def prediction_record(
 # --------------------------------------------------------------------------- DoFns
 
 
-def _resolve(uri: str, listing: str) -> str:
-    if "://" in uri or uri.startswith("/"):
-        return uri
-    return io.join(posixpath.dirname(listing), uri)
-
-
-def _is_header(fields: list[str]) -> bool:
-    return fields[0].lower() in _HEADER_URI_NAMES and (
-        len(fields) == 1 or fields[1].lower() in _HEADER_LABEL_NAMES
-    )
-
-
 class ParseListingLine(beam.DoFn):
     """``(listing file, line)`` to ``(uri, true label or "")``; bad lines go to ``errors``."""
 
@@ -154,11 +129,14 @@ class ParseListingLine(beam.DoFn):
             detail = f"expected 'uri' or 'uri,label', got {len(fields)} field(s): {text!r}"
             yield _error(listing, MALFORMED_LINE, detail)
             return
-        if _is_header(fields):
+        if beam_utils.is_header(fields):
             Metrics.counter(STAGE, "header_lines").inc()
             return
         Metrics.counter(STAGE, "images_listed").inc()
-        yield _resolve(fields[0], listing), fields[1] if len(fields) == 2 else ""
+        yield (
+            beam_utils.resolve_listed_uri(fields[0], listing),
+            fields[1] if len(fields) == 2 else "",
+        )
 
 
 def read_image_bytes(uri: str) -> bytes:
@@ -295,7 +273,7 @@ def build_pipeline(
     errors = (listed[ERRORS], images[ERRORS], formatted[ERRORS]) | "AllErrors" >> beam.Flatten()
     _write_single_file(
         errors | "ErrorLines" >> beam.Map(json.dumps, sort_keys=True),
-        io.join(output_dir, ERRORS_FILE),
+        io.join(output_dir, schema.ERRORS_FILE),
         "WriteErrors",
     )
     events = (
@@ -307,7 +285,7 @@ def build_pipeline(
         | "CountEvents" >> beam.combiners.Count.PerElement()
         | "ToDict" >> beam.combiners.ToDict()
         | "Stats" >> beam.Map(lambda counts: json.dumps(_stats(counts), indent=2, sort_keys=True)),
-        io.join(output_dir, STATS_FILE),
+        io.join(output_dir, schema.STATS_FILE),
         "WriteStats",
     )
 
@@ -352,10 +330,6 @@ def _counters(result: Any) -> dict[str, int]:
         name = counter.key.metric.name
         counters[name] = counters.get(name, 0) + int(value or 0)
     return dict(sorted(counters.items()))
-
-
-def _reasons(by_reason: dict[str, int]) -> str:
-    return ", ".join(f"{reason}={n}" for reason, n in sorted(by_reason.items()))
 
 
 def run(
@@ -428,8 +402,8 @@ def run(
     if state not in (None, PipelineState.DONE):
         raise RuntimeError(f"the batch_predict pipeline ended in state {state}")
 
-    stats = io.read_json(io.join(output_dir, STATS_FILE))
-    errors_path = io.join(output_dir, ERRORS_FILE)
+    stats = io.read_json(io.join(output_dir, schema.STATS_FILE))
+    errors_path = io.join(output_dir, schema.ERRORS_FILE)
     summary = {
         **stats,
         "predictions": predictions_pattern(output_dir),
@@ -446,7 +420,7 @@ def run(
         _log.warning(
             "batch_predict: %d input(s) got no prediction (%s); see %s",
             errors,
-            _reasons(stats["errors_by_reason"]),
+            beam_utils.reasons_summary(stats["errors_by_reason"]),
             errors_path,
         )
     total = rows + errors
@@ -456,7 +430,7 @@ def run(
         raise ValueError(
             f"batch_predict got no prediction for {errors} of {total} inputs "
             f"({errors / total:.1%}), more than max_error_fraction={max_error_fraction} "
-            f"allows: {_reasons(stats['errors_by_reason'])}. Each one and its reason is "
+            f"allows: {beam_utils.reasons_summary(stats['errors_by_reason'])}. Each one and its reason is "
             f"listed in {errors_path}"
         )
     return summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import posixpath
+from collections.abc import Collection
 from typing import Any
 
 import apache_beam as beam
@@ -238,6 +239,43 @@ def read_file(uri: str) -> bytes:
         if missing:
             raise UnreadableFile(MISSING_FILE, f"no such file: {uri}") from e
         raise UnreadableFile(UNREADABLE_FILE, f"cannot read {uri}: {type(e).__name__}: {e}") from e
+
+
+# Header lines of a listing are skipped when their fields are such column names.
+HEADER_URI_NAMES = frozenset(
+    {"uri", "url", "image", "image_uri", "image_url", "path", "image_path"}
+    | {"file", "filename", "gcs_uri", "gcs_path"}
+)
+HEADER_LABEL_NAMES = frozenset(
+    {"label", "labels", "class", "class_name", "label_name", "category", "true_label"}
+)
+
+
+def is_header(fields: list[str], labels: Collection[str] = ()) -> bool:
+    """Whether a listing line's fields (``uri`` or ``uri,label``) are a header such as
+    ``uri,label`` or ``path,class``, rather than an image; never when the label is one of
+    ``labels``."""
+    if len(fields) > 1 and (fields[1] in labels or fields[1].lower() not in HEADER_LABEL_NAMES):
+        return False
+    return fields[0].lower() in HEADER_URI_NAMES
+
+
+def resolve_listed_uri(uri: str, listing: str) -> str:
+    """A listing's URI as read: relative ones are relative to the listing's folder."""
+    if "://" in uri or uri.startswith("/"):
+        return uri
+    return posixpath.join(posixpath.dirname(listing), uri)
+
+
+def error_record(stage: str, uri: str, reason: str, detail: str, **fields: str) -> dict:
+    """One line of a stage's ``errors.jsonl``: ``uri``, the stage's own ``fields`` (e.g.
+    ``label``), ``reason``, ``detail`` and ``stage``."""
+    return {"uri": uri, **fields, "reason": reason, "detail": detail, "stage": stage}
+
+
+def reasons_summary(by_reason: dict[str, int]) -> str:
+    """``reason=count`` pairs, sorted, for an error message."""
+    return ", ".join(f"{reason}={n}" for reason, n in sorted(by_reason.items()))
 
 
 def parse_csv_line(line: str) -> list[str]:

@@ -55,7 +55,6 @@ from components.create_tfrecords.records import (
     STAGE,
     ImageRecord,
     ReadAndCheckImage,
-    error_record,
     manifest_line,
     read_file,
     to_example,
@@ -81,7 +80,6 @@ __all__ = [
     "build_pipeline",
     "check_error_share",
     "class_dirs",
-    "error_record",
     "manifest_line",
     "read_file",
     "run",
@@ -207,10 +205,6 @@ def _remove_stale_shards(output_dir: str) -> None:
     beam_utils.delete_matching([schema.shard_pattern(output_dir, split) for split in schema.SPLITS])
 
 
-def _reasons(stats: dict[str, Any]) -> str:
-    return ", ".join(f"{r}={n}" for r, n in sorted(stats["rejected_by_reason"].items()))
-
-
 def check_error_share(
     stats: dict[str, Any], max_error_fraction: float, output_dir: str, source: str = ""
 ) -> None:
@@ -239,7 +233,7 @@ def check_error_share(
         raise ValueError(
             f"create_tfrecords rejected {rejected} of {total} input images ({share:.1%}), "
             f"more than max_error_fraction={max_error_fraction} allows"
-            f"{'' if kept else ' (none was kept)'}: {_reasons(stats)}. "
+            f"{'' if kept else ' (none was kept)'}: {beam_utils.reasons_summary(stats['rejected_by_reason'])}. "
             f"Each rejected input and its reason is listed in {errors_path}"
         )
 
@@ -394,7 +388,7 @@ def run(
         _log.warning(
             "create_tfrecords skipped %d input(s) (%s); see %s",
             stats["rejected"],
-            _reasons(stats),
+            beam_utils.reasons_summary(stats["rejected_by_reason"]),
             io.join(output_dir, schema.ERRORS_FILE),
         )
     return stats

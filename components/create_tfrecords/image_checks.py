@@ -16,14 +16,12 @@ import io
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Reasons an input is rejected: short, machine-friendly, stable (they are data in
-# errors.jsonl and stats.json). The reading and parsing reasons live here too so every
-# reason the stage can give is in one place.
+# errors.jsonl and stats.json). Reading a file can also give components.common.beam's
+# MISSING_FILE and UNREADABLE_FILE, as in batch_predict.
 MALFORMED_LINE = "malformed_line"
 UNKNOWN_LABEL = "unknown_label"
 CONFLICTING_LABELS = "conflicting_labels"
 DUPLICATE_IMAGE = "duplicate_image"
-MISSING_FILE = "missing_file"
-UNREADABLE_FILE = "unreadable_file"
 EMPTY_FILE = "empty_file"
 CORRUPT_IMAGE = "corrupt_image"
 IMAGE_TOO_LARGE = "image_too_large"

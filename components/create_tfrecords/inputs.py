@@ -31,27 +31,8 @@ from components.create_tfrecords import image_checks
 from components.create_tfrecords.records import ERRORS, IGNORED, ignore, reject
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-_HEADER_URI_NAMES = {"uri", "url", "image", "image_uri", "image_url", "path", "image_path"}
-_HEADER_URI_NAMES |= {"file", "filename", "gcs_uri", "gcs_path"}
-_HEADER_LABEL_NAMES = {"label", "labels", "class", "class_name", "label_name", "category"}
 
 _log = logging.getLogger(__name__)
-
-
-def resolve_uri(uri: str, csv_file: str) -> str:
-    """A CSV's URI as read: relative ones are relative to the CSV's folder."""
-    if "://" in uri or uri.startswith("/"):
-        return uri
-    return io.join(posixpath.dirname(csv_file), uri)
-
-
-def is_header(uri: str, label: str, labels: Iterable[str]) -> bool:
-    """Whether ``uri,label`` is a header line (``uri,label``, ``path,class``, ...)."""
-    return (
-        label not in labels
-        and uri.lower() in _HEADER_URI_NAMES
-        and label.lower() in _HEADER_LABEL_NAMES
-    )
 
 
 def has_image_extension(path: str) -> bool:
@@ -81,10 +62,10 @@ class ParseCsvLine(beam.DoFn):
             yield reject(csv_file, "", image_checks.MALFORMED_LINE, detail)
             return
         uri, label = fields
-        if is_header(uri, label, self._labels):
+        if beam_utils.is_header([uri, label], self._labels):
             yield from ignore("csv_header_lines")
             return
-        yield resolve_uri(uri, csv_file), label
+        yield beam_utils.resolve_listed_uri(uri, csv_file), label
 
 
 class ImageFiles(beam.DoFn):

@@ -48,16 +48,12 @@ class ImageRecord(NamedTuple):
     conversions: tuple[str, ...] = ()  # ``CheckedImage.conversions()``.
 
 
-def error_record(uri: str, label: str, reason: str, detail: str) -> dict[str, str]:
-    """One line of ``errors.jsonl``."""
-    return {"uri": uri, "label": label, "reason": reason, "detail": detail, "stage": STAGE}
-
-
 def reject(uri: str, label: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
     """A rejection for the ``errors`` output, counted in the Beam counters."""
     Metrics.counter(STAGE, "images_rejected").inc()
     Metrics.counter(STAGE, f"rejected_{reason}").inc()
-    return beam.pvalue.TaggedOutput(ERRORS, error_record(uri, label, reason, detail))
+    record = beam_utils.error_record(STAGE, uri, reason, detail, label=label)
+    return beam.pvalue.TaggedOutput(ERRORS, record)
 
 
 def ignore(what: str, count: int = 1) -> Iterator[beam.pvalue.TaggedOutput]:

@@ -117,7 +117,7 @@ def estimate_csv(csv_uri: str, labels: list[str], sample_lines: int = CSV_SAMPLE
         except Exception:
             continue
         if len(fields) == 2 and fields[1] in known:
-            uris.append(inputs.resolve_uri(fields[0], path))
+            uris.append(beam_utils.resolve_listed_uri(fields[0], path))
     unique = sorted(set(uris))
     with ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:
         sizes = dict(zip(unique, pool.map(_size, unique), strict=True))
