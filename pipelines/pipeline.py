@@ -381,7 +381,6 @@ def build_pipeline(target: str = "local", gke: GkeResources = GkeResources()):
             model=exported_model,
             model_name=model_name,
             model_repository=model_repository,
-            target="local",
             port=serving_port,
         )
         with dsl.If(evaluation.outputs["Output"] == True, name="quality-gate"):  # noqa: E712

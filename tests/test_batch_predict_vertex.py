@@ -10,6 +10,7 @@ kfp local in a subprocess, where a ``sitecustomize`` on its PYTHONPATH installs 
 import datetime
 import json
 import os
+import re
 
 import pytest
 from google.cloud import aiplatform_v1 as v1
@@ -376,16 +377,28 @@ def test_component_with_the_export_picks_the_prebuilt_image(monkeypatch, tmp_pat
     assert output.metadata["serving_image"] == IMAGE
     assert output.metadata["resourceName"] == JOB
 
-    # The dataset input needs this step's folder on Cloud Storage for its file list.
-    with pytest.raises(ValueError, match="pass gcs_source_uris instead"):
-        batch_predict_vertex.python_func(
-            batch_prediction_job=VertexBatchPredictionJob(uri=str(tmp_path / "j"), metadata={}),
-            project=PROJECT,
-            location=REGION,
-            gcs_destination_prefix=OUTPUT_PREFIX,
-            model=dsl.Model(uri=EXPORT, metadata={"framework_version": "2.21.0"}),
-            dataset=dsl.Dataset(uri=str(tmp_path / "dataset")),
-        )
+    # A dataset's test split becomes a file list under the destination prefix.
+    written = []
+    monkeypatch.setattr(
+        vertex, "write_file_list", lambda manifest, to: written.append((manifest, to)) or 1
+    )
+    batch_predict_vertex.python_func(
+        batch_prediction_job=VertexBatchPredictionJob(uri=str(tmp_path / "j"), metadata={}),
+        project=PROJECT,
+        location=REGION,
+        gcs_destination_prefix=OUTPUT_PREFIX,
+        model=dsl.Model(uri=EXPORT, metadata={"framework_version": "2.21.0"}),
+        dataset=dsl.Dataset(uri=str(tmp_path / "dataset")),
+    )
+    [(manifest, file_list)] = written
+    assert manifest == str(tmp_path / "dataset" / "manifests" / "test.csv")
+    assert re.fullmatch(
+        re.escape(OUTPUT_PREFIX.rstrip("/"))
+        + r"/inputs/image-classifier-batch-predict-[\d-]+\.txt",
+        file_list,
+    )
+    created = [r for r in jobs.requests if isinstance(r, v1.CreateBatchPredictionJobRequest)]
+    assert list(created[-1].batch_prediction_job.input_config.gcs_source.uris) == [file_list]
     with pytest.raises(ValueError, match="exactly one of vertex_model"):
         batch_predict_vertex.python_func(
             batch_prediction_job=output,

@@ -8,6 +8,7 @@ Each pipeline run is a module-scoped fixture shared by the assertions that read 
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import hashlib
 import io
@@ -277,8 +278,12 @@ def test_dataflow_parameters_become_beam_options():
         )
     with pytest.raises(ValueError, match="--sdk_location is set twice"):
         beam_utils.pipeline_options(
-            "DirectRunner", ["--sdk_location=sdk.tar.gz"], sdk_container_image="i"
+            "DataflowRunner", ["--sdk_location=sdk.tar.gz"], sdk_container_image="i"
         )
+    # Only Dataflow's workers run in an image: a pipeline names it whatever the runner.
+    assert beam_utils.dataflow_args("DirectRunner", project="p", sdk_container_image="i") == [
+        "--project=p"
+    ]
     with pytest.raises(ValueError, match="max_num_workers"):
         beam_utils.dataflow_args(max_num_workers=-1)
     # The DirectRunner keeps Beam's default mode: no direct_* option is added.
@@ -917,6 +922,7 @@ def test_cli_passes_options_and_beam_args_and_prints_stats(monkeypatch, capsys):
 
     calls = []
 
+    @functools.wraps(beam_pipeline.run)  # the command line reads its defaults from run()
     def fake_run(**kwargs):
         calls.append(kwargs)
         if kwargs["train_fraction"] > 1:

@@ -157,23 +157,11 @@ def test_check_prediction_rejects_malformed_answers():
 # --- the KFP component ----------------------------------------------------------------
 
 
-def test_component_rejects_unknown_targets(tmp_path):
-    from kfp import dsl
-
-    from components.deploy.component import deploy
-
-    model = dsl.Model(uri=str(tmp_path / "model"))
-    endpoint = dsl.Artifact(uri=str(tmp_path / "endpoint"))
-    with pytest.raises(ValueError, match="supported: local"):
-        deploy.python_func(model=model, endpoint=endpoint, target="vertex")
-    assert not (tmp_path / "endpoint").exists()
-
-
 def test_component_deploys_and_verifies_in_kfp_local(kfp_local, exported_model, tmp_path):
     from kfp import dsl
 
-    from components.deploy import server
     from components.deploy.component import deploy
+    from components.deploy.server.__main__ import parse_args
 
     repo = str(tmp_path / "model_repository")
 
@@ -211,7 +199,7 @@ def test_component_deploys_and_verifies_in_kfp_local(kfp_local, exported_model, 
     # The serve command serves this repository and model at the advertised URL.
     argv = shlex.split(info["serve_command"])
     assert argv[1:3] == ["-m", "components.deploy.server"]
-    args = server.parse_args(argv[3:])
+    args = parse_args(argv[3:])
     assert (args.model_repository, args.model_name, args.http_port, args.host) == (
         repo,
         "kfp-model",

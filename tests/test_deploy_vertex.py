@@ -18,7 +18,7 @@ import re
 import pytest
 from google.cloud import aiplatform_v1 as v1
 
-from components.deploy import vertex
+from components.deploy import vertex, vertex_serving
 
 PROJECT = "my-project"
 PROJECT_NUMBER = "123456789"
@@ -454,7 +454,7 @@ def test_another_serving_image_is_another_version(cloud):
 
 
 def test_explanation_spec_goes_into_the_uploaded_model(cloud):
-    metadata, parameters = vertex.explanation_spec_from_json(
+    metadata, parameters = vertex_serving.explanation_spec_from_json(
         {
             "inputs": {"image": {"inputTensorName": "pixels", "modality": "image"}},
             "outputs": {"probabilities": {"outputTensorName": "probabilities"}},
@@ -483,11 +483,11 @@ def test_explanation_spec_goes_into_the_uploaded_model(cloud):
 
 
 def test_explanation_spec_from_json_checks_its_input():
-    assert vertex.explanation_spec_from_json({}, {}) == (None, None)
+    assert vertex_serving.explanation_spec_from_json({}, {}) == (None, None)
     with pytest.raises(ValueError, match="go together"):
-        vertex.explanation_spec_from_json({"inputs": {}}, {})
+        vertex_serving.explanation_spec_from_json({"inputs": {}}, {})
     with pytest.raises(ValueError):
-        vertex.explanation_spec_from_json({"no_such_field": 1}, {"xraiAttribution": {}})
+        vertex_serving.explanation_spec_from_json({"no_such_field": 1}, {"xraiAttribution": {}})
 
 
 def test_ambiguous_display_names_fail_before_any_change(cloud):
@@ -583,12 +583,19 @@ def test_split_traffic_rejects_percentages_out_of_range():
     ],
 )
 def test_prebuilt_serving_image(region, tf_version, accelerated, expected):
-    assert vertex.prebuilt_serving_image(region, tf_version, accelerated) == f"{expected}:latest"
+    assert (
+        vertex_serving.prebuilt_serving_image(region, tf_version, accelerated)
+        == f"{expected}:latest"
+    )
 
 
 def test_the_newest_prebuilt_version_is_the_documented_default():
     """When the SDK lists a newer prebuilt TensorFlow, NEWEST_PREBUILT_TF is stale."""
-    assert vertex.prebuilt_tf_versions()[-1] == (2, 15) == (2, int(vertex.NEWEST_PREBUILT_TF[2:]))
+    assert (
+        vertex_serving.prebuilt_tf_versions()[-1]
+        == (2, 15)
+        == (2, int(vertex_serving.NEWEST_PREBUILT_TF[2:]))
+    )
 
 
 def test_prebuilt_image_for_an_accelerated_deploy_is_the_gpu_one(cloud):
@@ -606,7 +613,7 @@ def test_prebuilt_image_for_an_accelerated_deploy_is_the_gpu_one(cloud):
 def test_saved_model_tf_version(exported_model):
     import tensorflow as tf
 
-    assert vertex.saved_model_tf_version(exported_model) == tf.__version__
+    assert vertex_serving.saved_model_tf_version(exported_model) == tf.__version__
 
 
 # --- the component -------------------------------------------------------------------
@@ -735,9 +742,10 @@ def test_component_uses_the_exported_explanation_spec(cloud, monkeypatch, tmp_pa
     assert upload.model.explanation_spec.metadata.inputs["image"].input_tensor_name == "pixels"
     assert vertex_model.metadata["resourceName"] == _model("1001") + "@1"
 
-    with pytest.raises(ValueError, match="no explanation spec"):
+    # Neither the artifact's metadata nor the export itself holds a spec.
+    with pytest.raises(ValueError, match="holds no explanation spec"):
         deploy_vertex.python_func(
-            model=dsl.Model(uri=EXPORT_2, metadata={"framework_version": "2.21.0"}),
+            model=dsl.Model(uri=str(tmp_path / "export"), metadata={"framework_version": "2.21"}),
             vertex_model=vertex_model,
             vertex_endpoint=vertex_endpoint,
             project=PROJECT,

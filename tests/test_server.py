@@ -1,4 +1,4 @@
-"""Tests of the local model server (components.deploy.server).
+"""Tests of the local model server (the components.deploy.server package).
 
 A server start-up (TensorFlow, KServe, the model) costs seconds, so the file starts two:
 one shared by the request tests (batching on, a small in-flight bound and body limit),
@@ -33,6 +33,7 @@ from PIL import Image
 
 from components.deploy import local
 from components.deploy.model_repository import publish
+from components.deploy.server import ServerLimits
 from pipelines.sample_data import CLASSES
 
 LABELS = list(CLASSES)
@@ -46,7 +47,8 @@ WAIT_S = 120.0
 # predict.entered-* file, so a test knows when a request has reached the model.
 HELD_SERVER = """
 import os, sys, time, uuid
-from components.deploy import server
+from components.deploy.server.__main__ import main
+from components.deploy.server.model import ImageClassifierModel
 
 hold_dir = os.environ["TEST_HOLD_DIR"]
 
@@ -62,11 +64,9 @@ def held(method, name):
         return method(self, *args)
     return call
 
-server.ImageClassifierModel.load = held(server.ImageClassifierModel.load, "load")
-server.ImageClassifierModel.run_signature = held(
-    server.ImageClassifierModel.run_signature, "predict"
-)
-server.main(sys.argv[1:])
+ImageClassifierModel.load = held(ImageClassifierModel.load, "load")
+ImageClassifierModel.run_signature = held(ImageClassifierModel.run_signature, "predict")
+main(sys.argv[1:])
 """
 
 
@@ -169,8 +169,10 @@ def _listen_addresses(port: int) -> set[str]:
     return addresses
 
 
-def _start_held_server(repo: str, port: int, hold_dir, log_path, **options) -> subprocess.Popen:
-    argv = local.server_command(repo, MODEL_NAME, port, **options)[3:]
+def _start_held_server(
+    repo: str, port: int, hold_dir, log_path, limits: ServerLimits
+) -> subprocess.Popen:
+    argv = local.server_command(repo, MODEL_NAME, port, limits=limits)[3:]
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-c", HELD_SERVER, *argv],
@@ -202,8 +204,7 @@ def server(served_repo, tmp_path_factory):
         port,
         hold_dir,
         log_path,
-        max_inflight=MAX_INFLIGHT,
-        max_body_bytes=MAX_BODY_BYTES,
+        ServerLimits(max_inflight=MAX_INFLIGHT, max_body_bytes=MAX_BODY_BYTES),
     )
     try:
         local.wait_until_ready(process, MODEL_NAME, port, WAIT_S, str(log_path))
@@ -598,9 +599,7 @@ def test_loading_draining_and_graceful_sigterm(served_repo, tmp_path):
         port,
         hold_dir,
         tmp_path / "server.log",
-        batch_max_size=0,
-        shutdown_delay_s=300,
-        grace_period_s=300,
+        ServerLimits(batch_max_size=0, shutdown_delay_s=300, grace_period_s=300),
     )
     request = {"instances": [{"b64": _b64(_jpeg(seed=5, noise=True))}]}
     results: dict[str, tuple] = {}
@@ -680,7 +679,7 @@ def _echo_model(calls: list, gate: threading.Event | None = None):
 
 
 def test_batcher_runs_concurrent_requests_together_and_hands_each_its_rows():
-    from components.deploy.server import Batcher
+    from components.deploy.server.batching import Batcher
 
     calls: list = []
     gate = threading.Event()
@@ -712,7 +711,7 @@ def test_batcher_runs_concurrent_requests_together_and_hands_each_its_rows():
 
 
 def test_batcher_never_splits_a_request_and_waits_up_to_its_timeout_for_more():
-    from components.deploy.server import Batcher
+    from components.deploy.server.batching import Batcher
 
     calls: list = []
 
@@ -736,7 +735,7 @@ def test_batcher_never_splits_a_request_and_waits_up_to_its_timeout_for_more():
 def test_batcher_fails_only_the_request_with_a_bad_image():
     from kserve.errors import InvalidInput
 
-    from components.deploy.server import Batcher
+    from components.deploy.server.batching import Batcher
 
     calls: list = []
     gate = threading.Event()
@@ -759,22 +758,24 @@ def test_batcher_fails_only_the_request_with_a_bad_image():
 
 
 def test_cli_defaults_and_options():
-    from components.deploy import server
+    from components.deploy.server.__main__ import parse_args
 
-    args = server.parse_args(["--model-repository", "r", "--model-name", "m"])
+    args = parse_args(["--model-repository", "r", "--model-name", "m"])
     assert (args.host, args.http_port, args.model_version) == ("127.0.0.1", 8080, None)
     assert (args.max_instances, args.max_body_bytes, args.max_inflight) == (64, 16 << 20, 32)
     assert (args.batch_max_size, args.batch_timeout_ms) == (32, 0.0)
     assert (args.shutdown_delay_s, args.grace_period_s) == (0.0, 10)
-    # The per-request limit keeps its old name as an alias.
-    old = server.parse_args(
-        ["--model-repository", "r", "--model-name", "m", "--max-batch-size", "8"]
-    )
-    assert old.max_instances == 8
+    assert ServerLimits.from_args(args) == ServerLimits()
+    # The per-request limit has one name: --max-batch-size, its old alias, sat beside
+    # --batch-max-size (the server-side batching size) and is gone.
     with pytest.raises(SystemExit):
-        server.parse_args(["--model-repository", "r", "--model-name", "m", "--max-inflight", "-1"])
+        parse_args(["--model-repository", "r", "--model-name", "m", "--max-batch-size", "8"])
+    with pytest.raises(SystemExit):
+        parse_args(["--model-repository", "r", "--model-name", "m", "--max-inflight", "-1"])
 
-    command = local.server_command("r", "m", 9000, max_inflight=3, batch_max_size=0)
-    options = server.parse_args(command[3:])
+    limits = ServerLimits(max_instances=8, max_inflight=3, batch_max_size=0)
+    command = local.server_command("r", "m", 9000, limits=limits)
+    options = parse_args(command[3:])
     assert (options.max_inflight, options.batch_max_size, options.http_port) == (3, 0, 9000)
-    assert "--shutdown-delay-s" not in command  # unset options keep the server's defaults
+    assert ServerLimits.from_args(options) == limits
+    assert "--shutdown-delay-s" not in command  # default limits keep the server's defaults

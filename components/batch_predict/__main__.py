@@ -19,11 +19,13 @@ import json
 import logging
 import sys
 
-from components.batch_predict import beam_pipeline
+from components.batch_predict import beam_pipeline, vertex
+from components.common.cli import defaults
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     """Parses the stage's arguments; returns them and the remaining (Beam) arguments."""
+    default = defaults(beam_pipeline.run)
     parser = argparse.ArgumentParser(
         prog="python -m components.batch_predict",
         description="Batch prediction with an exported SavedModel on Apache Beam "
@@ -33,99 +35,77 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--output-dir", required=True, help="where to write the JSON Lines")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--input-uris", default="", help="file listing images: 'uri,label' CSV or one URI a line"
+        "--input-uris",
+        default=default["input_uris"],
+        help="file listing images: 'uri,label' CSV or one URI a line",
     )
     source.add_argument(
-        "--dataset-dir", default="", help="create_tfrecords dataset (its manifests/test.csv)"
+        "--dataset-dir",
+        default=default["dataset_dir"],
+        help="create_tfrecords dataset (its manifests/test.csv)",
     )
-    parser.add_argument("--top-k", type=int, default=3, help="classes listed per image")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per model call")
+    parser.add_argument(
+        "--top-k", type=int, default=default["top_k"], help="classes listed per image"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=default["batch_size"], help="images per model call"
+    )
     parser.add_argument(
         "--max-error-fraction",
         type=float,
-        default=0.1,
+        default=default["max_error_fraction"],
         help="largest tolerated share of inputs without a prediction",
     )
-    parser.add_argument("--runner", default="DirectRunner", help="Beam runner")
+    parser.add_argument("--runner", default=default["runner"], help="Beam runner")
     return parser.parse_known_args(argv)
 
 
 def parse_vertex_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the arguments of ``--target vertex`` (a Vertex AI batch prediction job)."""
-    from components.batch_predict import vertex
-
+    default = defaults(vertex.predict_on_vertex)
     parser = argparse.ArgumentParser(
         prog="python -m components.batch_predict --target vertex",
         description="Batch prediction with a Vertex AI BatchPredictionJob.",
     )
     parser.add_argument("--project", required=True)
-    parser.add_argument("--region", required=True)
+    parser.add_argument("--region", dest="location", required=True)
     parser.add_argument("--gcs-destination-prefix", required=True, help="gs:// output prefix")
     model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--model", default="", help="Model Registry resource name")
-    model.add_argument("--model-dir", default="", help="exported SavedModel on gs://")
-    parser.add_argument("--serving-image", default="", help="default: prebuilt TensorFlow")
+    model.add_argument(
+        "--model", dest="model_resource_name", default="", help="Model Registry resource name"
+    )
+    model.add_argument(
+        "--model-dir", dest="export_uri", default="", help="exported SavedModel on gs://"
+    )
+    parser.add_argument(
+        "--serving-image", default=default["serving_image"], help="default: prebuilt TensorFlow"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--gcs-source-uris", nargs="+", default=[], help="gs:// input files")
     source.add_argument(
-        "--dataset-dir", default="", help="create_tfrecords dataset on gs:// (test split)"
+        "--dataset-dir", default=default["dataset_dir"], help="dataset on gs:// (test split)"
     )
-    parser.add_argument("--instances-format", default="file-list", choices=vertex.INSTANCES_FORMATS)
-    parser.add_argument("--display-name", default="image-classifier-batch-predict")
-    parser.add_argument("--machine-type", default=vertex.DEFAULT_MACHINE_TYPE)
-    parser.add_argument("--accelerator-type", default="")
-    parser.add_argument("--accelerator-count", type=int, default=0)
-    parser.add_argument("--starting-replica-count", type=int, default=1)
-    parser.add_argument("--max-replica-count", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=0)
-    parser.add_argument("--max-error-fraction", type=float, default=0.1)
-    parser.add_argument("--timeout-s", type=float, default=24 * 3600.0)
-    parser.add_argument("--no-wait", action="store_true", help="return once the job is created")
+    parser.add_argument(
+        "--instances-format", default=default["instances_format"], choices=vertex.INSTANCES_FORMATS
+    )
+    parser.add_argument(
+        "--display-name", dest="job_display_name", default=default["job_display_name"]
+    )
+    parser.add_argument("--machine-type", default=default["machine_type"])
+    parser.add_argument("--accelerator-type", default=default["accelerator_type"])
+    parser.add_argument("--accelerator-count", type=int, default=default["accelerator_count"])
+    parser.add_argument(
+        "--starting-replica-count", type=int, default=default["starting_replica_count"]
+    )
+    parser.add_argument("--max-replica-count", type=int, default=default["max_replica_count"])
+    parser.add_argument("--batch-size", type=int, default=default["batch_size"])
+    parser.add_argument("--service-account", default=default["service_account"])
+    parser.add_argument("--max-error-fraction", type=float, default=default["max_error_fraction"])
+    parser.add_argument("--timeout-s", type=float, default=default["timeout_s"])
+    parser.add_argument(
+        "--no-wait", dest="wait", action="store_false", help="return once the job is created"
+    )
     return parser.parse_args(argv)
-
-
-def run_vertex(args: argparse.Namespace) -> dict:
-    """Runs a Vertex AI batch prediction job from ``parse_vertex_args``'s arguments."""
-    from components.batch_predict import vertex
-    from components.common import schema
-    from components.deploy.vertex import (
-        is_accelerated,
-        prebuilt_serving_image,
-        saved_model_tf_version,
-    )
-
-    serving_image = args.serving_image
-    if args.model_dir and not serving_image:
-        serving_image = prebuilt_serving_image(
-            args.region,
-            saved_model_tf_version(args.model_dir),
-            is_accelerated(args.accelerator_type, args.accelerator_count),
-        )
-    sources, instances_format = args.gcs_source_uris, args.instances_format
-    if args.dataset_dir:
-        file_list = f"{args.gcs_destination_prefix.rstrip('/')}/inputs/{args.display_name}.txt"
-        vertex.write_file_list(schema.manifest_path(args.dataset_dir, "test"), file_list)
-        sources, instances_format = [file_list], "file-list"
-    return vertex.run_batch_prediction(
-        project=args.project,
-        region=args.region,
-        display_name=args.display_name,
-        gcs_source_uris=sources,
-        gcs_destination_prefix=args.gcs_destination_prefix,
-        instances_format=instances_format,
-        model=args.model,
-        artifact_uri=args.model_dir,
-        serving_image=serving_image,
-        machine_type=args.machine_type,
-        accelerator_type=args.accelerator_type,
-        accelerator_count=args.accelerator_count,
-        starting_replica_count=args.starting_replica_count,
-        max_replica_count=args.max_replica_count,
-        batch_size=args.batch_size,
-        wait=not args.no_wait,
-        timeout_s=args.timeout_s,
-        max_error_fraction=args.max_error_fraction,
-    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -135,21 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
     target.add_argument("--target", choices=("beam", "vertex"), default="beam")
     chosen, argv = target.parse_known_args(sys.argv[1:] if argv is None else argv)
     if chosen.target == "vertex":
-        summary = run_vertex(parse_vertex_args(argv))
-        print(json.dumps(summary, indent=2, sort_keys=True))
-        return summary
-    args, beam_args = parse_args(argv)
-    summary = beam_pipeline.run(
-        model_dir=args.model_dir,
-        output_dir=args.output_dir,
-        input_uris=args.input_uris,
-        dataset_dir=args.dataset_dir,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        runner=args.runner,
-        beam_args=beam_args,
-        max_error_fraction=args.max_error_fraction,
-    )
+        summary = vertex.predict_on_vertex(**vars(parse_vertex_args(argv)))
+    else:
+        args, beam_args = parse_args(argv)
+        summary = beam_pipeline.run(**vars(args), beam_args=beam_args)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return summary
 

@@ -342,6 +342,12 @@ def run(
     runner: str = "DirectRunner",
     beam_args: list[str] | None = None,
     max_error_fraction: float = 0.1,
+    project: str = "",
+    region: str = "",
+    temp_location: str = "",
+    worker_machine_type: str = "",
+    max_num_workers: int = 0,
+    sdk_container_image: str = "",
 ) -> dict[str, Any]:
     """Runs batch prediction with an exported SavedModel and waits for it.
 
@@ -361,10 +367,18 @@ def run(
             DirectRunner first tries the Prism runner, whose binary it downloads from
             GitHub, and falls back to the in-process ``"FnApiRunner"``; name that one
             directly on a machine without internet access.
-        beam_args: Extra Beam pipeline arguments, e.g. ``["--project=p", "--region=r",
-            "--temp_location=gs://b/tmp"]`` for Dataflow.
+        beam_args: Other Beam pipeline arguments, e.g. ``["--job_name=j"]``; one also set
+            by a named parameter below must agree with it.
         max_error_fraction: Largest tolerated share of inputs without a prediction; above
             it the run fails (after writing every output).
+        project: Google Cloud project of the Dataflow job; empty: unset.
+        region: Dataflow region; empty: unset.
+        temp_location: ``gs://`` folder for Dataflow's temporary and staging files.
+        worker_machine_type: Dataflow worker machine type (``--machine_type``).
+        max_num_workers: Most Dataflow workers; 0: Dataflow's default.
+        sdk_container_image: Image of the Dataflow workers: the stage's
+            ``dataflow-worker`` image (also sets ``--sdk_location=container``); other
+            runners ignore it.
 
     Returns:
         ``rows`` (images predicted), ``errors`` (inputs without a prediction),
@@ -393,7 +407,16 @@ def run(
     io.makedirs(output_dir)
     _remove_stale_shards(output_dir)
     _log.info("batch_predict: %s with %s -> %s (%s)", listing, model_dir, output_dir, runner)
-    pipeline = beam_utils.make_pipeline(runner, beam_args)
+    pipeline = beam_utils.make_pipeline(
+        runner,
+        beam_args,
+        project=project,
+        region=region,
+        temp_location=temp_location,
+        worker_machine_type=worker_machine_type,
+        max_num_workers=max_num_workers,
+        sdk_container_image=sdk_container_image,
+    )
     build_pipeline(
         pipeline, model_dir, output_dir, listing, labels, top_k=top_k, batch_size=batch_size
     )

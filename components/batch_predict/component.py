@@ -30,6 +30,12 @@ def batch_predict(
     runner: str = "DirectRunner",
     beam_args: list = [],  # noqa: B006
     max_error_fraction: float = 0.1,
+    project: str = "",
+    region: str = "",
+    temp_location: str = "",
+    worker_machine_type: str = "",
+    max_num_workers: int = 0,
+    sdk_container_image: str = "",
 ):
     """Predicts the class of many images with an exported model, on Apache Beam.
 
@@ -48,9 +54,18 @@ def batch_predict(
         top_k: Classes listed per image, most probable first.
         batch_size: Images per model call.
         runner: Beam runner: ``DirectRunner`` or ``DataflowRunner``.
-        beam_args: Extra Beam pipeline arguments, e.g. ``["--project=p", "--region=r",
-            "--temp_location=gs://b/tmp", "--sdk_container_image=<this stage's image>"]``.
+        beam_args: Other Beam pipeline arguments, e.g. ``["--job_name=j"]``; an option
+            also given by a parameter below must agree with it.
         max_error_fraction: Largest tolerated share of inputs without a prediction.
+        project: Google Cloud project of the Dataflow job; empty leaves it unset.
+        region: Dataflow region, e.g. us-central1; empty leaves it unset.
+        temp_location: gs:// folder for Dataflow's temporary and staging files.
+        worker_machine_type: Dataflow worker machine type, e.g. n2-standard-4; empty:
+            Dataflow's default.
+        max_num_workers: Most Dataflow workers autoscaling may start; 0: Dataflow's
+            default.
+        sdk_container_image: Image the Dataflow workers run: this stage's dataflow-worker
+            image (containers/batch_predict/Dockerfile); other runners ignore it.
 
     Returns:
         predictions: The output directory: ``predictions-SSSSS-of-NNNNN.jsonl`` (one object
@@ -74,6 +89,12 @@ def batch_predict(
         runner=runner,
         beam_args=[str(arg) for arg in beam_args],
         max_error_fraction=max_error_fraction,
+        project=project,
+        region=region,
+        temp_location=temp_location,
+        worker_machine_type=worker_machine_type,
+        max_num_workers=max_num_workers,
+        sdk_container_image=sdk_container_image,
     )
     predictions.metadata.update(summary)
 
@@ -109,7 +130,7 @@ def batch_predict_vertex(
     without an upload). The images are ``gcs_source_uris`` (``file-list`` files of
     gs:// image URIs: Vertex AI sends each image's bytes as ``{"b64": ...}``; or
     ``jsonl`` instances) or, when that is empty, the test split of ``dataset`` (its
-    manifest becomes a file list in this step's output folder). Waits for the job unless
+    manifest becomes a file list under ``<gcs_destination_prefix>/inputs/``). Waits for the job unless
     ``wait`` is False, and fails when the job fails or more than ``max_error_fraction``
     of the instances fail.
 
@@ -141,52 +162,24 @@ def batch_predict_vertex(
         batch_prediction_job: google.VertexBatchPredictionJob (``resourceName``,
             ``gcsOutputDirectory``), with the job's state and instance counts.
     """
-    from components.batch_predict import vertex
-    from components.common import io, schema
+    from components.batch_predict.vertex import predict_on_vertex
     from components.common.io import artifact_location
-    from components.deploy.vertex import (
-        is_accelerated,
-        prebuilt_serving_image,
-        resource_uri,
-        saved_model_tf_version,
-    )
+    from components.deploy.vertex_serving import resource_uri
 
     if (vertex_model is None) == (model is None):
         raise ValueError("give exactly one of vertex_model (a Model Registry version) and model")
-    model_name = artifact_uri = ""
-    if vertex_model is not None:
-        model_name = vertex_model.metadata["resourceName"]
-    else:
-        artifact_uri = model.uri
-        if not serving_image:
-            tf_version = model.metadata.get("framework_version") or saved_model_tf_version(
-                artifact_uri
-            )
-            accelerated = is_accelerated(accelerator_type, accelerator_count)
-            serving_image = prebuilt_serving_image(location, tf_version, accelerated)
-    sources = [str(uri) for uri in gcs_source_uris]
-    if not sources:
-        if dataset is None:
-            raise ValueError("give gcs_source_uris or a dataset")
-        if not io.is_remote(batch_prediction_job.uri):
-            raise ValueError(
-                "the dataset input needs this step's output on Cloud Storage (a Vertex AI "
-                f"pipeline root) for the file list, not {batch_prediction_job.uri!r}; pass "
-                "gcs_source_uris instead"
-            )
-        file_list = io.join(batch_prediction_job.uri, vertex.FILE_LIST_NAME)
-        vertex.write_file_list(schema.manifest_path(artifact_location(dataset), "test"), file_list)
-        sources, instances_format = [file_list], "file-list"
-    info = vertex.run_batch_prediction(
+    info = predict_on_vertex(
         project=project,
-        region=location,
-        display_name=job_display_name,
-        gcs_source_uris=sources,
+        location=location,
         gcs_destination_prefix=gcs_destination_prefix,
+        model_resource_name="" if vertex_model is None else vertex_model.metadata["resourceName"],
+        export_uri="" if model is None else model.uri,
+        dataset_dir="" if dataset is None else artifact_location(dataset),
+        gcs_source_uris=gcs_source_uris,
         instances_format=instances_format,
-        model=model_name,
-        artifact_uri=artifact_uri,
         serving_image=serving_image,
+        export_metadata=None if model is None else model.metadata,
+        job_display_name=job_display_name,
         machine_type=machine_type,
         accelerator_type=accelerator_type,
         accelerator_count=accelerator_count,
@@ -194,9 +187,9 @@ def batch_predict_vertex(
         max_replica_count=max_replica_count,
         batch_size=batch_size,
         service_account=service_account,
+        max_error_fraction=max_error_fraction,
         wait=wait,
         timeout_s=timeout_s,
-        max_error_fraction=max_error_fraction,
     )
     batch_prediction_job.uri = resource_uri(location, info["job"])
     batch_prediction_job.metadata.update(
@@ -204,6 +197,5 @@ def batch_predict_vertex(
             "resourceName": info["job"],
             "gcsOutputDirectory": info["gcs_output_directory"],
             **{k: v for k, v in info.items() if k not in ("job", "gcs_output_directory")},
-            "serving_image": serving_image,
         }
     )

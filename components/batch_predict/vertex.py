@@ -7,7 +7,9 @@
 * the exported SavedModel itself (``artifact_uri`` + ``serving_image``: an unmanaged
   container model; nothing is uploaded to the registry),
 
-and, unless told not to, waits for it, failing clearly when it fails.
+and, unless told not to, waits for it, failing clearly when it fails. ``predict_on_vertex``
+is the stage: what the KFP component and ``python -m components.batch_predict --target
+vertex`` both call (the serving image of an export, the test split's file list).
 
 Inputs (``gcs_source_uris``, on Cloud Storage), by ``instances_format``:
 
@@ -30,18 +32,22 @@ import csv
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from google.cloud import aiplatform_v1
 
-from components.common import io
-from components.deploy.vertex import api_endpoint, machine_spec
+from components.common import io, schema
+from components.deploy.vertex_serving import (
+    DEFAULT_MACHINE_TYPE,
+    api_endpoint,
+    machine_spec,
+    serving_image_for,
+)
 
 log = logging.getLogger(__name__)
 
 INSTANCES_FORMATS = ("file-list", "jsonl")
 PREDICTIONS_FORMAT = "jsonl"
-DEFAULT_MACHINE_TYPE = "n1-standard-4"
-FILE_LIST_NAME = "file-list.txt"
 _S = aiplatform_v1.JobState
 FAILED_STATES = {_S.JOB_STATE_FAILED, _S.JOB_STATE_CANCELLED, _S.JOB_STATE_EXPIRED}
 DONE_STATES = FAILED_STATES | {_S.JOB_STATE_SUCCEEDED, _S.JOB_STATE_PARTIALLY_SUCCEEDED}
@@ -335,3 +341,106 @@ def run_batch_prediction(
         "gcs_source_uris": list(gcs_source_uris),
         "region": region,
     }
+
+
+def predict_on_vertex(
+    project: str,
+    location: str,
+    gcs_destination_prefix: str,
+    model_resource_name: str = "",
+    export_uri: str = "",
+    dataset_dir: str = "",
+    gcs_source_uris: Sequence[str] = (),
+    instances_format: str = "file-list",
+    serving_image: str = "",
+    export_metadata: Mapping[str, Any] | None = None,
+    job_display_name: str = "image-classifier-batch-predict",
+    machine_type: str = DEFAULT_MACHINE_TYPE,
+    accelerator_type: str = "",
+    accelerator_count: int = 0,
+    starting_replica_count: int = 1,
+    max_replica_count: int = 1,
+    batch_size: int = 0,
+    service_account: str = "",
+    max_error_fraction: float = 0.1,
+    wait: bool = True,
+    timeout_s: float = 24 * 3600.0,
+) -> dict:
+    """The batch_predict_vertex stage: a Vertex AI batch prediction job for a Model
+    Registry version or an export, over given inputs or a dataset's test split.
+
+    Args:
+        project: Google Cloud project.
+        location: Vertex AI region, e.g. ``us-central1``.
+        gcs_destination_prefix: ``gs://`` prefix under which the job writes its output
+            folder; a dataset's file list is written under ``<prefix>/inputs/``.
+        model_resource_name: A Model Registry version (``projects/.../models/ID@V``), or:
+        export_uri: the exported SavedModel on Cloud Storage, served without an upload by
+            ``serving_image`` (empty: Vertex AI's prebuilt TensorFlow image for the
+            export's TensorFlow version).
+        dataset_dir: A create_tfrecords dataset on Cloud Storage whose test manifest
+            lists the images; used when ``gcs_source_uris`` is empty.
+        gcs_source_uris: Input files on Cloud Storage, in ``instances_format``.
+        instances_format: ``file-list`` or ``jsonl``.
+        serving_image: See ``export_uri``.
+        export_metadata: The export artifact's metadata, whose ``framework_version``
+            picks the prebuilt image; empty: the version is read from the export.
+        job_display_name: Display name of the job.
+        machine_type: Machine type of the prediction workers.
+        accelerator_type: Accelerator per worker, e.g. ``NVIDIA_TESLA_T4``; empty for none.
+        accelerator_count: Accelerators per worker.
+        starting_replica_count: Workers the job starts with.
+        max_replica_count: Most workers.
+        batch_size: Instances per request to the container; 0 for Vertex AI's default.
+        service_account: Service account of the job; empty for the default.
+        max_error_fraction: Largest tolerated share of failed instances.
+        wait: Wait for the job to end.
+        timeout_s: How long to wait; past it the job is cancelled and this fails.
+
+    Returns:
+        What ``run_batch_prediction`` returns, with ``serving_image``.
+    """
+    if bool(model_resource_name) == bool(export_uri):
+        raise ValueError(
+            "give exactly one model: model_resource_name (a Model Registry version, e.g. "
+            "deploy_vertex's) or export_uri (the exported SavedModel)"
+        )
+    if export_uri:
+        serving_image = serving_image_for(
+            export_uri,
+            location,
+            accelerator_type,
+            accelerator_count,
+            serving_image,
+            dict(export_metadata or {}).get("framework_version", ""),
+        )
+    sources = [str(uri) for uri in gcs_source_uris]
+    if not sources:
+        if not dataset_dir:
+            raise ValueError("give gcs_source_uris or a dataset_dir whose test split to predict")
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        file_list = f"{gcs_destination_prefix.rstrip('/')}/inputs/{job_display_name}-{stamp}.txt"
+        write_file_list(schema.manifest_path(dataset_dir, "test"), file_list)
+        sources, instances_format = [file_list], "file-list"
+    info = run_batch_prediction(
+        project=project,
+        region=location,
+        display_name=job_display_name,
+        gcs_source_uris=sources,
+        gcs_destination_prefix=gcs_destination_prefix,
+        instances_format=instances_format,
+        model=model_resource_name,
+        artifact_uri=export_uri,
+        serving_image=serving_image if export_uri else "",
+        machine_type=machine_type,
+        accelerator_type=accelerator_type,
+        accelerator_count=accelerator_count,
+        starting_replica_count=starting_replica_count,
+        max_replica_count=max_replica_count,
+        batch_size=batch_size,
+        service_account=service_account,
+        wait=wait,
+        timeout_s=timeout_s,
+        max_error_fraction=max_error_fraction,
+    )
+    return {**info, "serving_image": serving_image if export_uri else ""}

@@ -23,6 +23,7 @@ _ALIASES = {"worker_machine_type": "machine_type"}
 
 
 def dataflow_args(
+    runner: str = "DataflowRunner",
     *,
     project: str = "",
     region: str = "",
@@ -35,9 +36,12 @@ def dataflow_args(
 
     An empty string (or 0 workers) leaves an option unset, so Beam's default applies.
     A worker image also sets ``--sdk_location=container``: the workers use the Beam SDK
-    installed in that image instead of staging one.
+    installed in that image instead of staging one. Only Dataflow runs workers in an
+    image, so with another runner the image is left out (a pipeline can name each Beam
+    stage's worker image whatever runner it is run with).
 
     Args:
+        runner: The Beam runner the settings are for.
         project: Google Cloud project of the job (``--project``).
         region: Dataflow region, e.g. ``us-central1`` (``--region``).
         temp_location: ``gs://`` folder for temporary and staging files
@@ -55,7 +59,7 @@ def dataflow_args(
     """
     if max_num_workers < 0:
         raise ValueError(f"max_num_workers must be >= 0 (0 = unset), got {max_num_workers}")
-    image = sdk_container_image.strip()
+    image = sdk_container_image.strip() if runner == "DataflowRunner" else ""
     named = [
         ("project", project.strip()),
         ("region", region.strip()),
@@ -164,7 +168,7 @@ def pipeline_options(
     **dataflow: Any,
 ) -> PipelineOptions:
     """The pipeline options of ``make_pipeline`` (see there), without creating a pipeline."""
-    named = [*direct_args(runner, direct_num_workers), *dataflow_args(**dataflow)]
+    named = [*direct_args(runner, direct_num_workers), *dataflow_args(runner, **dataflow)]
     return PipelineOptions([f"--runner={runner}", *merge_args(named, beam_args)])
 
 

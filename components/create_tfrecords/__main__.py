@@ -17,9 +17,13 @@ import json
 import logging
 import sys
 
+from components.common.cli import defaults
+from components.create_tfrecords import beam_pipeline
+
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     """Parses the command line; returns the known options and the Beam pipeline args."""
+    default = defaults(beam_pipeline.run)
     parser = argparse.ArgumentParser(
         prog="python -m components.create_tfrecords",
         description="Labelled images (a uri,label CSV or a <label>/<image> folder tree) to "
@@ -32,31 +36,37 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     source.add_argument("--csv", default="", help="CSV of uri,label lines (needs --labels)")
     source.add_argument("--image-dir", default="", help="root of a <label>/<image> folder tree")
     parser.add_argument("--labels", default="", help="label file, one label per line")
-    parser.add_argument("--train-fraction", type=float, default=0.8)
-    parser.add_argument("--valid-fraction", type=float, default=0.1)
+    parser.add_argument("--train-fraction", type=float, default=default["train_fraction"])
+    parser.add_argument("--valid-fraction", type=float, default=default["valid_fraction"])
     parser.add_argument(
-        "--num-shards", type=int, default=0, help="per split; 0 = from the input size"
+        "--num-shards",
+        type=int,
+        default=default["num_shards"],
+        help="per split; 0 = from the input size",
     )
     parser.add_argument(
         "--target-shard-mb",
         type=float,
-        default=150.0,
+        default=default["target_shard_mb"],
         help="shard size (MiB) the count is derived for when --num-shards is 0",
     )
     parser.add_argument(
-        "--max-image-side", type=int, default=1024, help="scale larger images down; 0 = off"
+        "--max-image-side",
+        type=int,
+        default=default["max_image_side"],
+        help="scale larger images down; 0 = off",
     )
     parser.add_argument(
         "--max-error-fraction",
         type=float,
-        default=0.1,
+        default=default["max_error_fraction"],
         help="fail when a larger share of the input is rejected",
     )
-    parser.add_argument("--runner", default="DirectRunner", help="Beam runner")
+    parser.add_argument("--runner", default=default["runner"], help="Beam runner")
     parser.add_argument(
         "--direct-num-workers",
         type=int,
-        default=1,
+        default=default["direct_num_workers"],
         help="DirectRunner processes: 1 = this process, 0 = one per core (multi-process mode)",
     )
     return parser.parse_known_args(argv)
@@ -66,10 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the stage from the command line; returns the process exit status."""
     args, beam_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from components.create_tfrecords.beam_pipeline import run
-
     try:
-        stats = run(
+        stats = beam_pipeline.run(
             output_dir=args.output_dir,
             csv_uri=args.csv,
             labels_uri=args.labels,

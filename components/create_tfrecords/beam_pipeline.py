@@ -292,7 +292,8 @@ def run(
         worker_machine_type: Dataflow worker machine type (``--machine_type``).
         max_num_workers: Most Dataflow workers; 0: Dataflow's default.
         sdk_container_image: Image of the Dataflow workers: the stage's
-            ``dataflow-worker`` image (also sets ``--sdk_location=container``).
+            ``dataflow-worker`` image (also sets ``--sdk_location=container``); other
+            runners ignore it.
 
     Returns:
         The counts also written to ``stats.json``: ``labels``, ``splits`` (images per

@@ -60,7 +60,7 @@ def create_tfrecords(
         max_num_workers: Most Dataflow workers autoscaling may start; 0: Dataflow's
             default.
         sdk_container_image: Image the Dataflow workers run: this stage's dataflow-worker
-            image (containers/create_tfrecords/Dockerfile); empty: Beam's default.
+            image (containers/create_tfrecords/Dockerfile); other runners ignore it.
         beam_args: Other Beam pipeline arguments, e.g. ["--job_name=j"]; an option also
             given by a parameter above must agree with it.
 

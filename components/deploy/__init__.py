@@ -10,5 +10,3 @@
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8080
-# Seconds the server gives open requests to finish after SIGTERM.
-GRACE_PERIOD_S = 10

@@ -22,54 +22,69 @@ import argparse
 import json
 import logging
 
-from components.deploy import DEFAULT_HTTP_PORT
-from components.deploy.local import DEFAULT_MODEL_NAME, DEFAULT_MODEL_REPOSITORY
+from components.common.cli import defaults
+from components.deploy import kserve, local, vertex
 
 TARGETS = ("local", "vertex", "kserve")
+LOCAL, VERTEX, KSERVE = (
+    defaults(local.deploy_local),
+    defaults(vertex.deploy_export),
+    defaults(kserve.deploy_kserve),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line; checks each target's required arguments."""
+    """Parses the command line; checks each target's required arguments.
+
+    The options several targets share default to None: the target's own default then.
+    """
     parser = argparse.ArgumentParser(prog="python -m components.deploy", description=__doc__)
     parser.add_argument("--export-dir", required=True, help="SavedModel of the export stage")
     parser.add_argument("--target", choices=TARGETS, default="local")
     parser.add_argument(
         "--model-name",
-        default=DEFAULT_MODEL_NAME,
+        default=LOCAL["model_name"],
         help="served name (local), Model display name (vertex), InferenceService (kserve)",
     )
     parser.add_argument(
         "--model-repository",
-        default="",
-        help=f"model repository (local: default {DEFAULT_MODEL_REPOSITORY}; kserve: required)",
+        default=None,
+        help=f"model repository (local: default {LOCAL['model_repository']}; kserve: required)",
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="port to advertise")
-    parser.add_argument(
-        "--timeout-s", type=float, default=0.0, help="wait for serving (default per target)"
+    parser.add_argument("--port", type=int, default=LOCAL["port"], help="port to advertise")
+    parser.add_argument("--timeout-s", type=float, help="wait for serving (default per target)")
+    parser.add_argument("--traffic-percent", type=int, help="vertex, kserve (default 100)")
+    parser.add_argument("--min-replicas", type=int, help="vertex, kserve (default 1)")
+    parser.add_argument("--max-replicas", type=int, help="vertex, kserve (default 1)")
+    group = parser.add_argument_group("vertex")
+    group.add_argument("--project", default="")
+    group.add_argument("--region", default="")
+    group.add_argument("--endpoint-display-name", default=VERTEX["endpoint_display_name"])
+    group.add_argument(
+        "--serving-image", default=VERTEX["serving_image"], help="default: prebuilt TensorFlow"
     )
-    parser.add_argument("--traffic-percent", type=int, default=100, help="vertex, kserve")
-    parser.add_argument("--min-replicas", type=int, default=1, help="vertex, kserve")
-    parser.add_argument("--max-replicas", type=int, default=1, help="vertex, kserve")
-    vertex = parser.add_argument_group("vertex")
-    vertex.add_argument("--project", default="")
-    vertex.add_argument("--region", default="")
-    vertex.add_argument("--endpoint-display-name", default="")
-    vertex.add_argument("--serving-image", default="", help="default: prebuilt TensorFlow")
-    vertex.add_argument("--machine-type", default="n1-standard-4")
-    vertex.add_argument("--accelerator-type", default="")
-    vertex.add_argument("--accelerator-count", type=int, default=0)
-    vertex.add_argument("--keep-versions", type=int, default=1)
-    vertex.add_argument("--service-account", default="")
-    vertex.add_argument(
-        "--explain", action="store_true", help="upload with the export's explanation spec"
+    group.add_argument("--machine-type", default=VERTEX["machine_type"])
+    group.add_argument("--accelerator-type", default=VERTEX["accelerator_type"])
+    group.add_argument("--accelerator-count", type=int, default=VERTEX["accelerator_count"])
+    group.add_argument("--keep-versions", type=int, default=VERTEX["keep_versions"])
+    group.add_argument("--service-account", default=VERTEX["service_account"])
+    group.add_argument(
+        "--explain",
+        dest="enable_explanations",
+        action="store_true",
+        help="upload with the export's explanation spec",
     )
-    kserve = parser.add_argument_group("kserve")
-    kserve.add_argument("--namespace", default="")
-    kserve.add_argument("--runtime-version", default="2.21.0", help="TensorFlow Serving version")
-    kserve.add_argument("--cpu", default="1")
-    kserve.add_argument("--memory", default="2Gi")
-    kserve.add_argument("--gpu-count", type=int, default=0)
-    kserve.add_argument("--service-account-name", default="")
+    group = parser.add_argument_group("kserve")
+    group.add_argument("--namespace", default="")
+    group.add_argument(
+        "--runtime-version",
+        default=KSERVE["runtime_version"],
+        help="TensorFlow Serving version",
+    )
+    group.add_argument("--cpu", default=KSERVE["cpu"])
+    group.add_argument("--memory", default=KSERVE["memory"])
+    group.add_argument("--gpu-count", type=int, default=KSERVE["gpu_count"])
+    group.add_argument("--service-account-name", default=KSERVE["service_account_name"])
     args = parser.parse_args(argv)
     if args.target == "vertex" and not (args.project and args.region):
         parser.error("--target vertex needs --project and --region")
@@ -78,40 +93,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _given(**options) -> dict:
+    """The options given on the command line (the others keep the function's default)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def deploy(args: argparse.Namespace) -> dict:
     """Deploys to the chosen target; returns what the target's deploy function returns."""
     if args.target == "vertex":
-        from components.deploy import vertex
-
-        explanation = (None, None)
-        if args.explain:
-            from components.export.explanation_metadata import read_explanation_spec
-
-            explanation = vertex.explanation_spec_from_json(*read_explanation_spec(args.export_dir))
-        return vertex.deploy_to_vertex(
+        return vertex.deploy_export(
             args.export_dir,
             args.project,
             args.region,
             args.model_name,
             endpoint_display_name=args.endpoint_display_name,
             serving_image=args.serving_image,
-            tf_version="" if args.serving_image else vertex.saved_model_tf_version(args.export_dir),
             machine_type=args.machine_type,
             accelerator_type=args.accelerator_type,
             accelerator_count=args.accelerator_count,
-            min_replica_count=args.min_replicas,
-            max_replica_count=args.max_replicas,
-            traffic_percent=args.traffic_percent,
             keep_versions=args.keep_versions,
             service_account=args.service_account,
-            explanation_metadata=explanation[0],
-            explanation_parameters=explanation[1],
-            operation_timeout_s=args.timeout_s or vertex.DEFAULT_OPERATION_TIMEOUT_S,
+            enable_explanations=args.enable_explanations,
+            **_given(
+                min_replica_count=args.min_replicas,
+                max_replica_count=args.max_replicas,
+                traffic_percent=args.traffic_percent,
+                operation_timeout_s=args.timeout_s,
+            ),
         )
     if args.target == "kserve":
-        from components.deploy.kserve import deploy_kserve
-
-        return deploy_kserve(
+        return kserve.deploy_kserve(
             args.export_dir,
             args.model_repository,
             args.model_name,
@@ -120,20 +131,19 @@ def deploy(args: argparse.Namespace) -> dict:
             cpu=args.cpu,
             memory=args.memory,
             gpu_count=args.gpu_count,
-            min_replicas=args.min_replicas,
-            max_replicas=args.max_replicas,
             service_account_name=args.service_account_name,
-            traffic_percent=args.traffic_percent,
-            timeout_s=args.timeout_s or 600.0,
+            **_given(
+                min_replicas=args.min_replicas,
+                max_replicas=args.max_replicas,
+                traffic_percent=args.traffic_percent,
+                timeout_s=args.timeout_s,
+            ),
         )
-    from components.deploy.local import deploy_local
-
-    return deploy_local(
+    return local.deploy_local(
         args.export_dir,
         model_name=args.model_name,
-        model_repository=args.model_repository or DEFAULT_MODEL_REPOSITORY,
         port=args.port,
-        timeout_s=args.timeout_s or 120.0,
+        **_given(model_repository=args.model_repository, timeout_s=args.timeout_s),
     )
 
 

@@ -24,7 +24,6 @@ def deploy(
     endpoint: Output[Artifact],
     model_name: str = "image-classifier",
     model_repository: str = "",
-    target: str = "local",
     port: int = 8080,
 ):
     """Publishes an exported model to a model repository and verifies that it serves.
@@ -42,8 +41,6 @@ def deploy(
             (``/v1/models/<model_name>:predict``).
         model_repository: Root of the model repository (local path or gs:// URI); empty
             puts it in the endpoint artifact, under ``model_repository/``.
-        target: Where to deploy: ``"local"``; Vertex AI and KServe have their own
-            components, ``deploy_vertex`` and ``deploy_kserve``.
         port: The port of the advertised URL and serve command.
 
     Returns:
@@ -56,12 +53,6 @@ def deploy(
 
     from components.deploy.local import deploy_local
 
-    targets = ("local",)
-    if target not in targets:
-        raise ValueError(
-            f"unsupported deploy target {target!r}; supported: {', '.join(targets)} (Vertex AI "
-            "and KServe: the deploy_vertex and deploy_kserve components)"
-        )
     os.makedirs(endpoint.path, exist_ok=True)
     repository = model_repository or os.path.join(endpoint.path, "model_repository")
     info = deploy_local(model.path, model_name=model_name, model_repository=repository, port=port)
@@ -122,8 +113,8 @@ def deploy_vertex(
         keep_versions: Most deployments of this Model left on the endpoint, the new one
             included; deployments with traffic always stay.
         service_account: Service account of the serving container; empty for the default.
-        enable_explanations: Upload with the explanation spec the export stage recorded
-            in the model's metadata (unless the two explanation arguments give one).
+        enable_explanations: Upload with an explanation spec: the two explanation
+            arguments when given, else the one the export stage wrote with the model.
         explanation_metadata: Vertex AI ExplanationMetadata as REST JSON; with
             explanation_parameters.
         explanation_parameters: Vertex AI ExplanationParameters as REST JSON.
@@ -136,28 +127,15 @@ def deploy_vertex(
             ``already_deployed`` in its metadata.
     """
     from components.deploy import vertex
+    from components.deploy.vertex_serving import resource_uri
 
-    metadata, parameters = explanation_metadata, explanation_parameters
-    if enable_explanations and not metadata and not parameters:
-        metadata = model.metadata.get("explanation_metadata")
-        parameters = model.metadata.get("explanation_parameters")
-        if not metadata or not parameters:
-            raise ValueError(
-                "enable_explanations: the model's metadata has no explanation spec "
-                "(explanation_metadata, explanation_parameters); export it again or pass them"
-            )
-    explanation = vertex.explanation_spec_from_json(metadata, parameters)
-    tf_version = model.metadata.get("framework_version", "")
-    if not serving_image and not tf_version:
-        tf_version = vertex.saved_model_tf_version(model.uri)
-    info = vertex.deploy_to_vertex(
-        artifact_uri=model.uri,
-        project=project,
-        region=location,
+    info = vertex.deploy_export(
+        model.uri,
+        project,
+        location,
         model_display_name=model_display_name,
         endpoint_display_name=endpoint_display_name,
         serving_image=serving_image,
-        tf_version=tf_version,
         machine_type=machine_type,
         accelerator_type=accelerator_type,
         accelerator_count=accelerator_count,
@@ -166,10 +144,12 @@ def deploy_vertex(
         traffic_percent=traffic_percent,
         keep_versions=keep_versions,
         service_account=service_account,
-        explanation_metadata=explanation[0],
-        explanation_parameters=explanation[1],
+        enable_explanations=enable_explanations,
+        explanation_metadata=explanation_metadata,
+        explanation_parameters=explanation_parameters,
+        export_metadata=model.metadata,
     )
-    vertex_model.uri = vertex.resource_uri(location, info["model_version_name"])
+    vertex_model.uri = resource_uri(location, info["model_version_name"])
     vertex_model.metadata.update(
         {
             "resourceName": info["model_version_name"],
@@ -180,7 +160,7 @@ def deploy_vertex(
             "uploaded": info["uploaded"],
         }
     )
-    vertex_endpoint.uri = vertex.resource_uri(location, info["endpoint"])
+    vertex_endpoint.uri = resource_uri(location, info["endpoint"])
     vertex_endpoint.metadata.update(
         {
             "resourceName": info["endpoint"],

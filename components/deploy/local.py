@@ -27,8 +27,9 @@ import urllib.error
 import urllib.request
 
 from components.common import serving
-from components.deploy import DEFAULT_HTTP_PORT, GRACE_PERIOD_S, LOOPBACK
+from components.deploy import DEFAULT_HTTP_PORT, LOOPBACK
 from components.deploy.model_repository import publish
+from components.deploy.server.limits import GRACE_PERIOD_S, ServerLimits
 
 DEFAULT_MODEL_NAME = "image-classifier"
 DEFAULT_MODEL_REPOSITORY = os.path.join(
@@ -54,17 +55,13 @@ def server_command(
     port: int,
     host: str = LOOPBACK,
     version: int | None = None,
-    max_inflight: int | None = None,
-    max_body_bytes: int | None = None,
-    batch_max_size: int | None = None,
-    batch_timeout_ms: float | None = None,
-    shutdown_delay_s: float | None = None,
-    grace_period_s: int | None = None,
+    limits: ServerLimits | None = None,
 ) -> list[str]:
     """The command line that runs the local model server on a repository.
 
-    The server options left ``None`` are not passed, so the server's defaults apply
-    (``python -m components.deploy.server --help`` lists them).
+    Only the ``limits`` that differ from the defaults are passed, so the server's
+    defaults apply to the others (``python -m components.deploy.server --help`` lists
+    them).
     """
     command = [
         sys.executable,
@@ -79,18 +76,10 @@ def server_command(
         "--host",
         host,
     ]
-    options = {
-        "--model-version": version,
-        "--max-inflight": max_inflight,
-        "--max-body-bytes": max_body_bytes,
-        "--batch-max-size": batch_max_size,
-        "--batch-timeout-ms": batch_timeout_ms,
-        "--shutdown-delay-s": shutdown_delay_s,
-        "--grace-period-s": grace_period_s,
-    }
-    for option, value in options.items():
-        if value is not None:
-            command += [option, str(value)]
+    if version is not None:
+        command += ["--model-version", str(version)]
+    if limits is not None:
+        command += limits.to_options()
     return command
 
 

@@ -46,20 +46,22 @@ def evaluate(
         Output: True when accuracy reaches accuracy_threshold (the deploy gate).
     """
     from components.common.io import artifact_location
-    from components.evaluate.evaluation import evaluate as evaluate_model
-    from components.evaluate.explanations import write_explanations
+    from components.evaluate.evaluation import evaluate_export
 
-    model_dir, dataset_dir = artifact_location(model), artifact_location(dataset)
-    report = evaluate_model(model_dir, dataset_dir, split, accuracy_threshold)
+    report = evaluate_export(
+        artifact_location(model),
+        artifact_location(dataset),
+        split=split,
+        accuracy_threshold=accuracy_threshold,
+        explanations_path=explanations.path,
+        explain_examples=explain_examples,
+        ig_steps=ig_steps,
+    )
     for name in ("accuracy", "loss", "examples"):
         metrics.log_metric(name, report[name])
     for label, scores in report["per_class"].items():
         for name in ("precision", "recall", "f1"):
             metrics.log_metric(f"{name}_{label}", scores[name])
     confusion_matrix.log_confusion_matrix(report["labels"], report["confusion_matrix"])
-    explanations.metadata.update(
-        write_explanations(
-            explanations.path, model_dir, dataset_dir, split, explain_examples, ig_steps
-        )
-    )
+    explanations.metadata.update(report["explanations"])
     return report["passed"]

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from components.common import io, labels as label_io, schema, serving
+from components.evaluate import explanations
 
 log = logging.getLogger(__name__)
 
@@ -104,4 +105,38 @@ def evaluate(
         accuracy_threshold,
         "passed" if passed else "failed",
     )
+    return report
+
+
+def evaluate_export(
+    export_dir: str,
+    dataset_dir: str,
+    split: str = "test",
+    accuracy_threshold: float = 0.8,
+    explanations_path: str = "",
+    explain_examples: int = explanations.DEFAULT_EXAMPLES,
+    ig_steps: int = explanations.DEFAULT_STEPS,
+) -> dict:
+    """The evaluate stage: :func:`evaluate` (metrics and the quality gate) and, with
+    ``explanations_path``, integrated-gradients explanations of a sample of the split.
+
+    Args:
+        export_dir: SavedModel written by the export stage.
+        dataset_dir: Dataset written by create_tfrecords.
+        split: Which split to evaluate.
+        accuracy_threshold: The gate: ``passed`` is true when accuracy reaches it.
+        explanations_path: Where to write the explanations' HTML page; empty: none.
+        explain_examples: Images to explain, spread over the classes; 0 writes a page
+            saying explanations are off.
+        ig_steps: Integrated-gradients steps per image.
+
+    Returns:
+        :func:`evaluate`'s report, with ``explanations`` (the summary of
+        ``explanations.write_explanations``) when a page was written.
+    """
+    report = evaluate(export_dir, dataset_dir, split, accuracy_threshold)
+    if explanations_path:
+        report["explanations"] = explanations.write_explanations(
+            explanations_path, export_dir, dataset_dir, split, explain_examples, ig_steps
+        )
     return report

@@ -3,11 +3,13 @@
 import argparse
 import json
 
+from components.common.cli import defaults
 from components.export import explanation_metadata
 from components.export.saved_model import export_saved_model
 
 
 def main(argv: list[str] | None = None) -> None:
+    default = defaults(export_saved_model)
     p = argparse.ArgumentParser(
         prog="python -m components.export", description="Export a serving SavedModel."
     )
@@ -15,21 +17,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export-dir", required=True, help="where to write the SavedModel")
     p.add_argument(
         "--explanation-method",
-        default=explanation_metadata.INTEGRATED_GRADIENTS,
+        default=default["explanation_method"],
         choices=list(explanation_metadata.METHODS),
         help="attribution method of the Vertex AI explanation spec written with the model",
     )
     p.add_argument(
         "--explanation-steps",
         type=int,
-        default=explanation_metadata.DEFAULT_STEPS,
+        default=default["explanation_steps"],
         help="its step count (1 to 100)",
     )
     args = p.parse_args(argv)
-    metadata = export_saved_model(
-        args.model_dir, args.export_dir, args.explanation_method, args.explanation_steps
-    )
-    print(json.dumps(metadata, indent=2))
+    print(json.dumps(export_saved_model(**vars(args)), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""The local model server: KServe's Python model server serving the exported SavedModel.
+
+One request format everywhere: TensorFlow Serving's REST predict API, the call Vertex AI's
+TensorFlow container and KServe's TensorFlow predictor answer too, so one client works
+against all of them. Row format (``instances``) and columnar format (``inputs``); an image
+is ``{"b64": "<base64 JPEG/PNG/GIF/BMP>"}``, alone or under the input's name
+``image_bytes``; ``signature_name`` is optional (only ``serving_default`` exists)::
+
+    POST /v1/models/<name>:predict
+    {"instances": [{"b64": "..."}, ...]}
+    {"instances": [{"image_bytes": {"b64": "..."}}, ...], "signature_name": "serving_default"}
+    200 {"predictions": [{"probabilities": [...], "class_index": 2, "label": "triangle",
+                          "score": 0.93}, ...]}
+
+    {"inputs": {"image_bytes": [{"b64": "..."}, ...]}}      (or {"inputs": [{"b64": ...}]})
+    200 {"outputs": {"probabilities": [[...], ...], "class_index": [...], "label": [...],
+                     "score": [...]}}
+
+The same body elsewhere:
+
+* Vertex AI endpoint: ``POST https://<region>-aiplatform.googleapis.com/v1/projects/<p>/
+  locations/<region>/endpoints/<id>:predict`` with the row-format body (Vertex AI takes
+  ``instances`` only), or ``gcloud ai endpoints predict <id> --json-request=body.json``.
+* KServe InferenceService: ``POST http://<isvc host>/v1/models/<name>:predict``, the path and
+  body above (KServe's TensorFlow predictor and this server alike).
+* KServe's v2 (Open Inference Protocol), also served here: ``POST /v2/models/<name>/infer``
+  with ``{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [N],
+  "data": ["<base64>", ...]}]}``; the answer has one v2 output per signature output
+  (``probabilities`` FP32 [N, classes], ``class_index`` INT64 [N], ``label`` BYTES [N],
+  ``score`` FP32 [N]). The v2 binary tensor extension is refused (400): KServe 0.21
+  decodes binary BYTES as UTF-8, which image bytes are not.
+
+Errors are JSON, ``{"error": "<why>"}``:
+
+* 400: malformed JSON, a body that is not an object, both or neither of ``instances`` and
+  ``inputs``, an unknown key or input name, a value that is not ``{"b64": ...}`` (URIs are
+  not read: send the bytes), bad base64, bytes that are not an image the model decodes, an
+  unsupported format, too many instances or too large an image, an unknown
+  ``signature_name``.
+* 404: unknown model or route. 413: a body over ``--max-body-bytes``, refused from its
+  Content-Length before it is read, or while a chunked body is read.
+* 503 with ``Retry-After: 1``: more than ``--max-inflight`` predict requests at once
+  (refused at once, nothing queues beyond the bound), or the model is not loaded yet.
+
+Health routes, for Kubernetes probes; none counts against the in-flight bound::
+
+    liveness   GET /v2/health/live   200 {"live": true}   (or GET /: {"status": "alive"})
+               as soon as the server listens: while the model loads, while predictions
+               run, while draining
+    readiness  GET /v2/health/ready  200 {"ready": true}; 503 while the model loads and
+               from SIGTERM on. Per model, the same: GET /v1/models/<name> (KServe v1,
+               {"name": ..., "ready": true}) and GET /v2/models/<name>/ready
+    metrics    GET /metrics          Prometheus, with image_classifier_model_call_images
+               (images per signature call) and image_classifier_rejected_requests_total
+
+    livenessProbe:  {httpGet: {path: /v2/health/live, port: 8080}, periodSeconds: 10}
+    readinessProbe: {httpGet: {path: /v2/health/ready, port: 8080}, periodSeconds: 2}
+    # terminationGracePeriodSeconds >= --shutdown-delay-s + --grace-period-s + a few;
+    # in a pod the server listens on --host 0.0.0.0
+
+Shutdown: on SIGTERM (or SIGINT) readiness turns false; with ``--shutdown-delay-s`` the
+server keeps serving that long (time for Kubernetes to take it out of the Service's
+endpoints; a second signal ends the delay), then stops accepting connections, lets the
+requests in flight finish within ``--grace-period-s`` and exits 0.
+
+Server-side batching (``--batch-max-size`` > 0): the images of concurrent requests run
+together in one signature call, at most ``--batch-max-size`` images (a larger request runs
+alone, never split), one call at a time; requests that arrive while a call runs form the
+next one, so batches grow with load, and ``--batch-timeout-ms`` is how long the first
+request of a batch waits for company. Each caller gets its own rows; an image that fails
+to decode fails only its own request. 0 turns batching off: each request is its own call,
+several at once in threads. On by default, with no wait: on two CPU cores bench/serve.py
+measured the same latency as without batching for one client and 1.7 times the
+throughput for 32 (docs/benchmarks.md); a wait only added its own length to latency.
+
+What this package adds to KServe: the request formats above and the checks of each image
+before the model sees it (a header check, size limits, TensorFlow's decode error as 400,
+not 500); the body-size and in-flight bounds (an ASGI middleware); JSON bodies for
+FastAPI's own errors; readiness that covers model loading (the model loads in the
+background once the server listens) and shutdown (a ``DataPlane`` subclass and a uvicorn
+``Server`` subclass); batching; and a loopback bind address: kserve 0.21's REST server
+hard-codes ``0.0.0.0``, so ``LoopbackModelServer`` sets uvicorn's host. gRPC is off.
+
+Its modules:
+
+``limits``    ``ServerLimits``, the server's limits in one object, and their options
+``protocol``  requests and answers: parsing, image checks, the answer in each format
+``batching``  ``Batcher``, concurrent requests in one signature call
+``model``     ``ImageClassifierModel``, the ``kserve.Model`` that runs the signature
+``http``      the REST server: the limits middleware, JSON errors, readiness, draining,
+              and ``serve``, which runs it all
+``__main__``  the command line
+
+Importing this package loads none of TensorFlow, KServe or uvicorn (only ``limits``);
+``components.deploy.server.http.serve`` does.
+
+Usage::
+
+    python -m components.deploy.server --model-repository DIR --model-name NAME \\
+        [--model-version N] [--http-port 8080] [--host 127.0.0.1] [--max-inflight 32] \\
+        [--max-body-bytes 16777216] [--batch-max-size 32] [--batch-timeout-ms 0] ...
+
+It serves the latest version in the repository at start-up (or ``--model-version``).
+"""
+
+from components.deploy.server.limits import ServerLimits
+
+__all__ = ["ServerLimits"]

@@ -1,0 +1,306 @@
+"""Requests and answers: TF Serving's REST predict formats and KServe's v2, checked.
+
+``parse_request`` (row and columnar formats) and ``parse_v2_request`` turn a request into
+a ``PredictRequest``, checking each image before the model sees it (``check_image``: a
+header check and size limits); ``format_answer`` answers in the request's own format;
+``decode_error_message`` turns TensorFlow's decode error into a 400's message. Every
+malformed request raises kserve's ``InvalidInput``, which KServe answers with 400.
+
+This is the server's first module to import kserve, and it hides sys.argv while doing
+so: the server's other modules import it before they import kserve.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import io as bytes_io
+import json
+import re
+import sys
+import uuid
+from typing import Any
+
+# kserve parses sys.argv when it is imported (module-level argparse in
+# kserve.model_server, which any kserve import loads) and takes its defaults from it; hide
+# this CLI's arguments from it, so the two command lines never mix.
+_argv, sys.argv = sys.argv, sys.argv[:1]
+try:
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+    from kserve.utils.numpy_codec import from_np_dtype
+finally:
+    sys.argv = _argv
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from components.common import serving  # noqa: E402
+from components.deploy.server.limits import MAX_IMAGE_BYTES, MAX_INSTANCES  # noqa: E402
+
+MAX_IMAGE_PIXELS = 50_000_000
+# The formats tf.io.decode_image (the SavedModel's preprocessing) decodes.
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+
+
+# --- requests --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PredictRequest:
+    """The images of one request, and the format its answer takes.
+
+    ``form`` is ``"rows"`` (``instances``), ``"columns"`` (``inputs``) or ``"v2"``
+    (KServe's v2 protocol, whose request ``v2_request`` is).
+    """
+
+    images: list[bytes]
+    form: str = "rows"
+    v2_request: InferRequest | None = None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"an object with keys {sorted(value)[:5]}"
+    return f"a JSON {type(value).__name__}"
+
+
+def _b64decode(text: str, index: int) -> bytes:
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInput(f"instance {index}: invalid base64: {e}") from None
+    if not data:
+        raise InvalidInput(f"instance {index}: the image is empty")
+    return data
+
+
+def _b64_value(value: Any, index: int, what: Any) -> bytes:
+    """The bytes of one ``{"b64": ...}`` value; ``what`` is the whole instance, for errors."""
+    if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+        return _b64decode(value["b64"], index)
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        raise InvalidInput(
+            f'instance {index}: "b64" must be a base64 string, got {_describe(value["b64"])}'
+        )
+    if isinstance(value, dict) and set(value) & {"uri", "gcs_uri", "image_uri", "url"}:
+        raise InvalidInput(
+            f"instance {index}: this server does not read URIs; send the image itself as "
+            '{"b64": "<base64 image>"} (batch_predict classifies images by URI)'
+        )
+    raise InvalidInput(
+        f'instance {index}: expected {{"b64": "<base64 image>"}} or '
+        f'{{"{serving.INPUT_NAME}": {{"b64": "<base64 image>"}}}}, got {_describe(what)}'
+    )
+
+
+def _instance_image(instance: Any, index: int) -> bytes:
+    """The encoded image of one row-format instance, base64-decoded."""
+    if isinstance(instance, dict) and serving.INPUT_NAME in instance:
+        if len(instance) != 1:
+            others = sorted(set(instance) - {serving.INPUT_NAME})
+            raise InvalidInput(
+                f"instance {index}: unexpected inputs {others}; the signature takes only "
+                f"{serving.INPUT_NAME!r}"
+            )
+        return _b64_value(instance[serving.INPUT_NAME], index, instance)
+    return _b64_value(instance, index, instance)
+
+
+def check_image(data: bytes, index: int, max_bytes: int = MAX_IMAGE_BYTES) -> None:
+    """Rejects bytes that are not an image the model decodes, or too large a one.
+
+    Reads only the image header (PIL opens lazily): cheap, and it keeps decompression
+    bombs (a small file of a huge image) away from the decoder.
+    """
+    if len(data) > max_bytes:
+        raise InvalidInput(
+            f"instance {index}: the image is {len(data)} bytes, more than the limit of "
+            f"{max_bytes} bytes"
+        )
+    try:
+        with Image.open(bytes_io.BytesIO(data)) as image:
+            image_format, (width, height) = image.format, image.size
+    except UnidentifiedImageError:
+        raise InvalidInput(
+            f"instance {index}: not an image (expected {', '.join(IMAGE_FORMATS)} bytes)"
+        ) from None
+    except Exception as e:  # PIL raises assorted errors on corrupt or truncated headers
+        raise InvalidInput(f"instance {index}: not a readable image: {e}") from None
+    if image_format not in IMAGE_FORMATS:
+        raise InvalidInput(
+            f"instance {index}: unsupported image format {image_format}; "
+            f"expected one of {', '.join(IMAGE_FORMATS)}"
+        )
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidInput(
+            f"instance {index}: the image is {width}x{height} pixels, more than the limit "
+            f"of {MAX_IMAGE_PIXELS} pixels"
+        )
+
+
+def _check_count(count: int, max_instances: int) -> None:
+    if count > max_instances:
+        raise InvalidInput(f"{count} instances, more than the limit of {max_instances} per request")
+
+
+def parse_request(
+    body: Any, max_instances: int = MAX_INSTANCES, max_image_bytes: int = MAX_IMAGE_BYTES
+) -> PredictRequest:
+    """The encoded images of a TF Serving REST predict request (row or columnar format).
+
+    Raises:
+        InvalidInput: (HTTP 400) for anything but a well-formed request.
+    """
+    if isinstance(body, bytes | bytearray | str):
+        # KServe hands over the raw body when the content type is not a JSON one.
+        try:
+            body = json.loads(body)
+        except ValueError as e:
+            raise InvalidInput(f"the request body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(
+            f'expected a JSON object with "instances" or "inputs", got {_describe(body)}'
+        )
+    unknown = sorted(set(body) - {"instances", "inputs", "signature_name"})
+    if unknown:
+        raise InvalidInput(
+            f'unexpected keys {unknown}: a request has "instances" (row format) or "inputs" '
+            '(columnar format), and optionally "signature_name"'
+        )
+    signature = body.get("signature_name", serving.SIGNATURE)
+    if signature != serving.SIGNATURE:
+        raise InvalidInput(
+            f"unknown signature_name {signature!r}; this server serves {serving.SIGNATURE!r}"
+        )
+    if "instances" in body and "inputs" in body:
+        raise InvalidInput(
+            'a request has "instances" (row format) or "inputs" (columnar format), not both'
+        )
+    if "instances" in body:
+        instances, form = body["instances"], "rows"
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput('"instances" must be a non-empty list')
+    elif "inputs" in body:
+        instances, form = body["inputs"], "columns"
+        if isinstance(instances, dict):
+            if set(instances) != {serving.INPUT_NAME}:
+                raise InvalidInput(
+                    f'"inputs" names {sorted(instances)}; the signature takes only '
+                    f"{serving.INPUT_NAME!r}"
+                )
+            instances = instances[serving.INPUT_NAME]
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput(
+                f'"inputs" must be a non-empty list of {{"b64": ...}} values, or an object '
+                f"{{{serving.INPUT_NAME!r}: [...]}} holding one"
+            )
+    else:
+        raise InvalidInput('the request has neither "instances" nor "inputs"')
+    _check_count(len(instances), max_instances)
+    if form == "rows":
+        images = [_instance_image(instance, i) for i, instance in enumerate(instances)]
+    else:
+        images = [_b64_value(value, i, value) for i, value in enumerate(instances)]
+    for i, data in enumerate(images):
+        check_image(data, i, max_image_bytes)
+    return PredictRequest(images, form)
+
+
+def parse_v2_request(
+    request: InferRequest,
+    max_instances: int = MAX_INSTANCES,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+) -> PredictRequest:
+    """The encoded images of a KServe v2 infer request: one BYTES input of base64 strings.
+
+    Raises:
+        InvalidInput: (HTTP 400) for anything but a well-formed request.
+    """
+    names = [infer_input.name for infer_input in request.inputs]
+    if names != [serving.INPUT_NAME]:
+        raise InvalidInput(f"expected one input named {serving.INPUT_NAME!r}, got {names}")
+    [infer_input] = request.inputs
+    if infer_input.datatype != "BYTES":
+        raise InvalidInput(
+            f"input {serving.INPUT_NAME!r} must have datatype BYTES, not {infer_input.datatype}"
+        )
+    data = infer_input.data
+    if not isinstance(data, list) or not data or not all(isinstance(v, str) for v in data):
+        raise InvalidInput(
+            f"input {serving.INPUT_NAME!r}: data must be a non-empty list of base64 "
+            "strings, one per image"
+        )
+    if list(infer_input.shape) != [len(data)]:
+        raise InvalidInput(
+            f"input {serving.INPUT_NAME!r}: shape {list(infer_input.shape)} does not "
+            f"match its {len(data)} data elements; expected [{len(data)}]"
+        )
+    _check_count(len(data), max_instances)
+    images = [_b64decode(text, i) for i, text in enumerate(data)]
+    for i, image in enumerate(images):
+        check_image(image, i, max_image_bytes)
+    return PredictRequest(images, "v2", request)
+
+
+# --- answers ---------------------------------------------------------------------------
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "tolist"):
+        return _to_json(value.tolist())
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def format_answer(
+    request: PredictRequest, outputs: dict[str, np.ndarray], model_name: str, version: Any
+) -> dict | InferResponse:
+    """The answer to ``request`` in its own format, from the signature's outputs."""
+    names = sorted(outputs)
+    if request.form == "v2":
+        v2 = request.v2_request
+        return InferResponse(
+            response_id=v2.id or str(uuid.uuid4()),
+            model_name=model_name,
+            model_version=None if version is None else str(version),
+            infer_outputs=[
+                InferOutput(
+                    name=name,
+                    shape=list(outputs[name].shape),
+                    datatype=from_np_dtype(outputs[name].dtype),
+                    data=outputs[name],
+                )
+                for name in names
+            ],
+            use_binary_outputs=v2.use_binary_outputs,
+            requested_outputs=v2.request_outputs,
+        )
+    columns = {name: _to_json(outputs[name]) for name in names}
+    if request.form == "columns":
+        return {"outputs": columns}
+    return {
+        "predictions": [
+            {name: columns[name][i] for name in names} for i in range(len(request.images))
+        ]
+    }
+
+
+def decode_error_message(images: list[bytes], error: Exception) -> str:
+    """Names the instances TensorFlow cannot decode (only run once a batch has failed)."""
+    bad = []
+    for i, data in enumerate(images):
+        try:
+            tf.io.decode_image(data, channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError:
+            bad.append(i)
+    # Drop TensorFlow's "{{function_node ...}}" prefix and its graph context.
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", getattr(error, "message", str(error)))
+    detail = (message.strip().splitlines() or ["unknown error"])[0]
+    where = f"instance {', '.join(map(str, bad))}" if bad else "the batch"
+    return f"{where}: the image does not decode: {detail}"
