@@ -13,7 +13,7 @@ from kfp import dsl
 
 from components.common import labels as label_io, model_dir as model_dir_lib
 from components.common.io import read_json
-from components.train import backbones, curves, data, hardware, training
+from components.train import backbones, curves, data, hardware, phases, training
 from components.train.component import train as train_component
 from pipelines.run_local import output_artifact, run_pipeline, task_outputs
 
@@ -88,7 +88,7 @@ def test_precision_jit_and_steps_per_execution_follow_the_hardware():
 def test_mixed_float16_scales_the_loss_and_keeps_float32_probabilities():
     with training._dtype_policy("mixed_float16"):
         model, base = backbones.build_classifier("MobileNetV3Small", 3, 32, "none")
-        training._compile(model, 1e-3, jit_compile=False, steps_per_execution=1)
+        phases.compile_model(model, 1e-3, jit_compile=False, steps_per_execution=1)
     assert keras.config.dtype_policy().name == "float32"
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert base.get_layer("conv").compute_dtype == "float16"
@@ -270,24 +270,24 @@ def test_two_phases_and_a_restart_that_skips_the_finished_phase_one(
         early_stopping_patience=0,
         **TINY,
     )
-    # The model's weights whenever it is compiled: at the start of each phase.
+    # The model's weights whenever it is compiled: at the start of each phase it trains.
     snapshots = []
-    compile_model = training._compile
+    compile_model = phases.compile_model
 
     def snapshot_and_compile(model, *args, **kwargs):
         snapshots.append(_weights_by_layer(model))
         compile_model(model, *args, **kwargs)
 
-    monkeypatch.setattr(training, "_compile", snapshot_and_compile)
+    monkeypatch.setattr(phases, "compile_model", snapshot_and_compile)
     # And before each load of saved weights: the last is the end of phase two.
     before_loads = []
-    load_weights = training._load_weights
+    load_weights = phases.load_weights
 
     def snapshot_and_load(model, path):
         before_loads.append(_weights_by_layer(model))
         load_weights(model, path)
 
-    monkeypatch.setattr(training, "_load_weights", snapshot_and_load)
+    monkeypatch.setattr(phases, "load_weights", snapshot_and_load)
 
     def preempted(*args, **kwargs):
         raise RuntimeError("preempted")
@@ -306,8 +306,9 @@ def test_two_phases_and_a_restart_that_skips_the_finished_phase_one(
     second_run = capsys.readouterr().out
     assert "phase 1 finished before a restart" in caplog.text
     assert re.findall(r"Epoch (\d+)/4", second_run) == ["3", "4"]
-    # snapshots[1]: the restarted run's model before loading phase one's weights.
-    after_phase_one, after_phase_two = snapshots[2], before_loads[-1]
+    # snapshots[1]: the restarted run's model as phase two compiles it, on phase one's
+    # weights (the restart skips phase one, so nothing compiles for it).
+    after_phase_one, after_phase_two = snapshots[1], before_loads[-1]
 
     head = {"probs"}
     batchnorm = {

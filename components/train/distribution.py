@@ -221,6 +221,10 @@ def prepare_multi_worker_fit(model, strategy: tf.distribute.Strategy, image_size
             tf_trainer.reduce_per_replica
         )
     batch = (np.zeros((1, image_size, image_size, 3), np.float32), np.zeros((1,), np.int64))
+    # Private Keras API, with no public equivalent: what fit's own build does, from a
+    # batch of zeros rather than a reduced data batch.
     with strategy.scope():
         model._symbolic_build(data_batch=batch)
+    # Keras' TensorFlow trainer pulls and reduces a first batch before every fit even
+    # when all is built: this model's version skips that.
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None

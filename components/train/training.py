@@ -24,35 +24,29 @@ While a run is under way, ``backup_dir`` (default ``<model_dir>/backup``) holds 
 restarted run resumes from: a BackupAndRestore directory per phase, the epoch log, and
 once phase one is done its weights and a marker, so a restart goes straight to phase
 two. They are removed when the run has written its model.
+
+:func:`train` runs these steps; the pieces live in ``plan`` (strategy, precision,
+batch and epoch sizes and the phases, fixed up front), ``inputs`` (the datasets),
+``resume`` (the starting point, the run's directories and what a preempted attempt
+left), ``phases`` (compile and ``fit`` of one phase) and ``history`` (the epoch log
+across restarts and the metrics drawn from it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as stdio
 import json
 import logging
-import math
-import warnings
 
 import keras
-import tensorflow as tf
 
-from components.common import io, labels as label_io, schema
-from components.common.model_dir import (
-    CURVES_FILE,
-    HISTORY_FILE,
-    MODEL_FILE,
-    read_config,
-    save_model_dir,
-)
-from components.train import backbones, callbacks, curves, data, distribution, hardware
-
-BEST_WEIGHTS = "best.weights.h5"
-PHASE_ONE_WEIGHTS = "phase1.weights.h5"
-PHASE_ONE_MARKER = "phase1.json"
-METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+from components.common import io, labels as label_io
+from components.common.model_dir import CURVES_FILE, HISTORY_FILE, MODEL_FILE, save_model_dir
+from components.train import backbones, curves, distribution, history, phases, resume
+from components.train.history import EpochLog
+from components.train.inputs import Datasets, make_datasets
+from components.train.plan import TrainingPlan, make_plan
+from components.train.resume import ResumeState, RunDirs
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +57,12 @@ def _faster_batchnorm_statistics(model: keras.Model, momentum: float) -> None:
     keras.applications builds BN layers with momentum 0.99-0.999, tuned for long
     ImageNet runs; a short run from scratch leaves their moving statistics near their
     initial values, and the model then predicts badly in inference mode.
+
+    Every BatchNormalization layer of the supported backbones is one of their
+    ``layers`` (none sits in a nested block), as ``backbones.unfreeze_top_layers``
+    also relies on.
     """
-    for layer in model._flatten_layers(include_self=False):
+    for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
 
@@ -80,108 +78,228 @@ def _dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
-def _to_float(text: str) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def read_history(path: str) -> dict[int, dict[str, float]]:
-    """The rows of an epoch log (CSVLogger) by epoch index (from 0); empty if none.
-
-    A restarted run logs again the epoch it was killed in: the last row of an epoch wins.
-    """
-    if not io.exists(path):
-        return {}
-    rows: dict[int, dict[str, float]] = {}
-    for row in csv.DictReader(io.read_text(path).splitlines()):
-        epoch = _to_float(row.pop("epoch", ""))
-        if math.isfinite(epoch):
-            rows[int(epoch)] = {key: _to_float(value) for key, value in row.items()}
-    return rows
-
-
-def history_columns(rows: dict[int, dict[str, float]]) -> dict[str, list[float]]:
-    """Epoch rows as per-key lists in epoch order, with ``epoch`` counted from 1."""
-    epochs = sorted(rows)
-    keys = sorted({key for row in rows.values() for key in row})
-    columns: dict[str, list[float]] = {"epoch": [e + 1 for e in epochs]}
-    for key in keys:
-        columns[key] = [rows[e].get(key, math.nan) for e in epochs]
-    if "phase" in columns:
-        columns["phase"] = [int(p) if math.isfinite(p) else 1 for p in columns["phase"]]
-    return columns
-
-
-def _history_rows(columns: dict[str, list[float]], count: int) -> dict[int, dict[str, float]]:
-    """The first ``count`` epochs of a saved history (per-key lists) as epoch rows."""
-    keys = [key for key in columns if key != "epoch"]
-    length = min(count, *(len(columns[key]) for key in keys)) if keys else 0
-    return {e: {key: float(columns[key][e]) for key in keys} for e in range(length)}
-
-
-def _load_weights(model: keras.Model, path: str) -> None:
-    """Loads layer weights saved from the other phase's model.
-
-    The file may hold another optimizer's state (phase one's optimizer tracks the
-    head only); the layers are what counts, so Keras' note that it skips the optimizer
-    is left out.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(path)
-
-
-def _check_initial_model(config: dict, backbone: str, labels: list[str], image_size: int) -> None:
-    """Raises ValueError unless a previous run's model has this run's network."""
-    expected = {"backbone": backbone, "image_size": image_size, "labels": labels}
-    found = {key: config.get(key) for key in expected}
-    if found != expected:
-        differences = ", ".join(
-            f"{key}: {found[key]!r} there, {expected[key]!r} here"
-            for key in expected
-            if found[key] != expected[key]
+def _build_model(
+    backbone: str,
+    num_classes: int,
+    weights: str,
+    dropout: float,
+    initial_model: str,
+    plan: TrainingPlan,
+) -> tuple[keras.Model, keras.Model]:
+    """The classifier to train and its backbone, ready for phase one: the backbone frozen
+    if pretrained, else with faster BatchNormalization statistics; the weights of
+    ``initial_model`` if one is given. Call it under the plan's dtype policy."""
+    with plan.strategy.scope():
+        model, base = backbones.build_classifier(
+            backbone,
+            num_classes,
+            plan.image_size,
+            "none" if initial_model else weights,
+            dropout,
+            pretrained=plan.pretrained,
         )
-        raise ValueError(f"initial_model does not match this run ({differences})")
+        if initial_model:
+            phases.load_weights(model, io.join(initial_model, MODEL_FILE))
+        if plan.pretrained:
+            base.trainable = False
+        else:
+            _faster_batchnorm_statistics(base, momentum=0.9)
+    return model, base
 
 
-def _compile(
+def _log_plan(backbone: str, plan: TrainingPlan) -> None:
+    """Logs how the run trains."""
+    log.info(
+        "training %s at %d px: %s, %d replica(s) x %d images per batch, precision %s, "
+        "XLA %s, %d step(s) per execution, %d steps per epoch",
+        backbone,
+        plan.image_size,
+        distribution.strategy_name(plan.strategy),
+        plan.replicas,
+        plan.batch_size,
+        plan.precision,
+        "on" if plan.jit_compile else "off",
+        plan.steps_per_execution,
+        plan.steps_per_epoch,
+    )
+
+
+def _run_phase_one(
     model: keras.Model,
-    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
-    jit_compile: bool,
-    steps_per_execution: int,
+    plan: TrainingPlan,
+    state: ResumeState,
+    datasets: Datasets,
+    dirs: RunDirs,
+    epoch_log: EpochLog,
+) -> int:
+    """Phase one: the new head on the frozen backbone, or the whole network from random
+    weights; skipped when a preempted attempt finished it.
+
+    Returns:
+        The epoch phase one ended at, where phase two starts.
+    """
+    if state.phase_one_end is not None:
+        log.info(
+            "phase 1 finished before a restart (epochs to %d): skipping it", state.phase_one_end
+        )
+        phases.load_weights(model, dirs.phase_one_weights)
+        return state.phase_one_end
+    phase = plan.phase_one
+    if not phase.epochs:
+        return plan.first_epoch
+    log.info(
+        "phase 1: %s, epochs %d-%d, learning rate %g",
+        "new head on the frozen backbone" if plan.pretrained else "whole network",
+        plan.first_epoch + 1,
+        plan.first_epoch + phase.epochs,
+        phase.peak_learning_rate,
+    )
+    phases.run_phase(model, phase, plan.first_epoch, plan, datasets, dirs, epoch_log)
+    phase_one_epochs = [e for e, r in epoch_log.rows().items() if r.get("phase") == 1]
+    end_epoch = max(phase_one_epochs) + 1 if phase_one_epochs else plan.first_epoch
+    if plan.phase_two is not None:
+        # Fine-tuning starts from phase one's best epoch, and so does a restart.
+        phases.restore_best_weights(model, dirs)
+        resume.save_phase_one(model, dirs, plan.chief, end_epoch)
+    return end_epoch
+
+
+def _fine_tune(
+    model: keras.Model,
+    base: keras.Model,
+    first_epoch: int,
+    plan: TrainingPlan,
+    datasets: Datasets,
+    dirs: RunDirs,
+    epoch_log: EpochLog,
 ) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=jit_compile,
-        steps_per_execution=steps_per_execution,
+    """Phase two: unfreezes the backbone's top layers (BatchNormalization stays frozen)
+    and trains on from ``first_epoch`` at the plan's low learning rate."""
+    phase = plan.phase_two
+    unfrozen = backbones.unfreeze_top_layers(base, phase.unfreeze_layers)
+    log.info(
+        "phase 2: fine-tuning the top %s backbone layers (%d with weights; "
+        "BatchNormalization frozen), epochs %d-%d, learning rate up to %g "
+        "(%d warm-up epoch(s), cosine decay)",
+        "all" if phase.unfreeze_layers < 0 else phase.unfreeze_layers,
+        len(unfrozen),
+        first_epoch + 1,
+        first_epoch + phase.epochs,
+        phase.peak_learning_rate,
+        phase.warmup_epochs,
     )
-    # Built now rather than inside the first traced step, which TensorFlow would then
-    # trace a second time (the first epoch's compile time halves).
-    model.optimizer.build(model.trainable_variables)
+    phases.run_phase(model, phase, first_epoch, plan, datasets, dirs, epoch_log)
 
 
-def fine_tune_schedule(
-    learning_rate: float, epochs: int, warmup_epochs: int, steps_per_epoch: int
-) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Phase two's learning rate: linear warm-up from 0 to ``learning_rate`` over
-    ``warmup_epochs``, then cosine decay to 0 over the remaining epochs."""
-    warmup_steps = min(warmup_epochs, epochs) * steps_per_epoch
-    decay_steps = max(1, (epochs - min(warmup_epochs, epochs)) * steps_per_epoch)
-    if warmup_steps == 0:
-        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps, warmup_target=learning_rate, warmup_steps=warmup_steps
+def _float32_model(
+    model: keras.Model,
+    backbone: str,
+    num_classes: int,
+    dropout: float,
+    learning_rate: float,
+    plan: TrainingPlan,
+) -> keras.Model:
+    """A float32 copy of the trained classifier, compiled, to save."""
+    # Saved in float32, whatever the training precision: what export and serving load.
+    with _dtype_policy("float32"):
+        final, _ = backbones.build_classifier(
+            backbone, num_classes, plan.image_size, "none", dropout, pretrained=plan.pretrained
+        )
+    final.set_weights(model.get_weights())
+    # Compiled (optimizer built), so that loading the model finds the optimizer it saved.
+    phases.compile_model(final, learning_rate, jit_compile=False, steps_per_execution=1)
+    return final
+
+
+def _training_record(
+    plan: TrainingPlan,
+    *,
+    cache: bool,
+    epochs: int,
+    learning_rate: float,
+    dropout: float,
+    fine_tune_layers: int,
+    fine_tune_epochs: int,
+    fine_tune_learning_rate: float,
+    warmup_epochs: int,
+    initial_model: str,
+    phase_boundary: int | None,
+    seed: int,
+) -> dict:
+    """The settings the run trained with: the ``training`` of training_config.json."""
+    fine_tune = plan.phase_two is not None
+    return {
+        "strategy": distribution.strategy_name(plan.strategy),
+        "workers": plan.workers,
+        "replicas": plan.replicas,
+        "batch_size": plan.batch_size,
+        "global_batch_size": plan.global_batch,
+        "precision": plan.precision,
+        "jit_compile": plan.jit_compile,
+        "steps_per_execution": plan.steps_per_execution,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "cache": cache,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "dropout": dropout,
+        "early_stopping_patience": plan.early_stopping_patience,
+        "fine_tune_layers": fine_tune_layers if fine_tune else 0,
+        "fine_tune_epochs": fine_tune_epochs if fine_tune else 0,
+        "fine_tune_learning_rate": fine_tune_learning_rate,
+        "warmup_epochs": warmup_epochs,
+        "initial_model": initial_model,
+        "initial_epoch": plan.first_epoch,
+        "phase_boundary": phase_boundary,
+        "seed": seed,
+    }
+
+
+def _write_model_dir(
+    final: keras.Model,
+    plan: TrainingPlan,
+    dirs: RunDirs,
+    *,
+    backbone: str,
+    weights: str,
+    labels: list[str],
+    settings: dict,
+    columns: dict[str, list[float]],
+    metrics: dict,
+    phase_boundary: int | None,
+    curves_path: str,
+) -> None:
+    """Writes this worker's model directory (see the module's doc) and, on the chief,
+    the curves to ``curves_path`` too."""
+    page = curves.render_html(
+        columns,
+        title=f"{backbone} training curves",
+        phase_boundary=phase_boundary,
+        best_epoch=metrics["best_epoch"],
+        facts={
+            "image size": plan.image_size,
+            "batch": f"{plan.batch_size} x {plan.replicas} replica(s)",
+            "precision": plan.precision,
+            "best epoch": metrics["best_epoch"],
+            "val_accuracy": f"{metrics['val_accuracy']:.4f}",
+        },
     )
-
-
-def _backup_epoch(phase_backup: str) -> int | None:
-    """The epoch a phase's BackupAndRestore directory resumes at, if it holds a backup."""
-    path = io.join(phase_backup, "training_metadata.json")
-    return int(io.read_json(path)["epoch"]) if io.exists(path) else None
+    save_model_dir(
+        final,
+        dirs.own_model_dir,
+        labels,
+        {
+            "backbone": backbone,
+            "weights": weights,
+            "image_size": plan.image_size,
+            "training": settings,
+            "history": columns,
+            "metrics": metrics,
+        },
+    )
+    io.write_text(io.join(dirs.own_model_dir, CURVES_FILE), page)
+    history.write_history_csv(io.join(dirs.own_model_dir, HISTORY_FILE), columns)
+    if plan.chief and curves_path:
+        io.write_text(curves_path, page)
 
 
 def train(
@@ -270,359 +388,74 @@ def train(
     # The strategy first: MultiWorkerMirroredStrategy must come before other TF ops.
     tf_config = distribution.load_tf_config()
     strategy = distribution.make_strategy(tf_config)
-    chief = distribution.is_chief(tf_config)
-    workers = distribution.num_workers(tf_config)
-    multi_worker = distribution.is_multi_worker(strategy)
-
-    for name, value in (
-        ("batch_size", batch_size),
-        ("image_size", image_size),
-    ):
-        if value <= 0:
-            raise ValueError(f"{name} must be positive; got {value}")
-    for name, value in (
-        ("epochs", epochs),
-        ("fine_tune_epochs", fine_tune_epochs),
-        ("warmup_epochs", warmup_epochs),
-        ("initial_epoch", initial_epoch),
-        ("early_stopping_patience", early_stopping_patience),
-    ):
-        if value < 0:
-            raise ValueError(f"{name} must be 0 or more; got {value}")
-    if fine_tune_layers < -1:
-        raise ValueError(f"fine_tune_layers must be -1 (all), 0 or more; got {fine_tune_layers}")
-    capabilities = hardware.gpu_compute_capabilities()
-    policy = hardware.resolve_precision(precision, capabilities)
-    jit = hardware.resolve_jit_compile(jit_compile, capabilities)
-
-    keras.utils.set_random_seed(seed)
     labels = label_io.read_labels(io.join(dataset_dir, label_io.LABELS_FILE))
-    replicas = strategy.num_replicas_in_sync
-    global_batch = batch_size * replicas
-    train_size = schema.split_size(dataset_dir, "train")
-    train_ds = data.make_dataset(
-        dataset_dir, "train", image_size, global_batch, True, seed=seed, cache=cache
+    start = resume.read_starting_point(initial_model, initial_epoch, backbone, labels, image_size)
+    plan = make_plan(
+        strategy,
+        tf_config,
+        dataset_dir,
+        weights=weights,
+        image_size=image_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        early_stopping_patience=early_stopping_patience,
+        fine_tune_layers=fine_tune_layers,
+        fine_tune_epochs=fine_tune_epochs,
+        fine_tune_learning_rate=fine_tune_learning_rate,
+        warmup_epochs=warmup_epochs,
+        precision=precision,
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+        first_epoch=start.epoch,
     )
-    valid_ds = data.make_dataset(dataset_dir, "valid", image_size, global_batch, cache=cache)
-    # The training stream is endless: Keras takes steps_per_epoch batches per epoch from
-    # one iterator, so no epoch waits for the pipeline to restart, and every worker of
-    # a multi-worker run takes the same number of steps.
-    steps_per_epoch = data.steps_per_epoch(train_size, global_batch)
-    validation_steps = None
-    valid_size = schema.split_size(dataset_dir, "valid")
-    if multi_worker:
-        train_ds = distribution.with_autoshard(
-            train_ds,
-            distribution.autoshard_policy(len(schema.shard_files(dataset_dir, "train")), workers),
-        )
-    if multi_worker and valid_size:
-        # tf.distribute hands a worker that runs out of validation data before the others
-        # empty batches, which Keras 3's layers fail on ("Incompatible shapes: [0,...]").
-        # Every worker reads all valid files instead and takes the same number of full
-        # batches from an endless pass (the last one repeats a few images).
-        valid_ds = distribution.with_autoshard(
-            data.make_dataset(
-                dataset_dir, "valid", image_size, global_batch, cache=cache, repeat=True
-            ),
-            tf.data.experimental.AutoShardPolicy.DATA,
-        )
-        validation_steps = math.ceil(valid_size / global_batch)
-    spe = hardware.resolve_steps_per_execution(steps_per_execution, steps_per_epoch, capabilities)
-    if multi_worker and spe > 1:
-        # Keras 3's multi-step loop fails under multi-worker collectives.
-        log.info("steps_per_execution %d -> 1 with several workers", spe)
-        spe = 1
-    # Keras runs whole calls of spe steps: the epoch is what they take from the stream.
-    steps_per_epoch = spe * math.ceil(steps_per_epoch / spe)
+    keras.utils.set_random_seed(seed)
+    datasets = make_datasets(dataset_dir, plan, cache, seed)
+    dirs = resume.make_run_dirs(model_dir, backup_dir or io.join(model_dir, "backup"), plan.chief)
+    state = resume.read_resume_state(dirs.backup_dir, fine_tune=plan.phase_two is not None)
+    epoch_log = EpochLog(dirs.epoch_log, state.prior_rows)
 
-    pretrained = backbones.is_pretrained(weights)
-    fine_tune = pretrained and fine_tune_layers != 0 and fine_tune_epochs > 0
-    backup_dir = backup_dir or io.join(model_dir, "backup")
-    # This worker's own directories: the shared ones on the chief, scratch elsewhere.
-    own_model_dir = distribution.worker_dir(model_dir, chief, "train-model")
-    own_backup_dir = distribution.worker_dir(backup_dir, chief, "train-backup")
-    own_best = io.join(own_model_dir, "checkpoints", BEST_WEIGHTS)
-    own_log = io.join(own_backup_dir, HISTORY_FILE)
-    io.makedirs(io.join(own_model_dir, "checkpoints"))
-    io.makedirs(own_backup_dir)
-    # What a preempted run left, read by every worker before any collective step: the
-    # chief cannot write again before all workers have joined the next epoch.
-    prior_rows = read_history(io.join(backup_dir, HISTORY_FILE))
-    marker_path = io.join(backup_dir, PHASE_ONE_MARKER)
-    marker = io.read_json(marker_path) if fine_tune and io.exists(marker_path) else None
-    shared_best = io.join(model_dir, "checkpoints", BEST_WEIGHTS)
-    if not chief and io.exists(shared_best):
-        io.write_bytes(own_best, io.read_bytes(shared_best))
-
-    previous_rows: dict[int, dict[str, float]] = {}
-    start_epoch = initial_epoch
-    if initial_model:
-        previous = read_config(initial_model)
-        _check_initial_model(previous, backbone, labels, image_size)
-        previous_history = previous.get("history", {})
-        if not start_epoch:
-            start_epoch = len(previous_history.get("loss", []))
-        previous_rows = _history_rows(previous_history, start_epoch)
-    if epochs <= start_epoch and not fine_tune:
-        raise ValueError(
-            f"nothing to train: epochs ({epochs}) must be above the initial epoch "
-            f"({start_epoch}); like Keras fit, epochs is the epoch training ends at"
-        )
-
-    def run_rows() -> dict[int, dict[str, float]]:
-        """This run's epochs so far: a preempted attempt's, then this attempt's."""
-        return {**prior_rows, **read_history(own_log)}
-
-    with _dtype_policy(policy):
-        with strategy.scope():
-            model, base = backbones.build_classifier(
-                backbone,
-                len(labels),
-                image_size,
-                "none" if initial_model else weights,
-                dropout,
-                pretrained=pretrained,
-            )
-            if initial_model:
-                _load_weights(model, io.join(initial_model, MODEL_FILE))
-            if pretrained:
-                base.trainable = False
-            else:
-                _faster_batchnorm_statistics(base, momentum=0.9)
-            _compile(model, learning_rate, jit, spe)
-        if multi_worker:
-            distribution.prepare_multi_worker_fit(model, strategy, image_size)
-        log.info(
-            "training %s at %d px: %s, %d replica(s) x %d images per batch, precision %s, "
-            "XLA %s, %d step(s) per execution, %d steps per epoch",
-            backbone,
-            image_size,
-            distribution.strategy_name(strategy),
-            replicas,
-            batch_size,
-            policy,
-            "on" if jit else "off",
-            spe,
-            steps_per_epoch,
-        )
-
-        def run_phase(phase: int, first_epoch: int, end_epoch: int) -> None:
-            """Fits epochs ``first_epoch`` to ``end_epoch`` (excluded) of one phase, from
-            where a preempted attempt stopped; nothing if that attempt finished it."""
-            rows = run_rows()
-            done = [
-                (e, rows[e]["val_loss"])
-                for e in sorted(rows)
-                if rows[e].get("phase") == phase and first_epoch <= e < end_epoch
-            ]
-            if done and (
-                done[-1][0] + 1 >= end_epoch
-                or callbacks.stopped_early([v for _, v in done], early_stopping_patience)
-            ):
-                log.info("phase %d already complete (epoch log): not training it again", phase)
-                return
-            shared_phase_backup = io.join(backup_dir, f"phase{phase}")
-            resume_at = _backup_epoch(shared_phase_backup)
-            if resume_at is not None:
-                log.info("phase %d: resuming from its backup at epoch %d", phase, resume_at + 1)
-            best_so_far = [r["val_loss"] for r in rows.values() if math.isfinite(r["val_loss"])]
-            phase_callbacks: list[keras.callbacks.Callback] = [
-                callbacks.EpochFacts(phase),
-                keras.callbacks.CSVLogger(own_log, append=True),
-                keras.callbacks.ModelCheckpoint(
-                    own_best,
-                    monitor="val_loss",
-                    mode="min",
-                    save_best_only=True,
-                    save_weights_only=True,
-                    initial_value_threshold=min(best_so_far) if best_so_far else None,
-                ),
-                keras.callbacks.TensorBoard(io.join(own_model_dir, "logs")),
-            ]
-            if early_stopping_patience > 0:
-                phase_callbacks.append(
-                    callbacks.ResumableEarlyStopping(early_stopping_patience, done)
-                )
-            # Last, so an epoch is backed up only once its log row and checkpoint exist.
-            phase_callbacks.append(
-                callbacks.SharedBackupAndRestore(
-                    shared_phase_backup, io.join(own_backup_dir, f"phase{phase}")
-                )
-            )
-            # Keras keeps the epoch a BackupAndRestore restored on the model, and a
-            # restore in phase one would otherwise also move phase two's start.
-            model._initial_epoch = None
-            model.fit(
-                train_ds,
-                validation_data=valid_ds,
-                validation_steps=validation_steps,
-                initial_epoch=first_epoch,
-                epochs=end_epoch,
-                steps_per_epoch=steps_per_epoch,
-                callbacks=phase_callbacks,
-                shuffle=False,  # train_ds shuffles itself
-                verbose=2,
-            )
-
-        phase_one_end = max(start_epoch, epochs)
-        if marker is not None:
-            phase_one_end = int(marker["end_epoch"])
-            log.info("phase 1 finished before a restart (epochs to %d): skipping it", phase_one_end)
-            _load_weights(model, io.join(backup_dir, PHASE_ONE_WEIGHTS))
-        elif epochs > start_epoch:
-            log.info(
-                "phase 1: %s, epochs %d-%d, learning rate %g",
-                "new head on the frozen backbone" if pretrained else "whole network",
-                start_epoch + 1,
-                epochs,
-                learning_rate,
-            )
-            run_phase(1, start_epoch, epochs)
-            phase_one_epochs = [e for e, r in run_rows().items() if r.get("phase") == 1]
-            phase_one_end = max(phase_one_epochs) + 1 if phase_one_epochs else start_epoch
-            if fine_tune:
-                if io.exists(own_best):
-                    _load_weights(model, own_best)
-                model.save_weights(io.join(own_backup_dir, PHASE_ONE_WEIGHTS))
-                if chief:
-                    io.write_json(marker_path, {"end_epoch": phase_one_end})
-
-        if fine_tune:
-            with strategy.scope():
-                unfrozen = backbones.unfreeze_top_layers(base, fine_tune_layers)
-                _compile(
-                    model,
-                    fine_tune_schedule(
-                        fine_tune_learning_rate, fine_tune_epochs, warmup_epochs, steps_per_epoch
-                    ),
-                    jit,
-                    spe,
-                )
-            if multi_worker:
-                distribution.prepare_multi_worker_fit(model, strategy, image_size)
-            log.info(
-                "phase 2: fine-tuning the top %s backbone layers (%d with weights; "
-                "BatchNormalization frozen), epochs %d-%d, learning rate up to %g "
-                "(%d warm-up epoch(s), cosine decay)",
-                "all" if fine_tune_layers < 0 else fine_tune_layers,
-                len(unfrozen),
-                phase_one_end + 1,
-                phase_one_end + fine_tune_epochs,
-                fine_tune_learning_rate,
-                warmup_epochs,
-            )
-            run_phase(2, phase_one_end, phase_one_end + fine_tune_epochs)
-
-        rows = run_rows()
+    with _dtype_policy(plan.precision):
+        model, base = _build_model(backbone, len(labels), weights, dropout, initial_model, plan)
+        _log_plan(backbone, plan)
+        phase_one_end = _run_phase_one(model, plan, state, datasets, dirs, epoch_log)
+        if plan.phase_two is not None:
+            _fine_tune(model, base, phase_one_end, plan, datasets, dirs, epoch_log)
+        rows = epoch_log.rows()
         if not rows:
             raise RuntimeError("training ran no epoch")
-        if io.exists(own_best):
-            _load_weights(model, own_best)
+        phases.restore_best_weights(model, dirs)
 
-    # Saved in float32, whatever the training precision: what export and serving load.
-    with _dtype_policy("float32"):
-        final, _ = backbones.build_classifier(
-            backbone, len(labels), image_size, "none", dropout, pretrained=pretrained
-        )
-    final.set_weights(model.get_weights())
-    # Compiled (optimizer built), so that loading the model finds the optimizer it saved.
-    _compile(final, learning_rate, jit_compile=False, steps_per_execution=1)
-
-    def val_loss_of(epoch: int) -> float:
-        value = rows[epoch]["val_loss"]
-        return value if math.isfinite(value) else math.inf
-
-    best = min(sorted(rows), key=val_loss_of)
-    seconds = [rows[e].get("epoch_seconds", math.nan) for e in sorted(rows)]
-    seconds = [s for s in seconds if math.isfinite(s)]
-    images_per_epoch = steps_per_epoch * global_batch
-    phases = [int(r.get("phase", 1)) for r in rows.values()]
-    metrics = {key: rows[best][key] for key in METRIC_KEYS}
-    metrics.update(
-        epochs_run=len(rows),
-        phase_one_epochs=phases.count(1),
-        phase_two_epochs=phases.count(2),
-        best_epoch=best + 1,
-        train_seconds=sum(seconds),
-        # The fastest epoch: the first of each phase also traces and compiles the steps.
-        images_per_second=images_per_epoch / min(seconds) if seconds else 0.0,
-        global_batch_size=global_batch,
-        replicas=replicas,
-    )
-    history = history_columns({**previous_rows, **rows})
+    final = _float32_model(model, backbone, len(labels), dropout, learning_rate, plan)
+    metrics = history.run_metrics(rows, plan.steps_per_epoch, plan.global_batch, plan.replicas)
     phase_boundary = phase_one_end if metrics["phase_two_epochs"] else None
-    settings = {
-        "strategy": distribution.strategy_name(strategy),
-        "workers": workers,
-        "replicas": replicas,
-        "batch_size": batch_size,
-        "global_batch_size": global_batch,
-        "precision": policy,
-        "jit_compile": jit,
-        "steps_per_execution": spe,
-        "steps_per_epoch": steps_per_epoch,
-        "cache": cache,
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "dropout": dropout,
-        "early_stopping_patience": early_stopping_patience,
-        "fine_tune_layers": fine_tune_layers if fine_tune else 0,
-        "fine_tune_epochs": fine_tune_epochs if fine_tune else 0,
-        "fine_tune_learning_rate": fine_tune_learning_rate,
-        "warmup_epochs": warmup_epochs,
-        "initial_model": initial_model,
-        "initial_epoch": start_epoch,
-        "phase_boundary": phase_boundary,
-        "seed": seed,
-    }
-    page = curves.render_html(
-        history,
-        title=f"{backbone} training curves",
+    settings = _training_record(
+        plan,
+        cache=cache,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        dropout=dropout,
+        fine_tune_layers=fine_tune_layers,
+        fine_tune_epochs=fine_tune_epochs,
+        fine_tune_learning_rate=fine_tune_learning_rate,
+        warmup_epochs=warmup_epochs,
+        initial_model=initial_model,
         phase_boundary=phase_boundary,
-        best_epoch=best + 1,
-        facts={
-            "image size": image_size,
-            "batch": f"{batch_size} x {replicas} replica(s)",
-            "precision": policy,
-            "best epoch": best + 1,
-            "val_accuracy": f"{metrics['val_accuracy']:.4f}",
-        },
+        seed=seed,
     )
-    save_model_dir(
+    _write_model_dir(
         final,
-        own_model_dir,
-        labels,
-        {
-            "backbone": backbone,
-            "weights": weights,
-            "image_size": image_size,
-            "training": settings,
-            "history": history,
-            "metrics": metrics,
-        },
+        plan,
+        dirs,
+        backbone=backbone,
+        weights=weights,
+        labels=labels,
+        settings=settings,
+        columns=history.history_columns({**start.rows, **rows}),
+        metrics=metrics,
+        phase_boundary=phase_boundary,
+        curves_path=curves_path,
     )
-    io.write_text(io.join(own_model_dir, CURVES_FILE), page)
-    write_history_csv(io.join(own_model_dir, HISTORY_FILE), history)
-    if chief:
-        if curves_path:
-            io.write_text(curves_path, page)
-        for name in ("phase1", "phase2", PHASE_ONE_MARKER, PHASE_ONE_WEIGHTS, HISTORY_FILE):
-            io.remove(io.join(backup_dir, name))
-        if io.isdir(backup_dir) and not io.listdir(backup_dir):
-            io.remove(backup_dir)
-    else:
-        io.remove(own_model_dir)
-        io.remove(own_backup_dir)
+    resume.remove_backups(dirs, plan.chief)
     log.info("trained %s: %s", backbone, json.dumps(metrics))
     return metrics
-
-
-def write_history_csv(path: str, columns: dict[str, list[float]]) -> None:
-    """Writes a history (per-key lists, as :func:`history_columns` makes) as CSV."""
-    keys = ["epoch", *(key for key in columns if key != "epoch")]
-    out = stdio.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(keys)
-    for i in range(len(columns["epoch"])):
-        writer.writerow([columns[key][i] for key in keys])
-    io.write_text(path, out.getvalue())
