@@ -8,20 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 from google.protobuf import json_format
-from kfp import components, dsl
+from kfp import components
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.images import DEFAULT_REGISTRY, stage_image
 from pipelines.compile import TARGETS, compile_pipeline, main
-from pipelines.pipeline import (
-    VERTEX_PARAMETERS,
-    VERTEX_TF_SERVING_IMAGE,
-    GkeResources,
-    build_pipeline,
-    image_classification_pipeline,
-    vertex_model,
-)
+from pipelines.kfp_target import KFP_PARAMETERS, LOCAL_PARAMETERS
+from pipelines.pipeline import GkeResources, build_pipeline, image_classification_pipeline
 from pipelines.run_local import output_artifact, run_pipeline, task_outputs
+from pipelines.vertex_target import VERTEX_PARAMETERS
 
 REGISTRY, TAG = "europe-docker.pkg.dev/acme/ml", "abc123"
 # Task name -> stage of every task that runs one of our lightweight components.
@@ -34,7 +29,7 @@ STAGE_TASKS = {
     "deploy-vertex": "deploy",
     "deploy-kserve": "deploy",
     "batch-predict": "batch_predict",
-    "vertex-model": "deploy",  # its artifact type comes from GCPC, in the deploy image
+    "batch-predict-vertex": "deploy",  # it only calls the Vertex AI API
     "worker-replicas": "export",  # a small stage image with kfp
 }
 CUSTOM_JOB_LAUNCHER = "google_cloud_pipeline_components.container.v1.custom_job.launcher"
@@ -138,21 +133,22 @@ def test_yaml_is_a_valid_pipeline_spec_by_kfp_own_schema(compiled, target):
         assert c.platform is None, "vertex YAML has no Kubernetes platform spec"
 
 
+# The parameters every target has (the local pipeline's, less its own two).
+SHARED = {"csv_uri", "image_dir", "backbone", "accuracy_threshold", "beam_runner", "top_k"}
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_yaml_loads_back_with_the_pipeline_parameters(compiled, target):
     loaded = components.load_component_from_file(str(compiled[target].path))
     assert loaded.name == "image-classification"
     inputs = set(loaded.component_spec.inputs)
-    common = set(image_classification_pipeline.component_spec.inputs)
-    assert {"csv_uri", "image_dir", "backbone", "accuracy_threshold"} <= common
-    # The custom job's machine and replica count exist on vertex only.
-    vertex_only = {"machine_type", "accelerator_count", "replica_count", "project"}
-    assert vertex_only <= set(VERTEX_PARAMETERS) and not vertex_only & common
-    if target == "vertex":
-        assert inputs == common | set(VERTEX_PARAMETERS)
-    else:
-        assert inputs == common
-        assert not common & set(VERTEX_PARAMETERS)
+    shared = set(image_classification_pipeline.component_spec.inputs) - set(LOCAL_PARAMETERS)
+    assert shared >= SHARED
+    own = {"local": LOCAL_PARAMETERS, "kfp": KFP_PARAMETERS, "vertex": VERTEX_PARAMETERS}
+    assert inputs == shared | set(own[target])
+    # The custom job's machine and replica count exist on vertex only; KServe on kfp only.
+    assert ({"machine_type", "replica_count", "project"} <= inputs) == (target == "vertex")
+    assert ({"deploy_target", "kserve_namespace"} <= inputs) == (target == "kfp")
 
     c = compiled[target]
     (gate,) = [
@@ -165,9 +161,11 @@ def test_yaml_loads_back_with_the_pipeline_parameters(compiled, target):
     if target == "kfp":  # deploy_target picks KServe or the local deploy at run time.
         assert {"batch-predict"} < gate_tasks and {"deploy", "deploy-kserve"} & gate_tasks == set()
         assert {"deploy", "deploy-kserve"} <= set(c.tasks())
+    elif target == "vertex":  # batch_predict_engine picks Beam or Vertex AI at run time.
+        assert "deploy-vertex" in gate_tasks and "batch-predict" not in gate_tasks
+        assert {"batch-predict", "batch-predict-vertex"} <= set(c.tasks())
     else:
-        deploy_task = "deploy-vertex" if target == "vertex" else "deploy"
-        assert gate_tasks == {deploy_task, "batch-predict"}
+        assert gate_tasks == {"deploy", "batch-predict"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -190,7 +188,7 @@ def test_every_task_runs_on_the_configured_image_of_its_stage(compiled, target):
         images.pop("train")
         expected.pop("train")
     else:
-        assert not {"vertex-model", "worker-replicas"} & set(images)
+        assert not {"batch-predict-vertex", "worker-replicas"} & set(images)
     assert images == expected
     assert set(images) >= {"create-tfrecords", "export", "evaluate", "batch-predict"}
     assert {"deploy", "deploy-vertex"} & set(images)
@@ -366,39 +364,58 @@ def test_vertex_replica_count_picks_one_or_two_worker_pools_at_run_time(compiled
     assert len(selectors) == len(selected) == 2
 
 
-def test_vertex_offers_the_exported_model_as_an_unmanaged_container_model(compiled):
+def test_vertex_batch_predicts_with_the_deployed_model_or_on_beam(compiled):
     c = compiled["vertex"]
-    task = c.spec["root"]["dag"]["tasks"]["vertex-model"]
-    component = c.spec["components"][task["componentRef"]["name"]]
-    output = component["outputDefinitions"]["artifacts"]["model"]["artifactType"]
-    assert output["schemaTitle"] == "google.UnmanagedContainerModel"
-    assert task["inputs"]["artifacts"]["exported_model"] == {
-        "taskOutputArtifact": {"outputArtifactKey": "exported_model", "producerTask": "export"}
+    tasks = c.tasks()
+    vertex_parent, vertex_job = tasks["batch-predict-vertex"]
+    beam_parent, beam_job = tasks["batch-predict"]
+    conditions = {
+        spec["taskInfo"]["name"]: spec["triggerPolicy"]["condition"]
+        for _, spec in tasks.values()
+        if spec["taskInfo"]["name"] in ("vertex-batch-prediction", "beam-batch-prediction")
     }
-    assert task["inputs"]["parameters"]["serving_image"] == {
-        "componentInputParameter": "serving_image"
+    engine = "inputs.parameter_values['pipelinechannel--batch_predict_engine'] == 'vertex'"
+    assert conditions == {
+        "vertex-batch-prediction": engine,
+        "beam-batch-prediction": f"!({engine})",
     }
-    default = c.spec["root"]["inputDefinitions"]["parameters"]["serving_image"]["defaultValue"]
-    assert default == VERTEX_TF_SERVING_IMAGE
-    assert re.fullmatch(r"us-docker\.pkg\.dev/vertex-ai/prediction/tf2-cpu\.2-\d+:latest", default)
+    assert vertex_job["inputs"]["artifacts"]["vertex_model"] == {
+        "componentInputArtifact": "pipelinechannel--deploy-vertex-vertex_model"
+    }
+    assert vertex_job["cachingOptions"].get("enableCache", False) is False
+    for field in ("project", "location"):
+        spec = vertex_job["inputs"]["parameters"][field]
+        assert c.source(vertex_parent, spec) == {"componentInputParameter": field}
+    defaults = c.spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["batch_predict_engine"]["defaultValue"] == "beam"
+    # An empty serving image lets deploy_vertex pick the prebuilt one for the export.
+    assert defaults["serving_image"]["defaultValue"] == ""
+    assert beam_parent != vertex_parent
 
 
-def test_vertex_model_points_at_the_export_and_names_the_serving_container(kfp_local, tmp_path):
-    export_dir = tmp_path / "export"
-    export_dir.mkdir()
-    (export_dir / "saved_model.pb").write_bytes(b"")
-
-    @dsl.pipeline(name="vertex-model-check")
-    def check():
-        exported = dsl.importer(
-            artifact_uri=str(export_dir), artifact_class=dsl.Model, reimport=False
-        )
-        vertex_model(exported_model=exported.output, serving_image=VERTEX_TF_SERVING_IMAGE)
-
-    run = run_pipeline(check, str(kfp_local))
-    model = output_artifact(task_outputs(run, "vertex-model"), "model")
-    assert model["uri"] == str(export_dir)
-    assert model["metadata"]["containerSpec"] == {"imageUri": VERTEX_TF_SERVING_IMAGE}
+@pytest.mark.parametrize("target", TARGETS)
+def test_both_beam_stages_get_the_same_dataflow_settings_and_their_worker_image(compiled, target):
+    c = compiled[target]
+    tasks = c.tasks()
+    for task, stage in (
+        ("create-tfrecords", "create_tfrecords"),
+        ("batch-predict", "batch_predict"),
+    ):
+        parent, spec = tasks[task]
+        parameters = spec["inputs"]["parameters"]
+        for parameter, pipeline_parameter in (
+            ("runner", "beam_runner"),
+            ("beam_args", "beam_args"),
+            ("project", "dataflow_project"),
+            ("region", "dataflow_region"),
+            ("temp_location", "dataflow_temp_location"),
+            ("worker_machine_type", "dataflow_machine_type"),
+            ("max_num_workers", "dataflow_max_workers"),
+        ):
+            source = c.source(parent, parameters[parameter])
+            assert source == {"componentInputParameter": pipeline_parameter}, (task, parameter)
+        image = parameters["sdk_container_image"]["runtimeValue"]["constant"]
+        assert image == f"{REGISTRY}/{stage.replace('_', '-')}-dataflow:{TAG}"
 
 
 # A local absolute path starts a value or follows a quote, space, "=" or ":" (not a
@@ -435,11 +452,14 @@ def test_yaml_has_no_local_path_user_or_credential(compiled, target, tmp_path):
 
 def test_the_local_pipeline_has_no_cloud_settings():
     local = build_pipeline("local")
-    spec = local.pipeline_spec
-    assert set(local.component_spec.inputs) == set(
-        image_classification_pipeline.component_spec.inputs
-    )
-    for executor in spec.deployment_spec.fields["executors"].struct_value.fields.values():
+    inputs = set(local.component_spec.inputs)
+    assert set(LOCAL_PARAMETERS) <= inputs
+    assert not inputs & (set(KFP_PARAMETERS) - set(LOCAL_PARAMETERS))
+    assert not inputs & set(VERTEX_PARAMETERS)
+    assert not {"traffic_percent", "deploy_target", "project", "serving_image"} & inputs
+    for executor in local.pipeline_spec.deployment_spec.fields[
+        "executors"
+    ].struct_value.fields.values():
         container = executor.struct_value.fields["container"].struct_value.fields
         assert "resources" not in container
     assert not local.platform_spec.platforms

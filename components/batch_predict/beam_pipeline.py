@@ -36,7 +36,7 @@ image>"]`` with ``gs://`` model, listing, images and output.
 import csv
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -340,7 +340,7 @@ def run(
     top_k: int = 3,
     batch_size: int = 32,
     runner: str = "DirectRunner",
-    beam_args: list[str] | None = None,
+    beam_args: Sequence[str] = (),
     max_error_fraction: float = 0.1,
     project: str = "",
     region: str = "",

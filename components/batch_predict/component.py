@@ -104,7 +104,7 @@ def batch_predict_vertex(
     batch_prediction_job: Output[VertexBatchPredictionJob],
     project: str,
     location: str,
-    gcs_destination_prefix: str,
+    gcs_destination_prefix: str = "",
     vertex_model: Input[VertexModel] = None,
     model: Input[Model] = None,
     dataset: Input[Dataset] = None,
@@ -137,7 +137,9 @@ def batch_predict_vertex(
     Args:
         project: Google Cloud project.
         location: Vertex AI region, e.g. us-central1.
-        gcs_destination_prefix: gs:// prefix under which the job writes its output folder.
+        gcs_destination_prefix: gs:// prefix under which the job writes its output folder;
+            empty: this step's own output folder (on Vertex AI Pipelines, in the
+            pipeline root).
         vertex_model: A google.VertexModel (its metadata's resourceName).
         model: Instead of vertex_model: the exported SavedModel on Cloud Storage.
         dataset: A create_tfrecords dataset whose manifests/test.csv lists gs:// images;
@@ -171,7 +173,7 @@ def batch_predict_vertex(
     info = predict_on_vertex(
         project=project,
         location=location,
-        gcs_destination_prefix=gcs_destination_prefix,
+        gcs_destination_prefix=gcs_destination_prefix or batch_prediction_job.uri,
         model_resource_name="" if vertex_model is None else vertex_model.metadata["resourceName"],
         export_uri="" if model is None else model.uri,
         dataset_dir="" if dataset is None else artifact_location(dataset),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import posixpath
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -79,7 +79,7 @@ def _flag(arg: str) -> tuple[str, str | None]:
     return _ALIASES.get(name, name), (value if sep else None)
 
 
-def merge_args(named: list[str], beam_args: list[str] | None = None) -> list[str]:
+def merge_args(named: list[str], beam_args: Sequence[str] | None = None) -> list[str]:
     """``named`` options (``--name=value`` each) followed by ``beam_args``.
 
     An option given both ways with the same value is kept once; with different values it
@@ -163,7 +163,7 @@ def direct_args(runner: str, direct_num_workers: int = 1) -> list[str]:
 
 def pipeline_options(
     runner: str,
-    beam_args: list[str] | None = None,
+    beam_args: Sequence[str] | None = None,
     direct_num_workers: int = 1,
     **dataflow: Any,
 ) -> PipelineOptions:
@@ -174,7 +174,7 @@ def pipeline_options(
 
 def make_pipeline(
     runner: str,
-    beam_args: list[str] | None = None,
+    beam_args: Sequence[str] | None = None,
     direct_num_workers: int = 1,
     **dataflow: Any,
 ) -> beam.Pipeline:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -249,7 +250,7 @@ def run(
     max_image_side: int = 1024,
     max_error_fraction: float = 0.1,
     runner: str = "DirectRunner",
-    beam_args: list[str] | None = None,
+    beam_args: Sequence[str] = (),
     direct_num_workers: int = 1,
     target_shard_mb: float = sharding.TARGET_SHARD_MB,
     project: str = "",

@@ -11,7 +11,8 @@ from components.common.cli import defaults
 from components.evaluate.evaluation import evaluate_export
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line; the defaults are those of the stage function."""
     default = defaults(evaluate_export)
     p = argparse.ArgumentParser(
         prog="python -m components.evaluate", description="Evaluate an exported model."
@@ -35,7 +36,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--ig-steps", type=int, default=default["ig_steps"], help="integrated-gradients steps"
     )
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     report = evaluate_export(**vars(args))
     print(json.dumps(report, indent=2))

@@ -8,7 +8,8 @@ from components.export import explanation_metadata
 from components.export.saved_model import export_saved_model
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line; the defaults are those of the stage function."""
     default = defaults(export_saved_model)
     p = argparse.ArgumentParser(
         prog="python -m components.export", description="Export a serving SavedModel."
@@ -27,7 +28,11 @@ def main(argv: list[str] | None = None) -> None:
         default=default["explanation_steps"],
         help="its step count (1 to 100)",
     )
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     print(json.dumps(export_saved_model(**vars(args)), indent=2))
 
 

@@ -1,0 +1,60 @@
+"""What only the kfp target (Kubeflow Pipelines on GKE) and the local run do: train in the
+pipeline's own pod (on GKE a GPU node, see ``tasks.GkeResources``) and deploy to a model
+repository checked with the local model server or, on kfp, to a KServe InferenceService,
+as ``deploy_target`` says at run time."""
+
+from __future__ import annotations
+
+from kfp import dsl
+
+from components.deploy.component import deploy as deploy_locally, deploy_kserve
+from components.train.component import train as train_component
+from pipelines.tasks import PodResources, stage_task
+
+# The pipeline parameters only these targets have (pipeline.py declares them).
+LOCAL_PARAMETERS = ("model_repository", "serving_port")
+KFP_PARAMETERS = (*LOCAL_PARAMETERS, "deploy_target", "kserve_namespace", "traffic_percent")
+
+
+def train(settings: dict, resources: PodResources | None = None):
+    """The train task in the pipeline's pod; returns its model."""
+    return stage_task(train_component, "train", resources, **settings).outputs["model"]
+
+
+def deploy_local(exported_model, model_name, model_repository, serving_port) -> None:
+    """Publishes the export to the model repository and checks it with the local server."""
+    task = stage_task(
+        deploy_locally,
+        "deploy",
+        model=exported_model,
+        model_name=model_name,
+        model_repository=model_repository,
+        port=serving_port,
+    )
+    task.set_caching_options(False)  # a deployment is a side effect
+
+
+def deploy(
+    exported_model,
+    model_name,
+    model_repository,
+    serving_port,
+    deploy_target,
+    kserve_namespace,
+    traffic_percent,
+) -> None:
+    """A KServe InferenceService (model staged under ``model_repository``, gs://) when
+    ``deploy_target`` is "kserve", else the local deploy."""
+    with dsl.If(deploy_target == "kserve", name="deploy-to-kserve"):
+        task = stage_task(
+            deploy_kserve,
+            "deploy",
+            model=exported_model,
+            model_repository=model_repository,
+            namespace=kserve_namespace,
+            model_name=model_name,
+            traffic_percent=traffic_percent,
+        )
+        task.set_caching_options(False)
+    with dsl.Else(name="deploy-locally"):
+        deploy_local(exported_model, model_name, model_repository, serving_port)
