@@ -104,11 +104,11 @@ def _run(jobs, clock=None, **kwargs):
     clock = clock or FakeClock()
     arguments = {
         "project": PROJECT,
-        "region": REGION,
-        "display_name": "predict-test",
+        "location": REGION,
+        "job_display_name": "predict-test",
         "gcs_source_uris": [FILE_LIST],
         "gcs_destination_prefix": OUTPUT_PREFIX,
-        "model": MODEL,
+        "model_resource_name": MODEL,
         **kwargs,
     }
     return vertex.run_batch_prediction(**arguments, job_client=jobs, sleep=clock.sleep, clock=clock)
@@ -157,6 +157,7 @@ def test_a_job_over_a_file_list_with_a_registry_model():
         "incomplete_count": 0,
         "model": MODEL,
         "artifact_uri": "",
+        "serving_image": "",
         "instances_format": "file-list",
         "gcs_source_uris": [FILE_LIST],
         "region": REGION,
@@ -167,8 +168,8 @@ def test_a_job_with_the_export_itself_on_a_gpu():
     jobs = FakeJobService(states=[S.JOB_STATE_SUCCEEDED])
     _run(
         jobs,
-        model="",
-        artifact_uri=EXPORT,
+        model_resource_name="",
+        export_uri=EXPORT,
         serving_image=IMAGE.replace("cpu", "gpu"),
         instances_format="jsonl",
         gcs_source_uris=["gs://bucket/instances/*.jsonl"],
@@ -247,11 +248,10 @@ def test_a_job_past_its_timeout_is_cancelled():
     [
         ({"gcs_source_uris": ["/data/images.txt"]}, "gs:// only"),
         ({"gcs_destination_prefix": "/tmp/out"}, "gs:// only"),
-        ({"gcs_source_uris": []}, "nothing to predict"),
+        ({"gcs_source_uris": []}, "a dataset_dir whose test split"),
         ({"instances_format": "csv"}, "instances_format"),
-        ({"artifact_uri": EXPORT, "serving_image": IMAGE}, "exactly one model"),
-        ({"model": ""}, "exactly one model"),
-        ({"model": "", "artifact_uri": EXPORT}, "serving_image"),
+        ({"export_uri": EXPORT, "serving_image": IMAGE}, "exactly one model"),
+        ({"model_resource_name": ""}, "exactly one model"),
         ({"starting_replica_count": 3, "max_replica_count": 2}, "replicas"),
         ({"max_error_fraction": 2}, "max_error_fraction"),
     ],

@@ -138,7 +138,12 @@ def test_run_rejects_bad_arguments_before_running(sample_data, tmp_path):
     with pytest.raises(ValueError, match="num_shards"):
         run(out, image_dir=sample_data.image_dir, num_shards=-1)
     with pytest.raises(ValueError, match="--region is set twice"):
-        run(out, image_dir=sample_data.image_dir, region="r1", beam_args=["--region=r2"])
+        run(
+            out,
+            image_dir=sample_data.image_dir,
+            dataflow=beam_utils.DataflowSettings(region="r1"),
+            beam_args=["--region=r2"],
+        )
     assert not os.path.exists(out)
 
 
@@ -234,14 +239,15 @@ def test_check_image_rejects_kept_jpegs_cut_anywhere(sample_data):
 
 
 def test_dataflow_parameters_become_beam_options():
-    args = beam_utils.dataflow_args(
+    Dataflow = beam_utils.DataflowSettings
+    args = Dataflow(
         project="my-project",
         region="europe-west4",
         temp_location="gs://bucket/tmp",
         worker_machine_type="n2-standard-8",
         max_num_workers=40,
         sdk_container_image="europe-docker.pkg.dev/p/r/create-tfrecords-dataflow:v1",
-    )
+    ).args()
     assert args == [
         "--project=my-project",
         "--region=europe-west4",
@@ -251,15 +257,17 @@ def test_dataflow_parameters_become_beam_options():
         "--sdk_container_image=europe-docker.pkg.dev/p/r/create-tfrecords-dataflow:v1",
         "--sdk_location=container",
     ]
-    assert beam_utils.dataflow_args() == []  # Empty means unset.
-    assert beam_utils.dataflow_args(project="p", sdk_container_image=" ") == ["--project=p"]
+    assert Dataflow().args() == []  # Empty means unset.
+    assert Dataflow(project="p", sdk_container_image=" ").args() == ["--project=p"]
     options = beam_utils.pipeline_options(
         "DataflowRunner",
         ["--job_name=tfrecords", "--region", "europe-west4", "--experiments=use_runner_v2"],
-        project="my-project",
-        region="europe-west4",  # Also in beam_args, with the same value: fine.
-        worker_machine_type="n2-standard-8",
-        sdk_container_image="img:v1",
+        dataflow=Dataflow(
+            project="my-project",
+            region="europe-west4",  # Also in beam_args, with the same value: fine.
+            worker_machine_type="n2-standard-8",
+            sdk_container_image="img:v1",
+        ),
     ).get_all_options(drop_default=True)
     assert options == {
         "runner": "DataflowRunner",
@@ -274,18 +282,20 @@ def test_dataflow_parameters_become_beam_options():
     # Beam's other spelling of the machine type is the same option.
     with pytest.raises(ValueError, match="--machine_type is set twice"):
         beam_utils.pipeline_options(
-            "DataflowRunner", ["--worker_machine_type=n1"], worker_machine_type="n2"
+            "DataflowRunner",
+            ["--worker_machine_type=n1"],
+            dataflow=Dataflow(worker_machine_type="n2"),
         )
     with pytest.raises(ValueError, match="--sdk_location is set twice"):
         beam_utils.pipeline_options(
-            "DataflowRunner", ["--sdk_location=sdk.tar.gz"], sdk_container_image="i"
+            "DataflowRunner",
+            ["--sdk_location=sdk.tar.gz"],
+            dataflow=Dataflow(sdk_container_image="i"),
         )
     # Only Dataflow's workers run in an image: a pipeline names it whatever the runner.
-    assert beam_utils.dataflow_args("DirectRunner", project="p", sdk_container_image="i") == [
-        "--project=p"
-    ]
+    assert Dataflow(project="p", sdk_container_image="i").args("DirectRunner") == ["--project=p"]
     with pytest.raises(ValueError, match="max_num_workers"):
-        beam_utils.dataflow_args(max_num_workers=-1)
+        Dataflow(max_num_workers=-1).args()
     # The DirectRunner keeps Beam's default mode: no direct_* option is added.
     direct = beam_utils.pipeline_options("DirectRunner").get_all_options(drop_default=True)
     assert direct == {"runner": "DirectRunner"}
@@ -320,7 +330,7 @@ def test_run_and_component_pass_the_dataflow_parameters(monkeypatch, sample_data
     class Stop(Exception):
         pass
 
-    def fake_make_pipeline(runner, beam_args=None, direct_num_workers=1, **dataflow):
+    def fake_make_pipeline(runner, beam_args=None, direct_num_workers=1, dataflow=None):
         calls.append((runner, beam_args, dataflow))
         raise Stop
 
@@ -339,9 +349,9 @@ def test_run_and_component_pass_the_dataflow_parameters(monkeypatch, sample_data
             image_dir=sample_data.image_dir,
             runner="DataflowRunner",
             beam_args=["--job_name=j"],
-            **dataflow,
+            dataflow=beam_utils.DataflowSettings(**dataflow),
         )
-    assert calls == [("DataflowRunner", ["--job_name=j"], dataflow)]
+    assert calls == [("DataflowRunner", ["--job_name=j"], beam_utils.DataflowSettings(**dataflow))]
 
     from kfp.dsl import Dataset, Markdown
 
@@ -367,7 +377,7 @@ def test_run_and_component_pass_the_dataflow_parameters(monkeypatch, sample_data
     )
     assert runs[0]["runner"] == "DataflowRunner" and runs[0]["target_shard_mb"] == 100.0
     assert runs[0]["direct_num_workers"] == 1
-    assert {k: runs[0][k] for k in dataflow} == dataflow
+    assert runs[0]["dataflow"] == beam_utils.DataflowSettings(**dataflow)
     assert runs[0]["beam_args"] == ["--job_name=j"]
     assert written == {str(tmp_path / "r.md"): "# report"}
     assert dataset.metadata == {"kept": 1, "rejected": 0}

@@ -7,6 +7,7 @@ from google.protobuf import json_format
 
 from components.batch_predict import beam_pipeline as batch_beam, vertex as batch_vertex
 from components.batch_predict.component import batch_predict, batch_predict_vertex
+from components.common.beam import DataflowSettings
 from components.common.cli import defaults
 from components.create_tfrecords import beam_pipeline as tfrecords_beam
 from components.create_tfrecords.component import create_tfrecords
@@ -27,14 +28,14 @@ STAGES = {
     "export": (export, export_saved_model, {}),
     "evaluate": (evaluate, evaluate_export, {}),
     "deploy": (deploy, local.deploy_local, {}),
-    "deploy_vertex": (deploy_vertex, deploy_vertex_lib.deploy_export, {}),
+    "deploy_vertex": (deploy_vertex, deploy_vertex_lib.deploy_to_vertex, {}),
     "deploy_kserve": (
         deploy_kserve,
         kserve.deploy_kserve,
         {"model_repository": "model_repository_uri", "model_name": "name"},
     ),
     "batch_predict": (batch_predict, batch_beam.run, {}),
-    "batch_predict_vertex": (batch_predict_vertex, batch_vertex.predict_on_vertex, {}),
+    "batch_predict_vertex": (batch_predict_vertex, batch_vertex.run_batch_prediction, {}),
 }
 # Where a layer's default differs from the stage function's by design, and why.
 ON_PURPOSE = {
@@ -66,6 +67,8 @@ def component_defaults(component) -> dict:
 def test_component_defaults_are_the_stage_functions(stage):
     component, function, renamed = STAGES[stage]
     expected = defaults(function)
+    if "dataflow" in expected:  # the Beam stages' named Dataflow settings, one object
+        expected |= defaults(DataflowSettings)
     compared = 0
     for name, default in component_defaults(component).items():
         if (stage, name) in ON_PURPOSE:
@@ -124,7 +127,7 @@ def test_command_line_defaults_are_the_stage_functions(stage):
 
 def test_deploy_and_vertex_batch_command_lines_defaults_are_their_functions():
     deploy_args = _parsed("components.deploy.__main__", ["--export-dir", "e"])
-    for function in (local.deploy_local, deploy_vertex_lib.deploy_export, kserve.deploy_kserve):
+    for function in (local.deploy_local, deploy_vertex_lib.deploy_to_vertex, kserve.deploy_kserve):
         expected = defaults(function)
         for name, value in deploy_args.items():
             if name in expected and value is not None and name != "model_repository":
@@ -135,7 +138,7 @@ def test_deploy_and_vertex_batch_command_lines_defaults_are_their_functions():
          "--model", "m", "--dataset-dir", "gs://b/d"],
         "parse_vertex_args",
     )  # fmt: skip
-    expected = defaults(batch_vertex.predict_on_vertex)
+    expected = defaults(batch_vertex.run_batch_prediction)
     given = {"project", "location", "gcs_destination_prefix", "model_resource_name", "dataset_dir"}
     assert set(vertex_args) - given <= set(expected)
     for name, value in vertex_args.items():

@@ -454,14 +454,14 @@ def test_another_serving_image_is_another_version(cloud):
 
 
 def test_explanation_spec_goes_into_the_uploaded_model(cloud):
-    metadata, parameters = vertex_serving.explanation_spec_from_json(
-        {
+    _deploy(
+        cloud,
+        explanation_metadata={
             "inputs": {"image": {"inputTensorName": "pixels", "modality": "image"}},
             "outputs": {"probabilities": {"outputTensorName": "probabilities"}},
         },
-        {"integratedGradientsAttribution": {"stepCount": 50}},
+        explanation_parameters={"integratedGradientsAttribution": {"stepCount": 50}},
     )
-    _deploy(cloud, explanation_metadata=metadata, explanation_parameters=parameters)
     [upload] = cloud.requests_of(v1.UploadModelRequest)
     assert upload.model.explanation_spec == v1.ExplanationSpec(
         metadata=v1.ExplanationMetadata(
@@ -602,7 +602,7 @@ def test_prebuilt_image_for_an_accelerated_deploy_is_the_gpu_one(cloud):
     info = _deploy(
         cloud,
         serving_image="",
-        tf_version="2.21.0",
+        export_metadata={"framework_version": "2.21.0"},
         accelerator_type="NVIDIA_L4",
         accelerator_count=1,
         machine_type="g2-standard-8",
@@ -744,14 +744,7 @@ def test_component_uses_the_exported_explanation_spec(cloud, monkeypatch, tmp_pa
 
     # Neither the artifact's metadata nor the export itself holds a spec.
     with pytest.raises(ValueError, match="holds no explanation spec"):
-        deploy_vertex.python_func(
-            model=dsl.Model(uri=str(tmp_path / "export"), metadata={"framework_version": "2.21"}),
-            vertex_model=vertex_model,
-            vertex_endpoint=vertex_endpoint,
-            project=PROJECT,
-            location=REGION,
-            enable_explanations=True,
-        )
+        vertex_serving.export_explanation_spec(str(tmp_path / "export"))
 
 
 # --- the command line ----------------------------------------------------------------

@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 def parse_vertex_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the arguments of ``--target vertex`` (a Vertex AI batch prediction job)."""
-    default = defaults(vertex.predict_on_vertex)
+    default = defaults(vertex.run_batch_prediction)
     parser = argparse.ArgumentParser(
         prog="python -m components.batch_predict --target vertex",
         description="Batch prediction with a Vertex AI BatchPredictionJob.",
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     target.add_argument("--target", choices=("beam", "vertex"), default="beam")
     chosen, argv = target.parse_known_args(sys.argv[1:] if argv is None else argv)
     if chosen.target == "vertex":
-        summary = vertex.predict_on_vertex(**vars(parse_vertex_args(argv)))
+        summary = vertex.run_batch_prediction(**vars(parse_vertex_args(argv)))
     else:
         args, beam_args = parse_args(argv)
         summary = beam_pipeline.run(**vars(args), beam_args=beam_args)

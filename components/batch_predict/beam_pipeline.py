@@ -28,9 +28,9 @@ line and an image the model cannot decode are each counted (Beam counters) and w
 ``errors.jsonl`` with their reason, and no good image is lost with them. The run fails,
 after writing everything, only when the share of errors passes ``max_error_fraction``.
 
-On Dataflow, pass ``runner="DataflowRunner"`` and ``beam_args=["--project=...",
-"--region=...", "--temp_location=gs://...", "--sdk_container_image=<the batch_predict
-image>"]`` with ``gs://`` model, listing, images and output.
+On Dataflow, pass ``runner="DataflowRunner"`` and ``dataflow`` settings (project, region,
+temp_location on gs://, the workers' image: the batch_predict stage's dataflow-worker
+image) with ``gs://`` model, listing, images and output.
 """
 
 import csv
@@ -342,12 +342,7 @@ def run(
     runner: str = "DirectRunner",
     beam_args: Sequence[str] = (),
     max_error_fraction: float = 0.1,
-    project: str = "",
-    region: str = "",
-    temp_location: str = "",
-    worker_machine_type: str = "",
-    max_num_workers: int = 0,
-    sdk_container_image: str = "",
+    dataflow: beam_utils.DataflowSettings | None = None,
 ) -> dict[str, Any]:
     """Runs batch prediction with an exported SavedModel and waits for it.
 
@@ -371,14 +366,8 @@ def run(
             by a named parameter below must agree with it.
         max_error_fraction: Largest tolerated share of inputs without a prediction; above
             it the run fails (after writing every output).
-        project: Google Cloud project of the Dataflow job; empty: unset.
-        region: Dataflow region; empty: unset.
-        temp_location: ``gs://`` folder for Dataflow's temporary and staging files.
-        worker_machine_type: Dataflow worker machine type (``--machine_type``).
-        max_num_workers: Most Dataflow workers; 0: Dataflow's default.
-        sdk_container_image: Image of the Dataflow workers: the stage's
-            ``dataflow-worker`` image (also sets ``--sdk_location=container``); other
-            runners ignore it.
+        dataflow: The named Dataflow settings (project, region, machines, the workers'
+            image: the stage's ``dataflow-worker`` image); None: none.
 
     Returns:
         ``rows`` (images predicted), ``errors`` (inputs without a prediction),
@@ -407,16 +396,7 @@ def run(
     io.makedirs(output_dir)
     _remove_stale_shards(output_dir)
     _log.info("batch_predict: %s with %s -> %s (%s)", listing, model_dir, output_dir, runner)
-    pipeline = beam_utils.make_pipeline(
-        runner,
-        beam_args,
-        project=project,
-        region=region,
-        temp_location=temp_location,
-        worker_machine_type=worker_machine_type,
-        max_num_workers=max_num_workers,
-        sdk_container_image=sdk_container_image,
-    )
+    pipeline = beam_utils.make_pipeline(runner, beam_args, dataflow=dataflow)
     build_pipeline(
         pipeline, model_dir, output_dir, listing, labels, top_k=top_k, batch_size=batch_size
     )

@@ -77,6 +77,7 @@ def batch_predict(
             ``counters``.
     """
     from components.batch_predict.beam_pipeline import run
+    from components.common.beam import DataflowSettings
     from components.common.io import artifact_location
 
     summary = run(
@@ -89,12 +90,14 @@ def batch_predict(
         runner=runner,
         beam_args=[str(arg) for arg in beam_args],
         max_error_fraction=max_error_fraction,
-        project=project,
-        region=region,
-        temp_location=temp_location,
-        worker_machine_type=worker_machine_type,
-        max_num_workers=max_num_workers,
-        sdk_container_image=sdk_container_image,
+        dataflow=DataflowSettings(
+            project=project,
+            region=region,
+            temp_location=temp_location,
+            worker_machine_type=worker_machine_type,
+            max_num_workers=max_num_workers,
+            sdk_container_image=sdk_container_image,
+        ),
     )
     predictions.metadata.update(summary)
 
@@ -164,13 +167,13 @@ def batch_predict_vertex(
         batch_prediction_job: google.VertexBatchPredictionJob (``resourceName``,
             ``gcsOutputDirectory``), with the job's state and instance counts.
     """
-    from components.batch_predict.vertex import predict_on_vertex
+    from components.batch_predict.vertex import run_batch_prediction
     from components.common.io import artifact_location
     from components.deploy.vertex_serving import resource_uri
 
     if (vertex_model is None) == (model is None):
         raise ValueError("give exactly one of vertex_model (a Model Registry version) and model")
-    info = predict_on_vertex(
+    info = run_batch_prediction(
         project=project,
         location=location,
         gcs_destination_prefix=gcs_destination_prefix or batch_prediction_job.uri,

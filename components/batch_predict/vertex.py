@@ -7,9 +7,9 @@
 * the exported SavedModel itself (``artifact_uri`` + ``serving_image``: an unmanaged
   container model; nothing is uploaded to the registry),
 
-and, unless told not to, waits for it, failing clearly when it fails. ``predict_on_vertex``
-is the stage: what the KFP component and ``python -m components.batch_predict --target
-vertex`` both call (the serving image of an export, the test split's file list).
+and, unless told not to, waits for it, failing clearly when it fails: the
+batch_predict_vertex stage, which the KFP component and ``python -m components.batch_predict
+--target vertex`` both call.
 
 Inputs (``gcs_source_uris``, on Cloud Storage), by ``instances_format``:
 
@@ -224,14 +224,16 @@ def check_job(job: aiplatform_v1.BatchPredictionJob, max_error_fraction: float) 
 
 def run_batch_prediction(
     project: str,
-    region: str,
-    display_name: str,
-    gcs_source_uris: Sequence[str],
+    location: str,
     gcs_destination_prefix: str,
+    model_resource_name: str = "",
+    export_uri: str = "",
+    dataset_dir: str = "",
+    gcs_source_uris: Sequence[str] = (),
     instances_format: str = "file-list",
-    model: str = "",
-    artifact_uri: str = "",
     serving_image: str = "",
+    export_metadata: Mapping[str, Any] | None = None,
+    job_display_name: str = "image-classifier-batch-predict",
     machine_type: str = DEFAULT_MACHINE_TYPE,
     accelerator_type: str = "",
     accelerator_count: int = 0,
@@ -240,30 +242,39 @@ def run_batch_prediction(
     batch_size: int = 0,
     service_account: str = "",
     labels: Mapping[str, str] | None = None,
+    max_error_fraction: float = 0.1,
     wait: bool = True,
     timeout_s: float = 24 * 3600.0,
     poll_interval_s: float = 60.0,
-    max_error_fraction: float = 0.1,
     job_client: aiplatform_v1.JobServiceClient | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict:
     """Creates a Vertex AI batch prediction job and (by default) waits for its end.
 
+    The batch_predict_vertex stage: its KFP component and ``python -m
+    components.batch_predict --target vertex`` both call this.
+
     Args:
         project: Google Cloud project.
-        region: Vertex AI region, e.g. ``us-central1``.
-        display_name: The job's display name.
+        location: Vertex AI region, e.g. ``us-central1``.
+        gcs_destination_prefix: ``gs://`` prefix under which the job writes its output
+            directory; a dataset's file list is written under ``<prefix>/inputs/``.
+        model_resource_name: A Model Registry version (``projects/.../models/ID[@V]``),
+            e.g. deploy_vertex's; or:
+        export_uri: the exported SavedModel on Cloud Storage, served without an upload by
+            ``serving_image`` (empty: Vertex AI's prebuilt TensorFlow image for the
+            export's TensorFlow version).
+        dataset_dir: A create_tfrecords dataset on Cloud Storage whose test manifest
+            lists the images; used when ``gcs_source_uris`` is empty.
         gcs_source_uris: Input files on Cloud Storage (wildcards allowed), in
             ``instances_format``.
-        gcs_destination_prefix: ``gs://`` prefix under which the job writes its output
-            directory.
         instances_format: ``file-list`` (one image URI a line; Vertex AI sends each
             file's bytes as ``{"b64": ...}``) or ``jsonl`` (one instance a line).
-        model: A Model Registry resource name (``projects/.../models/ID[@version]``).
-        artifact_uri: Instead of ``model``: the SavedModel directory on Cloud Storage,
-            served by ``serving_image`` without an upload.
-        serving_image: The prediction container of ``artifact_uri``.
+        serving_image: See ``export_uri``.
+        export_metadata: The export artifact's metadata, whose ``framework_version``
+            picks the prebuilt image; empty: the version is read from the export.
+        job_display_name: The job's display name.
         machine_type: Machine type of the prediction workers.
         accelerator_type: E.g. ``NVIDIA_TESLA_T4``; empty for none.
         accelerator_count: Accelerators per worker.
@@ -272,21 +283,23 @@ def run_batch_prediction(
         batch_size: Instances per request to the container; 0 leaves Vertex AI's default.
         service_account: Service account the job runs as; empty for Vertex AI's default.
         labels: Labels of the job.
+        max_error_fraction: Largest tolerated share of failed instances.
         wait: Wait for the job's end (and fail when it fails); otherwise return once it
             is created.
         timeout_s: How long to wait; past it the job is cancelled and this fails.
         poll_interval_s: Seconds between state checks.
-        max_error_fraction: Largest tolerated share of failed instances.
-        job_client: JobService client; by default one for ``region``.
+        job_client: JobService client; by default one for ``location``.
         sleep: Waits between checks (tests pass a fake clock's).
         clock: Monotonic seconds (tests pass a fake clock).
 
     Returns:
         ``job`` (resource name), ``state``, ``gcs_output_directory`` (empty until the job
         runs), ``successful_count``, ``failed_count``, ``incomplete_count``, ``model`` or
-        ``artifact_uri``, ``instances_format``, ``gcs_source_uris`` and ``region``.
+        ``artifact_uri``, ``serving_image``, ``instances_format``, ``gcs_source_uris``
+        and ``region``.
 
     Raises:
+        ValueError: on invalid arguments (no model or two, no input).
         BatchPredictionError: when the job fails or too many instances fail.
         TimeoutError: when it does not end within ``timeout_s`` (it is then cancelled).
     """
@@ -294,14 +307,32 @@ def run_batch_prediction(
         raise ValueError("project is required")
     if not 0 <= max_error_fraction <= 1:
         raise ValueError(f"max_error_fraction must be in [0, 1], got {max_error_fraction}")
+    if bool(model_resource_name) == bool(export_uri):
+        raise ValueError(
+            "give exactly one model: model_resource_name (a Model Registry version, e.g. "
+            "deploy_vertex's) or export_uri (the exported SavedModel)"
+        )
+    if export_uri:
+        serving_image = serving_image_for(
+            export_uri,
+            location,
+            accelerator_type,
+            accelerator_count,
+            serving_image,
+            dict(export_metadata or {}).get("framework_version", ""),
+        )
+    sources = [str(uri) for uri in gcs_source_uris]
+    if not sources:
+        sources = [_test_split_file_list(dataset_dir, gcs_destination_prefix, job_display_name)]
+        instances_format = "file-list"
     job = batch_prediction_job(
-        display_name,
-        gcs_source_uris,
+        job_display_name,
+        sources,
         gcs_destination_prefix,
         instances_format=instances_format,
-        model=model,
-        artifact_uri=artifact_uri,
-        serving_image=serving_image,
+        model=model_resource_name,
+        artifact_uri=export_uri,
+        serving_image=serving_image if export_uri else "",
         machine_type=machine_type,
         accelerator_type=accelerator_type,
         accelerator_count=accelerator_count,
@@ -311,12 +342,12 @@ def run_batch_prediction(
         service_account=service_account,
         labels=labels,
     )
-    job_client = job_client or job_service_client(region)
+    job_client = job_client or job_service_client(location)
     request = aiplatform_v1.CreateBatchPredictionJobRequest(
-        parent=f"projects/{project}/locations/{region}", batch_prediction_job=job
+        parent=f"projects/{project}/locations/{location}", batch_prediction_job=job
     )
     created = job_client.create_batch_prediction_job(request=request)
-    log.info("created batch prediction job %s (%s)", created.name, display_name)
+    log.info("created batch prediction job %s (%s)", created.name, job_display_name)
     final = created
     if wait:
         final = wait_for_job(job_client, created.name, timeout_s, poll_interval_s, sleep, clock)
@@ -335,112 +366,21 @@ def run_batch_prediction(
         "successful_count": int(stats.successful_count),
         "failed_count": int(stats.failed_count),
         "incomplete_count": int(stats.incomplete_count),
-        "model": model,
-        "artifact_uri": artifact_uri,
+        "model": model_resource_name,
+        "artifact_uri": export_uri,
+        "serving_image": serving_image if export_uri else "",
         "instances_format": instances_format,
-        "gcs_source_uris": list(gcs_source_uris),
-        "region": region,
+        "gcs_source_uris": sources,
+        "region": location,
     }
 
 
-def predict_on_vertex(
-    project: str,
-    location: str,
-    gcs_destination_prefix: str,
-    model_resource_name: str = "",
-    export_uri: str = "",
-    dataset_dir: str = "",
-    gcs_source_uris: Sequence[str] = (),
-    instances_format: str = "file-list",
-    serving_image: str = "",
-    export_metadata: Mapping[str, Any] | None = None,
-    job_display_name: str = "image-classifier-batch-predict",
-    machine_type: str = DEFAULT_MACHINE_TYPE,
-    accelerator_type: str = "",
-    accelerator_count: int = 0,
-    starting_replica_count: int = 1,
-    max_replica_count: int = 1,
-    batch_size: int = 0,
-    service_account: str = "",
-    max_error_fraction: float = 0.1,
-    wait: bool = True,
-    timeout_s: float = 24 * 3600.0,
-) -> dict:
-    """The batch_predict_vertex stage: a Vertex AI batch prediction job for a Model
-    Registry version or an export, over given inputs or a dataset's test split.
-
-    Args:
-        project: Google Cloud project.
-        location: Vertex AI region, e.g. ``us-central1``.
-        gcs_destination_prefix: ``gs://`` prefix under which the job writes its output
-            folder; a dataset's file list is written under ``<prefix>/inputs/``.
-        model_resource_name: A Model Registry version (``projects/.../models/ID@V``), or:
-        export_uri: the exported SavedModel on Cloud Storage, served without an upload by
-            ``serving_image`` (empty: Vertex AI's prebuilt TensorFlow image for the
-            export's TensorFlow version).
-        dataset_dir: A create_tfrecords dataset on Cloud Storage whose test manifest
-            lists the images; used when ``gcs_source_uris`` is empty.
-        gcs_source_uris: Input files on Cloud Storage, in ``instances_format``.
-        instances_format: ``file-list`` or ``jsonl``.
-        serving_image: See ``export_uri``.
-        export_metadata: The export artifact's metadata, whose ``framework_version``
-            picks the prebuilt image; empty: the version is read from the export.
-        job_display_name: Display name of the job.
-        machine_type: Machine type of the prediction workers.
-        accelerator_type: Accelerator per worker, e.g. ``NVIDIA_TESLA_T4``; empty for none.
-        accelerator_count: Accelerators per worker.
-        starting_replica_count: Workers the job starts with.
-        max_replica_count: Most workers.
-        batch_size: Instances per request to the container; 0 for Vertex AI's default.
-        service_account: Service account of the job; empty for the default.
-        max_error_fraction: Largest tolerated share of failed instances.
-        wait: Wait for the job to end.
-        timeout_s: How long to wait; past it the job is cancelled and this fails.
-
-    Returns:
-        What ``run_batch_prediction`` returns, with ``serving_image``.
-    """
-    if bool(model_resource_name) == bool(export_uri):
-        raise ValueError(
-            "give exactly one model: model_resource_name (a Model Registry version, e.g. "
-            "deploy_vertex's) or export_uri (the exported SavedModel)"
-        )
-    if export_uri:
-        serving_image = serving_image_for(
-            export_uri,
-            location,
-            accelerator_type,
-            accelerator_count,
-            serving_image,
-            dict(export_metadata or {}).get("framework_version", ""),
-        )
-    sources = [str(uri) for uri in gcs_source_uris]
-    if not sources:
-        if not dataset_dir:
-            raise ValueError("give gcs_source_uris or a dataset_dir whose test split to predict")
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        file_list = f"{gcs_destination_prefix.rstrip('/')}/inputs/{job_display_name}-{stamp}.txt"
-        write_file_list(schema.manifest_path(dataset_dir, "test"), file_list)
-        sources, instances_format = [file_list], "file-list"
-    info = run_batch_prediction(
-        project=project,
-        region=location,
-        display_name=job_display_name,
-        gcs_source_uris=sources,
-        gcs_destination_prefix=gcs_destination_prefix,
-        instances_format=instances_format,
-        model=model_resource_name,
-        artifact_uri=export_uri,
-        serving_image=serving_image if export_uri else "",
-        machine_type=machine_type,
-        accelerator_type=accelerator_type,
-        accelerator_count=accelerator_count,
-        starting_replica_count=starting_replica_count,
-        max_replica_count=max_replica_count,
-        batch_size=batch_size,
-        service_account=service_account,
-        wait=wait,
-        timeout_s=timeout_s,
-        max_error_fraction=max_error_fraction,
-    )
-    return {**info, "serving_image": serving_image if export_uri else ""}
+def _test_split_file_list(dataset_dir: str, destination_prefix: str, display_name: str) -> str:
+    """Writes the dataset's test split as a ``file-list`` input under
+    ``<destination_prefix>/inputs/`` (named after the job and the time); returns its URI."""
+    if not dataset_dir:
+        raise ValueError("give gcs_source_uris or a dataset_dir whose test split to predict")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    file_list = f"{destination_prefix.rstrip('/')}/inputs/{display_name}-{stamp}.txt"
+    write_file_list(schema.manifest_path(dataset_dir, "test"), file_list)
+    return file_list

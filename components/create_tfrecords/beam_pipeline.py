@@ -23,8 +23,8 @@ to ``errors.jsonl``; the run fails after the pipeline only when the rejected sha
 ``max_error_fraction``. The output layout is the one ``components.common.schema``
 documents.
 
-On Dataflow, pass ``runner="DataflowRunner"`` with ``project``, ``region``,
-``temp_location`` (``gs://``), optionally ``worker_machine_type`` and
+On Dataflow, pass ``runner="DataflowRunner"`` with ``dataflow`` settings (``project``,
+``region``, ``temp_location`` on ``gs://``, optionally ``worker_machine_type`` and
 ``max_num_workers``, and ``sdk_container_image``: the stage's ``dataflow-worker`` image
 (containers/create_tfrecords/Dockerfile), which holds this package; inputs and output on
 ``gs://``.
@@ -253,12 +253,7 @@ def run(
     beam_args: Sequence[str] = (),
     direct_num_workers: int = 1,
     target_shard_mb: float = sharding.TARGET_SHARD_MB,
-    project: str = "",
-    region: str = "",
-    temp_location: str = "",
-    worker_machine_type: str = "",
-    max_num_workers: int = 0,
-    sdk_container_image: str = "",
+    dataflow: beam_utils.DataflowSettings | None = None,
 ) -> dict[str, Any]:
     """Runs the create_tfrecords pipeline and waits for it.
 
@@ -287,14 +282,8 @@ def run(
             few cores, see ``common.beam.make_pipeline``); 0 runs one worker process per
             core (multi-process mode), n > 1 that many.
         target_shard_mb: Size a shard should have, in MiB, when ``num_shards`` is 0.
-        project: Google Cloud project of the Dataflow job; empty: unset.
-        region: Dataflow region; empty: unset.
-        temp_location: ``gs://`` folder for Dataflow's temporary and staging files.
-        worker_machine_type: Dataflow worker machine type (``--machine_type``).
-        max_num_workers: Most Dataflow workers; 0: Dataflow's default.
-        sdk_container_image: Image of the Dataflow workers: the stage's
-            ``dataflow-worker`` image (also sets ``--sdk_location=container``); other
-            runners ignore it.
+        dataflow: The named Dataflow settings (project, region, machines, the workers'
+            image: the stage's ``dataflow-worker`` image); None: none.
 
     Returns:
         The counts also written to ``stats.json``: ``labels``, ``splits`` (images per
@@ -318,16 +307,8 @@ def run(
     if not output_dir:
         raise ValueError("output_dir is required")
     sharding.shards_per_split(0, train_fraction, valid_fraction, target_shard_mb, num_shards)
-    dataflow = dict(
-        project=project,
-        region=region,
-        temp_location=temp_location,
-        worker_machine_type=worker_machine_type,
-        max_num_workers=max_num_workers,
-        sdk_container_image=sdk_container_image,
-    )
     # Fails early on a conflict.
-    beam_utils.pipeline_options(runner, beam_args, direct_num_workers, **dataflow)
+    beam_utils.pipeline_options(runner, beam_args, direct_num_workers, dataflow)
     labels, label_notes = resolve_labels(csv_uri, labels_uri, image_dir)
     source = csv_uri or image_dir
 
@@ -352,7 +333,7 @@ def run(
         f" from about {estimate.input_bytes / 2**20:.1f} MiB of input" if estimate else "",
     )
 
-    with beam_utils.make_pipeline(runner, beam_args, direct_num_workers, **dataflow) as pipeline:
+    with beam_utils.make_pipeline(runner, beam_args, direct_num_workers, dataflow) as pipeline:
         build_pipeline(
             pipeline,
             output_dir,

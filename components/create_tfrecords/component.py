@@ -74,6 +74,7 @@ def create_tfrecords(
             inputs by reason with examples, conversions, the stored image size
             distribution, and shards and bytes per split.
     """
+    from components.common.beam import DataflowSettings
     from components.common.io import artifact_location, write_text
     from components.create_tfrecords.beam_pipeline import run
     from components.create_tfrecords.report import render_report
@@ -93,12 +94,14 @@ def create_tfrecords(
         beam_args=[str(arg) for arg in beam_args],
         direct_num_workers=direct_num_workers,
         target_shard_mb=target_shard_mb,
-        project=project,
-        region=region,
-        temp_location=temp_location,
-        worker_machine_type=worker_machine_type,
-        max_num_workers=max_num_workers,
-        sdk_container_image=sdk_container_image,
+        dataflow=DataflowSettings(
+            project=project,
+            region=region,
+            temp_location=temp_location,
+            worker_machine_type=worker_machine_type,
+            max_num_workers=max_num_workers,
+            sdk_container_image=sdk_container_image,
+        ),
     )
     dataset.metadata.update(stats)  # The counts show in the KFP and Vertex UIs.
     write_text(artifact_location(report), render_report(stats, csv_uri or image_dir, output_dir))

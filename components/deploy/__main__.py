@@ -28,7 +28,7 @@ from components.deploy import kserve, local, vertex
 TARGETS = ("local", "vertex", "kserve")
 LOCAL, VERTEX, KSERVE = (
     defaults(local.deploy_local),
-    defaults(vertex.deploy_export),
+    defaults(vertex.deploy_to_vertex),
     defaults(kserve.deploy_kserve),
 )
 
@@ -101,7 +101,7 @@ def _given(**options) -> dict:
 def deploy(args: argparse.Namespace) -> dict:
     """Deploys to the chosen target; returns what the target's deploy function returns."""
     if args.target == "vertex":
-        return vertex.deploy_export(
+        return vertex.deploy_to_vertex(
             args.export_dir,
             args.project,
             args.region,

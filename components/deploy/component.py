@@ -129,7 +129,7 @@ def deploy_vertex(
     from components.deploy import vertex
     from components.deploy.vertex_serving import resource_uri
 
-    info = vertex.deploy_export(
+    info = vertex.deploy_to_vertex(
         model.uri,
         project,
         location,

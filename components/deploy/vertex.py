@@ -26,7 +26,7 @@ version is found again in step 2, a created endpoint in step 3.
 The clients are parameters, built from the region by default, so tests and callers can
 pass their own. What serves the export (the prebuilt TensorFlow container matching its
 TensorFlow version unless told otherwise, the machines, the explanation spec) is
-``components.deploy.vertex_serving``'s. ``deploy_export`` is the stage: the KFP component
+``components.deploy.vertex_serving``'s. ``deploy_to_vertex`` is the stage: the KFP component
 and ``python -m components.deploy --target vertex`` both call it.
 """
 
@@ -118,11 +118,10 @@ def upload_model_request(
 def deploy_to_vertex(
     artifact_uri: str,
     project: str,
-    region: str,
-    model_display_name: str,
+    location: str,
+    model_display_name: str = "image-classifier",
     endpoint_display_name: str = "",
     serving_image: str = "",
-    tf_version: str = "",
     machine_type: str = DEFAULT_MACHINE_TYPE,
     accelerator_type: str = "",
     accelerator_count: int = 0,
@@ -131,20 +130,25 @@ def deploy_to_vertex(
     traffic_percent: int = 100,
     keep_versions: int = 1,
     service_account: str = "",
+    enable_explanations: bool = False,
+    explanation_metadata: Mapping[str, Any] | None = None,
+    explanation_parameters: Mapping[str, Any] | None = None,
+    export_metadata: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
-    explanation_metadata: aiplatform_v1.ExplanationMetadata | None = None,
-    explanation_parameters: aiplatform_v1.ExplanationParameters | None = None,
     operation_timeout_s: float = DEFAULT_OPERATION_TIMEOUT_S,
     model_client: aiplatform_v1.ModelServiceClient | None = None,
     endpoint_client: aiplatform_v1.EndpointServiceClient | None = None,
 ) -> dict:
     """Uploads an exported SavedModel as a Model version and deploys it to an endpoint.
 
+    The deploy_vertex stage: its KFP component and ``python -m components.deploy --target
+    vertex`` both call this.
+
     Args:
         artifact_uri: The SavedModel directory on Cloud Storage (``gs://...``, with
             ``saved_model.pb`` at its root): the export artifact's URI on Vertex AI.
         project: Google Cloud project (ID or number).
-        region: Vertex AI region, e.g. ``us-central1``.
+        location: Vertex AI region, e.g. ``us-central1``.
         model_display_name: The Model's display name; a Model of that name gets a new
             version, none means a new Model.
         endpoint_display_name: The Endpoint's display name, created if there is none;
@@ -152,8 +156,6 @@ def deploy_to_vertex(
         serving_image: The prediction container; empty picks Vertex AI's prebuilt
             TensorFlow image for the TensorFlow version that wrote the export (the GPU
             image with an accelerator).
-        tf_version: That version (e.g. the export artifact's ``framework_version``);
-            empty: read from the export.
         machine_type: The serving machine type, e.g. ``n1-standard-4``.
         accelerator_type: E.g. ``NVIDIA_TESLA_T4``; empty for none.
         accelerator_count: Accelerators per replica (0 for none).
@@ -167,13 +169,19 @@ def deploy_to_vertex(
             traffic always stay.
         service_account: Service account the serving container runs as; empty for
             Vertex AI's default.
+        enable_explanations: Upload with an explanation spec (Vertex Explainable AI):
+            ``explanation_metadata`` and ``explanation_parameters`` when given, else the
+            one the export stage wrote.
+        explanation_metadata: Vertex AI ExplanationMetadata as REST JSON (used when given,
+            with ``explanation_parameters``).
+        explanation_parameters: Vertex AI ExplanationParameters as REST JSON.
+        export_metadata: What the export stage recorded about the export (its artifact's
+            metadata: ``framework_version``, the explanation spec), so that it need not be
+            read from the export; empty: read from the export.
         labels: Labels of the uploaded Model version and a created Endpoint.
-        explanation_metadata: With ``explanation_parameters``, the uploaded Model's
-            explanation spec (Vertex Explainable AI).
-        explanation_parameters: See ``explanation_metadata``.
         operation_timeout_s: How long to wait for each long-running operation.
-        model_client: ModelService client; by default one for ``region``.
-        endpoint_client: EndpointService client; by default one for ``region``.
+        model_client: ModelService client; by default one for ``location``.
+        endpoint_client: EndpointService client; by default one for ``location``.
 
     Returns:
         ``model`` (the Model's resource name), ``model_version_id``,
@@ -205,14 +213,23 @@ def deploy_to_vertex(
     resources = dedicated_resources(
         machine_type, accelerator_type, accelerator_count, min_replica_count, max_replica_count
     )
+    recorded = dict(export_metadata or {})
     serving_image = serving_image_for(
-        artifact_uri, region, accelerator_type, accelerator_count, serving_image, tf_version
+        artifact_uri,
+        location,
+        accelerator_type,
+        accelerator_count,
+        serving_image,
+        recorded.get("framework_version", ""),
     )
-    model_client = model_client or model_service_client(region)
-    endpoint_client = endpoint_client or endpoint_service_client(region)
-    parent = f"projects/{project}/locations/{region}"
+    explanation_metadata, explanation_parameters = _explanation_spec(
+        artifact_uri, enable_explanations, explanation_metadata, explanation_parameters, recorded
+    )
+    model_client = model_client or model_service_client(location)
+    endpoint_client = endpoint_client or endpoint_service_client(location)
+    parent = f"projects/{project}/locations/{location}"
     result = {
-        "region": region,
+        "region": location,
         "artifact_uri": artifact_uri,
         "serving_image": serving_image,
         "uploaded": False,
@@ -352,89 +369,21 @@ def _undeploy_idle_versions(
     return endpoint, [dm.id for dm in stale]
 
 
-def deploy_export(
-    export_uri: str,
-    project: str,
-    location: str,
-    model_display_name: str = "image-classifier",
-    endpoint_display_name: str = "",
-    serving_image: str = "",
-    machine_type: str = DEFAULT_MACHINE_TYPE,
-    accelerator_type: str = "",
-    accelerator_count: int = 0,
-    min_replica_count: int = 1,
-    max_replica_count: int = 1,
-    traffic_percent: int = 100,
-    keep_versions: int = 1,
-    service_account: str = "",
-    enable_explanations: bool = False,
-    explanation_metadata: Mapping[str, Any] | None = None,
-    explanation_parameters: Mapping[str, Any] | None = None,
-    export_metadata: Mapping[str, Any] | None = None,
-    operation_timeout_s: float = DEFAULT_OPERATION_TIMEOUT_S,
-) -> dict:
-    """The deploy_vertex stage: an export deployed to a Vertex AI endpoint as a new version
-    of its Model (``deploy_to_vertex``), with an explanation spec on request.
-
-    Args:
-        export_uri: The export stage's SavedModel on Cloud Storage.
-        project: Google Cloud project.
-        location: Vertex AI region, e.g. ``us-central1``.
-        model_display_name: Display name of the Model in the Model Registry.
-        endpoint_display_name: Display name of the Endpoint; empty means
-            ``<model_display_name>-endpoint``.
-        serving_image: Prediction container; empty picks Vertex AI's prebuilt TensorFlow
-            image for the export's TensorFlow version (a GPU image with an accelerator).
-        machine_type: Serving machine type.
-        accelerator_type: Accelerator per replica, e.g. ``NVIDIA_TESLA_T4``; empty for none.
-        accelerator_count: Accelerators per replica.
-        min_replica_count: Fewest serving replicas.
-        max_replica_count: Most serving replicas (autoscaling).
-        traffic_percent: The new version's share of the endpoint's traffic, 0 to 100.
-        keep_versions: Most deployments of this Model left on the endpoint.
-        service_account: Service account of the serving container; empty for the default.
-        enable_explanations: Upload with an explanation spec: ``explanation_metadata`` and
-            ``explanation_parameters`` when given, else the one the export stage wrote.
-        explanation_metadata: Vertex AI ExplanationMetadata as REST JSON (always used when
-            given, with ``explanation_parameters``).
-        explanation_parameters: Vertex AI ExplanationParameters as REST JSON.
-        export_metadata: What the export stage recorded about the export (its artifact's
-            metadata: ``framework_version``, the explanation spec), so that it need not be
-            read from the export; empty: read from the export.
-        operation_timeout_s: How long to wait for each long-running operation.
-
-    Returns:
-        What ``deploy_to_vertex`` returns.
-    """
-    recorded = dict(export_metadata or {})
-    metadata, parameters = None, None
-    if enable_explanations and not (explanation_metadata or explanation_parameters):
-        explanation_metadata = recorded.get("explanation_metadata")
-        explanation_parameters = recorded.get("explanation_parameters")
-    if enable_explanations or explanation_metadata or explanation_parameters:
-        metadata, parameters = export_explanation_spec(
-            export_uri, explanation_metadata, explanation_parameters
-        )
-    return deploy_to_vertex(
-        export_uri,
-        project,
-        location,
-        model_display_name,
-        endpoint_display_name=endpoint_display_name,
-        serving_image=serving_image,
-        tf_version=recorded.get("framework_version", ""),
-        machine_type=machine_type,
-        accelerator_type=accelerator_type,
-        accelerator_count=accelerator_count,
-        min_replica_count=min_replica_count,
-        max_replica_count=max_replica_count,
-        traffic_percent=traffic_percent,
-        keep_versions=keep_versions,
-        service_account=service_account,
-        explanation_metadata=metadata,
-        explanation_parameters=parameters,
-        operation_timeout_s=operation_timeout_s,
-    )
+def _explanation_spec(
+    artifact_uri: str,
+    enable: bool,
+    metadata: Mapping[str, Any] | None,
+    parameters: Mapping[str, Any] | None,
+    recorded: Mapping[str, Any],
+) -> tuple[aiplatform_v1.ExplanationMetadata | None, aiplatform_v1.ExplanationParameters | None]:
+    """The explanation spec to upload with: the given one, or with ``enable`` the one the
+    export stage recorded (in the artifact's metadata, else in the export); none else."""
+    if enable and not (metadata or parameters):
+        metadata = recorded.get("explanation_metadata")
+        parameters = recorded.get("explanation_parameters")
+    if not (enable or metadata or parameters):
+        return None, None
+    return export_explanation_spec(artifact_uri, metadata, parameters)
 
 
 def _report(
