@@ -309,7 +309,7 @@ def test_containers_run_as_any_uid_given(stage_images, tmp_path):
     from kfp import local
 
     from pipelines.local_docker import docker_runner
-    from pipelines.pipeline import worker_replicas
+    from pipelines.vertex_target import worker_replicas
 
     root = tmp_path / "root"
     root.mkdir(mode=0o777)
