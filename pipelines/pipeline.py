@@ -66,6 +66,18 @@ def image_classification(
     fine_tune_epochs: int = 5,
     fine_tune_learning_rate: float = 0.00001,
     warmup_epochs: int = 1,
+    learning_rate_schedule: str = "cosine",
+    dropout: float = 0.2,
+    class_weight: str = "none",
+    augment: bool = True,
+    flip: str = "horizontal",
+    crop_area_min: float = 0.5,
+    crop_area_max: float = 1.0,
+    crop_aspect_ratio_max: float = 1.33,
+    rotation_degrees: float = 0.0,
+    right_angle_rotation: bool = False,
+    brightness: float = 0.08,
+    contrast: float = 0.15,
     precision: str = "auto",
     jit_compile: str = "auto",
     steps_per_execution: int = 0,
@@ -134,7 +146,26 @@ def image_classification(
         fine_tune_epochs: Epochs of phase two (fine-tuning); 0 none.
         fine_tune_learning_rate: Peak learning rate of phase two (warm-up, then
             cosine decay).
-        warmup_epochs: Linear warm-up epochs of phase two.
+        warmup_epochs: Linear warm-up epochs at the start of each phase whose learning
+            rate follows a cosine.
+        learning_rate_schedule: Phase one's learning rate: "cosine" (warm-up, then
+            cosine decay), "constant" or "plateau" (halved when validation loss stalls).
+        dropout: Dropout rate before the classification layer.
+        class_weight: "none" or "balanced" (classes weigh by the inverse of their share
+            of the train split).
+        augment: Vary training images at random; false turns every variation off.
+        flip: Random mirroring of training images: "none", "horizontal", "vertical" or
+            "both" (no flip for digits and text).
+        crop_area_min: Smallest share of an image's area a random training crop keeps;
+            1 (with crop_aspect_ratio_max 1) trains on whole images.
+        crop_area_max: Largest share of an image's area a random crop keeps.
+        crop_aspect_ratio_max: Crops' width/height ratio lies between its inverse and it.
+        rotation_degrees: Random rotation of training images within +/- this many
+            degrees; 0 for none.
+        right_angle_rotation: Also rotate by a random multiple of 90 degrees (satellite,
+            microscope and texture images).
+        brightness: Random brightness shift, up to this share of the pixel range.
+        contrast: Random contrast factor within 1 plus or minus this.
         precision: "auto" (mixed_float16 on a recent GPU, else float32), "float32",
             "mixed_float16" or "mixed_bfloat16".
         jit_compile: XLA: "auto" (on GPU), "true" or "false".
@@ -228,6 +259,18 @@ def image_classification(
         fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_learning_rate,
         warmup_epochs=warmup_epochs,
+        learning_rate_schedule=learning_rate_schedule,
+        dropout=dropout,
+        class_weight=class_weight,
+        augment=augment,
+        flip=flip,
+        crop_area_min=crop_area_min,
+        crop_area_max=crop_area_max,
+        crop_aspect_ratio_max=crop_aspect_ratio_max,
+        rotation_degrees=rotation_degrees,
+        right_angle_rotation=right_angle_rotation,
+        brightness=brightness,
+        contrast=contrast,
         precision=precision,
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,

@@ -37,7 +37,18 @@ DEMO_SETTINGS = {
     "learning_rate": 0.002,
     "early_stopping_patience": 4,
 }
-TRAINING_KNOBS = tuple(DEMO_SETTINGS)
+# Pipeline parameters the command line sets when given (None: the pipeline's default).
+TRAINING_KNOBS = (
+    *DEMO_SETTINGS,
+    "learning_rate_schedule",
+    "class_weight",
+    "augment",
+    "flip",
+    "crop_area_min",
+    "crop_area_max",
+    "rotation_degrees",
+    "right_angle_rotation",
+)
 RUNNERS = ("subprocess", "docker")
 # The tasks every run has, in order, and those behind the quality gate.
 ALWAYS_RUN = ("create-tfrecords", "train", "export", "evaluate")
@@ -268,6 +279,38 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--early-stopping-patience", type=int)
+    p.add_argument("--learning-rate-schedule", choices=("cosine", "constant", "plateau"))
+    p.add_argument(
+        "--class-weight",
+        choices=("none", "balanced"),
+        help="balanced: classes weigh by the inverse of their share (unbalanced data)",
+    )
+    augmentation = p.add_argument_group(
+        "augmentation", "random variations of the training images (never of evaluation)"
+    )
+    augmentation.add_argument(
+        "--no-augment", dest="augment", action="store_const", const=False, help="none at all"
+    )
+    augmentation.add_argument(
+        "--flip",
+        choices=("none", "horizontal", "vertical", "both"),
+        help="random mirroring (none for digits and text)",
+    )
+    augmentation.add_argument(
+        "--crop-area-min",
+        type=float,
+        help="smallest share of the image's area a random crop keeps (1: whole images)",
+    )
+    augmentation.add_argument("--crop-area-max", type=float)
+    augmentation.add_argument(
+        "--rotation-degrees", type=float, help="random rotation within +/- this many degrees"
+    )
+    augmentation.add_argument(
+        "--right-angle-rotation",
+        action="store_const",
+        const=True,
+        help="also rotate by a random multiple of 90 degrees (satellite, microscope images)",
+    )
     p.add_argument("--accuracy-threshold", type=float, default=0.8)
     p.add_argument("--model-name", default="image-classifier")
     p.add_argument("--serving-port", type=int, default=8080)

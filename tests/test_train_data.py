@@ -14,7 +14,8 @@ from PIL import Image
 
 from components.common import labels as label_io, preprocessing, schema
 from components.common.io import read_json
-from components.train import data
+from components.train import augmentation, data
+from components.train.augmentation import Augmentation, augment_batch
 
 SIZE = 32
 
@@ -142,7 +143,7 @@ def test_augmentation_is_drawn_per_image():
     # A left-to-right ramp: flipped images run right-to-left, and brightness and contrast
     # (positive factors) keep the direction.
     ramp = tf.tile(tf.linspace(60.0, 190.0, SIZE)[None, None, :, None], [64, SIZE, 1, 3])
-    out = data.augment_batch(ramp, tf.random.Generator.from_seed(0)).numpy()
+    out = augment_batch(ramp, Augmentation(), tf.random.Generator.from_seed(0)).numpy()
     flipped = out[:, :, :4].mean(axis=(1, 2, 3)) > out[:, :, -4:].mean(axis=(1, 2, 3))
     assert 0 < flipped.sum() < len(out)
     # Contrast keeps an image's mean, brightness its range: both vary from image to image.
@@ -154,6 +155,7 @@ def test_augmentation_is_drawn_per_image():
 def test_jitter_is_tf_image_flip_brightness_then_contrast():
     images = tf.random.uniform([3, 8, 8, 3], 0.0, 255.0, seed=0)
     flip = tf.constant([True, False, True])[:, None, None, None]
+    no_flip = tf.zeros_like(flip)
     delta = tf.constant([-30.0, 5.0, 40.0])[:, None, None, None]
     factor = tf.constant([0.8, 1.0, 1.2])[:, None, None, None]
     expected = []
@@ -162,14 +164,17 @@ def test_jitter_is_tf_image_flip_brightness_then_contrast():
         image = tf.image.adjust_brightness(image, float(delta[i, 0, 0, 0]))
         image = tf.image.adjust_contrast(image, float(factor[i, 0, 0, 0]))
         expected.append(tf.clip_by_value(image, 0.0, 255.0))
-    got = data._jitter(images, flip, delta, factor)
+    got = augmentation._jitter(images, flip, no_flip, delta, factor)
     np.testing.assert_allclose(got.numpy(), tf.stack(expected).numpy(), atol=1e-3)
 
 
 def test_random_crop_windows_are_inception_style_and_inside_the_image():
     generator = tf.random.Generator.from_seed(0)
     shape = tf.constant([120, 200, 3])
-    windows = np.array([data.random_crop_window(shape, generator).numpy() for _ in range(100)])
+    crop = Augmentation(crop_area_min=0.25)
+    windows = np.array(
+        [augmentation.random_crop_window(shape, crop, generator).numpy() for _ in range(100)]
+    )
     y, x, h, w = windows.T
     assert (y >= 0).all() and (x >= 0).all() and (y + h <= 120).all() and (x + w <= 200).all()
     area = h * w / (120 * 200)

@@ -9,8 +9,43 @@ import json
 import logging
 
 from components.common.cli import defaults
+from components.train.augmentation import FLIPS
 from components.train.hardware import JIT_COMPILE, PRECISIONS
+from components.train.inputs import CLASS_WEIGHTS
+from components.train.plan import SCHEDULES
 from components.train.training import train
+
+
+def _add_augmentation_arguments(p: argparse.ArgumentParser, default: dict) -> None:
+    """The options of ``augmentation.Augmentation`` (training images only)."""
+    augmentation = p.add_argument_group("augmentation (training images only)")
+    augmentation.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="no random variation"
+    )
+    augmentation.add_argument("--flip", default=default["flip"], choices=FLIPS)
+    augmentation.add_argument(
+        "--crop-area-min",
+        type=float,
+        default=default["crop_area_min"],
+        help="smallest share of the image's area a random crop keeps (1: whole images)",
+    )
+    augmentation.add_argument("--crop-area-max", type=float, default=default["crop_area_max"])
+    augmentation.add_argument(
+        "--crop-aspect-ratio-max", type=float, default=default["crop_aspect_ratio_max"]
+    )
+    augmentation.add_argument(
+        "--rotation-degrees",
+        type=float,
+        default=default["rotation_degrees"],
+        help="random rotation within +/- this many degrees",
+    )
+    augmentation.add_argument(
+        "--right-angle-rotation",
+        action="store_true",
+        help="also rotate by a random multiple of 90 degrees",
+    )
+    augmentation.add_argument("--brightness", type=float, default=default["brightness"])
+    augmentation.add_argument("--contrast", type=float, default=default["contrast"])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +110,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=default["warmup_epochs"],
         help="phase two's linear warm-up",
     )
+    p.add_argument(
+        "--learning-rate-schedule",
+        default=default["learning_rate_schedule"],
+        choices=SCHEDULES,
+        help="phase one's learning rate",
+    )
+    p.add_argument(
+        "--class-weight",
+        default=default["class_weight"],
+        choices=CLASS_WEIGHTS,
+        help="balanced: classes weigh by the inverse of their share of the train split",
+    )
+    _add_augmentation_arguments(p, default)
     p.add_argument("--precision", default=default["precision"], choices=PRECISIONS)
     p.add_argument("--jit-compile", default=default["jit_compile"], choices=JIT_COMPILE, help="XLA")
     p.add_argument(

@@ -24,6 +24,17 @@ def train(
     fine_tune_epochs: int = 5,
     fine_tune_learning_rate: float = 0.00001,
     warmup_epochs: int = 1,
+    learning_rate_schedule: str = "cosine",
+    class_weight: str = "none",
+    augment: bool = True,
+    flip: str = "horizontal",
+    crop_area_min: float = 0.5,
+    crop_area_max: float = 1.0,
+    crop_aspect_ratio_max: float = 1.33,
+    rotation_degrees: float = 0.0,
+    right_angle_rotation: bool = False,
+    brightness: float = 0.08,
+    contrast: float = 0.15,
     precision: str = "auto",
     jit_compile: str = "auto",
     steps_per_execution: int = 0,
@@ -62,8 +73,27 @@ def train(
             only); -1 for the whole backbone, 0 for no phase two.
         fine_tune_epochs: Epochs of phase two; 0 for no phase two.
         fine_tune_learning_rate: Peak learning rate of phase two.
-        warmup_epochs: Epochs of linear learning-rate warm-up at the start of phase two,
-            followed by cosine decay.
+        warmup_epochs: Epochs of linear learning-rate warm-up at the start of each phase
+            whose rate follows a cosine (phase two always does).
+        learning_rate_schedule: Phase one's learning rate: "cosine" (warm-up, then
+            cosine decay to 0 by epochs), "constant", or "plateau" (halved when the
+            validation loss stops improving).
+        class_weight: "none" or "balanced": each class weighs in the loss by the
+            inverse of its share of the train split (for unbalanced classes).
+        augment: Vary the training images at random; false turns every variation below
+            off (evaluation and serving never vary images).
+        flip: Random mirroring: "none", "horizontal", "vertical" or "both" (no flip for
+            digits and text).
+        crop_area_min: Smallest share of an image's area a random crop keeps; 1 (with
+            crop_aspect_ratio_max 1) trains on whole images.
+        crop_area_max: Largest share of an image's area a random crop keeps.
+        crop_aspect_ratio_max: Crops' width/height ratio lies between its inverse and it.
+        rotation_degrees: Random rotation within plus or minus this many degrees; 0 for
+            none.
+        right_angle_rotation: Also rotate by a random multiple of 90 degrees (satellite,
+            microscope and texture images, which have no "up").
+        brightness: Random brightness shift, up to this share of the pixel range.
+        contrast: Random contrast factor within 1 plus or minus this.
         precision: "auto" (mixed_float16 on GPUs with compute capability 7.0 or more,
             else float32), "float32", "mixed_float16" or "mixed_bfloat16". The saved
             model is float32 either way.
@@ -84,7 +114,8 @@ def train(
             curves.html, TensorBoard logs under logs/.
         metrics: Metrics of the kept (best) epoch: accuracy, loss, val_accuracy,
             val_loss; and of the run: epochs_run, phase_one_epochs, phase_two_epochs,
-            best_epoch, train_seconds, images_per_second, global_batch_size, replicas.
+            best_epoch, train_seconds, images_per_second, global_batch_size, replicas;
+            train_images_<label>: the images of each class in the train split.
         curves: Loss and accuracy curves (train and validation) per epoch, the
             fine-tuning phase marked, as an HTML page.
     """
@@ -106,6 +137,17 @@ def train(
         fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_learning_rate,
         warmup_epochs=warmup_epochs,
+        learning_rate_schedule=learning_rate_schedule,
+        class_weight=class_weight,
+        augment=augment,
+        flip=flip,
+        crop_area_min=crop_area_min,
+        crop_area_max=crop_area_max,
+        crop_aspect_ratio_max=crop_aspect_ratio_max,
+        rotation_degrees=rotation_degrees,
+        right_angle_rotation=right_angle_rotation,
+        brightness=brightness,
+        contrast=contrast,
         precision=precision,
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
@@ -131,6 +173,8 @@ def train(
         "replicas",
     ):
         metrics.log_metric(name, result[name])
+    for label, count in result["train_images"].items():
+        metrics.log_metric(f"train_images_{label}", count)
     model.metadata.update(
         {"backbone": backbone, "image_size": image_size, "framework": "tensorflow"}
     )

@@ -5,15 +5,12 @@ step (AUTOTUNE) and end in ``prefetch``, so batches are ready when the accelerat
 Keras / tf.distribute copy them to the device.
 
 Training: an endless stream (see ``make_dataset``) of shards in random order, examples
-shuffled while still encoded (cheap to buffer), then a fused random crop:
-``sample_distorted_bounding_box`` picks an Inception-style window (``AREA_RANGE``,
-``ASPECT_RATIO_RANGE``) from the JPEG header's shape and
-``decode_and_crop_jpeg`` decodes only that window, which is resized to ``image_size`` by
-``components.common.preprocessing.resize``, as serving resizes whole images.
-Flip and brightness/contrast jitter then run on whole batches, drawn per image.
-Randomness comes from one ``tf.random.Generator``: its state lives on across iterations,
-so every epoch gets new crops and flips even under a global seed, and it keeps the
-dataset's source the shard files, which tf.distribute's FILE auto-sharding needs.
+shuffled while still encoded (cheap to buffer), then the augmentation its parameters ask
+for (``augmentation.Augmentation``): a fused random crop that decodes only its window, then
+flips, rotation and brightness/contrast on whole batches, drawn per image. Randomness
+comes from one ``tf.random.Generator``: its state lives on across iterations, so every
+epoch gets new crops and flips even under a global seed, and it keeps the dataset's
+source the shard files, which tf.distribute's FILE auto-sharding needs.
 
 Evaluation: records in the files' order, decoded with
 ``components.common.preprocessing.decode_and_resize``, the function the exported serving
@@ -24,7 +21,7 @@ final float32 images (``image_size``² x 3 x 4 bytes each); for training the dec
 un-augmented images as uint8, shrunk (never enlarged) to fit ``CACHE_SCALE * image_size``
 a side with their aspect ratio, from which the random crop is taken every epoch. The
 training cache thus holds at most as many bytes per image as the evaluation cache, and a
-crop of the smallest area (a quarter) still has about ``image_size`` pixels a side.
+crop of a quarter of the area still has about ``image_size`` pixels a side.
 """
 
 from __future__ import annotations
@@ -34,12 +31,14 @@ import math
 import tensorflow as tf
 
 from components.common import preprocessing, schema
+from components.train.augmentation import (
+    Augmentation,
+    augment_batch,
+    decode_random_crop,
+    random_crop,
+)
 
 AUTOTUNE = tf.data.AUTOTUNE
-AREA_RANGE = (0.25, 1.0)
-ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
-BRIGHTNESS_DELTA = 20.0
-CONTRAST_RANGE = (0.85, 1.15)
 CACHE_SCALE = 2
 # Examples parsed per parse_example call: parsing in batches costs less per record.
 _PARSE_BATCH = 256
@@ -81,37 +80,6 @@ def _encoded_and_labels(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.batch(_PARSE_BATCH).map(parse, num_parallel_calls=AUTOTUNE).unbatch()
 
 
-def random_crop_window(shape: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
-    """An Inception-style random crop ``[y, x, height, width]`` of an image of ``shape``."""
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=tf.zeros([1, 0, 4]),
-        seed=generator.make_seeds(1)[:, 0],
-        min_object_covered=0.0,
-        aspect_ratio_range=ASPECT_RATIO_RANGE,
-        area_range=AREA_RANGE,
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    return tf.concat([begin[:2], size[:2]], axis=0)
-
-
-def decode_random_crop(
-    encoded: tf.Tensor, image_size: int, generator: tf.random.Generator
-) -> tf.Tensor:
-    """Decodes only a random window of a JPEG and resizes it: float32 in ``[0, 255]``."""
-    window = random_crop_window(tf.image.extract_jpeg_shape(encoded), generator)
-    image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-    return preprocessing.resize(image, image_size)
-
-
-def random_crop(image: tf.Tensor, image_size: int, generator: tf.random.Generator) -> tf.Tensor:
-    """``decode_random_crop`` for an already decoded image."""
-    window = random_crop_window(tf.shape(image), generator)
-    crop = tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
-    return preprocessing.resize(crop, image_size)
-
-
 def _decode_for_cache(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     """A JPEG decoded to uint8 and shrunk, if needed, to fit ``CACHE_SCALE * image_size``."""
     image = tf.io.decode_jpeg(encoded, channels=3)
@@ -129,36 +97,6 @@ def _decode_for_cache(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     )
 
 
-@tf.function(jit_compile=True)
-def _jitter(images, flip, delta, factor):
-    # XLA fuses this into about one pass over the batch; as separate ops it is several
-    # passes and, at 224 px, slower than decoding.
-    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
-    images = tf.where(flip, tf.reverse(images, axis=[2]), images)
-    # Brightness then contrast as tf.image does them: ((x + delta) - mean') * factor + mean'
-    # with mean' = mean + delta, that is x * factor + (mean * (1 - factor) + delta).
-    return tf.clip_by_value(images * factor + (mean * (1.0 - factor) + delta), 0.0, 255.0)
-
-
-def augment_batch(images: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
-    """Random flip, brightness and contrast, drawn per image, applied to a whole batch.
-
-    Args:
-        images: float32 ``[batch, height, width, 3]`` in ``[0, 255]``.
-        generator: the source of randomness.
-
-    Returns:
-        The augmented batch, clipped to ``[0, 255]``.
-    """
-    per_image = [tf.shape(images)[0], 1, 1, 1]
-    flip = generator.uniform(per_image) < 0.5
-    delta = generator.uniform(per_image, -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA)
-    factor = generator.uniform(per_image, *CONTRAST_RANGE)
-    # tf.data runs on the host; keep the XLA cluster there on a machine with a GPU too.
-    with tf.device("/device:CPU:0"):
-        return _jitter(images, flip, delta, factor)
-
-
 def steps_per_epoch(count: int, batch_size: int) -> int:
     """Batches of the endless training stream that make one epoch of ``count`` images."""
     return max(1, math.ceil(count / batch_size))
@@ -174,6 +112,7 @@ def make_dataset(
     seed: int | None = None,
     cache: bool = False,
     repeat: bool = False,
+    augmentation: Augmentation | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(images, labels)`` of one split.
 
@@ -195,6 +134,8 @@ def make_dataset(
         repeat: For evaluation: passes repeated endlessly in full batches, so that every
             worker of a multi-worker run can take the same number of them (the caller
             says how many).
+        augmentation: For training: how images are varied; None for the defaults,
+            ``Augmentation.off()`` for none. Evaluation never varies them.
 
     Returns:
         A dataset of float32 images ``[batch, image_size, image_size, 3]`` in
@@ -223,6 +164,7 @@ def make_dataset(
 
     if count == 0:
         raise ValueError(f"the {split} split of {dataset_dir} has no images to train on")
+    augmentation = augmentation or Augmentation()
     generator = (
         tf.random.Generator.from_non_deterministic_state()
         if seed is None
@@ -233,20 +175,37 @@ def make_dataset(
             lambda encoded, label: (_decode_for_cache(encoded, image_size), label),
             num_parallel_calls=AUTOTUNE,
         ).cache()
-        crop = random_crop
-    else:
-        crop = decode_random_crop
     # Repeating before the shuffle makes one endless stream: the shuffle buffer never
     # drains and refills at an epoch's end, so the accelerator does not wait there. At
     # most one epoch in the buffer: examples mix only with the next epoch's.
     ds = ds.repeat().shuffle(min(shuffle_buffer, count), seed=seed)
     ds = ds.map(
-        lambda image, label: (crop(image, image_size, generator), label),
+        lambda image, label: (
+            _training_image(image, image_size, cache, augmentation, generator),
+            label,
+        ),
         num_parallel_calls=AUTOTUNE,
     )
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.map(
-        lambda images, labels: (augment_batch(images, generator), labels),
+        lambda images, labels: (augment_batch(images, augmentation, generator), labels),
         num_parallel_calls=AUTOTUNE,
     )
     return ds.with_options(_options(training)).prefetch(AUTOTUNE)
+
+
+def _training_image(
+    image: tf.Tensor,
+    image_size: int,
+    cached: bool,
+    augmentation: Augmentation,
+    generator: tf.random.Generator,
+) -> tf.Tensor:
+    """One training image at ``image_size``: a random crop, or the whole image as serving
+    decodes it; from the encoded bytes, or from the decoded cache."""
+    if augmentation.crops:
+        crop = random_crop if cached else decode_random_crop
+        return crop(image, image_size, augmentation, generator)
+    if cached:
+        return preprocessing.resize(image, image_size)
+    return preprocessing.decode_and_resize(image, image_size)

@@ -68,7 +68,7 @@ def _completed_epochs(
 
 
 def _phase_callbacks(
-    phase: int,
+    phase: Phase,
     dirs: RunDirs,
     best_so_far: float | None,
     completed: list[tuple[int, float]],
@@ -76,7 +76,7 @@ def _phase_callbacks(
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of one phase's ``fit``, in the order they must run."""
     phase_callbacks: list[keras.callbacks.Callback] = [
-        callbacks.EpochFacts(phase),
+        callbacks.EpochFacts(phase.number),
         keras.callbacks.CSVLogger(dirs.epoch_log, append=True),
         keras.callbacks.ModelCheckpoint(
             dirs.best_weights,
@@ -88,11 +88,25 @@ def _phase_callbacks(
         ),
         keras.callbacks.TensorBoard(io.join(dirs.own_model_dir, "logs")),
     ]
+    if phase.schedule == "plateau":
+        # Halved after half the early-stopping patience without progress: early stopping
+        # then still sees the lower rate at work before it ends the phase.
+        patience = max(1, early_stopping_patience // 2) if early_stopping_patience else 2
+        phase_callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=0.5,
+                patience=patience,
+                min_lr=phase.peak_learning_rate / 64,
+            )
+        )
     if early_stopping_patience > 0:
         phase_callbacks.append(callbacks.ResumableEarlyStopping(early_stopping_patience, completed))
     # Last, so an epoch is backed up only once its log row and checkpoint exist.
     phase_callbacks.append(
-        callbacks.SharedBackupAndRestore(dirs.phase_backup(phase), dirs.own_phase_backup(phase))
+        callbacks.SharedBackupAndRestore(
+            dirs.phase_backup(phase.number), dirs.own_phase_backup(phase.number)
+        )
     )
     return phase_callbacks
 
@@ -129,7 +143,7 @@ def run_phase(
     if plan.multi_worker:
         distribution.prepare_multi_worker_fit(model, plan.strategy, plan.image_size)
     phase_callbacks = _phase_callbacks(
-        phase.number, dirs, best_val_loss(rows), completed, plan.early_stopping_patience
+        phase, dirs, best_val_loss(rows), completed, plan.early_stopping_patience
     )
     # Keras keeps the epoch a BackupAndRestore restored on the model (a private
     # attribute, with no public way to reset it), and a restore in phase one would
@@ -139,6 +153,7 @@ def run_phase(
         datasets.train,
         validation_data=datasets.valid,
         validation_steps=datasets.validation_steps,
+        class_weight=datasets.class_weight,
         initial_epoch=first_epoch,
         epochs=end_epoch,
         steps_per_epoch=plan.steps_per_epoch,

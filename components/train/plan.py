@@ -40,6 +40,9 @@ class Phase:
             all, as ``backbones.unfreeze_top_layers`` takes it); None keeps what the model
             was built with (phase one: the new head on the frozen backbone of a
             pretrained model, the whole network from random weights).
+        schedule: How the rate changes: ``"cosine"`` (warm-up, then cosine decay to 0
+            by the phase's last epoch), ``"constant"`` or ``"plateau"`` (halved when the
+            validation loss stops improving).
     """
 
     number: int
@@ -48,6 +51,7 @@ class Phase:
     peak_learning_rate: float
     warmup_epochs: int
     unfreeze_layers: int | None
+    schedule: str = "cosine"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +130,13 @@ def _check_settings(
         raise ValueError(f"fine_tune_layers must be -1 (all), 0 or more; got {fine_tune_layers}")
 
 
-def fine_tune_schedule(
+SCHEDULES = ("cosine", "constant", "plateau")
+
+
+def warmup_cosine_schedule(
     learning_rate: float, epochs: int, warmup_epochs: int, steps_per_epoch: int
 ) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Phase two's learning rate: linear warm-up from 0 to ``learning_rate`` over
+    """A phase's learning rate: linear warm-up from 0 to ``learning_rate`` over
     ``warmup_epochs``, then cosine decay to 0 over the remaining epochs."""
     warmup_steps = min(warmup_epochs, epochs) * steps_per_epoch
     decay_steps = max(1, (epochs - min(warmup_epochs, epochs)) * steps_per_epoch)
@@ -137,6 +144,32 @@ def fine_tune_schedule(
         return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
     return keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps, warmup_target=learning_rate, warmup_steps=warmup_steps
+    )
+
+
+def _phase_one(
+    epochs: int,
+    learning_rate: float,
+    schedule: str,
+    warmup_epochs: int,
+    steps_per_epoch: int,
+) -> Phase:
+    """Phase one (the new head, or the whole network from random weights) of ``epochs``
+    at ``learning_rate`` along ``schedule``."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"learning_rate_schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "cosine" and epochs:
+        rate = warmup_cosine_schedule(learning_rate, epochs, warmup_epochs, steps_per_epoch)
+    else:
+        rate = learning_rate
+    return Phase(
+        number=1,
+        epochs=epochs,
+        learning_rate=rate,
+        peak_learning_rate=learning_rate,
+        warmup_epochs=warmup_epochs if schedule == "cosine" else 0,
+        unfreeze_layers=None,
+        schedule=schedule,
     )
 
 
@@ -167,6 +200,7 @@ def make_plan(
     fine_tune_epochs: int,
     fine_tune_learning_rate: float,
     warmup_epochs: int,
+    learning_rate_schedule: str,
     precision: str,
     jit_compile: str,
     steps_per_execution: int,
@@ -234,18 +268,17 @@ def make_plan(
         pretrained=pretrained,
         early_stopping_patience=early_stopping_patience,
         first_epoch=first_epoch,
-        phase_one=Phase(
-            number=1,
-            epochs=max(0, epochs - first_epoch),
-            learning_rate=learning_rate,
-            peak_learning_rate=learning_rate,
-            warmup_epochs=0,
-            unfreeze_layers=None,
+        phase_one=_phase_one(
+            max(0, epochs - first_epoch),
+            learning_rate,
+            learning_rate_schedule,
+            warmup_epochs,
+            steps_per_epoch,
         ),
         phase_two=Phase(
             number=2,
             epochs=fine_tune_epochs,
-            learning_rate=fine_tune_schedule(
+            learning_rate=warmup_cosine_schedule(
                 fine_tune_learning_rate, fine_tune_epochs, warmup_epochs, steps_per_epoch
             ),
             peak_learning_rate=fine_tune_learning_rate,

@@ -35,6 +35,7 @@ across restarts and the metrics drawn from it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 
@@ -43,8 +44,9 @@ import keras
 from components.common import io, labels as label_io
 from components.common.model_dir import CURVES_FILE, HISTORY_FILE, MODEL_FILE, save_model_dir
 from components.train import backbones, curves, distribution, history, phases, resume
+from components.train.augmentation import Augmentation
 from components.train.history import EpochLog
-from components.train.inputs import Datasets, make_datasets
+from components.train.inputs import Datasets, class_weights, make_datasets, train_class_counts
 from components.train.plan import TrainingPlan, make_plan
 from components.train.resume import ResumeState, RunDirs
 
@@ -222,6 +224,9 @@ def _training_record(
     fine_tune_epochs: int,
     fine_tune_learning_rate: float,
     warmup_epochs: int,
+    learning_rate_schedule: str,
+    class_weight: str,
+    augmentation: Augmentation,
     initial_model: str,
     phase_boundary: int | None,
     seed: int,
@@ -247,6 +252,9 @@ def _training_record(
         "fine_tune_epochs": fine_tune_epochs if fine_tune else 0,
         "fine_tune_learning_rate": fine_tune_learning_rate,
         "warmup_epochs": warmup_epochs,
+        "learning_rate_schedule": learning_rate_schedule,
+        "class_weight": class_weight,
+        "augmentation": dataclasses.asdict(augmentation),
         "initial_model": initial_model,
         "initial_epoch": plan.first_epoch,
         "phase_boundary": phase_boundary,
@@ -317,6 +325,17 @@ def train(
     fine_tune_epochs: int = 5,
     fine_tune_learning_rate: float = 1e-5,
     warmup_epochs: int = 1,
+    learning_rate_schedule: str = "cosine",
+    class_weight: str = "none",
+    augment: bool = True,
+    flip: str = "horizontal",
+    crop_area_min: float = 0.5,
+    crop_area_max: float = 1.0,
+    crop_aspect_ratio_max: float = 1.33,
+    rotation_degrees: float = 0.0,
+    right_angle_rotation: bool = False,
+    brightness: float = 0.08,
+    contrast: float = 0.15,
     precision: str = "auto",
     jit_compile: str = "auto",
     steps_per_execution: int = 0,
@@ -353,7 +372,27 @@ def train(
             them, 0 for no phase two.
         fine_tune_epochs: Epochs of phase two; 0 for no phase two.
         fine_tune_learning_rate: Peak Adam learning rate of phase two.
-        warmup_epochs: Epochs of linear learning-rate warm-up at the start of phase two.
+        warmup_epochs: Epochs of linear learning-rate warm-up at the start of each phase
+            whose rate follows a cosine (phase two always does).
+        learning_rate_schedule: Phase one's learning rate: ``"cosine"`` (warm-up, then
+            cosine decay to 0 by ``epochs``), ``"constant"``, or ``"plateau"`` (halved
+            when the validation loss stops improving).
+        class_weight: ``"none"`` or ``"balanced"``: each class weighs in the loss by
+            the inverse of its share of the train split (unbalanced classes).
+        augment: Vary the training images at random (False: none of the variations
+            below, training sees what serving sees).
+        flip: Random mirroring: ``"none"``, ``"horizontal"``, ``"vertical"`` or
+            ``"both"`` (no flip for digits and text).
+        crop_area_min: Smallest share of an image's area a random crop keeps; 1 (with
+            ``crop_aspect_ratio_max`` 1) trains on whole images.
+        crop_area_max: Largest share of the area a random crop keeps.
+        crop_aspect_ratio_max: Crops' width/height ratio lies between its inverse and it.
+        rotation_degrees: Random rotation within plus or minus this many degrees; 0 for
+            none.
+        right_angle_rotation: Also rotate by a random multiple of 90 degrees (satellite,
+            microscope and texture images, which have no "up").
+        brightness: Random brightness shift, up to this share of the pixel range.
+        contrast: Random contrast factor within 1 plus or minus this.
         precision: ``"auto"`` (mixed_float16 on GPUs of compute capability 7.0 or more,
             else float32), ``"float32"``, ``"mixed_float16"`` or ``"mixed_bfloat16"``.
             The saved model is float32 either way.
@@ -383,13 +422,30 @@ def train(
         ``initial_epoch``), ``train_seconds`` (sum of epoch times, validation included),
         ``images_per_second`` (training images per second of the fastest epoch,
         validation included),
-        ``global_batch_size`` and ``replicas``.
+        ``global_batch_size``, ``replicas`` and ``train_images`` (images of each class
+        in the train split).
     """
     # The strategy first: MultiWorkerMirroredStrategy must come before other TF ops.
     tf_config = distribution.load_tf_config()
     strategy = distribution.make_strategy(tf_config)
     labels = label_io.read_labels(io.join(dataset_dir, label_io.LABELS_FILE))
     start = resume.read_starting_point(initial_model, initial_epoch, backbone, labels, image_size)
+    augmentation = (
+        Augmentation(
+            flip=flip,
+            crop_area_min=crop_area_min,
+            crop_area_max=crop_area_max,
+            crop_aspect_ratio_max=crop_aspect_ratio_max,
+            rotation_degrees=rotation_degrees,
+            right_angle_rotation=right_angle_rotation,
+            brightness=brightness,
+            contrast=contrast,
+        )
+        if augment
+        else Augmentation.off()
+    )
+    counts = train_class_counts(dataset_dir, labels)
+    weights_by_class = class_weights(counts, class_weight)
     plan = make_plan(
         strategy,
         tf_config,
@@ -404,13 +460,14 @@ def train(
         fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_learning_rate,
         warmup_epochs=warmup_epochs,
+        learning_rate_schedule=learning_rate_schedule,
         precision=precision,
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
         first_epoch=start.epoch,
     )
     keras.utils.set_random_seed(seed)
-    datasets = make_datasets(dataset_dir, plan, cache, seed)
+    datasets = make_datasets(dataset_dir, plan, cache, seed, augmentation, weights_by_class)
     dirs = resume.make_run_dirs(model_dir, backup_dir or io.join(model_dir, "backup"), plan.chief)
     state = resume.read_resume_state(dirs.backup_dir, fine_tune=plan.phase_two is not None)
     epoch_log = EpochLog(dirs.epoch_log, state.prior_rows)
@@ -428,6 +485,7 @@ def train(
 
     final = _float32_model(model, backbone, len(labels), dropout, learning_rate, plan)
     metrics = history.run_metrics(rows, plan.steps_per_epoch, plan.global_batch, plan.replicas)
+    metrics["train_images"] = counts
     phase_boundary = phase_one_end if metrics["phase_two_epochs"] else None
     settings = _training_record(
         plan,
@@ -439,6 +497,9 @@ def train(
         fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_learning_rate,
         warmup_epochs=warmup_epochs,
+        learning_rate_schedule=learning_rate_schedule,
+        class_weight=class_weight,
+        augmentation=augmentation,
         initial_model=initial_model,
         phase_boundary=phase_boundary,
         seed=seed,
