@@ -6,8 +6,13 @@ as ``deploy_target`` says at run time."""
 from __future__ import annotations
 
 from kfp import dsl
+from kfp.dsl.pipeline_channel import PipelineChannel
 
-from components.deploy.component import deploy as deploy_locally, deploy_kserve
+from components.deploy.component import (
+    deploy as deploy_locally,
+    deploy_kserve,
+    find_champion,
+)
 from components.train.component import train as train_component
 from pipelines.tasks import PodResources, stage_task
 
@@ -21,12 +26,33 @@ def train(settings: dict, resources: PodResources | None = None):
     return stage_task(train_component, "train", resources, **settings).outputs["model"]
 
 
-def deploy_local(exported_model, model_name, model_repository, serving_port) -> None:
-    """Publishes the export to the model repository and checks it with the local server."""
+def champion(
+    model_name, model_repository, deploy_target="local", kserve_namespace=""
+) -> PipelineChannel:
+    """The model the deploy target serves now: the model repository's highest version,
+    or the KServe InferenceService's ("" before the first deployment)."""
+    task = stage_task(
+        find_champion,
+        "deploy",
+        model_name=model_name,
+        model_repository=model_repository,
+        deploy_target=deploy_target,
+        kserve_namespace=kserve_namespace,
+    )
+    task.set_caching_options(False)  # what serves changes between runs
+    return task.output
+
+
+def deploy_local(
+    exported_model, evaluation: dsl.PipelineTask, model_name, model_repository, serving_port
+) -> None:
+    """Publishes the export to the model repository, with ``evaluation`` (the evaluate
+    task's metrics) recorded beside it, and checks it with the local server."""
     task = stage_task(
         deploy_locally,
         "deploy",
         model=exported_model,
+        evaluation=evaluation.outputs["metrics"],
         model_name=model_name,
         model_repository=model_repository,
         port=serving_port,
@@ -36,6 +62,7 @@ def deploy_local(exported_model, model_name, model_repository, serving_port) -> 
 
 def deploy(
     exported_model,
+    evaluation: dsl.PipelineTask,
     model_name,
     model_repository,
     serving_port,
@@ -57,4 +84,4 @@ def deploy(
         )
         task.set_caching_options(False)
     with dsl.Else(name="deploy-locally"):
-        deploy_local(exported_model, model_name, model_repository, serving_port)
+        deploy_local(exported_model, evaluation, model_name, model_repository, serving_port)

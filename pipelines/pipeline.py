@@ -84,6 +84,7 @@ def image_classification(
     cache_images: bool = False,
     backup_dir: str = "",
     accuracy_threshold: float = 0.8,
+    champion_margin: float = 0.0,
     explain_examples: int = 8,
     ig_steps: int = 50,
     model_name: str = "image-classifier",
@@ -173,6 +174,9 @@ def image_classification(
         cache_images: Cache decoded images in memory (when the data fits).
         backup_dir: Durable BackupAndRestore directory for preemptible training.
         accuracy_threshold: Test accuracy the model must reach to be deployed.
+        champion_margin: How much lower than the accuracy of the model serving now (the
+            champion, scored on the same test split) the new model's may be and still
+            be deployed; 0: not lower.
         explain_examples: Test images evaluate explains with integrated gradients
             (an HTML artifact); 0 none.
         ig_steps: Integrated-gradients steps per image.
@@ -290,12 +294,18 @@ def image_classification(
     else:
         model = kfp_target.train(training, gke.train if gke else None)
     exported_model = stage_task(export, "export", model=model).outputs["exported_model"]
+    if target == "vertex":
+        champion = vertex_target.champion(project, location, model_name)
+    else:  # the local target deploys locally
+        champion = kfp_target.champion(model_name, model_repository, deploy_target, kserve_namespace)
     evaluation = stage_task(
         evaluate,
         "evaluate",
         model=exported_model,
         dataset=dataset,
         accuracy_threshold=accuracy_threshold,
+        champion_dir=champion,
+        champion_margin=champion_margin,
         explain_examples=explain_examples,
         ig_steps=ig_steps,
     )
@@ -310,6 +320,7 @@ def image_classification(
         if target == "vertex":
             vertex_target.deploy_and_predict(
                 exported_model,
+                evaluation,
                 dataset,
                 predict_on_beam,
                 model_name,
@@ -327,6 +338,7 @@ def image_classification(
         elif target == "kfp":
             kfp_target.deploy(
                 exported_model,
+                evaluation,
                 model_name,
                 model_repository,
                 serving_port,
@@ -336,7 +348,9 @@ def image_classification(
             )
             predict_on_beam()
         else:
-            kfp_target.deploy_local(exported_model, model_name, model_repository, serving_port)
+            kfp_target.deploy_local(
+                exported_model, evaluation, model_name, model_repository, serving_port
+            )
             predict_on_beam()
 
 

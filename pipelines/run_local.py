@@ -134,6 +134,8 @@ def summarize(run_dir: str, seconds: float, runner: str = "subprocess") -> dict:
             "loss": test["loss"],
             "examples": int(test["examples"]),
         },
+        # The model served before this run, scored on the same images (None: none was).
+        "champion_accuracy": test.get("champion_accuracy"),
         "gate_passed": gate_passed,
         "deployed": deployed is not None,
         "serving": None,
@@ -238,6 +240,11 @@ def format_summary(summary: dict) -> str:
         f"{s['test_metrics']['loss']:.3f} on {s['test_metrics']['examples']} images; "
         f"gate {'passed' if s['gate_passed'] else 'FAILED: not deployed'}",
     ]
+    if s.get("champion_accuracy") is not None:
+        lines.append(
+            f"  Champion:   the model served before scores {s['champion_accuracy']:.3f} "
+            "on the same images"
+        )
     if s["serving"]:
         lines += [
             f"  Deployed:   {s['serving']['model_name']} v{s['serving']['version']} at "
@@ -312,6 +319,12 @@ def main(argv: list[str] | None = None) -> None:
         help="also rotate by a random multiple of 90 degrees (satellite, microscope images)",
     )
     p.add_argument("--accuracy-threshold", type=float, default=0.8)
+    p.add_argument(
+        "--champion-margin",
+        type=float,
+        default=0.0,
+        help="how much lower than the served model's test accuracy the new one's may be",
+    )
     p.add_argument("--model-name", default="image-classifier")
     p.add_argument("--serving-port", type=int, default=8080)
     args = p.parse_args(argv)
@@ -330,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
             image_dir=os.path.abspath(args.image_dir) if args.image_dir else "",
             runner=args.runner,
             accuracy_threshold=args.accuracy_threshold,
+            champion_margin=args.champion_margin,
             model_name=args.model_name,
             serving_port=args.serving_port,
             **params,

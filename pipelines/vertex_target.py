@@ -10,9 +10,10 @@ from google_cloud_pipeline_components.v1.custom_job import (
     create_custom_training_job_from_component,
 )
 from kfp import dsl
+from kfp.dsl.pipeline_channel import PipelineChannel
 
 from components.batch_predict.component import batch_predict_vertex
-from components.deploy.component import deploy_vertex
+from components.deploy.component import deploy_vertex, find_vertex_champion
 from components.images import stage_image
 from components.train.component import train as train_component
 from pipelines.tasks import stage_task
@@ -115,8 +116,23 @@ def train(
     return dsl.OneOf(multi.outputs["model"], single.outputs["model"])
 
 
+def champion(project, location, model_name) -> PipelineChannel:
+    """The model Vertex AI serves now: the default version of the Model ``model_name``
+    ("" before the first deployment)."""
+    task = stage_task(
+        find_vertex_champion,
+        "deploy",  # it only calls the Vertex AI API
+        project=project,
+        location=location,
+        model_display_name=model_name,
+    )
+    task.set_caching_options(False)  # what serves changes between runs
+    return task.output
+
+
 def deploy_and_predict(
     exported_model,
+    evaluation: dsl.PipelineTask,
     dataset,
     predict_on_beam: Callable[[], dsl.PipelineTask],
     model_name,
@@ -131,13 +147,16 @@ def deploy_and_predict(
     batch_machine_type,
     batch_max_replicas,
 ) -> None:
-    """Deploys the export to a Vertex AI endpoint, then batch-predicts the test split with
-    the deployed Model version in a Vertex AI batch prediction job, or on Beam
-    (``predict_on_beam`` makes that task), as ``batch_predict_engine`` says."""
+    """Deploys the export to a Vertex AI endpoint, with ``evaluation`` (the evaluate task)
+    imported to the Model Registry, then batch-predicts the test split with the deployed
+    Model version in a Vertex AI batch prediction job, or on Beam (``predict_on_beam``
+    makes that task), as ``batch_predict_engine`` says."""
     deployed = stage_task(
         deploy_vertex,
         "deploy",
         model=exported_model,
+        evaluation=evaluation.outputs["metrics"],
+        confusion_matrix=evaluation.outputs["confusion_matrix"],
         project=project,
         location=location,
         model_display_name=model_name,

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -177,7 +178,19 @@ def test_component_deploys_and_verifies_in_kfp_local(kfp_local, exported_model, 
             model = dsl.importer(
                 artifact_uri=exported_model, artifact_class=dsl.Model, reimport=False
             )
-            deploy(model=model.output, model_name="kfp-model", model_repository=repo, port=port)
+            evaluation = dsl.importer(
+                artifact_uri=str(tmp_path / "metrics"),
+                artifact_class=dsl.Metrics,
+                reimport=False,
+                metadata={"accuracy": 0.93, "champion_accuracy": 0.9, "deploy": 1.0},
+            )
+            deploy(
+                model=model.output,
+                evaluation=evaluation.output,
+                model_name="kfp-model",
+                model_repository=repo,
+                port=port,
+            )
 
         pipeline()
 
@@ -195,6 +208,12 @@ def test_component_deploys_and_verifies_in_kfp_local(kfp_local, exported_model, 
     assert info["url"] == f"http://127.0.0.1:{port}/v1/models/kfp-model:predict"
     assert info["probe"]["label"] in LABELS
     assert 0.0 < info["probe"]["score"] <= 1.0 and info["probe"]["latency_ms"] > 0
+    # The evaluation it passed the gate with, recorded with the version (not in it).
+    record = json.loads(Path(info["evaluation_record"]).read_text())
+    assert info["evaluation_record"] == os.path.join(repo, "kfp-model", "evaluations", "1.json")
+    assert record["version"] == 1 and record["digest"].startswith("sha256:")
+    assert record["evaluation"] == {"accuracy": 0.93, "champion_accuracy": 0.9, "deploy": 1.0}
+    assert model_repository.list_versions(repo, "kfp-model") == [1]
 
     # The serve command serves this repository and model at the advertised URL.
     argv = shlex.split(info["serve_command"])
@@ -215,3 +234,28 @@ def test_component_deploys_and_verifies_in_kfp_local(kfp_local, exported_model, 
     assert metadata["url"] == info["url"] and metadata["verified"] is True
     assert metadata["version"] == 1 and metadata["model_dir"] == info["model_dir"]
     assert metadata["serve_command"] == info["serve_command"]
+
+
+def test_find_champion_component_finds_the_served_version(kfp_local, exported_model, tmp_path):
+    """The local champion: none in an empty (or no) repository, then the highest version."""
+    from kfp import dsl
+
+    from components.deploy.component import find_champion
+    from pipelines.run_local import run_pipeline, task_outputs
+
+    def champion(repository: str) -> str:
+        @dsl.pipeline(name="champion-test")
+        def pipeline():
+            find_champion(model_name=MODEL_NAME, model_repository=repository)
+
+        run = run_pipeline(pipeline, str(kfp_local))
+        return task_outputs(run, "find-champion")["parameterValues"]["Output"]
+
+    repo = str(tmp_path / "repo")
+    assert champion("") == "" and champion(repo) == ""
+    publish(exported_model, repo, MODEL_NAME)
+    changed = tmp_path / "changed"
+    shutil.copytree(exported_model, changed)
+    (changed / "extra.txt").write_text("x")
+    publish(str(changed), repo, MODEL_NAME)
+    assert champion(repo) == os.path.join(repo, MODEL_NAME, "2")

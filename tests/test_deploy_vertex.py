@@ -53,6 +53,7 @@ class FakeVertex:
     def __init__(self, state_path: str | None = None):
         self.models: dict[str, list[v1.Model]] = {}  # model name -> versions
         self.endpoints: dict[str, v1.Endpoint] = {}
+        self.evaluations: dict[str, list[v1.ModelEvaluation]] = {}  # version name -> its
         self.next_id = 1000
         self.clock = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
         self.requests: list = []
@@ -70,6 +71,10 @@ class FakeVertex:
             for name, versions in state["models"].items()
         }
         self.endpoints = {n: v1.Endpoint.from_json(e) for n, e in state["endpoints"].items()}
+        self.evaluations = {
+            name: [v1.ModelEvaluation.from_json(e) for e in evaluations]
+            for name, evaluations in state["evaluations"].items()
+        }
         self.next_id = state["next_id"]
         self.clock = datetime.datetime.fromisoformat(state["clock"])
         self.requests = [getattr(v1, kind).from_json(body) for kind, body in state["requests"]]
@@ -83,6 +88,10 @@ class FakeVertex:
                 for name, versions in self.models.items()
             },
             "endpoints": {n: v1.Endpoint.to_json(e) for n, e in self.endpoints.items()},
+            "evaluations": {
+                name: [v1.ModelEvaluation.to_json(e) for e in evaluations]
+                for name, evaluations in self.evaluations.items()
+            },
             "next_id": self.next_id,
             "clock": self.clock.isoformat(),
             "requests": [(type(r).__name__, type(r).to_json(r)) for r in self.requests],
@@ -154,6 +163,43 @@ class FakeModelService:
         versions.append(model)
         response = v1.UploadModelResponse(model=name, model_version_id=model.version_id)
         return self.cloud.operation(response)
+
+    def _version(self, name: str) -> v1.Model:
+        """``<model>@<version ID or alias>``, as GetModel resolves it."""
+        model, _, version = name.partition("@")
+        for candidate in self.cloud.models[model]:
+            if version in (candidate.version_id, *candidate.version_aliases):
+                return candidate
+        raise AssertionError(f"no version {name}")
+
+    def get_model(self, request):
+        self.cloud._record(request)
+        return v1.Model(self._version(request.name))
+
+    def merge_version_aliases(self, request):
+        self.cloud._record(request)
+        target = self._version(request.name)
+        for other in self.cloud.models[request.name.partition("@")[0]]:
+            other.version_aliases = [
+                a for a in other.version_aliases if a not in request.version_aliases
+            ]
+        target.version_aliases = [*target.version_aliases, *request.version_aliases]
+        self.cloud._save()
+        return v1.Model(target)
+
+    def list_model_evaluations(self, request):
+        self.cloud._record(request)
+        assert "@" in request.parent and self._version(request.parent)
+        return list(self.cloud.evaluations.get(request.parent, []))
+
+    def import_model_evaluation(self, request):
+        self.cloud._record(request)
+        evaluation = v1.ModelEvaluation(request.model_evaluation)
+        evaluations = self.cloud.evaluations.setdefault(request.parent, [])
+        evaluation.name = f"{request.parent.partition('@')[0]}/evaluations/{self.cloud._id()}"
+        evaluations.append(evaluation)
+        self.cloud._save()
+        return evaluation
 
 
 class FakeEndpointService:
@@ -428,6 +474,72 @@ def test_other_models_on_the_endpoint_keep_their_share_and_deployment(cloud):
     assert full["undeployed"] == [newer["deployed_model_id"], ours["deployed_model_id"]]
     deployed = [dm.id for dm in cloud.endpoints[full["endpoint"]].deployed_models]
     assert deployed == [other["deployed_model_id"], full["deployed_model_id"]]
+
+
+EVALUATION = {"accuracy": 0.9, "loss": 0.3, "examples": 50.0, "champion_accuracy": 0.85}
+CONFUSION = {
+    "confusionMatrix": {
+        "annotationSpecs": [{"displayName": "cat"}, {"displayName": "dog"}],
+        "rows": [{"row": [20, 3]}, {"row": [2, 25]}],
+    }
+}
+
+
+def test_the_evaluation_is_imported_with_the_version_and_the_alias_moves(cloud):
+    first = _deploy(cloud, evaluation=EVALUATION, confusion_matrix=CONFUSION)
+    second = _deploy(cloud, EXPORT_2, evaluation=EVALUATION | {"accuracy": 0.95})
+
+    [one, two] = cloud.models[first["model"]]
+    assert "blessed" not in one.version_aliases  # moved to the version deployed last
+    assert set(two.version_aliases) == {"default", "blessed"}
+    assert second["version_aliases"] == list(two.version_aliases)
+    [evaluation] = cloud.evaluations[first["model_version_name"]]
+    assert first["model_evaluation"] == evaluation.name
+    assert evaluation.metrics_schema_uri.endswith("classification_metrics_1.0.0.yaml")
+    metrics = type(evaluation).to_dict(evaluation)["metrics"]
+    assert metrics["logLoss"] == 0.3
+    assert metrics["confidenceMetrics"][0]["precisionAt1"] == 0.9
+    assert metrics["confusionMatrix"] == {
+        "annotationSpecs": [{"displayName": "cat"}, {"displayName": "dog"}],
+        "rows": [[20.0, 3.0], [2.0, 25.0]],
+    }
+    assert type(evaluation).to_dict(evaluation)["metadata"]["champion_accuracy"] == 0.85
+    [later] = cloud.evaluations[second["model_version_name"]]
+    assert type(later).to_dict(later)["metadata"]["accuracy"] == 0.95
+
+
+def test_a_rerun_completes_a_missing_evaluation_and_imports_it_once(cloud):
+    first = _deploy(cloud)  # e.g. a run that failed before recording its evaluation
+    assert first["model_version_name"] not in cloud.evaluations
+    again = _deploy(cloud, evaluation=EVALUATION)
+    assert again["already_deployed"] is True
+    assert len(cloud.evaluations[first["model_version_name"]]) == 1
+    _deploy(cloud, evaluation=EVALUATION)
+    assert len(cloud.evaluations[first["model_version_name"]]) == 1
+    assert len(cloud.requests_of(v1.ImportModelEvaluationRequest)) == 1
+    assert len(cloud.requests_of(v1.MergeVersionAliasesRequest)) == 1
+
+
+def test_without_an_evaluation_nothing_is_recorded(cloud):
+    info = _deploy(cloud)
+    assert "model_evaluation" not in info and not cloud.evaluations
+    assert not cloud.requests_of(v1.MergeVersionAliasesRequest)
+
+
+def test_vertex_champion_is_the_default_version(cloud):
+    from components.deploy.champion import vertex_champion
+
+    client = FakeModelService(cloud)
+    assert vertex_champion(PROJECT, REGION, MODEL_NAME, model_client=client) == ""
+    _deploy(cloud)
+    _deploy(cloud, EXPORT_2, traffic_percent=10)
+    assert vertex_champion(PROJECT, REGION, MODEL_NAME, model_client=client) == EXPORT_2
+    # Someone rolls the default back to version 1: that is what serves by default now.
+    model = next(iter(cloud.models))
+    client.merge_version_aliases(
+        v1.MergeVersionAliasesRequest(name=f"{model}@1", version_aliases=["default"])
+    )
+    assert vertex_champion(PROJECT, REGION, MODEL_NAME, model_client=client) == EXPORT_1
 
 
 def test_an_uploaded_version_that_was_not_deployed_is_deployed_not_uploaded_again(cloud):

@@ -52,14 +52,143 @@ def test_label_mismatch_is_a_clear_error(exported_model, tfrecord_dataset, tmp_p
         evaluation.evaluate(exported_model, str(other))
 
 
+# --- champion and challenger ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def constant_exports(tmp_path_factory) -> dict[str, str]:
+    """Exports that answer one class whatever the image, one per class of the sample set:
+    their test accuracy is that class's share of the test split, known in advance."""
+    from components.common.model_dir import save_model_dir
+    from components.export.saved_model import export_saved_model
+    from components.train.backbones import build_classifier
+
+    exports = {}
+    for index, label in enumerate(CLASSES):
+        base = tmp_path_factory.mktemp(f"constant-{label}")
+        model, _ = build_classifier("MobileNetV3Small", len(CLASSES), 32, weights="none")
+        dense = model.layers[-1]
+        kernel, bias = dense.get_weights()
+        bias[:] = 0.0
+        bias[index] = 50.0
+        dense.set_weights([np.zeros_like(kernel), bias])
+        save_model_dir(
+            model,
+            str(base / "model"),
+            list(CLASSES),
+            {"backbone": "MobileNetV3Small", "image_size": 32},
+        )
+        export_saved_model(str(base / "model"), str(base / "export"))
+        exports[label] = str(base / "export")
+    return exports
+
+
+def _test_shares(dataset_dir: str) -> dict[str, float]:
+    counts = read_json(os.path.join(dataset_dir, "stats.json"))["classes"]["test"]
+    return {label: n / sum(counts.values()) for label, n in counts.items()}
+
+
+def _best_and_worst(dataset_dir: str) -> tuple[str, str, float]:
+    shares = _test_shares(dataset_dir)
+    best, worst = max(shares, key=shares.get), min(shares, key=shares.get)
+    assert shares[best] > shares[worst], "the sample set's test split must be unbalanced"
+    return best, worst, shares[best] - shares[worst]
+
+
+def test_gate_refuses_a_challenger_worse_than_the_champion(constant_exports, tfrecord_dataset):
+    best, worst, gap = _best_and_worst(tfrecord_dataset)
+    report = evaluation.evaluate_export(
+        constant_exports[worst],
+        tfrecord_dataset,
+        accuracy_threshold=0.0,
+        champion_dir=constant_exports[best],
+    )
+    shares = _test_shares(tfrecord_dataset)
+    assert report["accuracy"] == pytest.approx(shares[worst])
+    assert report["champion"]["accuracy"] == pytest.approx(shares[best])
+    assert report["champion"]["model_dir"] == constant_exports[best]
+    assert report["passed"] is False, "the threshold alone would have passed it"
+    # Within the margin it passes; just outside it does not.
+    within = evaluation.evaluate_export(
+        constant_exports[worst],
+        tfrecord_dataset,
+        accuracy_threshold=0.0,
+        champion_dir=constant_exports[best],
+        champion_margin=gap + 1e-6,
+    )
+    assert within["passed"] is True
+    outside = evaluation.evaluate_export(
+        constant_exports[worst],
+        tfrecord_dataset,
+        accuracy_threshold=0.0,
+        champion_dir=constant_exports[best],
+        champion_margin=gap - 1e-3,
+    )
+    assert outside["passed"] is False
+
+
+def test_gate_passes_a_challenger_better_than_the_champion(constant_exports, tfrecord_dataset):
+    best, worst, _ = _best_and_worst(tfrecord_dataset)
+    report = evaluation.evaluate_export(
+        constant_exports[best],
+        tfrecord_dataset,
+        accuracy_threshold=0.0,
+        champion_dir=constant_exports[worst],
+    )
+    assert report["passed"] is True
+    assert report["accuracy"] > report["champion"]["accuracy"]
+    # Equal is not worse: the same model as its own champion passes.
+    same = evaluation.evaluate_export(
+        constant_exports[best],
+        tfrecord_dataset,
+        accuracy_threshold=0.0,
+        champion_dir=constant_exports[best],
+    )
+    assert same["passed"] is True
+    # The threshold still applies when the champion is worse.
+    high_bar = evaluation.evaluate_export(
+        constant_exports[best],
+        tfrecord_dataset,
+        accuracy_threshold=0.99,
+        champion_dir=constant_exports[worst],
+    )
+    assert high_bar["passed"] is False
+
+
+def test_a_champion_with_other_labels_is_not_compared(exported_model, tfrecord_dataset, tmp_path):
+    other = tmp_path / "other_labels"
+    shutil.copytree(exported_model, other)
+    (other / "assets.extra" / "labels.txt").write_text("dog\ncat\nbird\nfish\n")
+    report = evaluation.evaluate_export(
+        exported_model, tfrecord_dataset, accuracy_threshold=0.0, champion_dir=str(other)
+    )
+    assert report["passed"] is True
+    assert "differ from the dataset's" in report["champion"]["skipped"]
+    assert "accuracy" not in report["champion"]
+
+
+def test_champion_margin_out_of_range_is_a_clear_error(exported_model, tfrecord_dataset):
+    with pytest.raises(ValueError, match="champion_margin"):
+        evaluation.evaluate_export(
+            exported_model, tfrecord_dataset, champion_dir=exported_model, champion_margin=-0.1
+        )
+
+
 @dsl.pipeline(name="evaluate-only")
-def _evaluate_pipeline(model_dir: str, dataset_dir: str, threshold: float, explain_examples: int):
+def _evaluate_pipeline(
+    model_dir: str,
+    dataset_dir: str,
+    threshold: float,
+    explain_examples: int,
+    champion_dir: str = "",
+):
     model = dsl.importer(artifact_uri=model_dir, artifact_class=dsl.Model, reimport=False)
     dataset = dsl.importer(artifact_uri=dataset_dir, artifact_class=dsl.Dataset, reimport=False)
     evaluate_component(
         model=model.output,
         dataset=dataset.output,
         accuracy_threshold=threshold,
+        champion_dir=champion_dir,
         explain_examples=explain_examples,
         ig_steps=4,
     )
@@ -96,3 +225,26 @@ def test_evaluate_component_under_kfp_local(
         assert len(re.findall(r'class="true-label">', html)) == explain_examples
     else:
         assert "Explanations are off" in html
+
+
+def test_evaluate_component_scores_the_champion(kfp_local, constant_exports, tfrecord_dataset):
+    """Both scores in the Metrics artifact, and the gate closed on a worse challenger."""
+    best, worst, _ = _best_and_worst(tfrecord_dataset)
+    run_dir = run_pipeline(
+        _evaluate_pipeline,
+        str(kfp_local),
+        model_dir=constant_exports[worst],
+        dataset_dir=tfrecord_dataset,
+        threshold=0.0,
+        explain_examples=0,
+        champion_dir=constant_exports[best],
+    )
+    outputs = task_outputs(run_dir, "evaluate")
+    assert outputs["parameterValues"]["Output"] is False
+    metrics = output_artifact(outputs, "metrics")["metadata"]
+    shares = _test_shares(tfrecord_dataset)
+    assert metrics["accuracy"] == pytest.approx(shares[worst])
+    assert metrics["champion_accuracy"] == pytest.approx(shares[best])
+    assert metrics["champion_loss"] < metrics["loss"]
+    assert metrics["deploy"] == 0.0
+    assert metrics["champion_dir"] == constant_exports[best]

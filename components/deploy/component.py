@@ -6,6 +6,9 @@
                     ``google.VertexModel`` and ``google.VertexEndpoint``, which the Vertex AI
                     console links to the Model and Endpoint
 ``deploy_kserve``   a KServe InferenceService, e.g. on GKE (``components.deploy.kserve``)
+``find_champion``, ``find_vertex_champion``
+                   the model a target serves now, which evaluate compares the new one with
+                   (``components.deploy.champion``)
 
 One component per target, as Google Cloud Pipeline Components does, since each target has
 its own parameters and outputs and a KFP component must write every output it declares.
@@ -13,7 +16,7 @@ its own parameters and outputs and a KFP component must write every output it de
 
 from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, ClassificationMetrics, Input, Metrics, Model, Output
 
 from components.images import stage_image
 
@@ -22,6 +25,7 @@ from components.images import stage_image
 def deploy(
     model: Input[Model],
     endpoint: Output[Artifact],
+    evaluation: Input[Metrics] = None,
     model_name: str = "image-classifier",
     model_repository: str = "",
     port: int = 8080,
@@ -37,6 +41,8 @@ def deploy(
 
     Args:
         model: The exported serving SavedModel (the export stage's output).
+        evaluation: Evaluate's metrics, recorded with the version published
+            (``<model_repository>/<model_name>/evaluations/<version>.json``).
         model_name: The name the model is published and served under
             (``/v1/models/<model_name>:predict``).
         model_repository: Root of the model repository (local path or gs:// URI); empty
@@ -55,7 +61,13 @@ def deploy(
 
     os.makedirs(endpoint.path, exist_ok=True)
     repository = model_repository or os.path.join(endpoint.path, "model_repository")
-    info = deploy_local(model.path, model_name=model_name, model_repository=repository, port=port)
+    info = deploy_local(
+        model.path,
+        model_name=model_name,
+        model_repository=repository,
+        port=port,
+        evaluation=None if evaluation is None else evaluation.metadata,
+    )
     endpoint.metadata.update(info)
     with open(os.path.join(endpoint.path, "endpoint.json"), "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
@@ -68,6 +80,8 @@ def deploy_vertex(
     vertex_endpoint: Output[VertexEndpoint],
     project: str,
     location: str,
+    evaluation: Input[Metrics] = None,
+    confusion_matrix: Input[ClassificationMetrics] = None,
     model_display_name: str = "image-classifier",
     endpoint_display_name: str = "",
     serving_image: str = "",
@@ -82,6 +96,7 @@ def deploy_vertex(
     enable_explanations: bool = False,
     explanation_metadata: dict = {},  # noqa: B006 (KFP parameter default)
     explanation_parameters: dict = {},  # noqa: B006
+    version_alias: str = "blessed",
 ):
     """Deploys an exported model to a Vertex AI endpoint, as a new version of its Model.
 
@@ -97,6 +112,9 @@ def deploy_vertex(
         model: The exported serving SavedModel (on Cloud Storage: run on Vertex AI).
         project: Google Cloud project.
         location: Vertex AI region, e.g. us-central1.
+        evaluation: Evaluate's metrics: imported to the Model Registry as the deployed
+            version's evaluation, with confusion_matrix.
+        confusion_matrix: Evaluate's confusion matrix.
         model_display_name: Display name of the Model in the Model Registry.
         endpoint_display_name: Display name of the Endpoint; empty means
             ``<model_display_name>-endpoint``.
@@ -118,6 +136,8 @@ def deploy_vertex(
         explanation_metadata: Vertex AI ExplanationMetadata as REST JSON; with
             explanation_parameters.
         explanation_parameters: Vertex AI ExplanationParameters as REST JSON.
+        version_alias: Alias moved to the deployed version when it comes with an
+            evaluation (the version that passed the gate last).
 
     Returns:
         vertex_model: google.VertexModel: the deployed Model version
@@ -148,6 +168,9 @@ def deploy_vertex(
         explanation_metadata=explanation_metadata,
         explanation_parameters=explanation_parameters,
         export_metadata=model.metadata,
+        evaluation=None if evaluation is None else evaluation.metadata,
+        confusion_matrix=None if confusion_matrix is None else confusion_matrix.metadata,
+        version_alias=version_alias,
     )
     vertex_model.uri = resource_uri(location, info["model_version_name"])
     vertex_model.metadata.update(
@@ -158,6 +181,8 @@ def deploy_vertex(
             "artifact_uri": info["artifact_uri"],
             "serving_image": info["serving_image"],
             "uploaded": info["uploaded"],
+            "model_evaluation": info.get("model_evaluation", ""),
+            "version_aliases": info.get("version_aliases", []),
         }
     )
     vertex_endpoint.uri = resource_uri(location, info["endpoint"])
@@ -247,3 +272,51 @@ def deploy_kserve(
     with open(os.path.join(endpoint.path, "endpoint.json"), "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
     endpoint.metadata.update(info)
+
+
+@dsl.component(base_image=stage_image("deploy"), install_kfp_package=False)
+def find_champion(
+    model_name: str = "image-classifier",
+    model_repository: str = "",
+    deploy_target: str = "local",
+    kserve_namespace: str = "kubeflow-user-example-com",
+) -> str:
+    """Finds the model the deploy target serves now (the champion) for evaluate.
+
+    Args:
+        model_name: The served model's name (the InferenceService's with kserve).
+        model_repository: The local model repository; empty: none, so no champion.
+        deploy_target: "local" (the repository's highest version) or "kserve" (the
+            InferenceService's storageUri, read with the pod's service account).
+        kserve_namespace: Namespace of the InferenceService (Kubeflow: the profile
+            namespace).
+
+    Returns:
+        Output: The champion's SavedModel directory; empty when nothing serves yet.
+    """
+    from components.deploy.champion import kserve_champion, local_champion
+
+    if deploy_target == "kserve":
+        return kserve_champion(model_name, kserve_namespace)
+    return local_champion(model_repository, model_name)
+
+
+@dsl.component(base_image=stage_image("deploy"), install_kfp_package=False)
+def find_vertex_champion(
+    project: str, location: str, model_display_name: str = "image-classifier"
+) -> str:
+    """Finds the model Vertex AI serves now (the champion) for evaluate: the default
+    version of the Model named ``model_display_name``.
+
+    Args:
+        project: Google Cloud project.
+        location: Vertex AI region.
+        model_display_name: Display name of the Model in the Model Registry.
+
+    Returns:
+        Output: The default version's artifact URI (gs://); empty when there is no
+            such Model yet.
+    """
+    from components.deploy.champion import vertex_champion
+
+    return vertex_champion(project, location, model_display_name)

@@ -25,8 +25,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from typing import Any
 
-from components.common import serving
+from components.common import io, serving
+from components.common.model_repository import evaluation_path
 from components.deploy import DEFAULT_HTTP_PORT, LOOPBACK
 from components.deploy.model_repository import publish
 from components.deploy.server.limits import GRACE_PERIOD_S, ServerLimits
@@ -214,6 +217,7 @@ def deploy_local(
     model_repository: str = DEFAULT_MODEL_REPOSITORY,
     port: int = DEFAULT_HTTP_PORT,
     timeout_s: float = 120.0,
+    evaluation: Mapping[str, Any] | None = None,
 ) -> dict:
     """Publishes an export to a local model repository and verifies that it serves.
 
@@ -226,12 +230,16 @@ def deploy_local(
             on a free ephemeral port, so a server already running on ``port`` is left
             alone.
         timeout_s: How long to wait for the server to load the model.
+        evaluation: The evaluation the model passed the gate with (evaluate's metrics),
+            recorded with the version it is published as (``evaluations/<version>.json``
+            beside the versions); None records nothing.
 
     Returns:
         ``model_name``, ``version``, ``model_dir`` (the version directory),
         ``model_repository``, ``url``, ``verified`` (True), ``probe`` (``label``,
         ``score``, ``latency_ms`` of the check's request), ``serve_command`` (the
-        command line that serves the repository at ``url``) and ``target``.
+        command line that serves the repository at ``url``), ``target`` and, with
+        ``evaluation``, ``evaluation_record`` (where it was recorded).
 
     Raises:
         DeployError: when the server fails to start or answers the probe wrongly.
@@ -280,7 +288,7 @@ def deploy_local(
             code = stop_server(process)
             log.info("model server stopped (exit code %s)", code)
 
-    return {
+    result = {
         "target": "local",
         "model_name": model_name,
         "version": version,
@@ -295,3 +303,21 @@ def deploy_local(
         },
         "serve_command": shlex.join(server_command(repository, model_name, port)),
     }
+    if evaluation is not None:
+        result["evaluation_record"] = record_evaluation(
+            repository, model_name, version, evaluation, published["digest"]
+        )
+    return result
+
+
+def record_evaluation(
+    repository: str, model_name: str, version: int, evaluation: Mapping[str, Any], digest: str
+) -> str:
+    """Writes the evaluation a version was deployed with beside the versions (where
+    neither a server nor a version scan looks); returns its path."""
+    path = evaluation_path(repository, model_name, version)
+    io.makedirs(os.path.dirname(path))
+    record = {"model_name": model_name, "version": version, "digest": digest}
+    io.write_json(path, record | {"evaluation": dict(evaluation)})
+    log.info("recorded the evaluation of version %d at %s", version, path)
+    return path

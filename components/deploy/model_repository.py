@@ -1,14 +1,7 @@
-"""A versioned model repository: the directory layout TensorFlow Serving and KServe serve.
+"""Publishing exports to a versioned model repository (the layout TensorFlow Serving and
+KServe serve, ``components.common.model_repository``).
 
-::
-
-    <repository>/<model_name>/1/saved_model.pb      one exported SavedModel per version
-    <repository>/<model_name>/1/variables/...
-    <repository>/<model_name>/1/assets.extra/labels.txt
-    <repository>/<model_name>/2/...
-
-Versions are positive integers; a server serves the highest one (TF Serving's default
-"latest" policy). ``publish`` copies an export into a temporary, non-numeric directory
+``publish`` copies an export into a temporary, non-numeric directory
 next to the versions and renames it into place, so a server scanning the repository
 never picks up a half-copied version. On ``gs://`` the rename is object by object (GCS
 has no directory rename), the temporary name still keeps a copy in progress invisible
@@ -29,55 +22,16 @@ import uuid
 import tensorflow as tf
 
 from components.common import io
+from components.common.model_repository import (
+    SAVED_MODEL_FILE,
+    latest_version,
+    list_versions,
+    model_base,
+)
 
-SAVED_MODEL_FILE = "saved_model.pb"
 TMP_PREFIX = ".publishing-"
 _CHUNK = 1 << 20
 _RENAME_ATTEMPTS = 5
-
-
-def model_base(repository: str, model_name: str) -> str:
-    """The directory that holds one model's versions."""
-    if not model_name or "/" in model_name or model_name in (".", ".."):
-        raise ValueError(f"invalid model name {model_name!r}: expected a plain directory name")
-    return io.join(repository, model_name)
-
-
-def list_versions(repository: str, model_name: str) -> list[int]:
-    """The model's version numbers (numeric sub-directories), ascending."""
-    base = model_base(repository, model_name)
-    if not io.isdir(base):
-        return []
-    return sorted(int(name) for name in io.listdir(base) if name.isdigit())
-
-
-def latest_version(repository: str, model_name: str) -> tuple[int, str]:
-    """The highest version that holds a SavedModel, and its directory.
-
-    Raises:
-        FileNotFoundError: when the repository holds no version of the model.
-    """
-    base = model_base(repository, model_name)
-    for version in reversed(list_versions(repository, model_name)):
-        path = io.join(base, str(version))
-        if io.exists(io.join(path, SAVED_MODEL_FILE)):
-            return version, path
-    raise FileNotFoundError(
-        f"no version of model {model_name!r} in the model repository {repository} "
-        f"(expected {base}/<version>/{SAVED_MODEL_FILE}; publish an export first)"
-    )
-
-
-def version_dir(repository: str, model_name: str, version: int) -> str:
-    """The directory of one version; a clear error when it holds no SavedModel."""
-    path = io.join(model_base(repository, model_name), str(int(version)))
-    if not io.exists(io.join(path, SAVED_MODEL_FILE)):
-        raise FileNotFoundError(
-            f"version {version} of model {model_name!r} not found in {repository} "
-            f"(no {path}/{SAVED_MODEL_FILE}); versions there: "
-            f"{list_versions(repository, model_name)}"
-        )
-    return path
 
 
 def _files(root: str) -> dict[str, int]:

@@ -38,6 +38,7 @@ from typing import Any
 
 from google.cloud import aiplatform_v1
 
+from components.deploy.vertex_evaluation import add_aliases, import_evaluation
 from components.deploy.vertex_resources import (
     VertexDeployError,
     deployment_of,
@@ -134,6 +135,9 @@ def deploy_to_vertex(
     explanation_metadata: Mapping[str, Any] | None = None,
     explanation_parameters: Mapping[str, Any] | None = None,
     export_metadata: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+    confusion_matrix: Mapping[str, Any] | None = None,
+    version_alias: str = "blessed",
     labels: Mapping[str, str] | None = None,
     operation_timeout_s: float = DEFAULT_OPERATION_TIMEOUT_S,
     model_client: aiplatform_v1.ModelServiceClient | None = None,
@@ -178,6 +182,13 @@ def deploy_to_vertex(
         export_metadata: What the export stage recorded about the export (its artifact's
             metadata: ``framework_version``, the explanation spec), so that it need not be
             read from the export; empty: read from the export.
+        evaluation: The evaluation the model passed the gate with (evaluate's metrics):
+            imported to the Model Registry with the version deployed, which also gets
+            ``version_alias``; None records nothing.
+        confusion_matrix: Evaluate's confusion matrix (its ClassificationMetrics
+            artifact's metadata), imported with ``evaluation``.
+        version_alias: The alias that moves to each version deployed with an
+            evaluation: the one that passed the gate last.
         labels: Labels of the uploaded Model version and a created Endpoint.
         operation_timeout_s: How long to wait for each long-running operation.
         model_client: ModelService client; by default one for ``location``.
@@ -189,7 +200,9 @@ def deploy_to_vertex(
         ``deployed_model_id``, ``traffic_split`` (the endpoint's, at the end),
         ``undeployed`` (deployed model IDs removed), ``serving_image``, ``artifact_uri``,
         ``uploaded``, ``endpoint_created``, ``already_deployed`` (True when nothing
-        was done: this export already served there), ``predict_url`` and ``region``.
+        was done: this export already served there), ``predict_url``, ``region`` and,
+        with ``evaluation``, ``model_evaluation`` (its resource name) and
+        ``version_aliases``.
 
     Raises:
         ValueError: on invalid arguments (e.g. an artifact not on Cloud Storage).
@@ -254,9 +267,12 @@ def deploy_to_vertex(
                 endpoint.name,
                 deployed.id,
             )
-            return _report(result, model.name, version.version_id, endpoint, deployed.id) | {
-                "already_deployed": True
-            }
+            result["already_deployed"] = True
+            if evaluation is not None:
+                result |= _record_evaluation(
+                    model_client, version, evaluation, confusion_matrix, version_alias
+                )
+            return _report(result, model.name, version.version_id, endpoint, deployed.id)
 
     if version is None:
         request = upload_model_request(
@@ -297,7 +313,27 @@ def deploy_to_vertex(
         operation_timeout_s,
     )  # fmt: skip
     result["undeployed"] = undeployed
+    if evaluation is not None:
+        version = model_client.get_model(
+            request=aiplatform_v1.GetModelRequest(name=f"{model_name}@{version_id}")
+        )
+        result |= _record_evaluation(
+            model_client, version, evaluation, confusion_matrix, version_alias
+        )
     return _report(result, model_name, version_id, endpoint, deployed_model_id)
+
+
+def _record_evaluation(
+    model_client: aiplatform_v1.ModelServiceClient,
+    version: aiplatform_v1.Model,
+    evaluation: Mapping[str, Any],
+    confusion_matrix: Mapping[str, Any] | None,
+    version_alias: str,
+) -> dict:
+    aliases = add_aliases(model_client, version, [version_alias] if version_alias else [])
+    name = f"{version.name.split('@', 1)[0]}@{version.version_id}"
+    imported = import_evaluation(model_client, name, evaluation, confusion_matrix)
+    return {"model_evaluation": imported, "version_aliases": aliases}
 
 
 def _create_endpoint(

@@ -22,6 +22,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default=default["split"])
     p.add_argument("--accuracy-threshold", type=float, default=default["accuracy_threshold"])
     p.add_argument(
+        "--champion-dir",
+        default=default["champion_dir"],
+        help="the SavedModel serving now: the new model must not be worse than it",
+    )
+    p.add_argument(
+        "--champion-margin",
+        type=float,
+        default=default["champion_margin"],
+        help="how much lower than the champion's accuracy the new model's may be",
+    )
+    p.add_argument(
         "--explanations-html",
         dest="explanations_path",
         default=default["explanations_path"],

@@ -1,7 +1,11 @@
-"""Evaluates the exported SavedModel on a split of the TFRecord dataset.
+"""Evaluates the exported SavedModel on a split of the TFRecord dataset, and decides
+whether it may be deployed.
 
 It runs the very model that will be served, through its serving signature on the
-records' encoded bytes, so preprocessing is evaluated too.
+records' encoded bytes, so preprocessing is evaluated too. The gate (TFX's "blessing")
+passes when the accuracy reaches a threshold and, when a model serves already (the
+champion), the new one (the challenger) is not worse than it on the same images by more
+than a margin.
 """
 
 from __future__ import annotations
@@ -108,33 +112,81 @@ def evaluate(
     return report
 
 
+def compare_with_champion(
+    report: dict, champion_dir: str, dataset_dir: str, split: str, margin: float
+) -> dict:
+    """Scores the model serving now (``champion_dir``) on the challenger's split, and
+    narrows the gate: the challenger passes only if its accuracy is at least the
+    champion's less ``margin``.
+
+    A champion trained on other labels cannot be compared on this split: the gate is
+    then the threshold's alone, and the report says why.
+
+    Returns:
+        ``report`` with ``champion`` (``model_dir``, ``accuracy``, ``loss``,
+        ``examples`` or ``skipped``, the reason) and ``passed`` updated.
+    """
+    if not 0 <= margin <= 1:
+        raise ValueError(f"champion_margin must be in [0, 1], got {margin}")
+    try:
+        champion = evaluate(champion_dir, dataset_dir, split, report["threshold"])
+    except ValueError as e:  # other labels: not comparable here
+        log.warning("champion %s not compared: %s", champion_dir, e)
+        report["champion"] = {"model_dir": champion_dir, "skipped": str(e)}
+        return report
+    report["champion"] = {
+        "model_dir": champion_dir,
+        **{k: champion[k] for k in ("accuracy", "loss", "examples")},
+    }
+    beats = report["accuracy"] >= champion["accuracy"] - margin
+    log.info(
+        "challenger %.4f against champion %.4f (margin %.3f): %s",
+        report["accuracy"],
+        champion["accuracy"],
+        margin,
+        "not worse" if beats else "worse: not deployed",
+    )
+    report["passed"] = report["passed"] and beats
+    return report
+
+
 def evaluate_export(
     export_dir: str,
     dataset_dir: str,
     split: str = "test",
     accuracy_threshold: float = 0.8,
+    champion_dir: str = "",
+    champion_margin: float = 0.0,
     explanations_path: str = "",
     explain_examples: int = explanations.DEFAULT_EXAMPLES,
     ig_steps: int = explanations.DEFAULT_STEPS,
 ) -> dict:
-    """The evaluate stage: :func:`evaluate` (metrics and the quality gate) and, with
-    ``explanations_path``, integrated-gradients explanations of a sample of the split.
+    """The evaluate stage: :func:`evaluate` (metrics and the quality gate), the
+    comparison with the model serving now, and, with ``explanations_path``,
+    integrated-gradients explanations of a sample of the split.
 
     Args:
-        export_dir: SavedModel written by the export stage.
+        export_dir: SavedModel written by the export stage (the challenger).
         dataset_dir: Dataset written by create_tfrecords.
         split: Which split to evaluate.
-        accuracy_threshold: The gate: ``passed`` is true when accuracy reaches it.
+        accuracy_threshold: The gate: ``passed`` only when accuracy reaches it.
+        champion_dir: The SavedModel serving now (the champion); empty: none, the
+            threshold alone decides.
+        champion_margin: How much lower than the champion's accuracy the challenger's
+            may be and still pass (0: not lower).
         explanations_path: Where to write the explanations' HTML page; empty: none.
         explain_examples: Images to explain, spread over the classes; 0 writes a page
             saying explanations are off.
         ig_steps: Integrated-gradients steps per image.
 
     Returns:
-        :func:`evaluate`'s report, with ``explanations`` (the summary of
-        ``explanations.write_explanations``) when a page was written.
+        :func:`evaluate`'s report, with ``champion`` (see
+        :func:`compare_with_champion`) when there is one, and ``explanations`` (the
+        summary of ``explanations.write_explanations``) when a page was written.
     """
     report = evaluate(export_dir, dataset_dir, split, accuracy_threshold)
+    if champion_dir:
+        report = compare_with_champion(report, champion_dir, dataset_dir, split, champion_margin)
     if explanations_path:
         report["explanations"] = explanations.write_explanations(
             explanations_path, export_dir, dataset_dir, split, explain_examples, ig_steps

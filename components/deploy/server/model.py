@@ -25,8 +25,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.utils.numpy_codec import from_np_dtype
 from prometheus_client import Histogram
 
-from components.common import serving
-from components.deploy import model_repository
+from components.common import model_repository, serving
 from components.deploy.server.batching import Batcher
 from components.deploy.server.limits import DEFAULT_LIMITS, ServerLimits
 
