@@ -352,6 +352,24 @@ def test_a_new_export_patches_as_a_canary(exported_model, other_export, tmp_path
     assert [t["percent"] for t in promoted["traffic"]] == [100]
 
 
+def test_the_kserve_champion_is_what_the_inference_service_serves(
+    exported_model, other_export, tmp_path
+):
+    from components.deploy.champion import kserve_champion
+
+    api = FakeCustomObjectsApi(FakeCluster())
+    repo = tmp_path / "repo"
+    assert kserve_champion(NAME, NAMESPACE, api=api) == ""
+    _deploy(api, exported_model, repo)
+    assert kserve_champion(NAME, NAMESPACE, api=api) == os.path.join(
+        _storage_uri(exported_model, repo), "1"
+    )
+    _deploy(api, other_export, repo, traffic_percent=10)
+    assert kserve_champion(NAME, NAMESPACE, api=api) == os.path.join(
+        _storage_uri(other_export, repo), "1"
+    )
+
+
 def test_the_same_export_again_changes_nothing(exported_model, tmp_path):
     api = FakeCustomObjectsApi(FakeCluster())
     first = _deploy(api, exported_model, tmp_path / "repo")

@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from components.common import io, model_repository
+from components.common import io
+from components.deploy import model_repository
 
 log = logging.getLogger(__name__)
 
