@@ -19,12 +19,15 @@ from components.export.component import export
 from components.export.saved_model import export_saved_model
 from components.train.component import train
 from components.train.training import train as train_model
+from components.tune.component import tune
+from components.tune.tuning import tune as tune_model
 from pipelines.pipeline import TARGETS, build_pipeline
 
 # component, its stage function, the component's parameters the function names otherwise.
 STAGES = {
     "create_tfrecords": (create_tfrecords, tfrecords_beam.run, {}),
     "train": (train, train_model, {}),
+    "tune": (tune, tune_model, {}),
     "export": (export, export_saved_model, {}),
     "evaluate": (evaluate, evaluate_export, {}),
     "deploy": (deploy, local.deploy_local, {}),
@@ -91,6 +94,7 @@ CLIS = {
         {"csv": "csv_uri", "labels": "labels_uri"},
     ),
     "train": ("components.train.__main__", ["--dataset-dir", "d", "--model-dir", "m"], {}),
+    "tune": ("components.tune.__main__", ["--dataset-dir", "d", "--output-dir", "o"], {}),
     "export": ("components.export.__main__", ["--model-dir", "m", "--export-dir", "e"], {}),
     "evaluate": ("components.evaluate.__main__", ["--export-dir", "e", "--dataset-dir", "d"], {}),
     "batch_predict": (
