@@ -1,7 +1,7 @@
 """The image-classification pipeline: labelled JPEGs to a served model and batch predictions.
 
-    create_tfrecords -> train -> export -> evaluate --(gate)--> deploy
-                                                     \\-------> batch_predict
+    create_tfrecords -> tune -> train -> export -> evaluate --(gate)--> deploy
+                                                            \\-------> batch_predict
 
 The task graph all targets share is here, top to bottom; what only one target does is in
 its own module (``build_pipeline(target)`` picks):
@@ -32,7 +32,9 @@ from components.create_tfrecords.component import create_tfrecords
 from components.evaluate.component import evaluate
 from components.export.component import export
 from components.images import dataflow_worker_image
-from pipelines import kfp_target, vertex_target
+from components.tune.component import tune
+from components.tune.space import TUNED
+from pipelines import kfp_target, vertex_target, vertex_tuning
 from pipelines.tasks import GkeResources, stage_task
 
 PIPELINE_NAME = "image-classification"
@@ -83,6 +85,7 @@ def image_classification(
     steps_per_execution: int = 0,
     cache_images: bool = False,
     backup_dir: str = "",
+    tune_trials: int = 0,
     accuracy_threshold: float = 0.8,
     champion_margin: float = 0.0,
     explain_examples: int = 8,
@@ -141,7 +144,8 @@ def image_classification(
         batch_size: Training batch size.
         epochs: Maximum training epochs.
         learning_rate: Adam learning rate.
-        early_stopping_patience: Epochs without improvement before stopping.
+        early_stopping_patience: Epochs without improvement before stopping (in the
+            second half of a phase whose rate follows a cosine).
         fine_tune_layers: Top backbone layers phase two unfreezes (pretrained
             weights only); -1 all, 0 no phase two.
         fine_tune_epochs: Epochs of phase two (fine-tuning); 0 none.
@@ -173,6 +177,10 @@ def image_classification(
         steps_per_execution: Training steps per call; 0 picks (1 on CPU, 32 on GPU).
         cache_images: Cache decoded images in memory (when the data fits).
         backup_dir: Durable BackupAndRestore directory for preemptible training.
+        tune_trials: Training runs a hyperparameter search before train makes (learning
+            rate, dropout, crop_area_min and, with pretrained weights,
+            fine_tune_layers; KerasTuner, or a Vertex AI hyperparameter tuning job on
+            vertex); its best values replace those given. 0: no search.
         accuracy_threshold: Test accuracy the model must reach to be deployed.
         champion_margin: How much lower than the accuracy of the model serving now (the
             champion, scored on the same test split) the new model's may be and still
@@ -251,7 +259,6 @@ def image_classification(
         target_shard_mb=target_shard_mb,
     )
     training = dict(
-        dataset=dataset,
         backbone=backbone,
         weights=weights,
         image_size=image_size,
@@ -279,25 +286,22 @@ def image_classification(
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
         cache=cache_images,
-        backup_dir=backup_dir,
     )
-    if target == "vertex":
-        model = vertex_target.train(
-            training,
-            machine_type,
-            accelerator_type,
-            accelerator_count,
-            replica_count,
-            project,
-            location,
-        )
-    else:
-        model = kfp_target.train(training, gke.train if gke else None)
+    model = _train(
+        target,
+        gke,
+        dataset,
+        training,
+        tune_trials,
+        backup_dir,
+        (machine_type, accelerator_type, accelerator_count, replica_count),
+        project,
+        location,
+    )
     exported_model = stage_task(export, "export", model=model).outputs["exported_model"]
-    if target == "vertex":
-        champion = vertex_target.champion(project, location, model_name)
-    else:  # the local target deploys locally
-        champion = kfp_target.champion(model_name, model_repository, deploy_target, kserve_namespace)
+    champion = _champion(
+        target, model_name, model_repository, deploy_target, kserve_namespace, project, location
+    )
     evaluation = stage_task(
         evaluate,
         "evaluate",
@@ -352,6 +356,51 @@ def image_classification(
                 exported_model, evaluation, model_name, model_repository, serving_port
             )
             predict_on_beam()
+
+
+def _train(
+    target: str,
+    gke: GkeResources | None,
+    dataset,
+    training: dict,
+    tune_trials,
+    backup_dir,
+    machine: tuple,
+    project,
+    location,
+):
+    """The tune task, whose values (the given ones with no trials) train gets, and the
+    train task; returns train's model.
+
+    On kfp a search trains on the GPU node train asks for; with no trials the tune task
+    only passes the values on, so it asks for nothing."""
+    tuning = dict(training, trials=tune_trials)
+    if target == "vertex":
+        tuned = vertex_tuning.tune_on_vertex(dataset, tuning, *machine[:3], project, location)
+        settings = dict(training, **tuned, dataset=dataset, backup_dir=backup_dir)
+        return vertex_target.train(settings, *machine, project, location)
+    if target == "kfp":
+        with dsl.If(tune_trials > 0, name="hyperparameter-tuning"):
+            searched = stage_task(tune, "train", gke.train, dataset=dataset, **tuning)
+        with dsl.Else(name="no-hyperparameter-tuning"):
+            given = stage_task(tune, "train", dataset=dataset, **tuning)
+        tuned = {name: dsl.OneOf(searched.outputs[name], given.outputs[name]) for name in TUNED}
+    else:
+        task = stage_task(tune, "train", dataset=dataset, **tuning)
+        tuned = {name: task.outputs[name] for name in TUNED}
+    settings = dict(training, **tuned, dataset=dataset, backup_dir=backup_dir)
+    return kfp_target.train(settings, gke.train if gke else None)
+
+
+def _champion(
+    target: str, model_name, model_repository, deploy_target, kserve_namespace, project, location
+):
+    """The model the target serves now, which evaluate compares the new one with: the
+    Vertex AI Model's default version, the KServe InferenceService's, or the local model
+    repository's latest ("" before the first deployment)."""
+    if target == "vertex":
+        return vertex_target.champion(project, location, model_name)
+    return kfp_target.champion(model_name, model_repository, deploy_target, kserve_namespace)
 
 
 def _tfrecords(gke: GkeResources | None, dataflow: dict, **arguments):

@@ -40,6 +40,7 @@ DEMO_SETTINGS = {
 # Pipeline parameters the command line sets when given (None: the pipeline's default).
 TRAINING_KNOBS = (
     *DEMO_SETTINGS,
+    "tune_trials",
     "learning_rate_schedule",
     "class_weight",
     "augment",
@@ -242,8 +243,9 @@ def format_summary(summary: dict) -> str:
     ]
     if s.get("champion_accuracy") is not None:
         lines.append(
-            f"  Champion:   the model served before scores {s['champion_accuracy']:.3f} "
-            "on the same images"
+            f"  Champion:   the model served before this run scores "
+            f"{s['champion_accuracy']:.3f} on the same images"
+            + ("" if s["gate_passed"] else " (--champion-margin allows a lower accuracy)")
         )
     if s["serving"]:
         lines += [
@@ -291,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
         "--class-weight",
         choices=("none", "balanced"),
         help="balanced: classes weigh by the inverse of their share (unbalanced data)",
+    )
+    p.add_argument(
+        "--tune-trials",
+        type=int,
+        help="search learning rate, dropout and crop area in this many training runs first",
     )
     augmentation = p.add_argument_group(
         "augmentation", "random variations of the training images (never of evaluation)"

@@ -3,6 +3,7 @@ and serving input never; phase one's learning-rate schedules; class weights."""
 
 import inspect
 import os
+import types
 
 import keras
 import numpy as np
@@ -191,16 +192,52 @@ def test_plateau_halves_the_rate_when_validation_loss_stalls():
     phase = plan_lib._phase_one(10, 0.01, "plateau", 0, steps_per_epoch=5)
     found = [
         c
-        for c in _phase_callbacks(phase, dirs, None, [], early_stopping_patience=4)
+        for c in _phase_callbacks(phase, dirs, None, [], 4, first_epoch=0)
         if isinstance(c, keras.callbacks.ReduceLROnPlateau)
     ]
     assert len(found) == 1 and found[0].factor == 0.5 and found[0].patience == 2
     cosine = plan_lib._phase_one(10, 0.01, "cosine", 0, steps_per_epoch=5)
     assert not [
         c
-        for c in _phase_callbacks(cosine, dirs, None, [], early_stopping_patience=4)
+        for c in _phase_callbacks(cosine, dirs, None, [], 4, first_epoch=0)
         if isinstance(c, keras.callbacks.ReduceLROnPlateau)
     ]
+
+
+def test_early_stopping_watches_the_second_half_of_a_cosine_phase():
+    from components.train.callbacks import ResumableEarlyStopping, stopped_early
+    from components.train.phases import _phase_callbacks
+    from components.train.resume import make_run_dirs
+
+    dirs = make_run_dirs("/tmp/unused-model", "/tmp/unused-backup", chief=False)
+
+    def early_stopping(schedule: str, first_epoch: int) -> ResumableEarlyStopping:
+        phase = plan_lib._phase_one(10, 0.01, schedule, 1, steps_per_epoch=5)
+        (found,) = [
+            c
+            for c in _phase_callbacks(phase, dirs, None, [], 2, first_epoch=first_epoch)
+            if isinstance(c, ResumableEarlyStopping)
+        ]
+        return found
+
+    assert early_stopping("cosine", 0).start_from_epoch == 5
+    assert early_stopping("cosine", 3).start_from_epoch == 8  # counted as fit counts
+    assert early_stopping("constant", 3).start_from_epoch == 3
+    assert early_stopping("plateau", 0).start_from_epoch == 0
+
+    # A validation loss that rises at the start, at a high rate, does not end the phase.
+    callback = early_stopping("cosine", 0)
+    callback.set_model(types.SimpleNamespace(stop_training=False))
+    callback.on_train_begin()
+    losses = [1.0, 1.2, 1.3, 1.4, 1.5, 0.9, 0.8, 0.85, 0.86]
+    stops = []
+    for epoch, loss in enumerate(losses):
+        callback.on_epoch_end(epoch, {"val_loss": loss})
+        stops.append(callback.model.stop_training)
+    assert stops == [False] * 8 + [True]  # patience 2 from epoch 5's best (epoch 6)
+    # The resumed run's check agrees with Keras.
+    assert stopped_early(losses, 2, skip=5) and not stopped_early(losses[:8], 2, skip=5)
+    assert stopped_early(losses[:4], 2)  # without the skip the rise would have stopped it
 
 
 # --- class balance --------------------------------------------------------------------------

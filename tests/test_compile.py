@@ -256,7 +256,16 @@ def _training_branches(c: Compiled) -> tuple[str, dict]:
     """The vertex condition-branches task around the train custom jobs, and its branches
     by display name: (condition task name, its spec, the branch component, its custom job)."""
     root = c.spec["root"]["dag"]["tasks"]
-    (branches,) = [name for name in root if name.startswith("condition-branches")]
+
+    def branch_names(task: str) -> set[str]:
+        dag = c.spec["components"][root[task]["componentRef"]["name"]]["dag"]
+        return {spec["taskInfo"]["name"] for spec in dag["tasks"].values()}
+
+    (branches,) = [
+        name
+        for name in root
+        if name.startswith("condition-branches") and "single-worker-training" in branch_names(name)
+    ]
     component = c.spec["components"][root[branches]["componentRef"]["name"]]
     jobs = c.custom_jobs()
     found = {}

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 
 import pytest
 
@@ -48,6 +49,36 @@ def test_pipeline_batch_predicts_every_test_image(pipeline_run):
     rows = list(read_jsonl(glob.glob(os.path.join(batch["path"], "predictions-*.jsonl"))))
     assert len(rows) == batch["rows"]
     assert {row["label"] for row in rows} <= set(summary["labels"])
+
+
+def test_deploy_records_the_evaluation_and_the_next_run_faces_the_model(
+    pipeline_run, sample_data, tiny_training, tmp_path
+):
+    """Champion/challenger across runs: the second run scores the model the first one
+    deployed on the same test images, and its gate applies the margin."""
+    work, first = pipeline_run
+    record = read_json(
+        os.path.join(str(work), "model_repository", "image-classifier", "evaluations", "1.json")
+    )
+    assert record["version"] == 1
+    assert record["evaluation"]["accuracy"] == first["test_metrics"]["accuracy"]
+    assert first["champion_accuracy"] is None  # nothing served before the first run
+
+    shutil.copytree(work / "model_repository", tmp_path / "model_repository")
+    second = run_local(
+        str(tmp_path),
+        image_dir=sample_data.image_dir,
+        accuracy_threshold=0.0,
+        champion_margin=1.0,
+        **{**tiny_training, "epochs": 1},
+    )
+    # The same images and split: version 1 scores what it scored in the first run.
+    assert second["champion_accuracy"] == pytest.approx(first["test_metrics"]["accuracy"])
+    assert second["gate_passed"] is True and second["serving"]["version"] == 2
+    record = read_json(
+        os.path.join(str(tmp_path), "model_repository", "image-classifier", "evaluations", "2.json")
+    )
+    assert record["evaluation"]["champion_accuracy"] == second["champion_accuracy"]
 
 
 def test_failed_gate_stops_before_deploy_with_csv_input(sample_data, tiny_training, tmp_path):

@@ -36,13 +36,17 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping on ``val_loss`` that counts the epochs of this phase that a
     preempted run already completed, so a restart keeps its patience and best value."""
 
-    def __init__(self, patience: int, completed: list[tuple[int, float]]):
+    def __init__(
+        self, patience: int, completed: list[tuple[int, float]], start_from_epoch: int = 0
+    ):
         """
         Args:
             patience: Epochs without improvement before stopping.
             completed: ``(epoch, val_loss)`` of the phase's epochs already run.
+            start_from_epoch: The first epoch (counted across phases, as ``fit`` counts)
+                whose validation loss early stopping watches.
         """
-        super().__init__(monitor="val_loss", patience=patience)
+        super().__init__(monitor="val_loss", patience=patience, start_from_epoch=start_from_epoch)
         self.completed = completed
 
     def on_train_begin(self, logs=None):
@@ -54,13 +58,14 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         self.stopped_epoch = 0
 
 
-def stopped_early(val_losses: list[float], patience: int) -> bool:
+def stopped_early(val_losses: list[float], patience: int, skip: int = 0) -> bool:
     """Whether EarlyStopping(patience) on these epochs' ``val_loss`` stopped training: the
-    same rule as Keras (no improvement on the best value for ``patience`` epochs)."""
+    same rule as Keras (no improvement on the best value for ``patience`` epochs), the
+    first ``skip`` epochs unwatched (its ``start_from_epoch``)."""
     if patience <= 0:
         return False
     best, wait = np.inf, 0
-    for value in val_losses:
+    for value in val_losses[skip:]:
         wait += 1
         if value < best:
             best, wait = value, 0

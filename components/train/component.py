@@ -68,7 +68,8 @@ def train(
         learning_rate: Adam learning rate of phase one (the only phase from scratch).
         dropout: Dropout rate before the classification layer.
         early_stopping_patience: Epochs without validation-loss improvement before a
-            phase stops; 0 disables early stopping.
+            phase stops; 0 disables early stopping. A phase whose rate follows a cosine
+            is watched over its second half only (its rate is still high before).
         fine_tune_layers: Top backbone layers phase two unfreezes (pretrained weights
             only); -1 for the whole backbone, 0 for no phase two.
         fine_tune_epochs: Epochs of phase two; 0 for no phase two.

@@ -73,6 +73,7 @@ def _phase_callbacks(
     best_so_far: float | None,
     completed: list[tuple[int, float]],
     early_stopping_patience: int,
+    first_epoch: int,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of one phase's ``fit``, in the order they must run."""
     phase_callbacks: list[keras.callbacks.Callback] = [
@@ -101,7 +102,11 @@ def _phase_callbacks(
             )
         )
     if early_stopping_patience > 0:
-        phase_callbacks.append(callbacks.ResumableEarlyStopping(early_stopping_patience, completed))
+        phase_callbacks.append(
+            callbacks.ResumableEarlyStopping(
+                early_stopping_patience, completed, first_epoch + phase.early_stopping_from
+            )
+        )
     # Last, so an epoch is backed up only once its log row and checkpoint exist.
     phase_callbacks.append(
         callbacks.SharedBackupAndRestore(
@@ -131,7 +136,9 @@ def run_phase(
     completed = _completed_epochs(rows, phase.number, first_epoch, end_epoch)
     if completed and (
         completed[-1][0] + 1 >= end_epoch
-        or callbacks.stopped_early([v for _, v in completed], plan.early_stopping_patience)
+        or callbacks.stopped_early(
+            [v for _, v in completed], plan.early_stopping_patience, phase.early_stopping_from
+        )
     ):
         log.info("phase %d already complete (epoch log): not training it again", phase.number)
         return
@@ -143,7 +150,7 @@ def run_phase(
     if plan.multi_worker:
         distribution.prepare_multi_worker_fit(model, plan.strategy, plan.image_size)
     phase_callbacks = _phase_callbacks(
-        phase, dirs, best_val_loss(rows), completed, plan.early_stopping_patience
+        phase, dirs, best_val_loss(rows), completed, plan.early_stopping_patience, first_epoch
     )
     # Keras keeps the epoch a BackupAndRestore restored on the model (a private
     # attribute, with no public way to reset it), and a restore in phase one would

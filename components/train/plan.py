@@ -53,6 +53,13 @@ class Phase:
     unfreeze_layers: int | None
     schedule: str = "cosine"
 
+    @property
+    def early_stopping_from(self) -> int:
+        """Epochs of the phase before early stopping watches the validation loss: the
+        first half under a cosine schedule, whose rate is still high there, so a stalling
+        validation loss is noise at that rate rather than convergence; none else."""
+        return self.epochs // 2 if self.schedule == "cosine" else 0
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainingPlan:

@@ -366,7 +366,8 @@ def train(
         learning_rate: Adam learning rate of phase one (or of the single phase).
         dropout: Dropout rate before the classification layer.
         early_stopping_patience: Epochs without validation-loss improvement before a
-            phase stops; 0 disables early stopping.
+            phase stops; 0 disables early stopping. A phase whose rate follows a cosine
+            is watched over its second half only (its rate is still high before).
         fine_tune_layers: With pretrained weights, how many top layers of the backbone
             phase two unfreezes (BatchNormalization layers stay frozen); -1 for all of
             them, 0 for no phase two.
