@@ -512,3 +512,45 @@ def test_compiled_kfp_yaml_runs_end_to_end_under_kfp_local(compiled, kfp_local, 
     assert os.path.exists(os.path.join(endpoint["model_dir"], "saved_model.pb"))
     predictions = output_artifact(task_outputs(run, "batch-predict"), "predictions")
     assert predictions["metadata"]["rows"] > 0 and predictions["metadata"]["errors"] == 0
+
+
+def test_kfp_tune_takes_the_gpu_only_when_it_searches(compiled):
+    """The tune task runs on every target and feeds train; on kfp the search asks for
+    train's GPU node, while passing the given values on (no trials) asks for nothing."""
+    c = compiled["kfp"]
+    tasks = c.tasks()
+    branches = {
+        spec["taskInfo"]["name"]: spec["componentRef"]["name"]
+        for _, spec in tasks.values()
+        if spec["taskInfo"]["name"] in ("hyperparameter-tuning", "no-hyperparameter-tuning")
+    }
+    assert set(branches) == {"hyperparameter-tuning", "no-hyperparameter-tuning"}
+    resources = {
+        name: c.executor(task, branch)["container"].get("resources", {})
+        for name, branch in branches.items()
+        for task in c.spec["components"][branch]["dag"]["tasks"]
+    }
+    assert resources["hyperparameter-tuning"]["accelerator"]["resourceCount"] == "1"
+    assert "accelerator" not in resources["no-hyperparameter-tuning"]
+    # Train's tuned settings come from the tune step (its outputs), not the parameters.
+    for target in TARGETS:
+        c = compiled[target]
+        tasks = c.tasks()
+        jobs = list(c.custom_jobs()) if target == "vertex" else ["train"]
+        for job in jobs:
+            parent, spec = tasks[job]
+            for name in ("learning_rate", "dropout", "crop_area_min", "fine_tune_layers"):
+                source = c.source(parent, spec["inputs"]["parameters"][name])
+                assert "taskOutputParameter" in source, (target, job, name, source)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_evaluate_gets_the_champion_from_an_uncached_lookup(compiled, target):
+    c = compiled[target]
+    tasks = c.tasks()
+    champion = c.source("root", tasks["evaluate"][1]["inputs"]["parameters"]["champion_dir"])
+    producer = champion["taskOutputParameter"]["producerTask"]
+    assert producer == ("find-vertex-champion" if target == "vertex" else "find-champion")
+    assert tasks[producer][1]["cachingOptions"].get("enableCache", False) is False
+    margin = tasks["evaluate"][1]["inputs"]["parameters"]["champion_margin"]
+    assert margin == {"componentInputParameter": "champion_margin"}
