@@ -33,7 +33,7 @@ DEMO_SETTINGS = {
     "weights": "none",
     "image_size": 96,
     "batch_size": 32,
-    "epochs": 12,
+    "epochs": 30,
     "learning_rate": 0.002,
     "early_stopping_patience": 4,
 }

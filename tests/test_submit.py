@@ -433,7 +433,8 @@ def test_params_are_checked_against_the_compiled_pipeline_before_the_host(
     assert main([*args, "--params", path]) == 2
     err = capsys.readouterr().err
     assert "unknown pipeline parameter(s): epoch; the pipeline's parameters are: " in err
-    assert "accuracy_threshold, backbone, backup_dir, batch_size" in err
+    # Sorted, so a user scanning for the name they meant finds it.
+    assert "accuracy_threshold, augment, backbone, backup_dir, batch_size" in err
     missing = str(tmp_path / "missing.yaml")
     assert main([*args, "--params", missing]) == 2
     assert f"params file not found: {missing}" in capsys.readouterr().err
