@@ -10,6 +10,8 @@ DEMO := $(WORK)/demo
 PER_CLASS ?= 100
 MODEL_NAME ?= image-classifier
 PORT ?= 8080
+GRPC_PORT ?= 8081
+SERVE_ARGS ?=
 TARGET ?= kfp
 PYTEST_ARGS ?=
 
@@ -19,10 +21,11 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock requirements-no-deps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
 	$(UV) pip install -q --python $(PY) --compile-bytecode -r requirements.lock
+	$(UV) pip install -q --python $(PY) --compile-bytecode --no-deps -r requirements-no-deps.txt
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
@@ -43,9 +46,9 @@ RUNNER ?= subprocess
 demo: sample-data $(if $(filter docker,$(RUNNER)),images) ## Run the whole pipeline locally (kfp local; RUNNER=docker: in the stage images) on the sample set
 	$(PY) -m pipelines.run_local --runner $(RUNNER) --image-dir $(SAMPLE)/images --work-dir $(DEMO)
 
-serve: setup ## Serve the model the demo deployed on 127.0.0.1:$(PORT) (TF Serving REST API)
+serve: setup ## Serve the model the demo deployed: REST on 127.0.0.1:$(PORT), gRPC on $(GRPC_PORT) (SERVE_ARGS: more options)
 	$(PY) -m components.deploy.server --model-repository $(DEMO)/model_repository \
-		--model-name $(MODEL_NAME) --http-port $(PORT)
+		--model-name $(MODEL_NAME) --http-port $(PORT) --grpc-port $(GRPC_PORT) $(SERVE_ARGS)
 
 query: ## Ask the running server (make serve) to classify one sample image
 	@printf '{"instances": [{"b64": "%s"}]}' "$$(base64 -w0 $(SAMPLE)/images/circle/circle_0000.jpg)" \

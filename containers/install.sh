@@ -10,6 +10,10 @@
 #       version comes from requirements.lock (and CONSTRAINTS, a file beside it, for what the
 #       lock does not hold). The NVIDIA libraries that wheels install are registered with the
 #       dynamic linker: TensorFlow's RUNPATH misses some of them (curand, nvJitLink, NVRTC).
+#   install.sh no-deps
+#       The packages of requirements-no-deps.txt (copied beside it), without their
+#       dependencies: tensorflow-serving-api, whose `tensorflow` requirement tensorflow-cpu
+#       meets under another name (see that file). `pip check` accepts that one complaint.
 #   install.sh package
 #       The project's own code and README, copied in by then (its dependencies are in
 #       place), `pip check`, and the runtime user app (UID 1000). Its home and the folders
@@ -33,9 +37,17 @@ dependencies)
     done >/etc/ld.so.conf.d/zz-nvidia-pip-wheels.conf
     ldconfig
     ;;
+no-deps)
+    pip install --no-cache-dir --no-deps -r "$src/requirements-no-deps.txt"
+    ;;
 package)
     pip install --no-cache-dir --no-deps --force-reinstall "$src"
-    pip check
+    broken=$(pip check | grep -v -e '^No broken requirements found\.$' \
+        -e '^tensorflow-serving-api [0-9.]* requires tensorflow, which is not installed\.$' || true)
+    if [ -n "$broken" ]; then
+        echo "$broken" >&2
+        exit 1
+    fi
     rm -rf "$src"
     groupadd --gid 1000 app
     useradd --uid 1000 --gid 1000 --home-dir /home/app --create-home --shell /usr/sbin/nologin app
@@ -43,7 +55,7 @@ package)
     chmod 1777 /home/app
     ;;
 *)
-    echo "usage: install.sh dependencies EXTRAS [CONSTRAINTS] | install.sh package" >&2
+    echo "usage: install.sh dependencies EXTRAS [CONSTRAINTS] | install.sh no-deps | install.sh package" >&2
     exit 2
     ;;
 esac

@@ -249,8 +249,12 @@ def test_stage_installs_its_extras_with_the_shared_script(stage):
     copied = copied_from_context(dockerfile(stage))
     assert copied[f"{SRC}/install.sh"] == "containers/install.sh"
     assert copied[f"{SRC}/requirements.lock"] == "requirements.lock"
-    dependencies, package = install_steps(stage)
+    dependencies, *no_deps, package = install_steps(stage)
     assert dependencies[0] == "dependencies" and package == ["package"]
+    # The deploy image (the model server) adds TF Serving's gRPC API without its deps.
+    assert no_deps == ([["no-deps"]] if stage == "deploy" else [])
+    if no_deps:
+        assert copied[f"{SRC}/requirements-no-deps.txt"] == "requirements-no-deps.txt"
     extras = set(dependencies[1].split(","))
     assert extras == STAGE_EXTRAS[stage]
     assert extras <= pyproject_extras() and not extras & {"all", "dev"}

@@ -158,28 +158,46 @@ def _status(url: str) -> int | None:
 
 
 def _listen_addresses(port: int) -> set[str]:
-    """Local addresses of the IPv4 sockets listening on ``port`` (from /proc/net/tcp)."""
+    """Local addresses of the sockets listening on ``port`` (from /proc/net/tcp and tcp6;
+    an IPv4-mapped IPv6 address, as gRPC listens on, as its IPv4 address)."""
     addresses = set()
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            address, port_hex = fields[1].split(":")
-            if fields[3] == "0A" and int(port_hex, 16) == port:
-                addresses.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                address, port_hex = fields[1].split(":")
+                if fields[3] != "0A" or int(port_hex, 16) != port:
+                    continue
+                # Each 4-byte word of the address is in host (little-endian) order.
+                raw = b"".join(
+                    bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8)
+                )
+                if len(raw) == 16 and raw[:12] == b"\0" * 10 + b"\xff\xff":
+                    raw = raw[12:]
+                addresses.add(
+                    socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+                )
     return addresses
 
 
 def _start_held_server(
-    repo: str, port: int, hold_dir, log_path, limits: ServerLimits
+    repo: str,
+    port: int,
+    hold_dir,
+    log_path,
+    limits: ServerLimits,
+    grpc_port: int = 0,
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
-    argv = local.server_command(repo, MODEL_NAME, port, limits=limits)[3:]
+    argv = local.server_command(repo, MODEL_NAME, port, limits=limits, grpc_port=grpc_port)[3:]
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-c", HELD_SERVER, *argv],
+            [sys.executable, "-c", HELD_SERVER, *argv, *options],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "TEST_HOLD_DIR": str(hold_dir)},
+            env={**os.environ, **(env or {}), "TEST_HOLD_DIR": str(hold_dir)},
         )
 
 
@@ -190,24 +208,53 @@ def served_repo(exported_model, tmp_path_factory) -> str:
     return repo
 
 
+# Vertex AI's routes for a custom container, as it sets them (AIP_PREDICT_ROUTE, ...).
+VERTEX_PREDICT_ROUTE = "/v1/endpoints/123/deployedModels/456:predict"
+VERTEX_HEALTH_ROUTE = "/v1/endpoints/123/deployedModels/456"
+
+
 @pytest.fixture(scope="module")
-def server(served_repo, tmp_path_factory):
-    """The module's server: batching on (the default), in-flight bound 4, 200 kB bodies.
+def files(tmp_path_factory):
+    """Image files for requests that name them: ``allowed/`` is the server's one allowed
+    prefix; ``outside/`` is not (nor ``allowed-not/``, which only shares its beginning)."""
+    root = tmp_path_factory.mktemp("files")
+    for folder in ("allowed", "outside", "allowed-not"):
+        (root / folder).mkdir()
+        (root / folder / "a.jpg").write_bytes(_jpeg(seed=7, noise=True))
+    (root / "allowed" / "b.png").write_bytes(_encoded("PNG"))
+    (root / "allowed" / "text.jpg").write_bytes(b"not an image")
+    # A symbolic link inside that leads outside, and a FIFO outside: a server that opened
+    # it would hang in open() with it open for reading, which a writer would notice.
+    (root / "allowed" / "link.jpg").symlink_to(root / "outside" / "a.jpg")
+    os.mkfifo(root / "outside" / "pipe.jpg")
+    (root / "allowed" / "pipe.jpg").symlink_to(root / "outside" / "pipe.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(served_repo, files, tmp_path_factory):
+    """The module's server: batching on (the default), in-flight bound 4, 200 kB bodies,
+    gRPC on, files read under ``files/allowed``, Vertex AI's routes set.
 
     Yields ``(base_url, port, hold_dir)``; checks at the end that SIGTERM stops it with 0.
+    The gRPC port is ``grpc_target``'s.
     """
     hold_dir = tmp_path_factory.mktemp("hold")
     log_path = tmp_path_factory.mktemp("server_log") / "server.log"
-    port = local.free_port()
+    port, grpc_port = local.free_port(), local.free_port()
     process = _start_held_server(
         served_repo,
         port,
         hold_dir,
         log_path,
         ServerLimits(max_inflight=MAX_INFLIGHT, max_body_bytes=MAX_BODY_BYTES),
+        grpc_port=grpc_port,
+        options=("--allow-uri-prefix", str(files / "allowed")),
+        env={"AIP_PREDICT_ROUTE": VERTEX_PREDICT_ROUTE, "AIP_HEALTH_ROUTE": VERTEX_HEALTH_ROUTE},
     )
     try:
         local.wait_until_ready(process, MODEL_NAME, port, WAIT_S, str(log_path))
+        _GRPC_PORTS[port] = grpc_port
         yield f"http://127.0.0.1:{port}", port, hold_dir
     finally:
         for hold in hold_dir.glob("*.hold"):
@@ -216,9 +263,18 @@ def server(served_repo, tmp_path_factory):
     assert code == 0, f"the server did not stop cleanly on SIGTERM (exit code {code})"
 
 
+_GRPC_PORTS: dict[int, int] = {}
+
+
 @pytest.fixture
 def server_url(server) -> str:
     return server[0]
+
+
+@pytest.fixture
+def grpc_target(server) -> str:
+    """``host:port`` of the module server's gRPC services."""
+    return f"127.0.0.1:{_GRPC_PORTS[server[1]]}"
 
 
 def _predict_url(base: str) -> str:
@@ -362,7 +418,8 @@ BAD_REQUESTS = {
     "not an object": ([{"b64": "x"}], "JSON object"),
     "neither instances nor inputs": ({"signature_name": "serving_default"}, "neither"),
     "both instances and inputs": ({"instances": [_IMAGE], "inputs": [_IMAGE]}, "not both"),
-    "unknown key": ({"instances": [_IMAGE], "parameters": {}}, "unexpected keys"),
+    "unknown key": ({"instances": [_IMAGE], "params": {}}, "unexpected keys"),
+    "parameters": ({"instances": [_IMAGE], "parameters": {"top_k": 2}}, 'no "parameters"'),
     "empty instances": ({"instances": []}, "non-empty"),
     "instances not a list": ({"instances": _IMAGE}, "non-empty list"),
     "instance not b64": ({"instances": ["just a string"]}, "b64"),
@@ -376,7 +433,10 @@ BAD_REQUESTS = {
     "wrong input name in inputs": ({"inputs": {"images": [_IMAGE]}}, "takes only"),
     "inputs a single value": ({"inputs": _IMAGE}, "takes only"),
     "inputs not a list": ({"inputs": {"image_bytes": _IMAGE}}, "non-empty list"),
-    "a URI": ({"instances": [{"uri": "gs://bucket/a.jpg"}]}, "does not read URIs"),
+    "a URI under another key": ({"instances": [{"uri": "gs://b/a.jpg"}]}, '{"filenames": '),
+    "filenames not a string": ({"instances": [{"filenames": 3}]}, "one file's path"),
+    "a relative path": ({"instances": [{"filenames": "a.jpg"}]}, "not an absolute path"),
+    "an http URL": ({"instances": [{"image_uri": "http://x/a.jpg"}]}, "http:// is not read"),
     "bad base64": ({"instances": [{"b64": "@@not base64@@"}]}, "base64"),
     "empty image": ({"instances": [{"b64": ""}]}, "empty"),
     "not an image": ({"instances": [{"b64": _b64(b"plain text, not a JPEG")}]}, "not an image"),
@@ -442,11 +502,96 @@ def test_bad_v2_requests_get_400_with_a_json_error(server_url, case):
     _check_error(*_http(url, body), 400, message)
 
 
-def test_v2_binary_extension_is_refused_clearly(server_url):
-    status, response = _http(
-        f"{server_url}/v2/models/{MODEL_NAME}/infer", b"\x00\x01binary", "application/octet-stream"
+def _binary_v2(header: dict, tail: bytes, length: int | None = None) -> tuple[bytes, dict]:
+    data = json.dumps(header).encode()
+    return data + tail, {"Inference-Header-Content-Length": str(length or len(data))}
+
+
+def _elements(*items: bytes) -> bytes:
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+BAD_BINARY_V2 = {
+    "no JSON at all": ((b"\x00\x01binary", {}), "JSON is invalid"),
+    "header length past the body": (
+        (b"{}", {"Inference-Header-Content-Length": "99"}),
+        "not a length within",
+    ),
+    "binary size past the body": (
+        _binary_v2(
+            {"inputs": [{**_v2()["inputs"][0], "parameters": {"binary_data_size": 999}}]}, b"x"
+        ),
+        "runs past",
+    ),
+    "an input without data": (
+        _binary_v2(
+            {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1]}]},
+            b"extra",
+        ),
+        "neither data nor binary_data_size",
+    ),
+    "bytes after the tensors": (
+        _binary_v2(
+            {
+                "inputs": [
+                    {
+                        "name": "image_bytes",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": 4 + len(_NOISE)},
+                    }
+                ]
+            },
+            _elements(_NOISE) + b"extra",
+        ),
+        "5 bytes follow the last binary tensor",
+    ),
+    "element length past its tensor": (
+        _binary_v2(
+            {
+                "inputs": [
+                    {
+                        "name": "image_bytes",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": 8},
+                    }
+                ]
+            },
+            (500).to_bytes(4, "little") + b"abcd",
+        ),
+        "not BYTES elements",
+    ),
+    "binary tensor not an image": (
+        _binary_v2(
+            {
+                "inputs": [
+                    {
+                        "name": "image_bytes",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"binary_data_size": 8},
+                    }
+                ]
+            },
+            _elements(b"text"),
+        ),
+        "not an image",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BINARY_V2, ids=list(BAD_BINARY_V2))
+def test_bad_binary_v2_requests_get_400(server_url, case):
+    (body, headers), message = BAD_BINARY_V2[case]
+    request = urllib.request.Request(
+        f"{server_url}/v2/models/{MODEL_NAME}/infer",
+        data=body,
+        headers={"Content-Type": "application/octet-stream", **headers},
     )
-    _check_error(status, response, 400, "binary tensor extension is not supported")
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=WAIT_S)
+    _check_error(error.value.code, json.loads(error.value.read()), 400, message)
 
 
 def test_unknown_model_route_and_method_get_json_errors(server_url):
@@ -503,6 +648,330 @@ def test_an_oversized_chunked_body_is_refused_while_read(server):
     assert status == 200, body
 
 
+# --- the clients people already use ------------------------------------------------------
+
+
+def _rows_of(labels, probabilities) -> list[dict]:
+    return [
+        {
+            "label": label.decode() if isinstance(label, bytes) else label,
+            "class_index": LABELS.index(label.decode() if isinstance(label, bytes) else label),
+            "probabilities": np.asarray(p).tolist(),
+        }
+        for label, p in zip(labels, probabilities, strict=True)
+    ]
+
+
+_CLIENT_IMAGES = [_jpeg(seed=21, noise=True), _jpeg(seed=22), _encoded("PNG")]
+
+
+@pytest.fixture(scope="module")
+def rest_answer(server) -> list[dict]:
+    """The REST (TF Serving row format) predictions of ``_CLIENT_IMAGES``: what every
+    other protocol must answer too."""
+    body = {"instances": [{"b64": _b64(image)} for image in _CLIENT_IMAGES]}
+    status, response = _http(_predict_url(server[0]), body)
+    assert status == 200, response
+    _check_predictions(response["predictions"], len(_CLIENT_IMAGES))
+    return response["predictions"]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_http_with_binary_and_json_tensors(server, rest_answer, binary):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server[0].removeprefix("http://"))
+    assert client.is_server_ready() and client.is_model_ready(MODEL_NAME)
+    tensor = httpclient.InferInput("image_bytes", [len(_CLIENT_IMAGES)], "BYTES")
+    if binary:  # the client's defaults: raw image bytes in, binary outputs back
+        tensor.set_data_from_numpy(np.array(_CLIENT_IMAGES, dtype=np.object_))
+        outputs = None
+    else:  # pure JSON, which it sends without a JSON content type
+        images = [_b64(image).encode() for image in _CLIENT_IMAGES]
+        tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=False)
+        outputs = [
+            httpclient.InferRequestedOutput(name, binary_data=False)
+            for name in ("label", "probabilities")
+        ]
+    result = client.infer(MODEL_NAME, [tensor], outputs=outputs)
+    _same_predictions(
+        _rows_of(result.as_numpy("label"), result.as_numpy("probabilities")), rest_answer
+    )
+    client.close()
+
+
+# Triton's gRPC client runs in its own process: its protos and KServe's define the same
+# messages (package inference), which one process's protobuf pool refuses to hold twice.
+TRITON_GRPC_CLIENT = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+target, model, *paths = sys.argv[1:]
+client = grpcclient.InferenceServerClient(target)
+answer = {"live": client.is_server_live(), "ready": client.is_model_ready(model)}
+answer["inputs"] = [t.name for t in client.get_model_metadata(model).inputs]
+
+def infer(images, name=model):
+    tensor = grpcclient.InferInput("image_bytes", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    try:
+        result = client.infer(name, [tensor])
+    except InferenceServerException as e:
+        return {"status": e.status(), "message": e.message()}
+    return {
+        "label": [label.decode() for label in result.as_numpy("label")],
+        "probabilities": result.as_numpy("probabilities").tolist(),
+        "version": result.get_response().model_version,
+    }
+
+images = [open(path, "rb").read() for path in paths]
+answer["good"] = infer(images)
+answer["bad"] = infer([b"not an image"])
+answer["other_model"] = infer(images, "no-such-model")
+print(json.dumps(answer))
+"""
+
+
+def test_tritonclient_grpc_v2(grpc_target, rest_answer, tmp_path):
+    paths = []
+    for i, image in enumerate(_CLIENT_IMAGES):
+        paths.append(tmp_path / f"{i}.img")
+        paths[-1].write_bytes(image)
+    run = subprocess.run(
+        [sys.executable, "-c", TRITON_GRPC_CLIENT, grpc_target, MODEL_NAME, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    answer = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (answer["live"], answer["ready"], answer["inputs"]) == (True, True, ["image_bytes"])
+    good = answer["good"]
+    _same_predictions(_rows_of(good["label"], good["probabilities"]), rest_answer)
+    assert good["version"] == "1"
+    assert answer["bad"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "instance 0: not an image" in answer["bad"]["message"]
+    assert answer["other_model"]["status"] == "StatusCode.NOT_FOUND"
+
+
+def _tf_serving_request(images: list[bytes], name: str = MODEL_NAME, **spec):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    for key, value in spec.items():
+        setattr(request.model_spec, key, value)
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images))
+    return request
+
+
+def test_tensorflow_serving_api_predict_and_metadata(grpc_target, rest_answer):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    with grpc.insecure_channel(grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(
+            _tf_serving_request(_CLIENT_IMAGES, signature_name="serving_default"), timeout=WAIT_S
+        )
+        assert response.model_spec.name == MODEL_NAME
+        assert response.model_spec.version.value == 1
+        got = _rows_of(
+            tf.make_ndarray(response.outputs["label"]),
+            tf.make_ndarray(response.outputs["probabilities"]),
+        )
+        _same_predictions(got, rest_answer)
+
+        request = _tf_serving_request(_CLIENT_IMAGES[:1])
+        request.output_filter.append("label")
+        assert list(stub.Predict(request, timeout=WAIT_S).outputs) == ["label"]
+
+        metadata_request = get_model_metadata_pb2.GetModelMetadataRequest()
+        metadata_request.model_spec.name = MODEL_NAME
+        metadata_request.metadata_field.append("signature_def")
+        metadata = stub.GetModelMetadata(metadata_request, timeout=WAIT_S)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        metadata.metadata["signature_def"].Unpack(signatures)
+        signature = signatures.signature_def["serving_default"]
+        assert list(signature.inputs) == ["image_bytes"]
+        assert {"label", "probabilities"} <= set(signature.outputs)
+
+        errors = {
+            "INVALID_ARGUMENT": [
+                _tf_serving_request([b"plain text"]),
+                _tf_serving_request(_CLIENT_IMAGES[:1], signature_name="predict_uris"),
+                _tf_serving_request([_CLIENT_IMAGES[0]] * 65),
+            ],
+            "NOT_FOUND": [_tf_serving_request(_CLIENT_IMAGES[:1], name="other")],
+            # Past the 200 kB body bound: gRPC's own message size check.
+            "RESOURCE_EXHAUSTED": [_tf_serving_request([_NOISE + b"\0" * MAX_BODY_BYTES])],
+        }
+        for code, requests in errors.items():
+            for request in requests:
+                with pytest.raises(grpc.RpcError) as error:
+                    stub.Predict(request, timeout=WAIT_S)
+                assert error.value.code().name == code, error.value.details()
+        with pytest.raises(grpc.RpcError) as error:  # the export has no classify signature
+            stub.Classify(classification_pb2.ClassificationRequest(), timeout=WAIT_S)
+        assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_sagemaker_and_vertex_routes(server_url, rest_answer):
+    body = {"instances": [{"b64": _b64(image)} for image in _CLIENT_IMAGES]}
+    for route in ("/invocations", VERTEX_PREDICT_ROUTE):
+        status, response = _http(server_url + route, body)
+        assert status == 200, response
+        _same_predictions(response["predictions"], rest_answer)
+    # Vertex AI sends its request's parameters along: none are needed.
+    status, response = _http(server_url + VERTEX_PREDICT_ROUTE, {**body, "parameters": {}})
+    assert status == 200, response
+    for route in ("/ping", VERTEX_HEALTH_ROUTE):
+        assert _http(server_url + route) == (200, {"status": "healthy"})
+
+
+def _open_for_writing(fifo) -> bool:
+    """Whether a reader has the FIFO open (a non-blocking writer can open it then)."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        return False
+    return True
+
+
+def test_filenames_are_read_only_under_the_allowed_prefix(server_url, files, rest_answer):
+    allowed = files / "allowed"
+    image = (allowed / "a.jpg").read_bytes()
+    _, inline = _http(_predict_url(server_url), {"instances": [{"b64": _b64(image)}] * 2})
+    for body in (
+        {"instances": [{"filenames": str(allowed / "a.jpg")}, {"b64": _b64(image)}]},
+        {"instances": [{"image_uri": str(allowed / "a.jpg")}] * 2},
+        {"inputs": {"filenames": [str(allowed / "a.jpg"), "file://" + str(allowed / "a.jpg")]}},
+        {"instances": [{"filenames": str(allowed / "sub" / ".." / "a.jpg")}] * 2},
+    ):
+        status, response = _http(_predict_url(server_url), body)
+        assert status == 200, (body, response)
+        if "outputs" in response:  # columnar
+            got = _rows_of(response["outputs"]["label"], response["outputs"]["probabilities"])
+        else:
+            got = response["predictions"]
+        _same_predictions(got, inline["predictions"])
+
+    refused = [
+        files / "outside" / "a.jpg",
+        allowed / ".." / "outside" / "a.jpg",
+        files / "allowed-not" / "a.jpg",
+        allowed / "link.jpg",  # a symbolic link out of the prefix
+        allowed / "pipe.jpg",  # one to a FIFO: opening it would hang
+        files / "outside" / "pipe.jpg",
+    ]
+    for path in refused:
+        status, response = _http(
+            _predict_url(server_url), {"instances": [{"filenames": str(path)}]}
+        )
+        _check_error(status, response, 403, "not under a prefix this server allows")
+    assert not _open_for_writing(files / "outside" / "pipe.jpg"), "the server opened the FIFO"
+
+    for name, message in {"missing.jpg": "no such file", "text.jpg": "not an image"}.items():
+        status, response = _http(
+            _predict_url(server_url), {"instances": [{"filenames": str(allowed / name)}]}
+        )
+        _check_error(status, response, 400, message)
+
+
+def test_a_server_without_allowed_prefixes_reads_no_files(tmp_path):
+    from components.deploy.server.protocol import InvalidInput
+    from components.deploy.server.uris import ForbiddenUri, UriReader
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(_jpeg())
+    with pytest.raises(ForbiddenUri, match="--allow-uri-prefix PREFIX"):
+        UriReader().read(str(image), 0, 1000)
+    reader = UriReader([str(tmp_path), "gs://bucket/images/"])
+    assert reader.read(str(image), 0, 10_000) == image.read_bytes()
+    with pytest.raises(InvalidInput, match="more than the limit of 100 bytes"):
+        reader.read(str(image), 0, 100)
+    assert reader.resolve("gs://bucket/images/a.jpg", 0) == "gs://bucket/images/a.jpg"
+    for uri in ("gs://bucket/images/../secret/a.jpg", "gs://bucket/images2/a.jpg", "gs://other/a"):
+        with pytest.raises(ForbiddenUri):
+            reader.resolve(uri, 0)
+    for prefix in ("relative/dir", "gs://", "s3://bucket/x"):
+        with pytest.raises(ValueError):
+            UriReader([prefix])
+
+
+def test_the_vertex_custom_container_contract_from_its_variables(exported_model, tmp_path):
+    """Started as Vertex AI starts the deploy image: the model, port and routes come from
+    the AIP_* variables alone."""
+    port = local.free_port()
+    env = {
+        **os.environ,
+        "AIP_STORAGE_URI": exported_model,
+        "AIP_HTTP_PORT": str(port),
+        "AIP_PREDICT_ROUTE": VERTEX_PREDICT_ROUTE,
+        "AIP_HEALTH_ROUTE": VERTEX_HEALTH_ROUTE,
+    }
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "components.deploy.server", "--grpc-port", "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _poll(lambda: _status(url + VERTEX_HEALTH_ROUTE) == 200, "the health route")
+        body = {"instances": [{"b64": _b64(_jpeg(seed=5))}], "parameters": {}}
+        status, response = _http(url + VERTEX_PREDICT_ROUTE, body)
+        assert status == 200, response
+        _check_predictions(response["predictions"], 1)
+    finally:
+        code = local.stop_server(process, timeout_s=WAIT_S)
+    assert code == 0, log_path.read_text()
+
+
+def test_a_grpc_burst_past_the_shared_inflight_bound_gets_unavailable(server, grpc_target):
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    server_url, _, hold_dir = server
+    entered = _entered(hold_dir)
+    hold = hold_dir / "predict.hold"
+    hold.touch()
+    try:
+        with grpc.insecure_channel(grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            calls = [
+                stub.Predict.future(_tf_serving_request([_jpeg(seed=40 + i)]), timeout=WAIT_S)
+                for i in range(10)
+            ]
+            rejected = len(calls) - MAX_INFLIGHT
+            _poll(lambda: sum(c.done() for c in calls) >= rejected, "the refusals")
+            _poll(lambda: _entered(hold_dir) > entered, "a call to reach the model")
+            done = [c for c in calls if c.done()]
+            assert len(done) == rejected
+            for call in done:
+                assert call.code() == grpc.StatusCode.UNAVAILABLE
+                assert "busy" in call.details()
+            # REST and gRPC share the bound: a REST predict is refused now too.
+            status, response = _http(_predict_url(server_url), {"instances": [_IMAGE]})
+            _check_error(status, response, 503, "busy")
+            hold.unlink()
+            for call in calls:
+                if call not in done:
+                    assert call.result(timeout=WAIT_S).outputs["label"].string_val
+    finally:
+        hold.unlink(missing_ok=True)
+
+
 # --- health, load, overload ---------------------------------------------------------------
 
 
@@ -524,6 +993,7 @@ def test_listens_on_loopback_only(server):
     if not os.path.exists("/proc/net/tcp"):
         pytest.skip("needs Linux's /proc/net/tcp")
     assert _listen_addresses(server[1]) == {"127.0.0.1"}
+    assert _listen_addresses(_GRPC_PORTS[server[1]]) == {"127.0.0.1"}  # gRPC too
 
 
 def test_a_burst_past_the_inflight_bound_gets_503_then_the_server_serves(server):
@@ -760,8 +1230,27 @@ def test_batcher_fails_only_the_request_with_a_bad_image():
 def test_cli_defaults_and_options():
     from components.deploy.server.__main__ import parse_args
 
-    args = parse_args(["--model-repository", "r", "--model-name", "m"])
+    args = parse_args(["--model-repository", "r", "--model-name", "m"], environ={})
     assert (args.host, args.http_port, args.model_version) == ("127.0.0.1", 8080, None)
+    assert (args.grpc_port, args.allow_uri_prefix, args.model_dir) == (8081, [], None)
+    assert (args.predict_routes, args.health_routes) == (("/invocations",), ("/ping",))
+    vertex = {
+        "AIP_STORAGE_URI": "gs://b/model",
+        "AIP_HTTP_PORT": "7080",
+        "AIP_PREDICT_ROUTE": "/p",
+        "AIP_HEALTH_ROUTE": "/h",
+    }
+    args = parse_args(["--grpc-port", "0"], environ=vertex)
+    assert (args.model_dir, args.model_name, args.http_port) == (
+        "gs://b/model",
+        "image-classifier",
+        7080,
+    )
+    assert (args.predict_routes, args.health_routes) == (("/invocations", "/p"), ("/ping", "/h"))
+    with pytest.raises(SystemExit):  # a repository needs the model's name
+        parse_args(["--model-repository", "r"], environ={})
+    with pytest.raises(SystemExit):  # and nothing to serve is an error
+        parse_args([], environ={})
     assert (args.max_instances, args.max_body_bytes, args.max_inflight) == (64, 16 << 20, 32)
     assert (args.batch_max_size, args.batch_timeout_ms) == (32, 0.0)
     assert (args.shutdown_delay_s, args.grace_period_s) == (0.0, 10)

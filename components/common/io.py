@@ -65,9 +65,16 @@ def glob(pattern: str) -> list[str]:
     return sorted(_gfile().glob(pattern))
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
+    """The file's bytes; with ``max_bytes``, a ``ValueError`` for a larger file, read no
+    further than one byte past the limit."""
     with _gfile().GFile(path, "rb") as f:
-        return f.read()
+        if max_bytes is None:
+            return f.read()
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path} is more than {max_bytes} bytes")
+    return data
 
 
 def write_bytes(path: str, data: bytes) -> None:

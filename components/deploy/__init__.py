@@ -10,3 +10,6 @@
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8080
+# KServe's model server's default gRPC port (TF Serving's is 8500).
+DEFAULT_GRPC_PORT = 8081
+DEFAULT_MODEL_NAME = "image-classifier"

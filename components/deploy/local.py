@@ -30,11 +30,10 @@ from typing import Any
 
 from components.common import io, serving
 from components.common.model_repository import evaluation_path
-from components.deploy import DEFAULT_HTTP_PORT, LOOPBACK
+from components.deploy import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME, LOOPBACK
 from components.deploy.model_repository import publish
 from components.deploy.server.limits import GRACE_PERIOD_S, ServerLimits
 
-DEFAULT_MODEL_NAME = "image-classifier"
 DEFAULT_MODEL_REPOSITORY = os.path.join(
     os.path.expanduser("~"), ".cache", "kfp-image-classification", "model_repository"
 )
@@ -59,8 +58,10 @@ def server_command(
     host: str = LOOPBACK,
     version: int | None = None,
     limits: ServerLimits | None = None,
+    grpc_port: int = 0,
 ) -> list[str]:
-    """The command line that runs the local model server on a repository.
+    """The command line that runs the local model server on a repository (with gRPC on
+    ``grpc_port``, none for 0).
 
     Only the ``limits`` that differ from the defaults are passed, so the server's
     defaults apply to the others (``python -m components.deploy.server --help`` lists
@@ -76,6 +77,8 @@ def server_command(
         model_name,
         "--http-port",
         str(port),
+        "--grpc-port",
+        str(grpc_port),
         "--host",
         host,
     ]
@@ -301,7 +304,9 @@ def deploy_local(
             "score": float(prediction["score"]),
             "latency_ms": round(latency_ms, 2),
         },
-        "serve_command": shlex.join(server_command(repository, model_name, port)),
+        "serve_command": shlex.join(
+            server_command(repository, model_name, port, grpc_port=DEFAULT_GRPC_PORT)
+        ),
     }
     if evaluation is not None:
         result["evaluation_record"] = record_evaluation(

@@ -16,6 +16,10 @@ is ``{"b64": "<base64 JPEG/PNG/GIF/BMP>"}``, alone or under the input's name
     200 {"outputs": {"probabilities": [[...], ...], "class_index": [...], "label": [...],
                      "score": [...]}}
 
+    {"instances": [{"filenames": "gs://bucket/a.jpg"}, ...]}  (the book's deploy step; or
+    "image_uri"; columnar {"inputs": {"filenames": [...]}}): read only under the prefixes
+    given with --allow-uri-prefix (none by default: 403); see ``uris``.
+
 The same body elsewhere:
 
 * Vertex AI endpoint: ``POST https://<region>-aiplatform.googleapis.com/v1/projects/<p>/
@@ -27,16 +31,30 @@ The same body elsewhere:
   with ``{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [N],
   "data": ["<base64>", ...]}]}``; the answer has one v2 output per signature output
   (``probabilities`` FP32 [N, classes], ``class_index`` INT64 [N], ``label`` BYTES [N],
-  ``score`` FP32 [N]). The v2 binary tensor extension is refused (400): KServe 0.21
-  decodes binary BYTES as UTF-8, which image bytes are not.
+  ``score`` FP32 [N]). JSON whatever its content type (``tritonclient.http`` sends none),
+  and the binary tensor extension both ways: raw image bytes in (``binary_data_size``,
+  ``Inference-Header-Content-Length``), binary outputs when asked (``binary_data_output``,
+  tritonclient's default).
+* gRPC, on ``--grpc-port`` (default 8081; 0: none), the same host: KServe's v2
+  ``inference.GRPCInferenceService`` (``tritonclient.grpc``: BYTES ``image_bytes`` of raw
+  image bytes) and TensorFlow Serving's ``tensorflow.serving.PredictionService``
+  (``Predict`` with a DT_STRING ``image_bytes`` tensor, ``GetModelMetadata``); see
+  ``tfserving``. Status codes: INVALID_ARGUMENT (what REST answers with 400), NOT_FOUND,
+  RESOURCE_EXHAUSTED (a message over ``--max-body-bytes``), UNAVAILABLE (over the in-flight
+  bound, which REST and gRPC share, or not loaded yet).
+* SageMaker's container contract: ``POST /invocations`` (the TF Serving body) and
+  ``GET /ping``. Vertex AI's custom-container contract: ``AIP_HTTP_PORT``,
+  ``AIP_PREDICT_ROUTE``, ``AIP_HEALTH_ROUTE`` and ``AIP_STORAGE_URI`` (the SavedModel, for
+  ``--model-dir``) are read from the environment (see ``__main__``).
 
 Errors are JSON, ``{"error": "<why>"}``:
 
 * 400: malformed JSON, a body that is not an object, both or neither of ``instances`` and
-  ``inputs``, an unknown key or input name, a value that is not ``{"b64": ...}`` (URIs are
-  not read: send the bytes), bad base64, bytes that are not an image the model decodes, an
+  ``inputs``, an unknown key or input name, a value that is not ``{"b64": ...}`` or
+  ``{"filenames": ...}``, a file that is missing, bad base64, bytes that are not an image the model decodes, an
   unsupported format, too many instances or too large an image, an unknown
   ``signature_name``.
+* 403: a file outside the allowed prefixes (or none allowed).
 * 404: unknown model or route. 413: a body over ``--max-body-bytes``, refused from its
   Content-Length before it is read, or while a chunked body is read.
 * 503 with ``Retry-After: 1``: more than ``--max-inflight`` predict requests at once
@@ -78,17 +96,24 @@ before the model sees it (a header check, size limits, TensorFlow's decode error
 not 500); the body-size and in-flight bounds (an ASGI middleware); JSON bodies for
 FastAPI's own errors; readiness that covers model loading (the model loads in the
 background once the server listens) and shutdown (a ``DataPlane`` subclass and a uvicorn
-``Server`` subclass); batching; and a loopback bind address: kserve 0.21's REST server
-hard-codes ``0.0.0.0``, so ``LoopbackModelServer`` sets uvicorn's host. gRPC is off.
+``Server`` subclass); batching; the binary tensor extension for image bytes; TF Serving's
+gRPC API; files under an allow-list; and a loopback bind address: kserve 0.21's REST
+server hard-codes ``0.0.0.0``, so ``LoopbackModelServer`` sets uvicorn's host (its gRPC
+server, which runs in another process with its own bounds, is replaced by ``grpc_server``,
+in the REST server's event loop).
 
 Its modules:
 
-``limits``    ``ServerLimits``, the server's limits in one object, and their options
-``protocol``  requests and answers: parsing, image checks, the answer in each format
-``batching``  ``Batcher``, concurrent requests in one signature call
-``model``     ``ImageClassifierModel``, the ``kserve.Model`` that runs the signature
-``http``      the REST server: the limits middleware, JSON errors, readiness, draining,
-              and ``serve``, which runs it all
+``limits``       ``ServerLimits``, the server's limits in one object, and their options;
+                 ``InflightBound``, the in-flight count REST and gRPC share
+``protocol``     requests and answers: parsing, image checks, the answer in each format
+``uris``         ``UriReader``: the files requests name, under the allowed prefixes only
+``batching``     ``Batcher``, concurrent requests in one signature call
+``model``        ``ImageClassifierModel``, the ``kserve.Model`` that runs the signature
+``tfserving``    TF Serving's gRPC ``PredictionService`` on the model
+``grpc_server``  the gRPC server: both services, the in-flight bound, message limits
+``http``         the REST server: the limits middleware, JSON errors, readiness, draining,
+                 SageMaker's and Vertex AI's routes, and ``serve``, which runs it all
 ``__main__``  the command line
 
 Importing this package loads none of TensorFlow, KServe or uvicorn (only ``limits``);
@@ -97,8 +122,10 @@ Importing this package loads none of TensorFlow, KServe or uvicorn (only ``limit
 Usage::
 
     python -m components.deploy.server --model-repository DIR --model-name NAME \\
-        [--model-version N] [--http-port 8080] [--host 127.0.0.1] [--max-inflight 32] \\
+        [--model-version N] [--http-port 8080] [--grpc-port 8081] [--host 127.0.0.1] \\
+        [--allow-uri-prefix gs://bucket/images/] [--max-inflight 32] \\
         [--max-body-bytes 16777216] [--batch-max-size 32] [--batch-timeout-ms 0] ...
+    python -m components.deploy.server --model-dir DIR_OR_GS_URI ...   (one SavedModel)
 
 It serves the latest version in the repository at start-up (or ``--model-version``).
 """

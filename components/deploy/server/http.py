@@ -17,24 +17,32 @@ from collections.abc import Awaitable, Callable
 
 # First: protocol imports kserve with sys.argv hidden from it (kserve parses sys.argv when
 # it is imported); kserve is only imported below, after it.
-from components.deploy.server.protocol import InvalidInput
+from components.deploy.server.protocol import INFERENCE_HEADER, parse_v2_body
 
 # isort: split
 import kserve
 import uvicorn
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, PredictorProtocol
+from kserve.errors import ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer
+from kserve.protocol.rest.v1_endpoints import V1Endpoints
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.importer import import_from_string
 
-from components.common import serving
 from components.deploy import DEFAULT_HTTP_PORT, LOOPBACK
-from components.deploy.server.limits import DEFAULT_LIMITS, ServerLimits
+from components.deploy.server.grpc_server import build_grpc_server
+from components.deploy.server.limits import DEFAULT_LIMITS, InflightBound, ServerLimits
 from components.deploy.server.model import ImageClassifierModel
+from components.deploy.server.uris import ForbiddenUri, UriReader
+
+# SageMaker's serving contract (what its TensorFlow Serving container answers on 8080).
+SAGEMAKER_PREDICT_ROUTE = "/invocations"
+SAGEMAKER_HEALTH_ROUTE = "/ping"
 
 RETRY_AFTER_S = 1
 # Methods that never count against the in-flight bound: probes, metadata, metrics.
@@ -99,11 +107,12 @@ class RequestLimits:
     disables either bound.
     """
 
-    def __init__(self, app, limits: ServerLimits = DEFAULT_LIMITS):
+    def __init__(
+        self, app, limits: ServerLimits = DEFAULT_LIMITS, inflight: InflightBound | None = None
+    ):
         self.app = app
         self.max_body_bytes = limits.max_body_bytes
-        self.max_inflight = limits.max_inflight
-        self.inflight = 0
+        self.inflight = inflight or InflightBound(limits.max_inflight)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -125,23 +134,20 @@ class RequestLimits:
             )
             return
         bounded = scope["method"] not in _UNBOUNDED_METHODS
-        if bounded and self.max_inflight and self.inflight >= self.max_inflight:
+        if bounded and not self.inflight.enter():
             REJECTED_REQUESTS.labels("overloaded").inc()
             await _send_error(
                 send,
                 503,
-                f"the server is busy: {self.inflight} requests in flight, the limit is "
-                f"{self.max_inflight}; retry later",
+                self.inflight.busy_message(),
                 [(b"retry-after", str(RETRY_AFTER_S).encode("ascii"))],
             )
             return
-        if bounded:
-            self.inflight += 1
         try:
             await self._bounded_body(scope, receive, send)
         finally:
             if bounded:
-                self.inflight -= 1
+                self.inflight.leave()
 
     async def _bounded_body(self, scope, receive, send) -> None:
         received = 0
@@ -225,6 +231,11 @@ async def _http_error(_, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
 
+async def _forbidden_uri(_, exc: ForbiddenUri) -> JSONResponse:
+    REJECTED_REQUESTS.labels("uri_not_allowed").inc()
+    return JSONResponse({"error": exc.message}, 403)
+
+
 async def _validation_error(_, exc: RequestValidationError) -> JSONResponse:
     problems = [
         f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}"
@@ -240,8 +251,10 @@ class ServingDataPlane(DataPlane):
     model is loaded and until the server starts shutting down (``draining``). Readiness
     probes (``/v1/models/<name>``, ``/v2/models/<name>/ready``) see the drain; predict
     requests, which KServe checks with ``disable_predictor_health_check=True``, are still
-    served while it lasts. v2 bodies that are not JSON (the binary tensor extension) are
-    refused with 400: KServe decodes binary BYTES tensors as UTF-8 text.
+    served while it lasts. A model that is not loaded is never loaded by a request (KServe
+    would load it in the event loop): ModelNotReady, 503 or UNAVAILABLE. v2 bodies that
+    arrive as bytes (JSON of another content type, or the binary tensor extension) are
+    read by ``protocol.parse_v2_body``: KServe decodes binary BYTES tensors as UTF-8 text.
     """
 
     def __init__(self, model_registry):
@@ -258,13 +271,16 @@ class ServingDataPlane(DataPlane):
         ready = await super().model_ready(model_name, disable_predictor_health_check)
         return ready and (disable_predictor_health_check or not self.draining)
 
+    async def get_model(self, name: str):
+        model = self._model_registry.get_model(name)
+        if model is not None and not await self._model_registry.is_model_ready(name):
+            raise ModelNotReady(name)
+        return await super().get_model(name)
+
     def decode(self, body, headers, protocol_version=PredictorProtocol.REST_V1.value, **kwargs):
         if protocol_version.lower() == PredictorProtocol.REST_V2.value and isinstance(body, bytes):
-            raise InvalidInput(
-                "the v2 binary tensor extension is not supported: send a JSON body with "
-                f'{{"name": "{serving.INPUT_NAME}", "datatype": "BYTES", "shape": [N], '
-                '"data": ["<base64 image>", ...]}'
-            )
+            lowered = {name.lower(): value for name, value in (headers or {}).items()}
+            return parse_v2_body(body, lowered.get(INFERENCE_HEADER), kwargs.get("model_name")), {}
         return super().decode(body, headers, protocol_version=protocol_version, **kwargs)
 
 
@@ -298,20 +314,33 @@ class DrainingServer(uvicorn.Server):
 
 
 class LimitedRESTServer(RESTServer):
-    """KServe's REST server bound to ``host``, with ``RequestLimits``, JSON bodies for
-    FastAPI's own errors (404, 405, validation) and a ``DrainingServer`` (whose delay is
-    ``limits.shutdown_delay_s``)."""
+    """KServe's REST server bound to ``host``, with ``RequestLimits`` (over ``inflight``),
+    JSON bodies for FastAPI's own errors (404, 405, validation, 403 for a file outside the
+    allowed prefixes) and a ``DrainingServer`` (whose delay is ``limits.shutdown_delay_s``).
+
+    It also answers the TF Serving predict request of ``model_name`` on each of
+    ``predict_routes`` and its readiness on each of ``health_routes``: SageMaker's
+    (``POST /invocations``, ``GET /ping``) and Vertex AI's custom-container routes.
+    """
 
     def __init__(
         self,
         *args,
         host: str = LOOPBACK,
         limits: ServerLimits = DEFAULT_LIMITS,
+        inflight: InflightBound | None = None,
+        model_name: str = "",
+        predict_routes: tuple[str, ...] = (),
+        health_routes: tuple[str, ...] = (),
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.config.host = host
         self.limits = limits
+        self.inflight = inflight or InflightBound(limits.max_inflight)
+        self.model_name = model_name
+        self.predict_routes = predict_routes
+        self.health_routes = health_routes
         self._server = DrainingServer(self.config, self.dataplane, limits.shutdown_delay_s)
 
     @property
@@ -322,9 +351,25 @@ class LimitedRESTServer(RESTServer):
         super().create_application()
         app = import_from_string(FASTAPI_APP_IMPORT_STRING)
         # Added last, so outermost: a refused request costs nothing further.
-        app.add_middleware(RequestLimits, limits=self.limits)
+        app.add_middleware(RequestLimits, limits=self.limits, inflight=self.inflight)
         app.add_exception_handler(StarletteHTTPException, _http_error)
         app.add_exception_handler(RequestValidationError, _validation_error)
+        app.add_exception_handler(ForbiddenUri, _forbidden_uri)
+        v1 = V1Endpoints(self.dataplane, self.model_repository_extension)
+        name = self.model_name
+
+        async def predict(request: Request):
+            return await v1.predict(name, request)
+
+        async def health() -> JSONResponse:
+            if await self.dataplane.model_ready(name):
+                return JSONResponse({"status": "healthy"})
+            return JSONResponse({"status": "not ready"}, 503)
+
+        for route in self.predict_routes:
+            app.add_api_route(route, predict, methods=["POST"], include_in_schema=False)
+        for route in self.health_routes:
+            app.add_api_route(route, health, methods=["GET"], include_in_schema=False)
 
 
 class ModelLoadError(RuntimeError):
@@ -336,18 +381,35 @@ class LoopbackModelServer(kserve.ModelServer):
     that listens before its models load: liveness answers at once, readiness once loaded.
 
     ``limits`` gives the REST server's bounds and ``grace_period`` (``grace_period_s``).
+    With a ``grpc_port`` (0: none) it also serves gRPC (``grpc_server``) on the same host,
+    in the same event loop, with the same in-flight bound; ``predict_routes`` and
+    ``health_routes`` are the REST server's.
     """
 
-    def __init__(self, host: str = LOOPBACK, limits: ServerLimits = DEFAULT_LIMITS, **kwargs):
-        kwargs.setdefault("enable_grpc", False)
+    def __init__(
+        self,
+        host: str = LOOPBACK,
+        limits: ServerLimits = DEFAULT_LIMITS,
+        grpc_port: int = 0,
+        predict_routes: tuple[str, ...] = (),
+        health_routes: tuple[str, ...] = (),
+        **kwargs,
+    ):
         kwargs.setdefault("workers", 1)
-        super().__init__(grace_period=limits.grace_period_s, **kwargs)
-        if self.enable_grpc or self.workers != 1:
-            raise ValueError("LoopbackModelServer runs one REST worker and no gRPC server")
+        # kserve's own gRPC server runs in another process with its own bounds: ours runs
+        # beside the REST server instead.
+        super().__init__(grace_period=limits.grace_period_s, enable_grpc=False, **kwargs)
+        if self.workers != 1:
+            raise ValueError("LoopbackModelServer runs one REST worker")
         self.host = host
         self.limits = limits
+        self.grpc_port = grpc_port
+        self.predict_routes = predict_routes
+        self.health_routes = health_routes
+        self.inflight = InflightBound(limits.max_inflight)
         self.dataplane = ServingDataPlane(model_registry=self.registered_models)
         self._load_error: BaseException | None = None
+        self._grpc_server = None
 
     def start(self, models: list[kserve.Model]) -> None:
         """Serves ``models`` (not loaded yet) until SIGTERM/SIGINT; loads them meanwhile.
@@ -357,6 +419,7 @@ class LoopbackModelServer(kserve.ModelServer):
         """
         for model in models:
             self.register_model(model)
+        [model] = models  # one model: the one /invocations and the gRPC services serve
         self._rest_server = LimitedRESTServer(
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
@@ -371,6 +434,10 @@ class LoopbackModelServer(kserve.ModelServer):
             ssl_keyfile=self.ssl_keyfile,
             host=self.host,
             limits=self.limits,
+            inflight=self.inflight,
+            model_name=model.name,
+            predict_routes=self.predict_routes,
+            health_routes=self.health_routes,
         )
         # uvicorn's own handlers take over while it serves and re-raise the signal once it
         # has stopped; kserve's then unload the models.
@@ -382,11 +449,24 @@ class LoopbackModelServer(kserve.ModelServer):
             )
 
     async def _serve_and_load(self, models: list[kserve.Model]) -> None:
+        if self.grpc_port:  # built here: a gRPC aio server belongs to the running loop
+            self._grpc_server = build_grpc_server(
+                self.dataplane,
+                self.model_repository_extension,
+                models[0],
+                self.host,
+                self.grpc_port,
+                self.limits,
+                self.inflight,
+            )
+            await self._grpc_server.start()
         loading = asyncio.create_task(self._load(models))
         try:
             await self._rest_server.start()
         finally:
             loading.cancel()
+            if self._grpc_server is not None:
+                await self._grpc_server.stop(self.limits.grace_period_s)
 
     async def _load(self, models: list[kserve.Model]) -> None:
         server = self._rest_server.server
@@ -410,14 +490,38 @@ def serve(
     host: str = LOOPBACK,
     version: int | None = None,
     limits: ServerLimits = DEFAULT_LIMITS,
+    grpc_port: int = 0,
+    model_dir: str | None = None,
+    allow_uri_prefixes: tuple[str, ...] = (),
+    predict_routes: tuple[str, ...] = (SAGEMAKER_PREDICT_ROUTE,),
+    health_routes: tuple[str, ...] = (SAGEMAKER_HEALTH_ROUTE,),
 ) -> None:
     """Serves the model until SIGTERM or SIGINT; it loads while the server listens.
+
+    The model is a version in ``model_repository_dir`` or, with an empty one, the
+    SavedModel in ``model_dir``. ``grpc_port`` 0 serves no gRPC; requests that name files
+    are read under ``allow_uri_prefixes`` only (none: 403).
 
     Raises:
         FileNotFoundError: when the repository holds no such model or version (before
             the server starts).
+        ValueError: for an allowed prefix that is neither an absolute path nor gs://.
         ModelLoadError: when the model fails to load (the server stops).
     """
-    model = ImageClassifierModel(model_name, model_repository_dir, version, limits)
+    model = ImageClassifierModel(
+        model_name,
+        model_repository_dir,
+        version,
+        limits,
+        model_dir=model_dir,
+        uri_reader=UriReader(allow_uri_prefixes),
+    )
     model.resolve()
-    LoopbackModelServer(host=host, http_port=http_port, limits=limits).start([model])
+    LoopbackModelServer(
+        host=host,
+        http_port=http_port,
+        limits=limits,
+        grpc_port=grpc_port,
+        predict_routes=predict_routes,
+        health_routes=health_routes,
+    ).start([model])

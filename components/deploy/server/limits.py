@@ -59,6 +59,33 @@ class ServerLimits:
 DEFAULT_LIMITS = ServerLimits()
 
 
+class InflightBound:
+    """Predict requests in flight, REST and gRPC together, and their bound (0: none).
+
+    Both servers run in one event loop, so the count needs no lock.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.count = 0
+
+    def enter(self) -> bool:
+        """Counts a request in; False (and not counted) when the bound is reached."""
+        if self.limit and self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def leave(self) -> None:
+        self.count -= 1
+
+    def busy_message(self) -> str:
+        return (
+            f"the server is busy: {self.count} requests in flight, the limit is "
+            f"{self.limit}; retry later"
+        )
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:

@@ -25,9 +25,10 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.utils.numpy_codec import from_np_dtype
 from prometheus_client import Histogram
 
-from components.common import model_repository, serving
+from components.common import io, model_repository, serving
 from components.deploy.server.batching import Batcher
 from components.deploy.server.limits import DEFAULT_LIMITS, ServerLimits
+from components.deploy.server.uris import UriReader
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +40,32 @@ MODEL_CALL_IMAGES = Histogram(
 
 
 class ImageClassifierModel(kserve.Model):
-    """Serves one version of an exported image classifier from a model repository.
+    """Serves one version of an exported image classifier from a model repository, or
+    the SavedModel directory ``model_dir`` (then ``repository`` is empty; Vertex AI's
+    ``AIP_STORAGE_URI``, SageMaker's ``/opt/ml/model``).
 
     ``limits`` gives the request checks (``max_instances``, ``max_image_bytes``) and the
-    batching (``batch_max_size``, 0 for none, and ``batch_timeout_ms``).
+    batching (``batch_max_size``, 0 for none, and ``batch_timeout_ms``); ``uri_reader``
+    reads the files requests name (by default none: such requests get 403).
     """
 
     def __init__(
         self,
         name: str,
-        repository: str,
+        repository: str = "",
         version: int | None = None,
         limits: ServerLimits = DEFAULT_LIMITS,
+        model_dir: str | None = None,
+        uri_reader: UriReader | None = None,
     ):
         super().__init__(name)
+        if bool(repository) == bool(model_dir):
+            raise ValueError("serve a model repository or a SavedModel directory, not both")
         self.repository = repository
         self.version = version
-        self.model_dir: str | None = None
+        self.model_dir: str | None = model_dir
         self.limits = limits
+        self.uri_reader = uri_reader or UriReader()
         self._loaded = None
         self._serve = None
         self._batcher: Batcher | None = None
@@ -65,9 +74,16 @@ class ImageClassifierModel(kserve.Model):
         """Finds the version directory to serve (cheap: no TensorFlow); returns it.
 
         Raises:
-            FileNotFoundError: when the repository holds no such version.
+            FileNotFoundError: when the repository holds no such version, or
+                ``model_dir`` no SavedModel.
         """
-        if self.model_dir is None:
+        if not self.repository:
+            if not io.exists(io.join(self.model_dir, "saved_model.pb")):
+                raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {self.model_dir}")
+            basename = self.model_dir.rstrip("/").rsplit("/", 1)[-1]
+            if self.version is None and basename.isdigit():
+                self.version = int(basename)
+        elif self.model_dir is None:
             if self.version is None:
                 self.version, self.model_dir = model_repository.latest_version(
                     self.repository, self.name
@@ -109,16 +125,24 @@ class ImageClassifierModel(kserve.Model):
     ) -> PredictRequest:
         if isinstance(payload, InferRequest):
             return parse_v2_request(payload, self.limits.max_instances, self.limits.max_image_bytes)
-        return parse_request(payload, self.limits.max_instances, self.limits.max_image_bytes)
+        request = parse_request(payload, self.limits.max_instances, self.limits.max_image_bytes)
+        if request.uris:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.uri_reader.read_request, request, self.limits.max_image_bytes
+            )
+        return request
+
+    async def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        """The signature's outputs for checked images, batched with other requests'."""
+        if self._batcher is not None:
+            return await self._batcher.predict(images)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.run_signature, images)
 
     async def predict(
         self, payload: PredictRequest, headers: dict[str, str] | None = None
     ) -> dict | InferResponse:
-        if self._batcher is not None:
-            outputs = await self._batcher.predict(payload.images)
-        else:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(None, self.run_signature, payload.images)
+        outputs = await self.predict_images(payload.images)
         return format_answer(payload, outputs, self.name, self.version)
 
     def get_input_types(self) -> list[dict]:
