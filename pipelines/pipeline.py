@@ -115,6 +115,7 @@ def image_classification(
     project: str = _placeholders.PROJECT_ID_PLACEHOLDER,
     location: str = _placeholders.LOCATION_PLACEHOLDER,
     serving_image: str = "",
+    serving_container: str = "auto",
     serving_machine_type: str = "n1-standard-4",
     serving_min_replicas: int = 1,
     serving_max_replicas: int = 1,
@@ -226,8 +227,14 @@ def image_classification(
             replica_count - 1, and need a multi-worker tf.distribute strategy in train.
         project: Google Cloud project of the custom job; by default the pipeline's.
         location: Region of the custom job; by default the pipeline's.
-        serving_image: Prediction container of the Vertex model; empty: Vertex AI's
-            prebuilt TensorFlow image for the export's TensorFlow version.
+        serving_image: Prediction container image of the Vertex model; empty: the
+            default of the kind serving_container picks.
+        serving_container: How the Vertex model is served: "prebuilt" (Vertex AI's
+            prebuilt TensorFlow container for the export's TensorFlow version), "custom"
+            (the deploy image this pipeline is compiled with, IMAGE_REGISTRY/IMAGE_TAG,
+            as a custom container) or "auto": prebuilt when Vertex AI has a container for
+            the export's TensorFlow, custom for newer exports (TF 2.21's: the newest
+            prebuilt is TF 2.15).
         serving_machine_type: Machine type of the Vertex endpoint's replicas.
         serving_min_replicas: Fewest endpoint replicas.
         serving_max_replicas: Most endpoint replicas (autoscaling).
@@ -331,6 +338,7 @@ def image_classification(
                 project,
                 location,
                 serving_image,
+                serving_container,
                 serving_machine_type,
                 serving_min_replicas,
                 serving_max_replicas,

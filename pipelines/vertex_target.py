@@ -28,6 +28,7 @@ VERTEX_PARAMETERS = (
     "project",
     "location",
     "serving_image",
+    "serving_container",
     "serving_machine_type",
     "serving_min_replicas",
     "serving_max_replicas",
@@ -139,6 +140,7 @@ def deploy_and_predict(
     project,
     location,
     serving_image,
+    serving_container,
     serving_machine_type,
     serving_min_replicas,
     serving_max_replicas,
@@ -148,9 +150,11 @@ def deploy_and_predict(
     batch_max_replicas,
 ) -> None:
     """Deploys the export to a Vertex AI endpoint, with ``evaluation`` (the evaluate task)
-    imported to the Model Registry, then batch-predicts the test split with the deployed
-    Model version in a Vertex AI batch prediction job, or on Beam (``predict_on_beam``
-    makes that task), as ``batch_predict_engine`` says."""
+    imported to the Model Registry, on the serving container ``serving_container`` picks
+    (a custom container runs the deploy image this pipeline is compiled with), then
+    batch-predicts the test split with the deployed Model version in a Vertex AI batch
+    prediction job, or on Beam (``predict_on_beam`` makes that task), as
+    ``batch_predict_engine`` says."""
     deployed = stage_task(
         deploy_vertex,
         "deploy",
@@ -161,6 +165,8 @@ def deploy_and_predict(
         location=location,
         model_display_name=model_name,
         serving_image=serving_image,
+        serving_container=serving_container,
+        deploy_image=stage_image("deploy"),
         machine_type=serving_machine_type,
         min_replica_count=serving_min_replicas,
         max_replica_count=serving_max_replicas,

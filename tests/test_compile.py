@@ -397,9 +397,22 @@ def test_vertex_batch_predicts_with_the_deployed_model_or_on_beam(compiled):
         assert c.source(vertex_parent, spec) == {"componentInputParameter": field}
     defaults = c.spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["batch_predict_engine"]["defaultValue"] == "beam"
-    # An empty serving image lets deploy_vertex pick the prebuilt one for the export.
+    # An empty serving image lets deploy_vertex pick the container's own for the export.
     assert defaults["serving_image"]["defaultValue"] == ""
     assert beam_parent != vertex_parent
+
+
+def test_vertex_deploy_gets_its_serving_container_and_the_compiled_deploy_image(compiled):
+    c = compiled["vertex"]
+    parent, deploy = c.tasks()["deploy-vertex"]
+    parameters = deploy["inputs"]["parameters"]
+    for name in ("serving_image", "serving_container"):
+        assert c.source(parent, parameters[name]) == {"componentInputParameter": name}
+    defaults = c.spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["serving_container"]["defaultValue"] == "auto"
+    # A custom container runs the deploy image of the registry and tag compiled in: the
+    # task itself does not see IMAGE_REGISTRY and IMAGE_TAG.
+    assert parameters["deploy_image"]["runtimeValue"]["constant"] == _image("deploy")
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -25,6 +25,19 @@ PROJECT_NUMBER = "123456789"
 REGION = "us-central1"
 PARENT = f"projects/{PROJECT}/locations/{REGION}"
 IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+REGISTRY, TAG = "us-central1-docker.pkg.dev/my-project/kfp", "abc123"
+DEPLOY_IMAGE = f"{REGISTRY}/deploy:{TAG}"  # stage_image("deploy") with REGISTRY and TAG
+# The deploy image's model server as Vertex AI runs it: Vertex expands $(AIP_STORAGE_URI)
+# to its copy of the artifact and calls these routes on the first port.
+CUSTOM_SPEC = v1.ModelContainerSpec(
+    image_uri=DEPLOY_IMAGE,
+    command=["python", "-m", "components.deploy.server"],
+    args=["--model-dir", "$(AIP_STORAGE_URI)", "--model-name", "image-classifier",
+          "--host", "0.0.0.0", "--http-port", "8080", "--grpc-port", "0"],
+    ports=[v1.Port(container_port=8080)],
+    predict_route="/v1/models/image-classifier:predict",
+    health_route="/v2/health/ready",
+)  # fmt: skip
 EXPORT_1 = "gs://bucket/root/run-1/export/exported_model"
 EXPORT_2 = "gs://bucket/root/run-2/export/exported_model"
 EXPORT_3 = "gs://bucket/root/run-3/export/exported_model"
@@ -280,11 +293,11 @@ def cloud():
 
 def _deploy(cloud, artifact_uri=EXPORT_1, **kwargs):
     kwargs.setdefault("serving_image", IMAGE)
+    kwargs.setdefault("model_display_name", MODEL_NAME)
     return vertex.deploy_to_vertex(
         artifact_uri,
         PROJECT,
         REGION,
-        MODEL_NAME,
         model_client=FakeModelService(cloud),
         endpoint_client=FakeEndpointService(cloud),
         **kwargs,
@@ -355,6 +368,7 @@ def test_first_deploy_uploads_creates_the_endpoint_and_deploys(cloud):
         "region": REGION,
         "artifact_uri": EXPORT_1,
         "serving_image": IMAGE,
+        "serving_container": "prebuilt",  # a serving image given is served as it is
         "uploaded": True,
         "endpoint_created": True,
         "already_deployed": False,
@@ -719,7 +733,127 @@ def test_prebuilt_image_for_an_accelerated_deploy_is_the_gpu_one(cloud):
         accelerator_count=1,
         machine_type="g2-standard-8",
     )
+    # TF 2.21 has no prebuilt container, but the deploy image would leave the GPU idle.
     assert info["serving_image"] == "us-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest"
+    assert info["serving_container"] == "prebuilt"
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The images of REGISTRY and TAG, as a pushed build names them."""
+    monkeypatch.setenv("IMAGE_REGISTRY", REGISTRY)
+    monkeypatch.setenv("IMAGE_TAG", TAG)
+
+
+def _upload_spec(cloud, artifact_uri: str = EXPORT_1) -> v1.ModelContainerSpec:
+    """The container spec of the one upload of ``artifact_uri``."""
+    [upload] = [
+        r for r in cloud.requests_of(v1.UploadModelRequest) if r.model.artifact_uri == artifact_uri
+    ]
+    return upload.model.container_spec
+
+
+def test_auto_serves_a_tf_2_21_export_on_the_deploy_image_and_again_does_nothing(cloud, registry):
+    info = _deploy(cloud, serving_image="", export_metadata={"framework_version": "2.21.0"})
+
+    assert _upload_spec(cloud) == CUSTOM_SPEC
+    assert info["serving_container"] == "custom" and info["serving_image"] == DEPLOY_IMAGE
+    assert info["uploaded"]
+
+    # The same export again: the version of the same artifact and image is found.
+    again = _deploy(cloud, serving_image="", export_metadata={"framework_version": "2.21.0"})
+    assert len(cloud.requests_of(v1.UploadModelRequest)) == 1
+    assert again["already_deployed"] and not again["uploaded"]
+    assert again["model_version_name"] == info["model_version_name"]
+    assert again["serving_container"] == "custom"
+
+
+def test_auto_serves_a_tf_2_15_export_on_the_prebuilt_container(cloud, registry):
+    info = _deploy(cloud, serving_image="", export_metadata={"framework_version": "2.15.1"})
+    assert _upload_spec(cloud) == v1.ModelContainerSpec(image_uri=IMAGE)
+    assert info["serving_container"] == "prebuilt" and info["serving_image"] == IMAGE
+
+
+def test_prebuilt_on_request_serves_a_tf_2_21_export_on_the_newest_prebuilt(cloud, registry):
+    info = _deploy(
+        cloud,
+        serving_image="",
+        serving_container="prebuilt",
+        export_metadata={"framework_version": "2.21.0"},
+    )
+    assert _upload_spec(cloud) == v1.ModelContainerSpec(image_uri=IMAGE)
+    assert info["serving_container"] == "prebuilt" and info["serving_image"] == IMAGE
+
+
+def test_switching_the_container_of_an_export_is_a_new_version(cloud, registry):
+    first = _deploy(cloud, serving_image="", export_metadata={"framework_version": "2.21.0"})
+    prebuilt = _deploy(
+        cloud,
+        serving_image="",
+        serving_container="prebuilt",
+        export_metadata={"framework_version": "2.21.0"},
+    )
+    assert prebuilt["uploaded"] and prebuilt["model_version_id"] == "2"
+    assert prebuilt["undeployed"] == [first["deployed_model_id"]]
+
+
+def test_custom_on_request_takes_the_given_images_and_warns_of_idle_gpus(cloud, caplog):
+    pinned = "europe-docker.pkg.dev/other/kfp/deploy:v7"
+    info = _deploy(
+        cloud,
+        model_display_name="Flowers v2",  # not a URL path segment: made one in the server
+        serving_image="",
+        serving_container="custom",
+        deploy_image=pinned,
+        export_metadata={"framework_version": "2.15.1"},  # custom even with a prebuilt
+        accelerator_type="NVIDIA_L4",
+        accelerator_count=1,
+        machine_type="g2-standard-8",
+    )
+    spec = _upload_spec(cloud)
+    assert spec.image_uri == pinned and info["serving_container"] == "custom"
+    assert spec.predict_route == "/v1/models/Flowers-v2:predict"
+    assert list(spec.args[2:4]) == ["--model-name", "Flowers-v2"]
+    assert "runs CPU TensorFlow" in caplog.text
+
+    # serving_image replaces the deploy image too.
+    other = _deploy(
+        cloud,
+        EXPORT_2,
+        serving_image="europe-docker.pkg.dev/other/kfp/deploy:v8",
+        serving_container="custom",
+    )
+    [_, upload] = cloud.requests_of(v1.UploadModelRequest)
+    assert upload.model.container_spec.image_uri == other["serving_image"]
+    assert upload.model.container_spec.command == CUSTOM_SPEC.command
+
+
+def test_a_custom_container_on_a_local_image_fails_before_any_request(cloud, monkeypatch):
+    monkeypatch.delenv("IMAGE_REGISTRY", raising=False)  # the local images' default name
+    with pytest.raises(ValueError, match="Vertex AI cannot pull"):
+        _deploy(cloud, serving_image="", export_metadata={"framework_version": "2.21.0"})
+    with pytest.raises(ValueError, match="serving_container must be one of"):
+        _deploy(cloud, serving_container="docker")
+    assert cloud.requests == []
+
+
+def test_auto_keeps_the_prebuilt_container_for_explanations(registry):
+    container = vertex_serving.serving_container_for(
+        EXPORT_1, REGION, tf_version="2.21.0", explained=True
+    )
+    assert container == ("prebuilt", v1.ModelContainerSpec(image_uri=IMAGE))
+    assert vertex_serving.serving_container_for(EXPORT_1, REGION, tf_version="2.21.0") == (
+        "custom",
+        CUSTOM_SPEC,
+    )
+
+
+@pytest.mark.parametrize(
+    "tf_version, prebuilt",
+    [("2.21.0", False), ("2.16.0rc0", False), ("2.15.1", True), ("2.12", True), ("1.15", False)],
+)
+def test_has_prebuilt_container(tf_version, prebuilt):
+    assert vertex_serving.has_prebuilt_container(tf_version) is prebuilt
 
 
 def test_saved_model_tf_version(exported_model):
@@ -773,6 +907,7 @@ def test_component_deploys_in_kfp_local_and_again_does_nothing(kfp_local, tmp_pa
             location=REGION,
             traffic_percent=20,
             machine_type="n1-standard-2",
+            deploy_image=DEPLOY_IMAGE,  # as the pipeline passes the one it compiled with
         )
 
     runs = [run_pipeline(pipeline, str(kfp_local), export_uri=EXPORT_1) for _ in range(2)]
@@ -784,7 +919,9 @@ def test_component_deploys_in_kfp_local_and_again_does_nothing(kfp_local, tmp_pa
     # GCPC's convention: the REST URL of the resource, and its name as resourceName.
     assert model["uri"] == f"https://us-central1-aiplatform.googleapis.com/v1/{model_name}"
     assert model["metadata"]["resourceName"] == model_name
-    assert model["metadata"]["serving_image"] == IMAGE  # prebuilt, for TF 2.21's export
+    # No prebuilt container for TF 2.21's export: the deploy image as a custom container.
+    assert model["metadata"]["serving_image"] == DEPLOY_IMAGE
+    assert model["metadata"]["serving_container"] == "custom"
     assert model["metadata"]["uploaded"] is True
     assert endpoint["uri"] == f"https://us-central1-aiplatform.googleapis.com/v1/{endpoint_name}"
     assert endpoint_name.startswith(f"projects/{PROJECT_NUMBER}/locations/{REGION}/endpoints/")
@@ -811,6 +948,8 @@ def test_component_deploys_in_kfp_local_and_again_does_nothing(kfp_local, tmp_pa
     [deploy] = cloud.requests_of(v1.DeployModelRequest)
     resources = deploy.deployed_model.dedicated_resources
     assert resources.machine_spec == v1.MachineSpec(machine_type="n1-standard-2")
+    [upload] = cloud.requests_of(v1.UploadModelRequest)
+    assert upload.model.container_spec == CUSTOM_SPEC
 
 
 def test_component_uses_the_exported_explanation_spec(cloud, monkeypatch, tmp_path):
@@ -851,6 +990,9 @@ def test_component_uses_the_exported_explanation_spec(cloud, monkeypatch, tmp_pa
     assert upload.model.explanation_spec.parameters == v1.ExplanationParameters(
         xrai_attribution=v1.XraiAttribution(step_count=20)
     )
+    # XRAI runs on Vertex AI's TensorFlow container: auto keeps it for TF 2.21's export.
+    assert upload.model.container_spec == v1.ModelContainerSpec(image_uri=IMAGE)
+    assert vertex_model.metadata["serving_container"] == "prebuilt"
     assert upload.model.explanation_spec.metadata.inputs["image"].input_tensor_name == "pixels"
     assert vertex_model.metadata["resourceName"] == _model("1001") + "@1"
 
@@ -876,10 +1018,19 @@ def test_cli_vertex_target(cloud, monkeypatch, capsys):
     )  # fmt: skip
     printed = json.loads(capsys.readouterr().out)
     assert printed["model_version_name"] == _model("1001") + "@1"
+    assert printed["serving_container"] == "prebuilt"
     [deploy] = cloud.requests_of(v1.DeployModelRequest)
     resources = deploy.deployed_model.dedicated_resources
     assert resources.machine_spec.machine_type == "n1-highcpu-4"
     assert (resources.min_replica_count, resources.max_replica_count) == (1, 2)
+
+    main(
+        ["--target", "vertex", "--export-dir", EXPORT_2, "--project", PROJECT,
+         "--region", REGION, "--serving-container", "custom", "--deploy-image", DEPLOY_IMAGE]
+    )  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["serving_container"] == "custom"
+    assert _upload_spec(cloud, EXPORT_2) == CUSTOM_SPEC
 
 
 def test_cli_checks_each_targets_arguments():
@@ -887,6 +1038,9 @@ def test_cli_checks_each_targets_arguments():
 
     with pytest.raises(SystemExit):
         parse_args(["--target", "vertex", "--export-dir", EXPORT_1])
+    with pytest.raises(SystemExit):
+        parse_args(["--target", "vertex", "--export-dir", EXPORT_1, "--project", PROJECT,
+                    "--region", REGION, "--serving-container", "docker"])  # fmt: skip
     with pytest.raises(SystemExit):
         parse_args(["--target", "kserve", "--export-dir", EXPORT_1, "--namespace", "ns"])
     assert parse_args(["--export-dir", "e"]).target == "local"

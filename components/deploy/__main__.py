@@ -7,7 +7,8 @@ Usage::
         [--model-repository DIR] [--port 8080]
     # Vertex AI: a Model version deployed to an endpoint (the export on gs://)
     python -m components.deploy --target vertex --export-dir gs://.../exported_model \\
-        --project P --region us-central1 [--traffic-percent 10] [--machine-type ...]
+        --project P --region us-central1 [--traffic-percent 10] [--machine-type ...] \\
+        [--serving-container auto|prebuilt|custom] [--deploy-image IMAGE]
     # KServe: an InferenceService in the current kubeconfig context's cluster
     python -m components.deploy --target kserve --export-dir EXPORT \\
         --model-repository gs://bucket/models --namespace NS [--traffic-percent 10]
@@ -24,6 +25,7 @@ import logging
 
 from components.common.cli import defaults
 from components.deploy import kserve, local, vertex
+from components.deploy.vertex_serving import SERVING_CONTAINERS
 
 TARGETS = ("local", "vertex", "kserve")
 LOCAL, VERTEX, KSERVE = (
@@ -61,7 +63,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--region", default="")
     group.add_argument("--endpoint-display-name", default=VERTEX["endpoint_display_name"])
     group.add_argument(
-        "--serving-image", default=VERTEX["serving_image"], help="default: prebuilt TensorFlow"
+        "--serving-image",
+        default=VERTEX["serving_image"],
+        help="default: the serving container's own (prebuilt TensorFlow, or the deploy image)",
+    )
+    group.add_argument(
+        "--serving-container",
+        choices=SERVING_CONTAINERS,
+        default=VERTEX["serving_container"],
+        help="prebuilt TensorFlow container, the deploy image as a custom container, or "
+        "auto: prebuilt unless the export's TensorFlow is newer (default: %(default)s)",
+    )
+    group.add_argument(
+        "--deploy-image",
+        default=VERTEX["deploy_image"],
+        help="image of a custom container (default: the deploy stage image of "
+        "IMAGE_REGISTRY and IMAGE_TAG)",
     )
     group.add_argument("--machine-type", default=VERTEX["machine_type"])
     group.add_argument("--accelerator-type", default=VERTEX["accelerator_type"])
@@ -108,6 +125,8 @@ def deploy(args: argparse.Namespace) -> dict:
             args.model_name,
             endpoint_display_name=args.endpoint_display_name,
             serving_image=args.serving_image,
+            serving_container=args.serving_container,
+            deploy_image=args.deploy_image,
             machine_type=args.machine_type,
             accelerator_type=args.accelerator_type,
             accelerator_count=args.accelerator_count,

@@ -85,6 +85,8 @@ def deploy_vertex(
     model_display_name: str = "image-classifier",
     endpoint_display_name: str = "",
     serving_image: str = "",
+    serving_container: str = "auto",
+    deploy_image: str = "",
     machine_type: str = "n1-standard-4",
     accelerator_type: str = "",
     accelerator_count: int = 0,
@@ -101,12 +103,13 @@ def deploy_vertex(
     """Deploys an exported model to a Vertex AI endpoint, as a new version of its Model.
 
     Uploads the SavedModel (the export artifact's gs:// URI) as a version of the Model
-    named ``model_display_name`` (a new Model the first time) on Vertex AI's prebuilt
-    TensorFlow container, deploys it to the endpoint named ``endpoint_display_name``
-    (created if missing) with ``traffic_percent`` of the traffic (the models serving now
-    keep the rest in proportion), and undeploys older versions of the Model that get no
-    traffic beyond ``keep_versions``. Re-running it with the same export does nothing
-    and reports what serves it.
+    named ``model_display_name`` (a new Model the first time) on its serving container
+    (Vertex AI's prebuilt TensorFlow container when there is one for the export's
+    TensorFlow, else this suite's deploy image as a custom container), deploys it to the
+    endpoint named ``endpoint_display_name`` (created if missing) with ``traffic_percent``
+    of the traffic (the models serving now keep the rest in proportion), and undeploys
+    older versions of the Model that get no traffic beyond ``keep_versions``. Re-running
+    it with the same export does nothing and reports what serves it.
 
     Args:
         model: The exported serving SavedModel (on Cloud Storage: run on Vertex AI).
@@ -118,9 +121,19 @@ def deploy_vertex(
         model_display_name: Display name of the Model in the Model Registry.
         endpoint_display_name: Display name of the Endpoint; empty means
             ``<model_display_name>-endpoint``.
-        serving_image: Prediction container; empty picks Vertex AI's prebuilt
-            TensorFlow image for the export's TensorFlow version (the newest prebuilt,
-            TF 2.15, for newer exports; a GPU image with an accelerator).
+        serving_image: Prediction container image; empty: the default of the kind
+            serving_container picks.
+        serving_container: "auto", "prebuilt" or "custom". prebuilt: Vertex AI's
+            prebuilt TensorFlow image for the export's TensorFlow version (a GPU image
+            with an accelerator), or serving_image with its own entry point. custom:
+            this suite's model server on deploy_image (or serving_image) as a Vertex AI
+            custom container (CPU TensorFlow). auto: serving_image as it is when given;
+            else prebuilt when Vertex AI has a container for the export's TensorFlow,
+            custom for newer exports (TF 2.21's: the newest prebuilt is TF 2.15) unless
+            accelerators or explanations are asked for (then the newest prebuilt).
+        deploy_image: The deploy stage image in a registry Vertex AI can pull from (the
+            pipeline passes the one it was compiled with); empty: the one
+            IMAGE_REGISTRY and IMAGE_TAG name in this task's environment.
         machine_type: Serving machine type.
         accelerator_type: Accelerator per replica, e.g. NVIDIA_TESLA_T4; empty for none.
         accelerator_count: Accelerators per replica.
@@ -156,6 +169,8 @@ def deploy_vertex(
         model_display_name=model_display_name,
         endpoint_display_name=endpoint_display_name,
         serving_image=serving_image,
+        serving_container=serving_container,
+        deploy_image=deploy_image,
         machine_type=machine_type,
         accelerator_type=accelerator_type,
         accelerator_count=accelerator_count,
@@ -180,6 +195,7 @@ def deploy_vertex(
             "model_version_id": info["model_version_id"],
             "artifact_uri": info["artifact_uri"],
             "serving_image": info["serving_image"],
+            "serving_container": info["serving_container"],
             "uploaded": info["uploaded"],
             "model_evaluation": info.get("model_evaluation", ""),
             "version_aliases": info.get("version_aliases", []),

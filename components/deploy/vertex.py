@@ -24,8 +24,9 @@ serves it. Failures leave nothing half-done that a re-run would duplicate: an up
 version is found again in step 2, a created endpoint in step 3.
 
 The clients are parameters, built from the region by default, so tests and callers can
-pass their own. What serves the export (the prebuilt TensorFlow container matching its
-TensorFlow version unless told otherwise, the machines, the explanation spec) is
+pass their own. What serves the export (the container: Vertex AI's prebuilt TensorFlow
+one for the export's TensorFlow version when there is one, else the suite's deploy image
+as a custom container; the machines; the explanation spec) is
 ``components.deploy.vertex_serving``'s. ``deploy_to_vertex`` is the stage: the KFP component
 and ``python -m components.deploy --target vertex`` both call it.
 """
@@ -55,7 +56,7 @@ from components.deploy.vertex_serving import (
     dedicated_resources,
     export_explanation_spec,
     predict_url,
-    serving_image_for,
+    serving_container_for,
 )
 
 log = logging.getLogger(__name__)
@@ -84,25 +85,29 @@ def upload_model_request(
     parent: str,
     display_name: str,
     artifact_uri: str,
-    serving_image: str,
+    container: aiplatform_v1.ModelContainerSpec | str,
     parent_model: str = "",
     description: str = "",
     labels: Mapping[str, str] | None = None,
     explanation_metadata: aiplatform_v1.ExplanationMetadata | None = None,
     explanation_parameters: aiplatform_v1.ExplanationParameters | None = None,
 ) -> aiplatform_v1.UploadModelRequest:
-    """The UploadModel request of an exported SavedModel on a prebuilt (or any) container.
+    """The UploadModel request of an exported SavedModel on its serving container.
 
-    With ``parent_model`` the upload is a new version of that Model, made its default
-    version (the SDK's ``is_default_version``); without, a new Model.
+    ``container`` is the ModelContainerSpec (``vertex_serving.serving_container_for``), or
+    an image URI alone, run with its own entry point (a prebuilt container). With
+    ``parent_model`` the upload is a new version of that Model, made its default version
+    (the SDK's ``is_default_version``); without, a new Model.
     """
     if (explanation_metadata is None) != (explanation_parameters is None):
         raise ValueError("explanation_metadata and explanation_parameters go together")
+    if isinstance(container, str):
+        container = aiplatform_v1.ModelContainerSpec(image_uri=container)
     model = aiplatform_v1.Model(
         display_name=display_name,
         description=description,
         artifact_uri=artifact_uri,
-        container_spec=aiplatform_v1.ModelContainerSpec(image_uri=serving_image),
+        container_spec=container,
         labels=dict(labels or {}),
         version_aliases=["default"],
     )
@@ -123,6 +128,8 @@ def deploy_to_vertex(
     model_display_name: str = "image-classifier",
     endpoint_display_name: str = "",
     serving_image: str = "",
+    serving_container: str = "auto",
+    deploy_image: str = "",
     machine_type: str = DEFAULT_MACHINE_TYPE,
     accelerator_type: str = "",
     accelerator_count: int = 0,
@@ -157,9 +164,21 @@ def deploy_to_vertex(
             version, none means a new Model.
         endpoint_display_name: The Endpoint's display name, created if there is none;
             empty means ``<model_display_name>-endpoint``.
-        serving_image: The prediction container; empty picks Vertex AI's prebuilt
-            TensorFlow image for the TensorFlow version that wrote the export (the GPU
-            image with an accelerator).
+        serving_image: The prediction container's image; empty: the default of the
+            kind ``serving_container`` picks.
+        serving_container: How the export is served (``vertex_serving.
+            serving_container_for``): ``"prebuilt"``, Vertex AI's prebuilt TensorFlow
+            container for the TensorFlow version that wrote the export (the GPU image
+            with an accelerator), or ``serving_image`` as it is; ``"custom"``, the suite's
+            model server on the deploy image (or ``serving_image``) as a Vertex AI custom
+            container; ``"auto"``, ``serving_image`` as it is when given, else prebuilt
+            when Vertex AI has a container for the export's TensorFlow and custom when
+            the export is newer than all of them (TensorFlow 2.21's exports: the newest
+            prebuilt container is 2.15), unless accelerators or explanations need the
+            prebuilt one.
+        deploy_image: The deploy stage image a custom container runs; empty:
+            ``components.images.stage_image("deploy")`` from ``IMAGE_REGISTRY`` and
+            ``IMAGE_TAG`` here. It must be in a registry Vertex AI can pull from.
         machine_type: The serving machine type, e.g. ``n1-standard-4``.
         accelerator_type: E.g. ``NVIDIA_TESLA_T4``; empty for none.
         accelerator_count: Accelerators per replica (0 for none).
@@ -198,14 +217,16 @@ def deploy_to_vertex(
         ``model`` (the Model's resource name), ``model_version_id``,
         ``model_version_name`` (``<model>@<version>``), ``endpoint`` (resource name),
         ``deployed_model_id``, ``traffic_split`` (the endpoint's, at the end),
-        ``undeployed`` (deployed model IDs removed), ``serving_image``, ``artifact_uri``,
+        ``undeployed`` (deployed model IDs removed), ``serving_image``,
+        ``serving_container`` (``"prebuilt"`` or ``"custom"``), ``artifact_uri``,
         ``uploaded``, ``endpoint_created``, ``already_deployed`` (True when nothing
         was done: this export already served there), ``predict_url``, ``region`` and,
         with ``evaluation``, ``model_evaluation`` (its resource name) and
         ``version_aliases``.
 
     Raises:
-        ValueError: on invalid arguments (e.g. an artifact not on Cloud Storage).
+        ValueError: on invalid arguments (e.g. an artifact not on Cloud Storage, a custom
+            container on a local image).
         VertexDeployError: when display names are ambiguous, or the deployment is not
             on the endpoint after DeployModel.
     """
@@ -227,17 +248,22 @@ def deploy_to_vertex(
         machine_type, accelerator_type, accelerator_count, min_replica_count, max_replica_count
     )
     recorded = dict(export_metadata or {})
-    serving_image = serving_image_for(
+    explanation_metadata, explanation_parameters = _explanation_spec(
+        artifact_uri, enable_explanations, explanation_metadata, explanation_parameters, recorded
+    )
+    container = serving_container_for(
         artifact_uri,
         location,
         accelerator_type,
         accelerator_count,
         serving_image,
         recorded.get("framework_version", ""),
+        serving_container,
+        model_name=model_display_name,
+        deploy_image=deploy_image,
+        explained=explanation_metadata is not None,
     )
-    explanation_metadata, explanation_parameters = _explanation_spec(
-        artifact_uri, enable_explanations, explanation_metadata, explanation_parameters, recorded
-    )
+    serving_image = container.spec.image_uri
     model_client = model_client or model_service_client(location)
     endpoint_client = endpoint_client or endpoint_service_client(location)
     parent = f"projects/{project}/locations/{location}"
@@ -245,6 +271,7 @@ def deploy_to_vertex(
         "region": location,
         "artifact_uri": artifact_uri,
         "serving_image": serving_image,
+        "serving_container": container.kind,
         "uploaded": False,
         "endpoint_created": False,
         "already_deployed": False,
@@ -279,7 +306,7 @@ def deploy_to_vertex(
             parent,
             model_display_name,
             artifact_uri,
-            serving_image,
+            container.spec,
             parent_model=model.name if model else "",
             labels=labels,
             explanation_metadata=explanation_metadata,
