@@ -1,4 +1,5 @@
-"""Benchmark: the local model server under concurrent clients, batching off and on.
+"""Benchmark: the local model server under concurrent clients, batching off and on, and
+by protocol (REST JSON, KServe v2 binary, v2 gRPC, TF Serving gRPC).
 
 Starts ``python -m components.deploy.server`` on free loopback ports, one per server
 configuration (batching off: ``--batch-max-size 0``; batching on: ``--batch-max-size N``
@@ -11,6 +12,15 @@ status), p50 and p99 latency (client side, send to last byte), throughput in req
 images per second, and the mean number of images per signature call (from the server's
 ``/metrics``: how much batching happened).
 
+``--protocols`` runs each level once per protocol, against each configuration (every
+client of a level speaks the same one): ``rest`` (TF Serving's REST row format, base64 in
+JSON, the baseline), ``v2-binary`` (KServe v2 over HTTP with the binary tensor extension:
+raw JPEG bytes in, binary outputs back, what ``tritonclient.http`` sends by default),
+``v2-grpc`` (KServe v2 ``ModelInfer`` with raw input contents, what ``tritonclient.grpc``
+sends) and ``tfs-grpc`` (TF Serving's ``PredictionService/Predict``). Each client holds one
+connection (HTTP keep-alive, or a gRPC channel); each request body is built once. The
+table's last column is throughput relative to ``rest`` at the same level and configuration.
+
 The model is built here, like the tests' ``exported_model``: an untrained MobileNetV3Small
 (``--backbone``, ``--image-size``; 96 px is what ``make demo`` trains), exported and
 published to a temporary repository; or pass ``--model-repository`` and ``--model-name``.
@@ -22,6 +32,7 @@ Usage::
 
     .venv/bin/python bench/serve.py                      # about 2 minutes
     .venv/bin/python bench/serve.py --seconds 20 --batch-timeout-ms 0,5
+    .venv/bin/python bench/serve.py --no-off --protocols rest,v2-binary,v2-grpc,tfs-grpc
     .venv/bin/python bench/serve.py --model-repository work/demo/model_repository \\
         --model-name image-classifier
 """
@@ -59,11 +70,15 @@ from components.deploy import local  # noqa: E402
 REQUEST_TIMEOUT_S = 120.0
 
 
+PROTOCOLS = ("rest", "v2-binary", "v2-grpc", "tfs-grpc")
+
+
 @dataclasses.dataclass
 class Level:
-    """One load level against one server configuration."""
+    """One load level against one server configuration, in one protocol."""
 
     config: str
+    protocol: str
     clients: int
     seconds: float
     latencies_ms: list[float]
@@ -115,13 +130,146 @@ def build_model(work: str, backbone: str, image_size: int) -> tuple[str, str]:
     return repository, "bench"
 
 
-def request_body(images: int, px: int) -> bytes:
+def request_jpeg(px: int) -> bytes:
     rng = np.random.default_rng(0)
     base = np.linspace(0, 255, px * px * 3).reshape(px, px, 3)
     pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
     buffer = bytes_io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
-    b64 = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def request_body(images: int, px: int) -> bytes:
+    b64 = base64.b64encode(request_jpeg(px)).decode("ascii")
+    return json.dumps({"instances": [{"b64": b64}] * images}).encode("utf-8")
+
+
+class HttpCaller:
+    """One keep-alive connection that POSTs one prepared body; ``call`` returns the status."""
+
+    def __init__(self, port: int, path: str, body: bytes, headers: dict[str, str]):
+        self.port, self.path, self.body, self.headers = port, path, body, headers
+        self.connection = http.client.HTTPConnection(
+            local.LOOPBACK, port, timeout=REQUEST_TIMEOUT_S
+        )
+
+    def call(self) -> int | str:
+        try:
+            self.connection.request("POST", self.path, self.body, self.headers)
+            response = self.connection.getresponse()
+            response.read()
+            return response.status
+        except (OSError, http.client.HTTPException) as e:
+            self.connection.close()
+            return type(e).__name__
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class GrpcCaller:
+    """One channel that sends one prepared request to one unary method."""
+
+    def __init__(self, target: str, method: str, request: bytes):
+        import grpc
+
+        self.grpc = grpc
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)])
+        self.call_method = self.channel.unary_unary(
+            method, request_serializer=None, response_deserializer=None
+        )
+        self.request = request
+
+    def call(self) -> int | str:
+        try:
+            self.call_method(self.request, timeout=REQUEST_TIMEOUT_S)
+        except self.grpc.RpcError as e:
+            return e.code().name
+        return 200
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def v2_binary_body(jpeg: bytes, images: int) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 request with the binary tensor extension, both ways."""
+    tensor = b"".join(len(jpeg).to_bytes(4, "little") + jpeg for _ in range(images))
+    header = {
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "datatype": "BYTES",
+                "shape": [images],
+                "parameters": {"binary_data_size": len(tensor)},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    encoded = json.dumps(header).encode("utf-8")
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(encoded)),
+    }
+    return encoded + tensor, headers
+
+
+def v2_grpc_request(model_name: str, jpeg: bytes, images: int) -> bytes:
+    """A serialized KServe v2 ModelInferRequest with raw input contents (Triton's protos,
+    which a client imports; the server's are KServe's, the same messages)."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model_name)
+    tensor = request.inputs.add(name="image_bytes", datatype="BYTES", shape=[images])
+    del tensor  # its data goes in raw_input_contents
+    request.raw_input_contents.append(
+        b"".join(len(jpeg).to_bytes(4, "little") + jpeg for _ in range(images))
+    )
+    return request.SerializeToString()
+
+
+def tfs_grpc_request(model_name: str, jpeg: bytes, images: int) -> bytes:
+    """A serialized TF Serving PredictRequest."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.inputs["image_bytes"].CopyFrom(
+        tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=images)]
+            ),
+            string_val=[jpeg] * images,
+        )
+    )
+    return request.SerializeToString()
+
+
+def caller_factory(
+    protocol: str, port: int, grpc_port: int, model_name: str, jpeg: bytes, images: int
+):
+    """A function that opens one client connection of ``protocol``."""
+    if protocol == "rest":
+        body = request_body_from(jpeg, images)
+        path = f"/v1/models/{model_name}:predict"
+        return lambda: HttpCaller(port, path, body, {"Content-Type": "application/json"})
+    if protocol == "v2-binary":
+        body, headers = v2_binary_body(jpeg, images)
+        path = f"/v2/models/{model_name}/infer"
+        return lambda: HttpCaller(port, path, body, headers)
+    target = f"{local.LOOPBACK}:{grpc_port}"
+    if protocol == "v2-grpc":
+        request = v2_grpc_request(model_name, jpeg, images)
+        return lambda: GrpcCaller(target, "/inference.GRPCInferenceService/ModelInfer", request)
+    if protocol == "tfs-grpc":
+        request = tfs_grpc_request(model_name, jpeg, images)
+        return lambda: GrpcCaller(target, "/tensorflow.serving.PredictionService/Predict", request)
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def request_body_from(jpeg: bytes, images: int) -> bytes:
+    b64 = base64.b64encode(jpeg).decode("ascii")
     return json.dumps({"instances": [{"b64": b64}] * images}).encode("utf-8")
 
 
@@ -144,35 +292,32 @@ def model_calls(port: int) -> tuple[float, float]:
     )
 
 
-def client(port: int, path: str, body: bytes, deadline: float, latencies, errors, lock):
-    connection = http.client.HTTPConnection(local.LOOPBACK, port, timeout=REQUEST_TIMEOUT_S)
-    headers = {"Content-Type": "application/json"}
+def client(open_caller, deadline: float, latencies, errors, lock):
+    caller = open_caller()
     mine, my_errors = [], Counter()
     try:
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            try:
-                connection.request("POST", path, body, headers)
-                response = connection.getresponse()
-                response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException) as e:
-                my_errors[type(e).__name__] += 1
-                connection.close()
-                continue
+            status = caller.call()
             if status == 200:
                 mine.append((time.perf_counter() - start) * 1000.0)
             else:
                 my_errors[status] += 1
     finally:
-        connection.close()
+        caller.close()
         with lock:
             latencies.extend(mine)
             errors.update(my_errors)
 
 
 def run_level(
-    config: str, port: int, path: str, body: bytes, images: int, clients: int, seconds: float
+    config: str,
+    protocol: str,
+    port: int,
+    open_caller,
+    images: int,
+    clients: int,
+    seconds: float,
 ) -> Level:
     latencies: list[float] = []
     errors: Counter = Counter()
@@ -182,7 +327,7 @@ def run_level(
     threads = [
         threading.Thread(
             target=client,
-            args=(port, path, body, start + seconds, latencies, errors, lock),
+            args=(open_caller, start + seconds, latencies, errors, lock),
             daemon=True,
         )
         for _ in range(clients)
@@ -195,7 +340,7 @@ def run_level(
     after = model_calls(port)
     calls = after[1] - before[1]
     per_call = (after[0] - before[0]) / calls if calls else None
-    return Level(config, clients, elapsed, latencies, errors, images, per_call)
+    return Level(config, protocol, clients, elapsed, latencies, errors, images, per_call)
 
 
 def start_server(
@@ -205,10 +350,11 @@ def start_server(
     model_name: str,
     max_clients: int,
     log_dir: str,
-) -> tuple[subprocess.Popen, int, str]:
-    """Starts one server configuration on a free port; (process, port, log path)."""
-    port = local.free_port()
-    command = local.server_command(repository, model_name, port) + server_args
+) -> tuple[subprocess.Popen, int, int, str]:
+    """Starts one server configuration on free ports; (process, port, gRPC port, log)."""
+    port, grpc_port = local.free_port(), local.free_port()
+    command = local.server_command(repository, model_name, port, grpc_port=grpc_port)
+    command += server_args
     command += ["--max-inflight", str(2 * max_clients)]  # no refusals: measure latency
     print(f"[{config}] {shlex.join(command[1:])}", flush=True)
     env = dict(os.environ)
@@ -218,22 +364,24 @@ def start_server(
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
-    return process, port, log_path
+    return process, port, grpc_port, log_path
 
 
 def measure(
     configs: list[tuple[str, list[str]]],
+    protocols: list[str],
     repository: str,
     model_name: str,
-    body: bytes,
+    jpeg: bytes,
     images: int,
     levels: list[int],
     seconds: float,
     log_dir: str,
 ) -> list[Level]:
     """Runs every configuration's server at once, idle but for the one under load, and
-    the levels in turn, each level against every configuration before the next level:
-    the load of a shared machine drifts, and this spreads the drift over all of them."""
+    the levels in turn, each level against every configuration and protocol before the
+    next level: the load of a shared machine drifts, and this spreads the drift over all
+    of them."""
     servers = []
     try:
         for config, server_args in configs:
@@ -245,30 +393,47 @@ def measure(
                     ),
                 )
             )
-        path = f"/v1/models/{model_name}:predict"
-        for config, process, port, log_path in servers:
+        callers = {}
+        for config, process, port, grpc_port, log_path in servers:
             local.wait_until_ready(process, model_name, port, 300, log_path)
-            run_level(config, port, path, body, images, 1, 1.0)  # warm-up: first calls
-            run_level(config, port, path, body, images, max(levels), 1.0)
+            for protocol in protocols:
+                callers[config, protocol] = caller_factory(
+                    protocol, port, grpc_port, model_name, jpeg, images
+                )
+                # Warm-up: the first calls, then a burst.
+                open_caller = callers[config, protocol]
+                run_level(config, protocol, port, open_caller, images, 1, 1.0)
+                run_level(config, protocol, port, open_caller, images, max(levels), 1.0)
         results = []
         for clients in levels:
-            for config, _, port, _ in servers:
-                level = run_level(config, port, path, body, images, clients, seconds)
-                print(f"[{config}] {row(level)}", flush=True)
-                results.append(level)
-        return sorted(results, key=lambda level: [c for c, _ in configs].index(level.config))
+            for config, _, port, _, _ in servers:
+                for protocol in protocols:
+                    level = run_level(
+                        config, protocol, port, callers[config, protocol], images, clients, seconds
+                    )
+                    print(f"[{config}, {protocol}] {row(level)}", flush=True)
+                    results.append(level)
+        order = [c for c, _ in configs]
+        return sorted(
+            results, key=lambda lv: (order.index(lv.config), protocols.index(lv.protocol))
+        )
     finally:
-        for _, process, _, _ in servers:
+        for _, process, _, _, _ in servers:
             local.stop_server(process)
 
 
-def row(level: Level) -> str:
+def row(level: Level, baseline: Level | None = None) -> str:
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(level.errors.items(), key=str)) or "0"
     per_call = "-" if level.images_per_call is None else f"{level.images_per_call:.1f}"
+    ratio = (
+        f"{level.requests_per_s / baseline.requests_per_s:.2f}"
+        if baseline is not None and baseline.requests_per_s
+        else "-"
+    )
     return (
-        f"| {level.config} | {level.clients} | {level.ok} | {errors} | "
+        f"| {level.config} | {level.protocol} | {level.clients} | {level.ok} | {errors} | "
         f"{level.percentile(50):.1f} | {level.percentile(99):.1f} | "
-        f"{level.requests_per_s:.1f} | {level.images_per_s:.1f} | {per_call} |"
+        f"{level.requests_per_s:.1f} | {level.images_per_s:.1f} | {per_call} | {ratio} |"
     )
 
 
@@ -289,7 +454,15 @@ def main(argv: list[str] | None = None) -> None:
         help="batching-on configurations to run, one per value (comma-separated)",
     )
     parser.add_argument("--no-off", action="store_true", help="skip the batching-off run")
+    parser.add_argument(
+        "--protocols",
+        default="rest",
+        help=f"comma-separated, of {', '.join(PROTOCOLS)}; rest is the ratio's baseline",
+    )
     args = parser.parse_args(argv)
+    protocols = args.protocols.split(",")
+    if not set(protocols) <= set(PROTOCOLS):
+        parser.error(f"--protocols: expected some of {', '.join(PROTOCOLS)}")
     if bool(args.model_repository) != bool(args.model_name):
         parser.error("--model-repository and --model-name go together")
     levels = [int(v) for v in args.concurrency.split(",")]
@@ -315,16 +488,18 @@ def main(argv: list[str] | None = None) -> None:
         else:
             repository, model_name = build_model(work, args.backbone, args.image_size)
             print(f"model: untrained {args.backbone} at {args.image_size} px, 4 classes")
-        body = request_body(args.images_per_request, args.image_px)
+        jpeg = request_jpeg(args.image_px)
+        body = request_body_from(jpeg, args.images_per_request)
         print(
-            f"request: {args.images_per_request} x {args.image_px} px JPEG, "
-            f"{len(body)} bytes of JSON; {args.seconds:g} s per level"
+            f"request: {args.images_per_request} x {args.image_px} px JPEG ({len(jpeg)} bytes), "
+            f"{len(body)} bytes as REST JSON; {args.seconds:g} s per level"
         )
         results = measure(
             configs,
+            protocols,
             repository,
             model_name,
-            body,
+            jpeg,
             args.images_per_request,
             levels,
             args.seconds,
@@ -332,12 +507,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(f"load average at the end: {load_average()}\n")
     print(
-        "| batching | clients | requests | errors | p50 ms | p99 ms | req/s | images/s | "
-        "images/call |"
+        "| batching | protocol | clients | requests | errors | p50 ms | p99 ms | req/s | "
+        "images/s | images/call | req/s vs rest |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    baselines = {(lv.config, lv.clients): lv for lv in results if lv.protocol == "rest"}
     for level in results:
-        print(row(level))
+        print(row(level, baselines.get((level.config, level.clients))))
 
 
 if __name__ == "__main__":
