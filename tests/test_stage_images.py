@@ -169,7 +169,8 @@ def test_deploy_image_serves_a_predict_request_from_inside_its_container(
     exported_model, stage_images, tmp_path
 ):
     """The model server in the deploy image, as its non-root user, answers TF Serving's
-    REST predict call on its loopback."""
+    REST predict call, SageMaker's /invocations and TF Serving's gRPC Predict (on the
+    default gRPC port) on its loopback, with the same label."""
     from components.deploy.local import probe_jpeg
     from components.deploy.model_repository import publish
 
@@ -190,7 +191,24 @@ def test_deploy_image_serves_a_predict_request_from_inside_its_container(
         request = urllib.request.Request(
             "http://127.0.0.1:8080/v1/models/image-classifier:predict", data=body,
             headers={{"Content-Type": "application/json"}})
-        print(urllib.request.urlopen(request, timeout=60).read().decode())
+        rest = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        request = urllib.request.Request(
+            "http://127.0.0.1:8080/invocations", data=body,
+            headers={{"Content-Type": "application/json"}})
+        sagemaker = json.loads(urllib.request.urlopen(request, timeout=60).read())
+
+        import base64, grpc, tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        grpc_request = predict_pb2.PredictRequest()
+        grpc_request.model_spec.name = "image-classifier"
+        grpc_request.inputs["image_bytes"].CopyFrom(
+            tf.make_tensor_proto([base64.b64decode("{jpeg}")]))
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel("127.0.0.1:8081"))
+        outputs = stub.Predict(grpc_request, timeout=60).outputs
+        print(json.dumps({{
+            "rest": rest["predictions"], "sagemaker": sagemaker["predictions"],
+            "grpc_label": tf.make_ndarray(outputs["label"])[0].decode()}}))
         """
     try:
         deadline = time.monotonic() + 180
@@ -203,8 +221,11 @@ def test_deploy_image_serves_a_predict_request_from_inside_its_container(
             )
             time.sleep(2)
         assert answer.returncode == 0, answer.stderr + docker("logs", name, check=False).stderr
-        (prediction,) = json.loads(answer.stdout)["predictions"]
+        answers = json.loads(answer.stdout.strip().splitlines()[-1])
+        (prediction,) = answers["rest"]
         assert prediction["label"] in ("circle", "square", "triangle", "cross")
+        assert answers["sagemaker"] == answers["rest"]
+        assert answers["grpc_label"] == prediction["label"]
         assert abs(sum(prediction["probabilities"]) - 1) < 1e-3
         assert docker("exec", name, "id", "-u").stdout.strip() == "1000"
     finally:
