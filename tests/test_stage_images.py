@@ -11,6 +11,7 @@ import base64
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -168,20 +169,19 @@ def test_dataflow_worker_image_starts_beams_boot_as_root(stage, stage_images):
 def test_deploy_image_serves_a_predict_request_from_inside_its_container(
     exported_model, stage_images, tmp_path
 ):
-    """The model server in the deploy image, as its non-root user, answers TF Serving's
-    REST predict call, SageMaker's /invocations and TF Serving's gRPC Predict (on the
-    default gRPC port) on its loopback, with the same label."""
+    """The model server in the deploy image, started as SageMaker starts it (``serve``,
+    the export in /opt/ml/model), as its non-root user, answers TF Serving's REST predict
+    call, SageMaker's /invocations and TF Serving's gRPC Predict (on the default gRPC port)
+    on its loopback, with the same label."""
     from components.deploy.local import probe_jpeg
-    from components.deploy.model_repository import publish
 
-    repository = tmp_path / "models"
-    publish(exported_model, str(repository), "image-classifier")
-    subprocess.run(["chmod", "-R", "a+rX", str(repository)], check=True)
+    model = tmp_path / "model"
+    shutil.copytree(exported_model, model)
+    subprocess.run(["chmod", "-R", "a+rX", str(model)], check=True)
     name = f"serve-test-{uuid.uuid4().hex[:8]}"
     docker(
-        "run", "-d", "--name", name, "-v", f"{repository}:/models:ro", stage_images["deploy"],
-        "python", "-m", "components.deploy.server", "--model-repository", "/models",
-        "--model-name", "image-classifier", "--http-port", "8080",
+        "run", "-d", "--name", name, "-v", f"{model}:/opt/ml/model:ro", stage_images["deploy"],
+        "serve",
     )  # fmt: skip
     jpeg = base64.b64encode(probe_jpeg()).decode()
     client = f"""
