@@ -11,6 +11,7 @@ import base64
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import uuid
 import pytest
 from kfp import dsl
 from packaging.utils import canonicalize_name
-from test_containers import CONTAINERS, LOCK, pins
+from test_containers import CONTAINERS, LOCK, ROOT, pins
 
 from components.common.io import read_json, read_jsonl
 from components.images import BEAM_STAGES, STAGES, dataflow_worker_image, stage_image
@@ -111,6 +112,8 @@ def test_every_installed_version_is_the_pinned_one(stage, stage_images):
     pinned = pins(LOCK)
     if stage == "train":
         pinned |= pins(CONTAINERS / "train" / "gpu-constraints.txt")
+    if stage == "deploy":
+        pinned |= pins(ROOT / "requirements-no-deps.txt")
     listed = docker("run", "--rm", stage_images[stage], "pip", "list", "--format", "json")
     installed = {canonicalize_name(p["name"]): p["version"] for p in json.loads(listed.stdout)}
     differ = {n: (v, pinned[n]) for n, v in installed.items() if n in pinned and v != pinned[n]}
@@ -124,7 +127,17 @@ def test_pip_check_passes(build, stage_images):
     entrypoint = ["--entrypoint", "pip"] if build.target else []
     args = ["run", "--rm", *entrypoint, build.image] + ([] if build.target else ["pip"])
     result = docker(*args, "check", check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # tensorflow-serving-api's `tensorflow` requirement is met by tensorflow-cpu, under
+    # another distribution name (requirements-no-deps.txt): the one complaint accepted,
+    # as containers/install.sh accepts it.
+    broken = [
+        line
+        for line in result.stdout.splitlines()
+        if not re.fullmatch(
+            r"tensorflow-serving-api [0-9.]+ requires tensorflow, which is not installed\.", line
+        )
+    ]
+    assert result.returncode == 0 or not broken, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("stage", STAGES)
