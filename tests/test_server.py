@@ -730,6 +730,14 @@ images = [open(path, "rb").read() for path in paths]
 answer["good"] = infer(images)
 answer["bad"] = infer([b"not an image"])
 answer["other_model"] = infer(images, "no-such-model")
+tensor = grpcclient.InferInput("image_bytes", [1], "BYTES")
+tensor.set_data_from_numpy(np.array(images[:1], dtype=np.object_))
+result = client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("label")])
+answer["label_only"] = [output.name for output in result.get_response().outputs]
+try:
+    client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("logits")])
+except InferenceServerException as e:
+    answer["unknown_output"] = {"status": e.status(), "message": e.message()}
 print(json.dumps(answer))
 """
 
@@ -754,6 +762,9 @@ def test_tritonclient_grpc_v2(grpc_target, rest_answer, tmp_path):
     assert answer["bad"]["status"] == "StatusCode.INVALID_ARGUMENT"
     assert "instance 0: not an image" in answer["bad"]["message"]
     assert answer["other_model"]["status"] == "StatusCode.NOT_FOUND"
+    assert answer["label_only"] == ["label"]  # only the outputs asked for
+    assert answer["unknown_output"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "unknown outputs ['logits']" in answer["unknown_output"]["message"]
 
 
 def _tf_serving_request(images: list[bytes], name: str = MODEL_NAME, **spec):

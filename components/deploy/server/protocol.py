@@ -415,6 +415,14 @@ def format_answer(
             for name in names
         ]
         if v2.from_grpc:
+            # kserve 0.21's to_grpc answers every output, whatever the request asked for:
+            # keep the requested ones here (REST's to_rest does this itself).
+            if v2.request_outputs:
+                wanted = [requested.name for requested in v2.request_outputs]
+                unknown = sorted(set(wanted) - set(names))
+                if unknown:
+                    raise InvalidInput(f"unknown outputs {unknown}; the outputs are {names}")
+                infer_outputs = [output for output in infer_outputs if output.name in wanted]
             # gRPC answers in raw_output_contents; set here, because kserve 0.21's to_grpc
             # takes the truth value of a NumPy array when a request sent raw inputs.
             for output in infer_outputs:
