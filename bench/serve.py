@@ -139,11 +139,6 @@ def request_jpeg(px: int) -> bytes:
     return buffer.getvalue()
 
 
-def request_body(images: int, px: int) -> bytes:
-    b64 = base64.b64encode(request_jpeg(px)).decode("ascii")
-    return json.dumps({"instances": [{"b64": b64}] * images}).encode("utf-8")
-
-
 class HttpCaller:
     """One keep-alive connection that POSTs one prepared body; ``call`` returns the status."""
 
@@ -219,8 +214,7 @@ def v2_grpc_request(model_name: str, jpeg: bytes, images: int) -> bytes:
     from tritonclient.grpc import service_pb2
 
     request = service_pb2.ModelInferRequest(model_name=model_name)
-    tensor = request.inputs.add(name="image_bytes", datatype="BYTES", shape=[images])
-    del tensor  # its data goes in raw_input_contents
+    request.inputs.add(name="image_bytes", datatype="BYTES", shape=[images])  # data: raw
     request.raw_input_contents.append(
         b"".join(len(jpeg).to_bytes(4, "little") + jpeg for _ in range(images))
     )
@@ -251,7 +245,7 @@ def caller_factory(
 ):
     """A function that opens one client connection of ``protocol``."""
     if protocol == "rest":
-        body = request_body_from(jpeg, images)
+        body = request_body(jpeg, images)
         path = f"/v1/models/{model_name}:predict"
         return lambda: HttpCaller(port, path, body, {"Content-Type": "application/json"})
     if protocol == "v2-binary":
@@ -268,7 +262,7 @@ def caller_factory(
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
 
-def request_body_from(jpeg: bytes, images: int) -> bytes:
+def request_body(jpeg: bytes, images: int) -> bytes:
     b64 = base64.b64encode(jpeg).decode("ascii")
     return json.dumps({"instances": [{"b64": b64}] * images}).encode("utf-8")
 
@@ -489,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
             repository, model_name = build_model(work, args.backbone, args.image_size)
             print(f"model: untrained {args.backbone} at {args.image_size} px, 4 classes")
         jpeg = request_jpeg(args.image_px)
-        body = request_body_from(jpeg, args.images_per_request)
+        body = request_body(jpeg, args.images_per_request)
         print(
             f"request: {args.images_per_request} x {args.image_px} px JPEG ({len(jpeg)} bytes), "
             f"{len(body)} bytes as REST JSON; {args.seconds:g} s per level"

@@ -236,8 +236,8 @@ def server(served_repo, files, tmp_path_factory):
     """The module's server: batching on (the default), in-flight bound 4, 200 kB bodies,
     gRPC on, files read under ``files/allowed``, Vertex AI's routes set.
 
-    Yields ``(base_url, port, hold_dir)``; checks at the end that SIGTERM stops it with 0.
-    The gRPC port is ``grpc_target``'s.
+    Yields ``(base_url, port, hold_dir, grpc_port)``; checks at the end that SIGTERM stops
+    it with 0.
     """
     hold_dir = tmp_path_factory.mktemp("hold")
     log_path = tmp_path_factory.mktemp("server_log") / "server.log"
@@ -254,16 +254,12 @@ def server(served_repo, files, tmp_path_factory):
     )
     try:
         local.wait_until_ready(process, MODEL_NAME, port, WAIT_S, str(log_path))
-        _GRPC_PORTS[port] = grpc_port
-        yield f"http://127.0.0.1:{port}", port, hold_dir
+        yield f"http://127.0.0.1:{port}", port, hold_dir, grpc_port
     finally:
         for hold in hold_dir.glob("*.hold"):
             hold.unlink()
         code = local.stop_server(process, timeout_s=WAIT_S)
     assert code == 0, f"the server did not stop cleanly on SIGTERM (exit code {code})"
-
-
-_GRPC_PORTS: dict[int, int] = {}
 
 
 @pytest.fixture
@@ -274,7 +270,7 @@ def server_url(server) -> str:
 @pytest.fixture
 def grpc_target(server) -> str:
     """``host:port`` of the module server's gRPC services."""
-    return f"127.0.0.1:{_GRPC_PORTS[server[1]]}"
+    return f"127.0.0.1:{server[3]}"
 
 
 def _predict_url(base: str) -> str:
@@ -604,7 +600,7 @@ def test_unknown_model_route_and_method_get_json_errors(server_url):
 
 
 def test_an_oversized_body_is_refused_from_its_content_length(server):
-    server_url, port, _ = server
+    server_url, port, _, _ = server
     # Only the headers are sent: the answer comes without the body being read.
     head = (
         f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: test\r\n"
@@ -623,7 +619,7 @@ def test_an_oversized_body_is_refused_from_its_content_length(server):
 
 
 def test_an_oversized_chunked_body_is_refused_while_read(server):
-    server_url, port, _ = server
+    server_url, port, _, _ = server
     # Valid JSON, one image too many bytes: refused by size, not parsed.
     big = json.dumps({"instances": [{"b64": "A" * MAX_BODY_BYTES}]}).encode()
     chunks = tuple(
@@ -857,7 +853,7 @@ def _open_for_writing(fifo) -> bool:
     return True
 
 
-def test_filenames_are_read_only_under_the_allowed_prefix(server_url, files, rest_answer):
+def test_filenames_are_read_only_under_the_allowed_prefix(server_url, files):
     allowed = files / "allowed"
     image = (allowed / "a.jpg").read_bytes()
     _, inline = _http(_predict_url(server_url), {"instances": [{"b64": _b64(image)}] * 2})
@@ -953,7 +949,7 @@ def test_a_grpc_burst_past_the_shared_inflight_bound_gets_unavailable(server, gr
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    server_url, _, hold_dir = server
+    server_url, _, hold_dir, _ = server
     entered = _entered(hold_dir)
     hold = hold_dir / "predict.hold"
     hold.touch()
@@ -1004,11 +1000,11 @@ def test_listens_on_loopback_only(server):
     if not os.path.exists("/proc/net/tcp"):
         pytest.skip("needs Linux's /proc/net/tcp")
     assert _listen_addresses(server[1]) == {"127.0.0.1"}
-    assert _listen_addresses(_GRPC_PORTS[server[1]]) == {"127.0.0.1"}  # gRPC too
+    assert _listen_addresses(server[3]) == {"127.0.0.1"}  # gRPC too
 
 
 def test_a_burst_past_the_inflight_bound_gets_503_then_the_server_serves(server):
-    server_url, _, hold_dir = server
+    server_url, _, hold_dir, _ = server
     # Distinct requests (1 to 10 images each), so that each admitted one must get its rows.
     bodies = [
         {"instances": [{"b64": _b64(_jpeg(seed=10 * n + i, noise=True))} for i in range(n)]}

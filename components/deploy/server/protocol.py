@@ -94,7 +94,7 @@ def _b64decode(text: str, index: int) -> bytes:
     return data
 
 
-def _b64_value(value: Any, index: int, what: Any) -> bytes | str:
+def _image_value(value: Any, index: int, what: Any) -> bytes | str:
     """The bytes of one ``{"b64": ...}`` value, or the URI of one ``{"filenames": ...}``
     value (a ``str``); ``what`` is the whole instance, for errors."""
     if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
@@ -132,8 +132,8 @@ def _instance_image(instance: Any, index: int) -> bytes | str:
                 f"instance {index}: unexpected inputs {others}; the signature takes only "
                 f"{serving.INPUT_NAME!r}"
             )
-        return _b64_value(instance[serving.INPUT_NAME], index, instance)
-    return _b64_value(instance, index, instance)
+        return _image_value(instance[serving.INPUT_NAME], index, instance)
+    return _image_value(instance, index, instance)
 
 
 def check_image(data: bytes, index: int, max_bytes: int = MAX_IMAGE_BYTES) -> None:
@@ -168,7 +168,7 @@ def check_image(data: bytes, index: int, max_bytes: int = MAX_IMAGE_BYTES) -> No
         )
 
 
-def _check_count(count: int, max_instances: int) -> None:
+def check_count(count: int, max_instances: int) -> None:
     if count > max_instances:
         raise InvalidInput(f"{count} instances, more than the limit of {max_instances} per request")
 
@@ -231,13 +231,13 @@ def parse_request(
             )
     else:
         raise InvalidInput('the request has neither "instances" nor "inputs"')
-    _check_count(len(instances), max_instances)
+    check_count(len(instances), max_instances)
     if form == "rows":
         values = [_instance_image(instance, i) for i, instance in enumerate(instances)]
     elif key in URI_KEYS:
-        values = [_b64_value({key: value}, i, value) for i, value in enumerate(instances)]
+        values = [_image_value({key: value}, i, value) for i, value in enumerate(instances)]
     else:
-        values = [_b64_value(value, i, value) for i, value in enumerate(instances)]
+        values = [_image_value(value, i, value) for i, value in enumerate(instances)]
     uris = {i: value for i, value in enumerate(values) if isinstance(value, str)}
     images = [b"" if isinstance(value, str) else value for value in values]
     for i, data in enumerate(images):
@@ -271,7 +271,7 @@ def parse_v2_request(
             f"input {serving.INPUT_NAME!r}: shape {list(infer_input.shape)} does not "
             f"match its {len(data)} data elements; expected [{len(data)}]"
         )
-    _check_count(len(data), max_instances)
+    check_count(len(data), max_instances)
     images = [
         value if isinstance(value, bytes) else _b64decode(value, i) for i, value in enumerate(data)
     ]

@@ -21,7 +21,7 @@ INVALID_ARGUMENT, NOT_FOUND (another model or version), UNAVAILABLE (not loaded 
 from __future__ import annotations
 
 # First: protocol imports kserve with sys.argv hidden from it.
-from components.deploy.server.protocol import InvalidInput, _check_count, check_image
+from components.deploy.server.protocol import InvalidInput, check_count, check_image
 
 # isort: split
 import tensorflow as tf
@@ -43,7 +43,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def __init__(self, model: ImageClassifierModel):
         self.model = model
-        self._signature_defs: saved_model_pb2.SavedModel | None = None
+        self._signature_defs = None  # the export's SignatureDefs, read once
 
     def _check_spec(self, spec) -> None:
         if spec.name != self.model.name:
@@ -85,7 +85,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 f"input {serving.INPUT_NAME!r}: expected shape [N] with N encoded images, "
                 f"got shape {shape} with {len(images)} strings"
             )
-        _check_count(len(images), self.model.limits.max_instances)
+        check_count(len(images), self.model.limits.max_instances)
         for i, image in enumerate(images):
             if not image:
                 raise InvalidInput(f"instance {i}: the image is empty")
