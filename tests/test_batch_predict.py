@@ -12,9 +12,9 @@ import os
 import numpy as np
 import pytest
 
-from components.batch_predict import beam_pipeline, model_handler
+from components.batch_predict import beam_pipeline
 from components.batch_predict.__main__ import main as cli_main, parse_args
-from components.common import io, labels as labels_lib
+from components.common import io, labels as labels_lib, model_handler
 
 LABELS = ["circle", "square", "triangle", "cross"]
 

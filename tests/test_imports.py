@@ -40,7 +40,7 @@ except SystemExit as e:
 
 @pytest.mark.parametrize(
     "module",
-    ["components.batch_predict.model_handler", "components.common.serving"],
+    ["components.common.model_handler", "components.common.serving"],
 )
 def test_batch_prediction_and_the_serving_contract_load_no_training_code(module):
     assert loaded_after(f"import {module}\n") == []

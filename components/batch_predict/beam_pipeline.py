@@ -47,10 +47,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.runners.runner import PipelineState
 
-from components.batch_predict import model_handler
-from components.batch_predict.model_handler import STAGE, InferenceFailure
-from components.common import beam as beam_utils, io, schema, serving
+from components.common import beam as beam_utils, io, model_handler, schema, serving
+from components.common.model_handler import InferenceFailure
 
+STAGE = "batch_predict"
 ERRORS = "errors"  # Tag of the error side outputs.
 PREDICTIONS_PREFIX = "predictions"
 PREDICTIONS_SUFFIX = ".jsonl"
@@ -252,7 +252,9 @@ def build_pipeline(
         | "Redistribute" >> beam.Reshuffle()
         | "ReadImages" >> beam.ParDo(ReadImage()).with_outputs(ERRORS, main="ok")
     )
-    handler = model_handler.keyed_handler(model_dir, batch_size, num_classes=len(labels))
+    handler = model_handler.keyed_handler(
+        model_dir, batch_size, num_classes=len(labels), metrics_namespace=STAGE
+    )
     formatted = (
         images.ok
         | "RunInference" >> RunInference(handler)

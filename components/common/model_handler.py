@@ -1,4 +1,5 @@
-"""A Beam RunInference model handler over the suite's exported serving SavedModel.
+"""A Beam RunInference model handler over the suite's exported serving SavedModel (batch and
+streaming prediction share it).
 
 Beam's own ``apache_beam.ml.inference.tensorflow_inference`` imports ``tensorflow_hub``,
 which is not usable in this environment, and it feeds tensors, not encoded images. This
@@ -31,7 +32,6 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from components.common import serving
 
-STAGE = "batch_predict"
 UNDECODABLE_IMAGE = "undecodable_image"
 
 _log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
         batch_size: int = 32,
         min_batch_size: int | None = None,
         num_classes: int | None = None,
+        metrics_namespace: str = "inference",
     ):
         """Configures the handler.
 
@@ -120,6 +121,7 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
                 bundle may be smaller); defaults to ``batch_size``, i.e. fixed-size batches.
             num_classes: When given, loading fails unless the model has this many classes
                 (e.g. the length of its label file).
+            metrics_namespace: Namespace of the handler's Beam counters (the stage's name).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -131,6 +133,7 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=batch_size)
         self._model_dir = model_dir
         self._num_classes = num_classes
+        self._namespace = metrics_namespace
 
     def load_model(self) -> LoadedModel:
         """Loads the SavedModel (once per worker process; Beam shares it across threads).
@@ -138,7 +141,7 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
         Raises:
             ValueError: when the model's class count is not the expected ``num_classes``.
         """
-        _log.info("batch_predict: loading the SavedModel %s", self._model_dir)
+        _log.info("%s: loading the SavedModel %s", self._namespace, self._model_dir)
         model = LoadedModel(self._model_dir)
         if self._num_classes is not None and model.num_classes != self._num_classes:
             raise ValueError(
@@ -167,8 +170,8 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
             probabilities = model.predict(batch)
             return [PredictionResult(e, p) for e, p in zip(batch, probabilities, strict=True)]
         except UndecodableImages:
-            Metrics.counter(STAGE, "fallback_batches").inc()
-            Metrics.counter(STAGE, "fallback_images").inc(len(batch))
+            Metrics.counter(self._namespace, "fallback_batches").inc()
+            Metrics.counter(self._namespace, "fallback_images").inc(len(batch))
         return list(self._one_by_one(batch, model))
 
     @staticmethod
@@ -190,7 +193,7 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
 
     def get_metrics_namespace(self) -> str:
         """Namespace of Beam's RunInference metrics (batch sizes, latencies)."""
-        return f"{STAGE}_RunInference"
+        return f"{self._namespace}_RunInference"
 
 
 def keyed_handler(
@@ -198,6 +201,7 @@ def keyed_handler(
     batch_size: int = 32,
     min_batch_size: int | None = None,
     num_classes: int | None = None,
+    metrics_namespace: str = "inference",
 ) -> KeyedModelHandler:
     """A ``SavedModelHandler`` over ``(key, image bytes)`` elements that keeps the keys.
 
@@ -206,10 +210,17 @@ def keyed_handler(
         batch_size: Most images per signature call.
         min_batch_size: Fewest images batched before a call; defaults to ``batch_size``.
         num_classes: Expected class count, checked when the model is loaded.
+        metrics_namespace: Namespace of the handler's Beam counters (the stage's name).
 
     Returns:
         A handler for ``RunInference`` yielding ``(key, PredictionResult)``.
     """
     return KeyedModelHandler(
-        SavedModelHandler(model_dir, batch_size, min_batch_size, num_classes=num_classes)
+        SavedModelHandler(
+            model_dir,
+            batch_size,
+            min_batch_size,
+            num_classes=num_classes,
+            metrics_namespace=metrics_namespace,
+        )
     )
