@@ -15,7 +15,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 _log = logging.getLogger(__name__)
 
@@ -130,10 +130,16 @@ def _resolve_runner(runner: str, options: PipelineOptions) -> Any:
     which stalls where there is no internet (a cluster pod, an air-gapped machine). For a
     bounded pipeline it then runs the in-process FnApiRunner; this goes there at once,
     with the pipeline options the DirectRunner would hand it (``--direct_num_workers``,
-    ``--direct_running_mode`` are honoured). Other names go to Beam unchanged.
+    ``--direct_running_mode`` are honoured). A streaming pipeline (``--streaming``) goes
+    to the DirectRunner's streaming engine, the one that reads and writes Pub/Sub. Other
+    names go to Beam unchanged.
     """
     if runner not in ("DirectRunner", "direct"):
         return runner
+    if options.view_as(StandardOptions).streaming:
+        from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+
+        return BundleBasedDirectRunner()
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle

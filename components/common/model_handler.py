@@ -63,6 +63,7 @@ class LoadedModel:
     def __init__(self, model_dir: str):
         import tensorflow as tf
 
+        self.model_dir = model_dir
         self._loaded = tf.saved_model.load(model_dir)
         self.signature = self._loaded.signatures[serving.SIGNATURE]
         self.input_name = serving.INPUT_NAME
@@ -164,11 +165,16 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
             inference_args: Unused (the signature takes no extra arguments).
 
         Returns:
-            One ``PredictionResult`` per element, in order.
+            One ``PredictionResult`` per element, in order; its ``model_id`` is the
+            SavedModel directory that made it.
         """
+        model_id = model.model_dir
         try:
             probabilities = model.predict(batch)
-            return [PredictionResult(e, p) for e, p in zip(batch, probabilities, strict=True)]
+            return [
+                PredictionResult(e, p, model_id=model_id)
+                for e, p in zip(batch, probabilities, strict=True)
+            ]
         except UndecodableImages:
             Metrics.counter(self._namespace, "fallback_batches").inc()
             Metrics.counter(self._namespace, "fallback_images").inc(len(batch))
@@ -178,9 +184,10 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
     def _one_by_one(batch: Sequence[bytes], model: LoadedModel) -> Iterator[PredictionResult]:
         for element in batch:
             try:
-                yield PredictionResult(element, model.predict([element])[0])
+                inference = model.predict([element])[0]
             except UndecodableImages as e:
-                yield PredictionResult(element, InferenceFailure(UNDECODABLE_IMAGE, e.detail))
+                inference = InferenceFailure(UNDECODABLE_IMAGE, e.detail)
+            yield PredictionResult(element, inference, model_id=model.model_dir)
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         """Rejects inference args: the serving signature takes none."""

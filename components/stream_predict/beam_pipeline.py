@@ -1,0 +1,385 @@
+"""The stream_predict Beam pipeline: Pub/Sub messages in, a prediction message per image out.
+
+    input subscription ──► parse ──► read URI ──► RunInference ──► prediction ──► output topic
+                             │           │             │                   └──► files (optional)
+                             └───────────┴─────────────┴──► dead-letter topic (with the reason)
+
+The message contract is in ``messages.py``. The model is, one of:
+
+* a model repository and model name (what deploy publishes locally): the newest version
+  serves, and a version published while the stream runs is picked up without a restart
+  (``model_refresh.py``);
+* one exported SavedModel directory (``model_dir``), fixed for the job's life.
+
+Runs with ``--streaming`` on the DirectRunner (against the Pub/Sub emulator when
+``PUBSUB_EMULATOR_HOST`` names one) or on Dataflow, where ``run`` launches the job and
+returns its id without waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.transforms import window
+
+from components.common import beam as beam_utils, io, serving
+from components.common.model_handler import InferenceFailure
+from components.common.predictions import prediction_record
+from components.stream_predict import messages, model_refresh
+from components.stream_predict.messages import STAGE, Request
+
+DEAD = "dead"  # Tag of the dead-letter side outputs.
+_PROGRESS_EVERY = 1000
+
+_log = logging.getLogger(__name__)
+
+
+def _dead(request: Request, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+    Metrics.counter(STAGE, "dead_letters").inc()
+    Metrics.counter(STAGE, f"dead_{reason}").inc()
+    return beam.pvalue.TaggedOutput(DEAD, messages.dead_letter(request, reason, detail))
+
+
+class ParseMessage(beam.DoFn):
+    """A ``PubsubMessage`` to ``(Request, image bytes)``; a URI is read first."""
+
+    def setup(self) -> None:
+        self._received = Metrics.counter(STAGE, "messages")
+
+    def process(self, message: PubsubMessage) -> Iterator[Any]:
+        self._received.inc()
+        message_id = message.message_id or ""
+        try:
+            request, kind = messages.parse_message(message.data, message.attributes, message_id)
+        except ValueError as e:
+            reason, detail = e.args
+            yield _dead(
+                Request(message_id, dict(message.attributes or {}), "", b""), reason, detail
+            )
+            return
+        if kind == "bytes":
+            yield request, request.data
+            return
+        try:
+            data = beam_utils.read_file(request.uri)
+        except beam_utils.UnreadableFile as e:
+            yield _dead(request, e.reason, e.detail)
+            return
+        if not data:
+            yield _dead(request, messages.EMPTY_FILE, f"the file is empty (0 bytes): {request.uri}")
+            return
+        yield request, data
+
+
+class ToPredictionMessage(beam.DoFn):
+    """``(Request, PredictionResult)`` to a prediction message, or to a dead letter.
+
+    Labels are read from the SavedModel that made each prediction (its ``model_id``), so
+    a new version with other labels is reported with its own.
+    """
+
+    def __init__(self, top_k: int):
+        self._top_k = top_k
+
+    def setup(self) -> None:
+        self._predicted = Metrics.counter(STAGE, "predicted")
+        self._labels: dict[str, list[str]] = {}
+        self._seen = 0
+
+    def process(self, element: tuple[Request, PredictionResult]) -> Iterator[Any]:
+        request, result = element
+        if isinstance(result.inference, InferenceFailure):
+            yield _dead(request, result.inference.reason, result.inference.detail)
+            return
+        model_dir = result.model_id or ""
+        if model_dir not in self._labels:
+            self._labels[model_dir] = serving.read_export_labels(model_dir)
+        record = prediction_record(
+            request.uri, result.inference, self._labels[model_dir], self._top_k
+        )
+        self._predicted.inc()
+        self._seen += 1
+        if self._seen % _PROGRESS_EVERY == 0:
+            _log.info("stream_predict: this worker has predicted %d images", self._seen)
+        yield messages.prediction_message(request, record, model_version(model_dir))
+
+
+def model_version(model_dir: str) -> str:
+    """The version a model directory serves: its repository version number, or its path."""
+    name = os.path.basename(model_dir.rstrip("/"))
+    return name if name.isdigit() else model_dir
+
+
+def _to_pubsub(message: tuple[bytes, dict[str, str]]) -> PubsubMessage:
+    data, attributes = message
+    return PubsubMessage(data, attributes)
+
+
+def _handler(
+    model_repository: str,
+    model_name: str,
+    model_dir: str,
+    batch_size: int,
+    refresh_seconds: float,
+) -> Any:
+    if model_repository:
+        return model_refresh.keyed_repository_handler(
+            model_repository, model_name, batch_size, refresh_seconds, metrics_namespace=STAGE
+        )
+    return model_refresh.keyed_fixed_handler(model_dir, batch_size, metrics_namespace=STAGE)
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    input_subscription: str,
+    output_topic: str,
+    dead_letter_topic: str,
+    *,
+    model_repository: str = "",
+    model_name: str = "",
+    model_dir: str = "",
+    output_dir: str = "",
+    top_k: int = 3,
+    batch_size: int = 16,
+    refresh_seconds: float = 60,
+    window_seconds: int = 60,
+) -> None:
+    """Adds the stage's transforms to a streaming Beam pipeline (``run`` builds and runs one).
+
+    Args:
+        pipeline: The pipeline to add to (streaming).
+        input_subscription: ``projects/<p>/subscriptions/<s>`` to read images from.
+        output_topic: ``projects/<p>/topics/<t>`` for the prediction messages.
+        dead_letter_topic: ``projects/<p>/topics/<t>`` for messages without a prediction.
+        model_repository: A model repository (with ``model_name``): the newest version
+            serves and newer ones are picked up. Exclusive with ``model_dir``.
+        model_name: The model's name in the repository.
+        model_dir: One exported SavedModel, fixed. Exclusive with ``model_repository``.
+        output_dir: When set, the predictions are also written there as JSON Lines, one
+            file per ``window_seconds`` window.
+        top_k: Classes listed per image.
+        batch_size: Most images per model call.
+        refresh_seconds: How often a worker looks for a newer model version.
+        window_seconds: The window of the files under ``output_dir``.
+    """
+    parsed = (
+        pipeline
+        | "ReadMessages"
+        >> beam.io.ReadFromPubSub(subscription=input_subscription, with_attributes=True)
+        | "Parse" >> beam.ParDo(ParseMessage()).with_outputs(DEAD, main="ok")
+    )
+    handler = _handler(model_repository, model_name, model_dir, batch_size, refresh_seconds)
+    predicted = (
+        parsed.ok
+        | "RunInference" >> RunInference(handler)
+        | "ToMessages" >> beam.ParDo(ToPredictionMessage(top_k)).with_outputs(DEAD, main="ok")
+    )
+    _ = (
+        predicted.ok
+        | "PredictionMessages" >> beam.Map(_to_pubsub)
+        | "WritePredictions" >> beam.io.WriteToPubSub(output_topic, with_attributes=True)
+    )
+    _ = (
+        (parsed[DEAD], predicted[DEAD])
+        | "AllDeadLetters" >> beam.Flatten()
+        | "DeadLetterMessages" >> beam.Map(_to_pubsub)
+        | "WriteDeadLetters" >> beam.io.WriteToPubSub(dead_letter_topic, with_attributes=True)
+    )
+    if output_dir:
+        _ = (
+            predicted.ok
+            | "PredictionLines" >> beam.MapTuple(lambda data, _: data.decode())
+            | "Window" >> beam.WindowInto(window.FixedWindows(window_seconds))
+            | "WriteFiles"
+            >> beam.io.fileio.WriteToFiles(
+                output_dir,
+                file_naming=beam.io.fileio.default_file_naming("predictions", ".jsonl"),
+                shards=1,
+            )
+        )
+
+
+def _counters(result: Any) -> dict[str, int]:
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(STAGE))
+    except Exception as e:  # Some runners do not report metrics.
+        _log.info("stream_predict: no counters from the runner: %s", e)
+        return {}
+    counters: dict[str, int] = {}
+    for counter in query.get("counters", []):
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(
+            value or 0
+        )
+    return dict(sorted(counters.items()))
+
+
+def _check(
+    input_subscription: str,
+    output_topic: str,
+    dead_letter_topic: str,
+    model_repository: str,
+    model_name: str,
+    model_dir: str,
+    top_k: int,
+    batch_size: int,
+    refresh_seconds: float,
+    max_run_seconds: float,
+) -> None:
+    for name, value, kind in (
+        ("input_subscription", input_subscription, "subscriptions"),
+        ("output_topic", output_topic, "topics"),
+        ("dead_letter_topic", dead_letter_topic, "topics"),
+    ):
+        parts = value.split("/")
+        if len(parts) != 4 or parts[0] != "projects" or parts[2] != kind or not all(parts):
+            raise ValueError(f"{name} must be projects/<project>/{kind}/<name>, got {value!r}")
+    if bool(model_repository) == bool(model_dir):
+        raise ValueError(
+            "give exactly one model: model_repository (with model_name; newer versions are "
+            "picked up) or model_dir (one exported SavedModel); got "
+            f"model_repository={model_repository!r}, model_dir={model_dir!r}"
+        )
+    if model_repository and not model_name:
+        raise ValueError("model_name is required with model_repository")
+    for name, value, low in (("top_k", top_k, 1), ("batch_size", batch_size, 1)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if refresh_seconds < 0 or max_run_seconds < 0:
+        raise ValueError("refresh_seconds and max_run_seconds must be >= 0")
+
+
+def run(
+    input_subscription: str,
+    output_topic: str,
+    dead_letter_topic: str,
+    model_repository: str = "",
+    model_name: str = "",
+    model_dir: str = "",
+    output_dir: str = "",
+    top_k: int = 3,
+    batch_size: int = 16,
+    refresh_seconds: float = 60,
+    window_seconds: int = 60,
+    runner: str = "DirectRunner",
+    beam_args: Sequence[str] = (),
+    max_run_seconds: float = 0,
+    pubsub_emulator_host: str = "",
+    dataflow: beam_utils.DataflowSettings | None = None,
+) -> dict[str, Any]:
+    """Runs streaming prediction: launches it on Dataflow, or runs it here.
+
+    Args:
+        input_subscription: ``projects/<p>/subscriptions/<s>``: the images to predict
+            (see ``messages.py`` for the message contract).
+        output_topic: ``projects/<p>/topics/<t>``: one prediction message per image.
+        dead_letter_topic: ``projects/<p>/topics/<t>``: each message that got no
+            prediction, unchanged, with ``error_reason`` and ``error_detail`` attributes.
+        model_repository: A model repository (local path or ``gs://``), with
+            ``model_name``: its newest version serves, and a newer version published
+            while the job runs is picked up within ``refresh_seconds``. Exclusive with
+            ``model_dir``.
+        model_name: The model's name in ``model_repository``.
+        model_dir: One exported SavedModel directory, fixed for the job's life.
+        output_dir: When set, the predictions are also written there as JSON Lines,
+            one file per ``window_seconds`` window.
+        top_k: Classes listed per image, most probable first.
+        batch_size: Most images per model call (a message never waits for a batch to fill).
+        refresh_seconds: How often a worker looks for a newer version (0: never).
+        window_seconds: The window of the files under ``output_dir``.
+        runner: ``DirectRunner`` (runs here until stopped or ``max_run_seconds``) or
+            ``DataflowRunner`` (launched; returns once the job is submitted).
+        beam_args: Other Beam pipeline arguments, e.g. ``["--job_name=j"]``.
+        max_run_seconds: DirectRunner: stop after this long (0: run until interrupted).
+            Ignored on Dataflow, where the job runs until drained or cancelled.
+        pubsub_emulator_host: ``host:port`` of a Pub/Sub emulator to use instead of
+            Pub/Sub (the DirectRunner only); empty: ``PUBSUB_EMULATOR_HOST`` as set.
+        dataflow: The named Dataflow settings (project, region, the workers' image: the
+            batch_predict stage's dataflow-worker image); None: none.
+
+    Returns:
+        ``runner``, ``job_id`` (Dataflow's; empty here), ``state``, ``model`` (what
+        serves) and ``counters`` (messages, predicted, dead_letters, dead_<reason>,
+        model_refreshes; from a run here).
+
+    Raises:
+        ValueError: on invalid arguments.
+        RuntimeError: when the pipeline fails.
+    """
+    _check(
+        input_subscription,
+        output_topic,
+        dead_letter_topic,
+        model_repository,
+        model_name,
+        model_dir,
+        top_k,
+        batch_size,
+        refresh_seconds,
+        max_run_seconds,
+    )
+    if pubsub_emulator_host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_emulator_host
+    model = model_dir or io.join(model_repository, model_name)
+    if output_dir:
+        io.makedirs(output_dir)
+    pipeline = beam_utils.make_pipeline(runner, ["--streaming", *beam_args], dataflow=dataflow)
+    build_pipeline(
+        pipeline,
+        input_subscription,
+        output_topic,
+        dead_letter_topic,
+        model_repository=model_repository,
+        model_name=model_name,
+        model_dir=model_dir,
+        output_dir=output_dir,
+        top_k=top_k,
+        batch_size=batch_size,
+        refresh_seconds=refresh_seconds,
+        window_seconds=window_seconds,
+    )
+    _log.info(
+        "stream_predict: %s -> %s with %s (%s)", input_subscription, output_topic, model, runner
+    )
+    result = pipeline.run()
+    summary = {"runner": runner, "job_id": "", "state": "", "model": model, "counters": {}}
+    if "Dataflow" in runner:
+        summary["job_id"] = result.job_id()
+        summary["state"] = str(result.state)
+        _log.info("stream_predict: launched Dataflow job %s", summary["job_id"])
+        return summary
+    summary["state"] = _wait_here(result, max_run_seconds)
+    summary["counters"] = _counters(result)
+    _log.info("stream_predict: %s", json.dumps(summary["counters"]))
+    return summary
+
+
+def _wait_here(result: Any, max_run_seconds: float) -> str:
+    """Waits for a local streaming run: until it fails, or ``max_run_seconds`` pass."""
+    failure: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            result.wait_until_finish()
+        except BaseException as e:  # Re-raised in the caller's thread.
+            failure.append(e)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(timeout=max_run_seconds or None)
+    if failure:
+        raise RuntimeError(f"the stream_predict pipeline failed: {failure[0]}") from failure[0]
+    if waiter.is_alive():
+        result.cancel()
+        return "CANCELLED"
+    return str(result.state)
