@@ -1,6 +1,13 @@
 """Command line: ``python -m components.batch_predict --model-dir DIR --output-dir DIR
 (--input-uris FILE | --dataset-dir DIR) [--top-k 3] [--batch-size 32] [Beam args...]``.
 
+With ``--endpoint`` the images go to a deployed model instead (one request per batch)::
+
+    python -m components.batch_predict --endpoint http://127.0.0.1:8080/v1/models/image-classifier \
+        (--labels-uri labels.txt | --model-dir EXPORT) --output-dir DIR --input-uris FILE \
+        [--request-timeout-s 30] [--max-retries 5]
+    python -m components.batch_predict --endpoint projects/P/locations/L/endpoints/ID ...
+
 Arguments it does not know go to Beam (e.g. ``--runner=DataflowRunner --project=p``).
 Prints the run's summary as JSON.
 
@@ -31,7 +38,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         description="Batch prediction with an exported SavedModel on Apache Beam "
         "(arguments not listed here go to Beam).",
     )
-    parser.add_argument("--model-dir", required=True, help="exported SavedModel directory")
+    parser.add_argument(
+        "--model-dir",
+        default="",
+        help="exported SavedModel directory (with --endpoint: only its labels are read)",
+    )
     parser.add_argument("--output-dir", required=True, help="where to write the JSON Lines")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -57,7 +68,34 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         help="largest tolerated share of inputs without a prediction",
     )
     parser.add_argument("--runner", default=default["runner"], help="Beam runner")
-    return parser.parse_known_args(argv)
+    parser.add_argument(
+        "--endpoint",
+        default=default["endpoint"],
+        help="call this deployed model instead of loading --model-dir: a TF Serving REST URL "
+        "(http://host:port/v1/models/NAME) or a Vertex AI endpoint "
+        "(projects/P/locations/L/endpoints/ID)",
+    )
+    parser.add_argument(
+        "--labels-uri",
+        default=default["labels_uri"],
+        help="with --endpoint: the model's label file (default: the export's, in --model-dir)",
+    )
+    parser.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=default["request_timeout_s"],
+        help="with --endpoint: longest wait for one answer",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=default["max_retries"],
+        help="with --endpoint: retries of a request answered 429/502/503/504 or not at all",
+    )
+    args, beam_args = parser.parse_known_args(argv)
+    if not args.model_dir and not args.endpoint:
+        parser.error("--model-dir is required (or --endpoint)")
+    return args, beam_args
 
 
 def parse_vertex_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,5 @@
-"""The batch_predict Beam pipeline: an exported SavedModel over many images, to JSON Lines.
+"""The batch_predict Beam pipeline: an exported SavedModel, or a deployed model, over many
+images, to JSON Lines.
 
 Input, one of:
 
@@ -11,7 +12,13 @@ Input, one of:
 
 Each image's bytes are read (``FileSystems``: local, ``gs://``, ...), batched and run
 through the SavedModel's ``serving_default`` signature by Beam's ``RunInference`` with
-``model_handler.SavedModelHandler``. Output, under ``output_dir``::
+``model_handler.SavedModelHandler``, loaded in the workers; or, with an ``endpoint``, sent
+to a model already serving, one request per batch (``remote_handler``): a TF Serving REST
+URL (``http(s)://host:port/v1/models/<name>``: the local model server, KServe, TF Serving)
+or a Vertex AI endpoint (``projects/<p>/locations/<l>/endpoints/<id>``), with retries and
+backoff on 429/502/503/504, connection errors and timeouts. The labels then come from
+``labels_uri`` or, when that is empty, from the export in ``model_dir`` (neither API
+answers a label list). Output, under ``output_dir``::
 
     predictions-SSSSS-of-NNNNN.jsonl   one JSON object per image:
         {"uri", "label", "probability", "top_k": [{"label", "probability"}, ...],
@@ -25,8 +32,10 @@ particular order.
 
 Bad input is data, not a crash: a missing, unreadable or empty file, a malformed listing
 line and an image the model cannot decode are each counted (Beam counters) and written to
-``errors.jsonl`` with their reason, and no good image is lost with them. The run fails,
-after writing everything, only when the share of errors passes ``max_error_fraction``.
+``errors.jsonl`` with their reason, and no good image is lost with them. So are the images
+a remote endpoint gave no answer for (``remote_unavailable`` once the retries are spent,
+``remote_error`` for another error answer). The run fails, after writing everything, only
+when the share of errors passes ``max_error_fraction``.
 
 On Dataflow, pass ``runner="DataflowRunner"`` and ``dataflow`` settings (project, region,
 temp_location on gs://, the workers' image: the batch_predict stage's dataflow-worker
@@ -44,10 +53,18 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.runners.runner import PipelineState
 
-from components.common import beam as beam_utils, io, model_handler, schema, serving
+from components.common import (
+    beam as beam_utils,
+    io,
+    labels as labels_lib,
+    model_handler,
+    remote_handler,
+    schema,
+    serving,
+)
 from components.common.model_handler import InferenceFailure
 
 STAGE = "batch_predict"
@@ -61,6 +78,8 @@ MALFORMED_LINE = "malformed_line"
 EMPTY_FILE = "empty_file"
 UNDECODABLE_IMAGE = model_handler.UNDECODABLE_IMAGE
 _PROGRESS_EVERY = 1000
+# Beam's adaptive throttling delay for an endpoint (RemoteModelHandler's default).
+THROTTLE_DELAY_S = remote_handler.DEFAULT_THROTTLE_DELAY_S
 
 _log = logging.getLogger(__name__)
 
@@ -220,6 +239,30 @@ def predictions_pattern(output_dir: str) -> str:
     return io.join(output_dir, f"{PREDICTIONS_PREFIX}-*-of-*{PREDICTIONS_SUFFIX}")
 
 
+def inference_handler(
+    model_dir: str,
+    labels: list[str],
+    batch_size: int = 32,
+    endpoint: str = "",
+    request_timeout_s: float = 30.0,
+    max_retries: int = 5,
+) -> KeyedModelHandler:
+    """The keyed RunInference handler: the SavedModel in the workers, or the endpoint."""
+    if endpoint:
+        return remote_handler.keyed_remote_handler(
+            endpoint,
+            labels,
+            batch_size,
+            timeout_s=request_timeout_s,
+            num_retries=max_retries,
+            throttle_delay_s=THROTTLE_DELAY_S,
+            metrics_namespace=STAGE,
+        )
+    return model_handler.keyed_handler(
+        model_dir, batch_size, num_classes=len(labels), metrics_namespace=STAGE
+    )
+
+
 def build_pipeline(
     pipeline: beam.Pipeline,
     model_dir: str,
@@ -229,17 +272,23 @@ def build_pipeline(
     *,
     top_k: int = 3,
     batch_size: int = 32,
+    endpoint: str = "",
+    request_timeout_s: float = 30.0,
+    max_retries: int = 5,
 ) -> None:
     """Adds the stage's transforms to a Beam pipeline (``run`` builds and runs one).
 
     Args:
         pipeline: The pipeline to add to.
-        model_dir: The exported SavedModel directory.
+        model_dir: The exported SavedModel directory (unused with an ``endpoint``).
         output_dir: Where to write predictions, errors and stats.
         listing: The file (or glob) listing the images: ``uri,label`` CSV or one URI a line.
         labels: The model's labels, in class-index order.
         top_k: Classes listed per image.
-        batch_size: Images per model call.
+        batch_size: Images per model call (per request, with an endpoint).
+        endpoint: A deployed model to call instead of loading ``model_dir`` (see ``run``).
+        request_timeout_s: Longest wait for one answer of the endpoint.
+        max_retries: Retries of a request the endpoint did not answer.
     """
     listed = (
         pipeline
@@ -252,8 +301,8 @@ def build_pipeline(
         | "Redistribute" >> beam.Reshuffle()
         | "ReadImages" >> beam.ParDo(ReadImage()).with_outputs(ERRORS, main="ok")
     )
-    handler = model_handler.keyed_handler(
-        model_dir, batch_size, num_classes=len(labels), metrics_namespace=STAGE
+    handler = inference_handler(
+        model_dir, labels, batch_size, endpoint, request_timeout_s, max_retries
     )
     formatted = (
         images.ok
@@ -316,6 +365,37 @@ def resolve_listing(input_uris: str, dataset_dir: str) -> str:
     return listing
 
 
+def resolve_labels(model_dir: str, labels_uri: str, endpoint: str) -> tuple[list[str], str]:
+    """The model's labels and where they were read: ``labels_uri`` (for an endpoint only),
+    else the export's ``assets.extra/labels.txt`` in ``model_dir``.
+
+    Raises:
+        ValueError: without ``model_dir`` and an endpoint, with an endpoint and neither
+            ``labels_uri`` nor ``model_dir``, or with ``labels_uri`` but no endpoint (the
+            export carries its own labels).
+        FileNotFoundError: when the label file does not exist.
+    """
+    if not endpoint:
+        if not model_dir:
+            raise ValueError("model_dir is required (or an endpoint to call instead)")
+        if labels_uri:
+            raise ValueError(
+                "labels_uri is for an endpoint: a model loaded from model_dir has its own "
+                "labels (assets.extra/labels.txt)"
+            )
+    if labels_uri:
+        return labels_lib.read_labels(labels_uri), labels_uri
+    if not model_dir:
+        raise ValueError(
+            f"the endpoint {endpoint} does not say its labels: give labels_uri (a label "
+            "file, one label a line in class-index order) or model_dir (the exported model "
+            "it serves, whose assets.extra/labels.txt is read)"
+        )
+    return serving.read_export_labels(model_dir), serving.extra_path(
+        model_dir, labels_lib.LABELS_FILE
+    )
+
+
 def _remove_stale_shards(output_dir: str) -> None:
     beam_utils.delete_matching([predictions_pattern(output_dir)])
 
@@ -345,12 +425,17 @@ def run(
     beam_args: Sequence[str] = (),
     max_error_fraction: float = 0.1,
     dataflow: beam_utils.DataflowSettings | None = None,
+    endpoint: str = "",
+    labels_uri: str = "",
+    request_timeout_s: float = 30.0,
+    max_retries: int = 5,
 ) -> dict[str, Any]:
-    """Runs batch prediction with an exported SavedModel and waits for it.
+    """Runs batch prediction with an exported SavedModel, or a deployed one, and waits for it.
 
     Args:
         model_dir: The exported SavedModel directory (local path or ``gs://``), with its
-            labels in ``assets.extra/labels.txt``.
+            labels in ``assets.extra/labels.txt``. With an ``endpoint`` it is not loaded,
+            only its labels are read (unless ``labels_uri`` is given; then it may be "").
         output_dir: Where to write ``predictions-SSSSS-of-NNNNN.jsonl``, ``errors.jsonl``
             and ``stats.json`` (local path or ``gs://``); shards of an earlier run there
             are replaced.
@@ -370,21 +455,34 @@ def run(
             it the run fails (after writing every output).
         dataflow: The named Dataflow settings (project, region, machines, the workers'
             image: the stage's ``dataflow-worker`` image); None: none.
+        endpoint: A deployed model to call instead of loading ``model_dir`` in the
+            workers: a TF Serving REST model URL (``http(s)://host:port/v1/models/<name>``:
+            the local model server, KServe, TF Serving) or a Vertex AI endpoint
+            (``projects/<p>/locations/<l>/endpoints/<id>``); one request per
+            ``batch_size`` images. Empty: load the model.
+        labels_uri: With an endpoint, a label file (one label a line, in class-index
+            order) naming the endpoint model's classes; empty: the labels of the export in
+            ``model_dir``.
+        request_timeout_s: With an endpoint, the longest wait for one answer.
+        max_retries: With an endpoint, how often a request is sent again after a 429,
+            502, 503 or 504, a connection error or a timeout (Beam's exponential backoff,
+            from 5 s); past them its images go to ``errors.jsonl`` as
+            ``remote_unavailable``.
 
     Returns:
         ``rows`` (images predicted), ``errors`` (inputs without a prediction),
         ``errors_by_reason``, ``predictions`` (glob of the prediction shards),
-        ``prediction_files`` (their paths), ``errors_path``, ``labels``, ``top_k``
-        (effective), ``input`` (the listing read) and ``counters`` (the stage's Beam
-        counters, when the runner reports them).
+        ``prediction_files`` (their paths), ``errors_path``, ``labels``,
+        ``labels_source`` (the file they were read from), ``endpoint`` (empty: the model
+        ran in the workers), ``top_k`` (effective), ``input`` (the listing read) and
+        ``counters`` (the stage's Beam counters, when the runner reports them; with an
+        endpoint ``remote_requests``, ``remote_retries``, ``remote_failures``, ...).
 
     Raises:
         ValueError: on invalid arguments, or an error share above ``max_error_fraction``.
         FileNotFoundError: when the listing or the model's label file does not exist.
     """
     listing = resolve_listing(input_uris, dataset_dir)
-    if not model_dir:
-        raise ValueError("model_dir is required")
     if not output_dir:
         raise ValueError("output_dir is required")
     if top_k < 1:
@@ -393,14 +491,35 @@ def run(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= max_error_fraction <= 1:
         raise ValueError(f"max_error_fraction must be in [0, 1], got {max_error_fraction}")
-    labels = serving.read_export_labels(model_dir)
+    if endpoint:
+        remote_handler.endpoint_kind(endpoint)
+        if request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+    labels, labels_source = resolve_labels(model_dir, labels_uri, endpoint)
 
     io.makedirs(output_dir)
     _remove_stale_shards(output_dir)
-    _log.info("batch_predict: %s with %s -> %s (%s)", listing, model_dir, output_dir, runner)
+    _log.info(
+        "batch_predict: %s with %s -> %s (%s)",
+        listing,
+        endpoint or model_dir,
+        output_dir,
+        runner,
+    )
     pipeline = beam_utils.make_pipeline(runner, beam_args, dataflow=dataflow)
     build_pipeline(
-        pipeline, model_dir, output_dir, listing, labels, top_k=top_k, batch_size=batch_size
+        pipeline,
+        model_dir,
+        output_dir,
+        listing,
+        labels,
+        top_k=top_k,
+        batch_size=batch_size,
+        endpoint=endpoint,
+        request_timeout_s=request_timeout_s,
+        max_retries=max_retries,
     )
     result = pipeline.run()
     state = result.wait_until_finish()
@@ -415,6 +534,8 @@ def run(
         "prediction_files": io.glob(predictions_pattern(output_dir)),
         "errors_path": errors_path,
         "labels": labels,
+        "labels_source": labels_source,
+        "endpoint": endpoint,
         "top_k": min(top_k, len(labels)),
         "input": listing,
         "counters": _counters(result),

@@ -21,8 +21,8 @@ from components.images import stage_image
 
 @dsl.component(base_image=stage_image("batch_predict"), install_kfp_package=False)
 def batch_predict(
-    model: Input[Model],
     predictions: Output[Dataset],
+    model: Input[Model] = None,
     dataset: Input[Dataset] = None,
     input_uris: str = "",
     top_k: int = 3,
@@ -36,17 +36,23 @@ def batch_predict(
     worker_machine_type: str = "",
     max_num_workers: int = 0,
     sdk_container_image: str = "",
+    endpoint: str = "",
+    labels_uri: str = "",
+    request_timeout_s: float = 30.0,
+    max_retries: int = 5,
 ):
     """Predicts the class of many images with an exported model, on Apache Beam.
 
     Runs Beam's RunInference with the SavedModel's serving signature over every listed
-    image (DirectRunner here, Dataflow at scale) and writes JSON Lines. An image that
-    cannot be read or decoded is recorded in ``errors.jsonl`` with its reason; the step
-    fails only when such errors pass ``max_error_fraction`` of the inputs.
+    image (DirectRunner here, Dataflow at scale), or sends them to a deployed model
+    (``endpoint``), and writes JSON Lines. An image that cannot be read or decoded, or
+    that the endpoint gave no answer for, is recorded in ``errors.jsonl`` with its reason;
+    the step fails only when such errors pass ``max_error_fraction`` of the inputs.
 
     Args:
         model: The exported serving SavedModel (the export stage's output), with its
-            labels in ``assets.extra/labels.txt``.
+            labels in ``assets.extra/labels.txt``. With an ``endpoint`` only its labels
+            are read, and it may be left out when ``labels_uri`` is given.
         dataset: A create_tfrecords dataset: its test manifest (``manifests/test.csv``)
             lists the images. Used only when ``input_uris`` is empty.
         input_uris: A file listing the images to predict (a ``uri,label`` CSV or one URI
@@ -66,6 +72,17 @@ def batch_predict(
             default.
         sdk_container_image: Image the Dataflow workers run: this stage's dataflow-worker
             image (containers/batch_predict/Dockerfile); other runners ignore it.
+        endpoint: A deployed model to call instead of loading ``model`` in the workers: a
+            TF Serving REST URL (``http://host:8080/v1/models/<name>``: the local model
+            server, a KServe InferenceService) or a Vertex AI endpoint
+            (``projects/<p>/locations/<l>/endpoints/<id>``); one request per
+            ``batch_size`` images. Empty: load the model.
+        labels_uri: With an endpoint: the model's label file (one label a line, in
+            class-index order); empty: the labels of ``model``.
+        request_timeout_s: With an endpoint: the longest wait for one answer.
+        max_retries: With an endpoint: how often a request answered 429, 502, 503, 504
+            (or not at all) is sent again, with exponential backoff; then its images go
+            to ``errors.jsonl`` as ``remote_unavailable``.
 
     Returns:
         predictions: The output directory: ``predictions-SSSSS-of-NNNNN.jsonl`` (one object
@@ -81,7 +98,7 @@ def batch_predict(
     from components.common.io import artifact_location
 
     summary = run(
-        model_dir=artifact_location(model),
+        model_dir="" if model is None else artifact_location(model),
         output_dir=artifact_location(predictions),
         input_uris=input_uris,
         dataset_dir="" if input_uris or dataset is None else artifact_location(dataset),
@@ -98,6 +115,10 @@ def batch_predict(
             max_num_workers=max_num_workers,
             sdk_container_image=sdk_container_image,
         ),
+        endpoint=endpoint,
+        labels_uri=labels_uri,
+        request_timeout_s=request_timeout_s,
+        max_retries=max_retries,
     )
     predictions.metadata.update(summary)
 

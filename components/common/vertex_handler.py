@@ -1,0 +1,173 @@
+"""The Vertex AI endpoint handler of ``components.common.remote_handler`` (see there): Beam's
+``VertexAIModelHandlerJSON`` sending encoded images the way Vertex AI's prebuilt
+TensorFlow container and the suite's custom container take them, and answering class
+probabilities in label order.
+
+Its own module because importing Beam's Vertex AI handler imports the Vertex AI SDK
+(seconds): ``remote_handler.remote_handler`` imports it only for a Vertex endpoint.
+
+What it changes in Beam's handler:
+
+* instances: each image as ``{"b64": "<base64>"}`` (TF Serving's row format of the
+  export's one input, ``image_bytes``), not the element itself;
+* each prediction (``{"probabilities": [...], "class_index", "label", "score"}``, the
+  export's signature outputs) becomes the float32 probabilities, checked against the
+  labels (``remote_handler.probabilities_of``), and an answer with another number of
+  predictions than images is an error, not a shorter result (Beam's pairs them with
+  ``zip``);
+* errors: 429 and ``RESOURCE_EXHAUSTED``, 502, 503, 504 / ``DEADLINE_EXCEEDED``, transport
+  errors are ``RemoteUnavailable`` (retried), a 400 / ``INVALID_ARGUMENT`` (e.g. a bad
+  image, or a request over the 1.5 MB a public endpoint takes) is ``RequestRejected`` (the
+  batch goes again image by image), other API errors ``RemoteError``; Beam's retries 500
+  too, which here is an error answer, not retried;
+* ``timeout_s`` on each request, and the remote counters.
+
+Vertex AI returns no label list either: the caller passes the labels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.ml.inference.vertex_ai_inference import VertexAIModelHandlerJSON
+
+from components.common.remote_handler import (
+    DEFAULT_NUM_RETRIES,
+    DEFAULT_THROTTLE_DELAY_S,
+    DEFAULT_TIMEOUT_S,
+    VERTEX_ENDPOINT,
+    RemoteError,
+    RemoteUnavailable,
+    RequestRejected,
+    _RetryCounter,
+    accepted_anyway,
+    count_request,
+    instances,
+    is_retryable,
+    probabilities_of,
+)
+
+
+class VertexClient(NamedTuple):
+    """The ``aiplatform.Endpoint`` and the per-thread retry bookkeeping of its requests."""
+
+    endpoint: Any
+    retries: _RetryCounter
+
+
+def classify_error(error: Exception) -> Exception:
+    """The remote_handler error of a Vertex AI SDK error (the error itself when it is
+    none of the API's or transport's)."""
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    if isinstance(
+        error,
+        api.TooManyRequests | api.ServiceUnavailable | api.BadGateway | api.GatewayTimeout,
+    ):
+        return RemoteUnavailable(f"{type(error).__name__}: {error}")
+    if isinstance(error, api.RetryError | auth.TransportError | ConnectionError | TimeoutError):
+        return RemoteUnavailable(f"{type(error).__name__}: {error}")
+    if isinstance(error, api.BadRequest):
+        return RequestRejected(400, getattr(error, "message", None) or str(error))
+    if isinstance(error, api.GoogleAPICallError):
+        return RemoteError(f"{type(error).__name__}: {error}")
+    return error
+
+
+class VertexEndpointHandler(VertexAIModelHandlerJSON):
+    """Encoded images to a Vertex AI endpoint, one ``predict`` call per batch; each
+    result's inference is the image's float32 class probabilities in label order.
+
+    Made on the launcher, it checks (as Beam's handler does) that the endpoint exists and
+    has a model deployed, with the caller's Google Cloud credentials.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        labels: Sequence[str],
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        num_retries: int = DEFAULT_NUM_RETRIES,
+        throttle_delay_s: float = DEFAULT_THROTTLE_DELAY_S,
+        metrics_namespace: str = "inference",
+    ):
+        """Configures the handler.
+
+        Args:
+            endpoint: ``projects/<project>/locations/<location>/endpoints/<id>``.
+            labels: The model's labels, in class-index order (checked against each answer).
+            timeout_s: Longest wait for one answer.
+            num_retries: Retries of a request that got no answer, with Beam's backoff.
+            throttle_delay_s: Beam's adaptive throttling delay.
+            metrics_namespace: Namespace of the counters (the stage's name).
+        """
+        match = VERTEX_ENDPOINT.fullmatch(endpoint)
+        if not match:
+            raise ValueError(
+                f"not a Vertex AI endpoint (projects/<p>/locations/<l>/endpoints/<id>): {endpoint!r}"
+            )
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if num_retries < 0:
+            raise ValueError(f"num_retries must be >= 0, got {num_retries}")
+        if not labels:
+            raise ValueError("labels must not be empty")
+        project, location, endpoint_id = match.groups()
+        super().__init__(
+            endpoint_id=endpoint_id,
+            project=project,
+            location=location,
+            num_retries=num_retries,
+            throttle_delay_secs=throttle_delay_s,
+        )
+        self.retry_filter = is_retryable
+        self.endpoint = endpoint
+        self.labels = list(labels)
+        self.timeout_s = timeout_s
+        self.metrics_namespace = metrics_namespace
+
+    def create_client(self) -> VertexClient:  # type: ignore[override]
+        """The endpoint (checked again on the worker) and its retry bookkeeping."""
+        return VertexClient(super().create_client(), _RetryCounter())
+
+    def request(
+        self,
+        batch: Sequence[bytes],
+        model: VertexClient,  # type: ignore[override]
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        """One ``predict`` call of the batch (Beam's ``run_inference`` retries it)."""
+        count_request(self.metrics_namespace, model.retries, batch)
+        sent_at = time.time()
+        try:
+            prediction = model.endpoint.predict(
+                instances=instances(batch), parameters=inference_args, timeout=self.timeout_s
+            )
+        except Exception as e:
+            error = classify_error(e)
+            if error is e:
+                raise
+            if isinstance(error, RequestRejected):
+                accepted_anyway(self, sent_at)
+            raise error from e
+        predictions = list(prediction.predictions)
+        if len(predictions) != len(batch):
+            raise RemoteError(
+                f"the endpoint {self.endpoint} answered {len(predictions)} predictions for "
+                f"{len(batch)} images"
+            )
+        return [
+            PredictionResult(
+                image, probabilities_of(answer, self.labels), prediction.deployed_model_id
+            )
+            for image, answer in zip(batch, predictions, strict=True)
+        ]
+
+    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
+        """Rejects inference args: the serving signature takes none."""
+        if inference_args:
+            raise ValueError(f"the serving signature takes no inference_args: {inference_args}")
