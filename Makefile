@@ -16,7 +16,7 @@ TARGET ?= kfp
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample-data images demo serve query test lint compile lock clean
+.PHONY: help setup sample-data images demo demo-stream serve query test lint compile lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ RUNNER ?= subprocess
 
 demo: sample-data $(if $(filter docker,$(RUNNER)),images) ## Run the whole pipeline locally (kfp local; RUNNER=docker: in the stage images) on the sample set
 	$(PY) -m pipelines.run_local --runner $(RUNNER) --image-dir $(SAMPLE)/images --work-dir $(DEMO)
+
+demo-stream: setup ## After `make demo`: stream the test split through Pub/Sub (emulator) and Beam, print latency
+	timeout 300 $(PY) -m pipelines.stream_demo --work-dir $(DEMO) --model-name $(MODEL_NAME)
 
 serve: setup ## Serve the model the demo deployed: REST on 127.0.0.1:$(PORT), gRPC on $(GRPC_PORT) (SERVE_ARGS: more options)
 	$(PY) -m components.deploy.server --model-repository $(DEMO)/model_repository \

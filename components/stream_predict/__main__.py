@@ -35,9 +35,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     )
     model.add_argument("--model-dir", default=default["model_dir"], help="one SavedModel")
     parser.add_argument("--model-name", default=default["model_name"])
-    parser.add_argument(
-        "--output-dir", default=default["output_dir"], help="also write JSON Lines here"
-    )
     parser.add_argument("--top-k", type=int, default=default["top_k"])
     parser.add_argument("--batch-size", type=int, default=default["batch_size"])
     parser.add_argument(
@@ -46,7 +43,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         default=default["refresh_seconds"],
         help="how often to look for a newer model version",
     )
-    parser.add_argument("--window-seconds", type=int, default=default["window_seconds"])
     parser.add_argument("--runner", default=default["runner"], help="Beam runner")
     parser.add_argument(
         "--max-run-seconds",

@@ -1,7 +1,6 @@
 """The stream_predict Beam pipeline: Pub/Sub messages in, a prediction message per image out.
 
     input subscription ──► parse ──► read URI ──► RunInference ──► prediction ──► output topic
-                             │           │             │                   └──► files (optional)
                              └───────────┴─────────────┴──► dead-letter topic (with the reason)
 
 The message contract is in ``messages.py``. The model is, one of:
@@ -30,7 +29,6 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import PredictionResult, RunInference
-from apache_beam.transforms import window
 
 from components.common import beam as beam_utils, io, serving
 from components.common.model_handler import InferenceFailure
@@ -148,11 +146,9 @@ def build_pipeline(
     model_repository: str = "",
     model_name: str = "",
     model_dir: str = "",
-    output_dir: str = "",
     top_k: int = 3,
     batch_size: int = 16,
     refresh_seconds: float = 60,
-    window_seconds: int = 60,
 ) -> None:
     """Adds the stage's transforms to a streaming Beam pipeline (``run`` builds and runs one).
 
@@ -165,12 +161,9 @@ def build_pipeline(
             serves and newer ones are picked up. Exclusive with ``model_dir``.
         model_name: The model's name in the repository.
         model_dir: One exported SavedModel, fixed. Exclusive with ``model_repository``.
-        output_dir: When set, the predictions are also written there as JSON Lines, one
-            file per ``window_seconds`` window.
         top_k: Classes listed per image.
         batch_size: Most images per model call.
         refresh_seconds: How often a worker looks for a newer model version.
-        window_seconds: The window of the files under ``output_dir``.
     """
     parsed = (
         pipeline
@@ -195,18 +188,6 @@ def build_pipeline(
         | "DeadLetterMessages" >> beam.Map(_to_pubsub)
         | "WriteDeadLetters" >> beam.io.WriteToPubSub(dead_letter_topic, with_attributes=True)
     )
-    if output_dir:
-        _ = (
-            predicted.ok
-            | "PredictionLines" >> beam.MapTuple(lambda data, _: data.decode())
-            | "Window" >> beam.WindowInto(window.FixedWindows(window_seconds))
-            | "WriteFiles"
-            >> beam.io.fileio.WriteToFiles(
-                output_dir,
-                file_naming=beam.io.fileio.default_file_naming("predictions", ".jsonl"),
-                shards=1,
-            )
-        )
 
 
 def _counters(result: Any) -> dict[str, int]:
@@ -266,11 +247,9 @@ def run(
     model_repository: str = "",
     model_name: str = "",
     model_dir: str = "",
-    output_dir: str = "",
     top_k: int = 3,
     batch_size: int = 16,
     refresh_seconds: float = 60,
-    window_seconds: int = 60,
     runner: str = "DirectRunner",
     beam_args: Sequence[str] = (),
     max_run_seconds: float = 0,
@@ -291,12 +270,9 @@ def run(
             ``model_dir``.
         model_name: The model's name in ``model_repository``.
         model_dir: One exported SavedModel directory, fixed for the job's life.
-        output_dir: When set, the predictions are also written there as JSON Lines,
-            one file per ``window_seconds`` window.
         top_k: Classes listed per image, most probable first.
         batch_size: Most images per model call (a message never waits for a batch to fill).
         refresh_seconds: How often a worker looks for a newer version (0: never).
-        window_seconds: The window of the files under ``output_dir``.
         runner: ``DirectRunner`` (runs here until stopped or ``max_run_seconds``) or
             ``DataflowRunner`` (launched; returns once the job is submitted).
         beam_args: Other Beam pipeline arguments, e.g. ``["--job_name=j"]``.
@@ -331,8 +307,6 @@ def run(
     if pubsub_emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_emulator_host
     model = model_dir or io.join(model_repository, model_name)
-    if output_dir:
-        io.makedirs(output_dir)
     pipeline = beam_utils.make_pipeline(runner, ["--streaming", *beam_args], dataflow=dataflow)
     build_pipeline(
         pipeline,
@@ -342,11 +316,9 @@ def run(
         model_repository=model_repository,
         model_name=model_name,
         model_dir=model_dir,
-        output_dir=output_dir,
         top_k=top_k,
         batch_size=batch_size,
         refresh_seconds=refresh_seconds,
-        window_seconds=window_seconds,
     )
     _log.info(
         "stream_predict: %s -> %s with %s (%s)", input_subscription, output_topic, model, runner

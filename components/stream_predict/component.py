@@ -1,0 +1,114 @@
+"""KFP component of the stream_predict stage, a thin wrapper over ``beam_pipeline.run``.
+
+It runs on the batch_predict stage's image (the same Beam and TensorFlow, with Pub/Sub).
+"""
+
+from kfp import dsl
+from kfp.dsl import Input, Metrics, Model, Output
+
+from components.images import stage_image
+
+
+@dsl.component(base_image=stage_image("batch_predict"), install_kfp_package=False)
+def stream_predict(
+    input_subscription: str,
+    output_topic: str,
+    dead_letter_topic: str,
+    stats: Output[Metrics],
+    gcp_resources: dsl.OutputPath(str),
+    model: Input[Model] = None,
+    model_repository: str = "",
+    model_name: str = "",
+    top_k: int = 3,
+    batch_size: int = 16,
+    refresh_seconds: float = 60.0,
+    runner: str = "DirectRunner",
+    beam_args: list = [],  # noqa: B006
+    max_run_seconds: float = 0.0,
+    pubsub_emulator_host: str = "",
+    project: str = "",
+    region: str = "",
+    temp_location: str = "",
+    worker_machine_type: str = "",
+    max_num_workers: int = 0,
+    sdk_container_image: str = "",
+) -> str:
+    """Predicts images as they arrive on Pub/Sub, with a streaming Apache Beam job.
+
+    Each input message is an image (its encoded bytes, or its URI as the data or in the
+    ``image_uri`` attribute); each gets a JSON prediction message on ``output_topic``
+    with the input's attributes, or, when no prediction can be made, goes unchanged to
+    ``dead_letter_topic`` with ``error_reason`` and ``error_detail`` attributes. On
+    Dataflow the step launches the job and returns its id (the job runs until drained or
+    cancelled; to roll a new model out to a running job, pass ``--update`` and its
+    ``--job_name`` in ``beam_args``, or serve a model repository, which the job watches).
+
+    Args:
+        input_subscription: projects/<p>/subscriptions/<s> the images arrive on.
+        output_topic: projects/<p>/topics/<t> for the predictions.
+        dead_letter_topic: projects/<p>/topics/<t> for messages without a prediction.
+        model: An exported SavedModel, fixed for the job's life. Exclusive with
+            model_repository.
+        model_repository: A model repository (what deploy publishes): its newest version
+            of model_name serves, and a newer one is picked up while the job runs.
+        model_name: The model's name in model_repository.
+        top_k: Classes listed per image, most probable first.
+        batch_size: Most images per model call.
+        refresh_seconds: How often a worker looks for a newer model version.
+        runner: DirectRunner (runs in this step) or DataflowRunner (launched; the step
+            returns once the job is submitted).
+        beam_args: Other Beam pipeline arguments, e.g. ["--job_name=j"].
+        max_run_seconds: DirectRunner: stop after this long (0: until stopped).
+        pubsub_emulator_host: host:port of a Pub/Sub emulator (DirectRunner only).
+        project: Google Cloud project of the Dataflow job; empty leaves it unset.
+        region: Dataflow region, e.g. us-central1; empty leaves it unset.
+        temp_location: gs:// folder for Dataflow's temporary and staging files.
+        worker_machine_type: Dataflow worker machine type; empty: Dataflow's default.
+        max_num_workers: Most Dataflow workers; 0: Dataflow's default.
+        sdk_container_image: Image the Dataflow workers run: the batch_predict stage's
+            dataflow-worker image.
+
+    Returns:
+        stats: Counters of a run here (messages, predicted, dead_letters, model_refreshes).
+        gcp_resources: The Dataflow job, as Google Cloud Pipeline Components report it
+            (the Vertex AI Pipelines console links it).
+        Output: The Dataflow job id; empty for a run here.
+    """
+    import json
+
+    from components.common.beam import DataflowSettings
+    from components.common.io import artifact_location
+    from components.stream_predict.beam_pipeline import run
+
+    summary = run(
+        input_subscription=input_subscription,
+        output_topic=output_topic,
+        dead_letter_topic=dead_letter_topic,
+        model_repository=model_repository,
+        model_name=model_name,
+        model_dir="" if model is None else artifact_location(model),
+        top_k=top_k,
+        batch_size=batch_size,
+        refresh_seconds=refresh_seconds,
+        runner=runner,
+        beam_args=[str(arg) for arg in beam_args],
+        max_run_seconds=max_run_seconds,
+        pubsub_emulator_host=pubsub_emulator_host,
+        dataflow=DataflowSettings(
+            project=project,
+            region=region,
+            temp_location=temp_location,
+            worker_machine_type=worker_machine_type,
+            max_num_workers=max_num_workers,
+            sdk_container_image=sdk_container_image,
+        ),
+    )
+    for name, value in summary["counters"].items():
+        stats.log_metric(name, value)
+    resources = []
+    if summary["job_id"]:
+        uri = f"https://dataflow.googleapis.com/v1b3/projects/{project}/locations/{region}/jobs/"
+        resources.append({"resourceType": "DataflowJob", "resourceUri": uri + summary["job_id"]})
+    with open(gcp_resources, "w") as f:
+        json.dump({"resources": resources}, f)
+    return summary["job_id"]

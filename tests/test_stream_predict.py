@@ -1,0 +1,281 @@
+"""stream_predict: Pub/Sub in (the emulator on loopback), predictions and dead letters out.
+
+The pipeline runs as a user runs it (``python -m components.stream_predict``, DirectRunner
+in streaming mode) or through kfp local; the tests publish real messages and read what
+comes back on the topics.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from kfp import dsl
+
+from components.common import model_repository
+from components.common.model_handler import LoadedModel
+from components.common.serving import read_export_labels
+from components.stream_predict import beam_pipeline, messages
+from pipelines.pubsub_emulator import PubSubEmulator, subscription_path
+from pipelines.stream_demo import Inbox
+
+MODEL = "classifier"
+
+
+class Outputs(NamedTuple):
+    """What the kfp-local test pipeline returns from the stream_predict task."""
+
+    stats: dsl.Metrics
+    job_id: str
+    gcp_resources: str
+
+
+WAIT_S = 120
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    if not shutil.which("gcloud"):
+        pytest.skip("the Pub/Sub emulator needs the Google Cloud CLI (gcloud)")
+    with PubSubEmulator() as running:
+        yield running
+
+
+@pytest.fixture
+def topics(emulator, request):
+    """Fresh topics and subscriptions for one test: images, predictions, dead letters."""
+    name = request.node.name.replace("_", "-")[:40]
+    paths = {}
+    for kind in ("images", "predictions", "dead"):
+        paths[kind] = emulator.create_topic(f"{kind}-{name}", subscription=f"{kind}-{name}-sub")
+        paths[f"{kind}_sub"] = subscription_path(emulator.project, f"{kind}-{name}-sub")
+    return paths
+
+
+def _publish(topic: str, data: bytes, **attributes: str) -> None:
+    from google.cloud import pubsub_v1
+
+    pubsub_v1.PublisherClient().publish(topic, data, **attributes).result()
+
+
+def _repository(exported_model: str, root, versions=(1,)) -> str:
+    for version in versions:
+        shutil.copytree(exported_model, os.path.join(root, MODEL, str(version)))
+    return str(root)
+
+
+def _start(topics, *args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "components.stream_predict"]
+    command += ["--input-subscription", topics["images_sub"]]
+    command += ["--output-topic", topics["predictions"]]
+    command += ["--dead-letter-topic", topics["dead"], "--max-run-seconds", "300", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen) -> str:
+    process.terminate()
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output.decode(errors="replace")
+
+
+def _expected_label(exported_model: str, path: str) -> str:
+    model = LoadedModel(exported_model)
+    with open(path, "rb") as f:
+        probabilities = model.predict([f.read()])[0]
+    return read_export_labels(exported_model)[int(np.argmax(probabilities))]
+
+
+def test_each_message_gets_a_prediction_or_a_dead_letter(
+    topics, exported_model, sample_data, tmp_path
+):
+    images = sorted(glob.glob(os.path.join(sample_data.image_dir, "*", "*.jpg")))[:3]
+    repository = _repository(exported_model, tmp_path / "repository")
+    process = _start(
+        topics,
+        *("--model-repository", repository, "--model-name", MODEL),
+    )
+    predictions = Inbox(topics["predictions_sub"])
+    dead = Inbox(topics["dead_sub"])
+    try:
+        with open(images[0], "rb") as f:
+            _publish(topics["images"], f.read(), id="bytes", caller="kept")
+        _publish(topics["images"], images[1].encode(), id="uri-data")
+        _publish(topics["images"], b"", id="uri-attribute", image_uri=images[2])
+        _publish(topics["images"], b"\xff\xd8 not really a JPEG", id="bad-bytes")
+        _publish(topics["images"], b"", id="empty")
+        _publish(topics["images"], str(tmp_path / "missing.jpg").encode(), id="missing")
+        deadline = time.time() + WAIT_S
+        answered = predictions.wait_for(3, deadline) and dead.wait_for(3, deadline)
+        time.sleep(1)  # Nothing more arrives: one answer per message.
+    finally:
+        predictions.close()
+        dead.close()
+        log = _stop(process)
+    assert answered, log[-5000:]
+
+    assert set(predictions.received) == {"bytes", "uri-data", "uri-attribute"}, log[-3000:]
+    for key, image in zip(("bytes", "uri-data", "uri-attribute"), images, strict=True):
+        _, data, attributes = predictions.received[key]
+        body = json.loads(data)
+        assert body["label"] == _expected_label(exported_model, image)
+        assert attributes["label"] == body["label"]
+        assert body["model_version"] == attributes["model_version"] == "1"
+        assert [c["label"] for c in body["top_k"]][0] == body["label"]
+        assert body["message_id"] == attributes["source_message_id"]
+        assert body.get("uri", "") == ("" if key == "bytes" else image)
+    assert predictions.received["bytes"][2]["caller"] == "kept"
+
+    reasons = {key: attributes["error_reason"] for key, (_, _, attributes) in dead.received.items()}
+    assert reasons == {
+        "bad-bytes": "undecodable_image",
+        "empty": "empty_message",
+        "missing": "missing_file",
+    }
+    _, data, attributes = dead.received["bad-bytes"]
+    assert data == b"\xff\xd8 not really a JPEG"  # Unchanged, to inspect or republish.
+    assert attributes["error_stage"] == "stream_predict" and attributes["error_detail"]
+
+
+def test_a_version_published_mid_stream_serves_later_messages(
+    topics, exported_model, sample_data, tmp_path
+):
+    image = sorted(glob.glob(os.path.join(sample_data.image_dir, "*", "*.jpg")))[0]
+    repository = _repository(exported_model, tmp_path / "repository")
+    process = _start(
+        topics,
+        *("--model-repository", repository, "--model-name", MODEL, "--refresh-seconds", "1"),
+    )
+    predictions = Inbox(topics["predictions_sub"])
+    try:
+        _publish(topics["images"], image.encode(), id="before")
+        assert predictions.wait_for(1, time.time() + WAIT_S)
+        _repository(exported_model, tmp_path / "repository", versions=(2,))
+        version = "1"
+        deadline = time.time() + 60
+        for i in range(60):  # A worker looks again once refresh_seconds have passed.
+            _publish(topics["images"], image.encode(), id=f"after-{i}")
+            assert predictions.wait_for(i + 2, deadline)
+            version = json.loads(predictions.received[f"after-{i}"][1])["model_version"]
+            if version == "2":
+                break
+            time.sleep(0.5)
+        later = f"after-{i + 1}"
+        _publish(topics["images"], image.encode(), id=later)
+        assert predictions.wait_for(i + 3, deadline)
+    finally:
+        predictions.close()
+        log = _stop(process)
+    assert json.loads(predictions.received["before"][1])["model_version"] == "1"
+    assert version == "2", log[-3000:]
+    assert json.loads(predictions.received[later][1])["model_version"] == "2"
+    assert "now serving version 2 (was 1)" in log
+
+
+def test_component_runs_through_kfp_local(topics, emulator, exported_model, sample_data, kfp_local):
+    from components.stream_predict.component import stream_predict
+
+    images = sorted(glob.glob(os.path.join(sample_data.image_dir, "*", "*.jpg")))[:2]
+    for i, image in enumerate(images):
+        _publish(topics["images"], image.encode(), id=f"image-{i}")
+    _publish(topics["images"], b"", id="empty")
+
+    from kfp import dsl
+
+    @dsl.pipeline
+    def stream_pipeline() -> Outputs:
+        model = dsl.importer(artifact_uri=exported_model, artifact_class=dsl.Model)
+        task = stream_predict(
+            input_subscription=topics["images_sub"],
+            output_topic=topics["predictions"],
+            dead_letter_topic=topics["dead"],
+            model=model.output,
+            max_run_seconds=25.0,
+            refresh_seconds=0.0,
+            pubsub_emulator_host=emulator.host,
+        )
+        return Outputs(
+            stats=task.outputs["stats"],
+            job_id=task.outputs["Output"],
+            gcp_resources=task.outputs["gcp_resources"],
+        )
+
+    outputs = stream_pipeline().outputs
+    assert outputs["job_id"] == ""  # No Dataflow job: it ran in the step.
+    assert json.loads(outputs["gcp_resources"]) == {"resources": []}
+    stats = outputs["stats"].metadata
+    assert stats["predicted"] == 2 and stats["dead_letters"] == 1, stats
+    assert stats["dead_empty_message"] == 1
+    predictions = Inbox(topics["predictions_sub"])
+    try:
+        assert predictions.wait_for(2, time.time() + 30)
+    finally:
+        predictions.close()
+    assert set(predictions.received) == {"image-0", "image-1"}
+
+
+@pytest.mark.parametrize(
+    ("data", "attributes", "kind", "uri"),
+    [
+        (b"\xff\xd8\xff\xe0rest", {}, "bytes", ""),
+        (b"\x89PNG\r\n", {}, "bytes", ""),
+        (b"gs://bucket/a.jpg\n", {}, "uri", "gs://bucket/a.jpg"),
+        (b"ignored", {"image_uri": "/data/b.png"}, "uri", "/data/b.png"),
+        (b"two\nlines", {}, "bytes", ""),
+    ],
+)
+def test_a_message_names_its_image_by_bytes_or_uri(data, attributes, kind, uri):
+    request, parsed_kind = messages.parse_message(data, attributes, "m1")
+    assert (parsed_kind, request.uri, request.data) == (kind, uri, data)
+
+
+def test_a_message_without_an_image_is_refused_with_its_reason():
+    with pytest.raises(ValueError) as e:
+        messages.parse_message(b"", {"id": "x"}, "m1")
+    assert e.value.args[0] == messages.EMPTY_MESSAGE
+
+
+def test_a_dead_letter_keeps_the_data_and_fits_pubsub_attribute_limits():
+    request = messages.Request("m1", {"id": "x"}, "", b"\x00data")
+    data, attributes = messages.dead_letter(request, "undecodable_image", "é" * 2000)
+    assert data == b"\x00data" and attributes["id"] == "x"
+    assert len(attributes["error_detail"].encode()) <= 1024
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"input_subscription": "images"}, "projects/<project>/subscriptions/<name>"),
+        ({"output_topic": "projects/p/subscriptions/s"}, "projects/<project>/topics/<name>"),
+        ({"model_dir": "/m"}, "exactly one model"),
+        ({"model_repository": ""}, "exactly one model"),
+        ({"model_name": ""}, "model_name is required"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+    ],
+)
+def test_invalid_arguments_fail_before_anything_starts(changes, message):
+    arguments = {
+        "input_subscription": "projects/p/subscriptions/images",
+        "output_topic": "projects/p/topics/predictions",
+        "dead_letter_topic": "projects/p/topics/dead",
+        "model_repository": "/repository",
+        "model_name": MODEL,
+        **changes,
+    }
+    with pytest.raises(ValueError, match=message.replace("<", ".").replace(">", ".")):
+        beam_pipeline.run(**arguments)
+
+
+def test_model_version_is_the_repository_version():
+    assert beam_pipeline.model_version("/r/classifier/12") == "12"
+    assert beam_pipeline.model_version("gs://b/export/") == "gs://b/export/"
+    assert model_repository.model_base("/r", MODEL) == "/r/classifier"
