@@ -259,6 +259,7 @@ def test_a_dead_letter_keeps_the_data_and_fits_pubsub_attribute_limits():
         ({"model_dir": "/m"}, "exactly one model"),
         ({"model_repository": ""}, "exactly one model"),
         ({"model_name": ""}, "model_name is required"),
+        ({"model_repository": "", "endpoint": "http://h/v1/models/m"}, "labels_uri"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
     ],
 )
@@ -279,3 +280,51 @@ def test_model_version_is_the_repository_version():
     assert beam_pipeline.model_version("/r/classifier/12") == "12"
     assert beam_pipeline.model_version("gs://b/export/") == "gs://b/export/"
     assert model_repository.model_base("/r", MODEL) == "/r/classifier"
+
+
+@pytest.fixture
+def served_model(exported_model, tmp_path):
+    """The local model server on ``exported_model``: yields its TF Serving REST model URL."""
+    from components.deploy import local
+    from components.deploy.model_repository import publish
+
+    repository = str(tmp_path / "served")
+    publish(exported_model, repository, MODEL)
+    port = local.free_port()
+    log_path = str(tmp_path / "server.log")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            local.server_command(repository, MODEL, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        local.wait_until_ready(process, MODEL, port, WAIT_S, log_path)
+        yield f"http://127.0.0.1:{port}/v1/models/{MODEL}"
+    finally:
+        local.stop_server(process)
+
+
+def test_streaming_can_call_a_deployed_model(topics, exported_model, served_model, sample_data):
+    images = sorted(glob.glob(os.path.join(sample_data.image_dir, "*", "*.jpg")))[:2]
+    labels_uri = os.path.join(exported_model, "assets.extra", "labels.txt")
+    process = _start(topics, "--endpoint", served_model, "--labels-uri", labels_uri)
+    predictions = Inbox(topics["predictions_sub"])
+    dead = Inbox(topics["dead_sub"])
+    try:
+        for i, image in enumerate(images):
+            _publish(topics["images"], image.encode(), id=f"image-{i}")
+        _publish(topics["images"], b"\x89PNG but no image", id="bad")
+        deadline = time.time() + WAIT_S
+        answered = predictions.wait_for(2, deadline) and dead.wait_for(1, deadline)
+    finally:
+        predictions.close()
+        dead.close()
+        log = _stop(process)
+    assert answered, log[-5000:]
+    for i, image in enumerate(images):
+        body = json.loads(predictions.received[f"image-{i}"][1])
+        assert body["label"] == _expected_label(exported_model, image)
+        assert body["model_version"] == served_model
+    assert dead.received["bad"][2]["error_reason"] == "undecodable_image"

@@ -1,5 +1,6 @@
 """Command line: ``python -m components.stream_predict --input-subscription S --output-topic T
---dead-letter-topic D (--model-repository DIR --model-name N | --model-dir DIR)
+--dead-letter-topic D (--model-repository DIR --model-name N | --model-dir DIR |
+--endpoint URL --labels-uri FILE)
 [--max-run-seconds 0] [Beam args...]``.
 
 Arguments it does not know go to Beam (e.g. ``--runner=DataflowRunner --project=p
@@ -34,6 +35,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--model-repository", default=default["model_repository"], help="newest version serves"
     )
     model.add_argument("--model-dir", default=default["model_dir"], help="one SavedModel")
+    model.add_argument(
+        "--endpoint", default=default["endpoint"], help="TF Serving REST URL or Vertex endpoint"
+    )
+    parser.add_argument(
+        "--labels-uri", default=default["labels_uri"], help="the endpoint's label file"
+    )
     parser.add_argument("--model-name", default=default["model_name"])
     parser.add_argument("--top-k", type=int, default=default["top_k"])
     parser.add_argument("--batch-size", type=int, default=default["batch_size"])
@@ -43,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         default=default["refresh_seconds"],
         help="how often to look for a newer model version",
     )
+    parser.add_argument("--request-timeout-s", type=float, default=default["request_timeout_s"])
+    parser.add_argument("--max-retries", type=int, default=default["max_retries"])
     parser.add_argument("--runner", default=default["runner"], help="Beam runner")
     parser.add_argument(
         "--max-run-seconds",

@@ -8,7 +8,10 @@ The message contract is in ``messages.py``. The model is, one of:
 * a model repository and model name (what deploy publishes locally): the newest version
   serves, and a version published while the stream runs is picked up without a restart
   (``model_refresh.py``);
-* one exported SavedModel directory (``model_dir``), fixed for the job's life.
+* one exported SavedModel directory (``model_dir``), fixed for the job's life;
+* a deployed model (``endpoint``: a TF Serving REST model URL such as the local server's or
+  KServe's, or a Vertex AI endpoint), called with batches of images, retried with backoff
+  on 429/503 (``components/common/remote_handler.py``), with its labels from ``labels_uri``.
 
 Runs with ``--streaming`` on the DirectRunner (against the Pub/Sub emulator when
 ``PUBSUB_EMULATOR_HOST`` names one) or on Dataflow, where ``run`` launches the job and
@@ -30,7 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from components.common import beam as beam_utils, io, serving
+from components.common import beam as beam_utils, io, labels as labels_lib, remote_handler, serving
 from components.common.model_handler import InferenceFailure
 from components.common.predictions import prediction_record
 from components.stream_predict import messages, model_refresh
@@ -86,8 +89,10 @@ class ToPredictionMessage(beam.DoFn):
     a new version with other labels is reported with its own.
     """
 
-    def __init__(self, top_k: int):
+    def __init__(self, top_k: int, endpoint: str = "", endpoint_labels: Sequence[str] = ()):
         self._top_k = top_k
+        self._endpoint = endpoint
+        self._endpoint_labels = list(endpoint_labels)
 
     def setup(self) -> None:
         self._predicted = Metrics.counter(STAGE, "predicted")
@@ -99,17 +104,19 @@ class ToPredictionMessage(beam.DoFn):
         if isinstance(result.inference, InferenceFailure):
             yield _dead(request, result.inference.reason, result.inference.detail)
             return
-        model_dir = result.model_id or ""
-        if model_dir not in self._labels:
-            self._labels[model_dir] = serving.read_export_labels(model_dir)
-        record = prediction_record(
-            request.uri, result.inference, self._labels[model_dir], self._top_k
-        )
+        if self._endpoint:
+            labels, version = self._endpoint_labels, self._endpoint
+        else:
+            model_dir = result.model_id or ""
+            if model_dir not in self._labels:
+                self._labels[model_dir] = serving.read_export_labels(model_dir)
+            labels, version = self._labels[model_dir], model_version(model_dir)
+        record = prediction_record(request.uri, result.inference, labels, self._top_k)
         self._predicted.inc()
         self._seen += 1
         if self._seen % _PROGRESS_EVERY == 0:
             _log.info("stream_predict: this worker has predicted %d images", self._seen)
-        yield messages.prediction_message(request, record, model_version(model_dir))
+        yield messages.prediction_message(request, record, version)
 
 
 def model_version(model_dir: str) -> str:
@@ -127,9 +134,22 @@ def _handler(
     model_repository: str,
     model_name: str,
     model_dir: str,
+    endpoint: str,
+    labels: Sequence[str],
     batch_size: int,
     refresh_seconds: float,
+    request_timeout_s: float,
+    max_retries: int,
 ) -> Any:
+    if endpoint:
+        return remote_handler.keyed_remote_handler(
+            endpoint,
+            labels,
+            batch_size,
+            timeout_s=request_timeout_s,
+            num_retries=max_retries,
+            metrics_namespace=STAGE,
+        )
     if model_repository:
         return model_refresh.keyed_repository_handler(
             model_repository, model_name, batch_size, refresh_seconds, metrics_namespace=STAGE
@@ -146,9 +166,13 @@ def build_pipeline(
     model_repository: str = "",
     model_name: str = "",
     model_dir: str = "",
+    endpoint: str = "",
+    endpoint_labels: Sequence[str] = (),
     top_k: int = 3,
     batch_size: int = 16,
     refresh_seconds: float = 60,
+    request_timeout_s: float = 30.0,
+    max_retries: int = 5,
 ) -> None:
     """Adds the stage's transforms to a streaming Beam pipeline (``run`` builds and runs one).
 
@@ -161,9 +185,14 @@ def build_pipeline(
             serves and newer ones are picked up. Exclusive with ``model_dir``.
         model_name: The model's name in the repository.
         model_dir: One exported SavedModel, fixed. Exclusive with ``model_repository``.
+        endpoint: A deployed model to call instead (TF Serving REST URL or Vertex AI
+            endpoint); exclusive with the two above.
+        endpoint_labels: The endpoint's model's labels, in class-index order.
         top_k: Classes listed per image.
-        batch_size: Most images per model call.
+        batch_size: Most images per model call (per request to an endpoint).
         refresh_seconds: How often a worker looks for a newer model version.
+        request_timeout_s: Longest wait for one answer of the endpoint.
+        max_retries: Retries of a request the endpoint did not answer (429, 503, ...).
     """
     parsed = (
         pipeline
@@ -171,11 +200,24 @@ def build_pipeline(
         >> beam.io.ReadFromPubSub(subscription=input_subscription, with_attributes=True)
         | "Parse" >> beam.ParDo(ParseMessage()).with_outputs(DEAD, main="ok")
     )
-    handler = _handler(model_repository, model_name, model_dir, batch_size, refresh_seconds)
+    handler = _handler(
+        model_repository,
+        model_name,
+        model_dir,
+        endpoint,
+        endpoint_labels,
+        batch_size,
+        refresh_seconds,
+        request_timeout_s,
+        max_retries,
+    )
     predicted = (
         parsed.ok
         | "RunInference" >> RunInference(handler)
-        | "ToMessages" >> beam.ParDo(ToPredictionMessage(top_k)).with_outputs(DEAD, main="ok")
+        | "ToMessages"
+        >> beam.ParDo(ToPredictionMessage(top_k, endpoint, endpoint_labels)).with_outputs(
+            DEAD, main="ok"
+        )
     )
     _ = (
         predicted.ok
@@ -212,6 +254,8 @@ def _check(
     model_repository: str,
     model_name: str,
     model_dir: str,
+    endpoint: str,
+    labels_uri: str,
     top_k: int,
     batch_size: int,
     refresh_seconds: float,
@@ -225,11 +269,17 @@ def _check(
         parts = value.split("/")
         if len(parts) != 4 or parts[0] != "projects" or parts[2] != kind or not all(parts):
             raise ValueError(f"{name} must be projects/<project>/{kind}/<name>, got {value!r}")
-    if bool(model_repository) == bool(model_dir):
+    if sum(map(bool, (model_repository, model_dir, endpoint))) != 1:
         raise ValueError(
             "give exactly one model: model_repository (with model_name; newer versions are "
-            "picked up) or model_dir (one exported SavedModel); got "
-            f"model_repository={model_repository!r}, model_dir={model_dir!r}"
+            "picked up), model_dir (one exported SavedModel) or endpoint (a deployed model, "
+            f"with labels_uri); got model_repository={model_repository!r}, "
+            f"model_dir={model_dir!r}, endpoint={endpoint!r}"
+        )
+    if bool(endpoint) != bool(labels_uri):
+        raise ValueError(
+            "labels_uri (a label file, one label a line in class-index order) goes with an "
+            "endpoint, and an endpoint needs it; a SavedModel carries its own labels"
         )
     if model_repository and not model_name:
         raise ValueError("model_name is required with model_repository")
@@ -247,9 +297,13 @@ def run(
     model_repository: str = "",
     model_name: str = "",
     model_dir: str = "",
+    endpoint: str = "",
+    labels_uri: str = "",
     top_k: int = 3,
     batch_size: int = 16,
     refresh_seconds: float = 60,
+    request_timeout_s: float = 30.0,
+    max_retries: int = 5,
     runner: str = "DirectRunner",
     beam_args: Sequence[str] = (),
     max_run_seconds: float = 0,
@@ -270,9 +324,18 @@ def run(
             ``model_dir``.
         model_name: The model's name in ``model_repository``.
         model_dir: One exported SavedModel directory, fixed for the job's life.
+        endpoint: A deployed model to call instead of loading one: a TF Serving REST
+            model URL (``http://host:8080/v1/models/<name>``: the local server, KServe)
+            or a Vertex AI endpoint (``projects/<p>/locations/<l>/endpoints/<id>``).
+        labels_uri: The endpoint's labels: a label file, one label a line in class-index
+            order (e.g. the export's ``assets.extra/labels.txt``). Only with ``endpoint``.
         top_k: Classes listed per image, most probable first.
-        batch_size: Most images per model call (a message never waits for a batch to fill).
+        batch_size: Most images per model call or request (a message never waits for a
+            batch to fill).
         refresh_seconds: How often a worker looks for a newer version (0: never).
+        request_timeout_s: Longest wait for one answer of the endpoint.
+        max_retries: Retries, with backoff, of a request the endpoint did not answer
+            (429, 503, a refused connection); then its images are dead-lettered.
         runner: ``DirectRunner`` (runs here until stopped or ``max_run_seconds``) or
             ``DataflowRunner`` (launched; returns once the job is submitted).
         beam_args: Other Beam pipeline arguments, e.g. ``["--job_name=j"]``.
@@ -299,6 +362,8 @@ def run(
         model_repository,
         model_name,
         model_dir,
+        endpoint,
+        labels_uri,
         top_k,
         batch_size,
         refresh_seconds,
@@ -306,7 +371,8 @@ def run(
     )
     if pubsub_emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_emulator_host
-    model = model_dir or io.join(model_repository, model_name)
+    model = endpoint or model_dir or io.join(model_repository, model_name)
+    endpoint_labels = labels_lib.read_labels(labels_uri) if labels_uri else []
     pipeline = beam_utils.make_pipeline(runner, ["--streaming", *beam_args], dataflow=dataflow)
     build_pipeline(
         pipeline,
@@ -316,9 +382,13 @@ def run(
         model_repository=model_repository,
         model_name=model_name,
         model_dir=model_dir,
+        endpoint=endpoint,
+        endpoint_labels=endpoint_labels,
         top_k=top_k,
         batch_size=batch_size,
         refresh_seconds=refresh_seconds,
+        request_timeout_s=request_timeout_s,
+        max_retries=max_retries,
     )
     _log.info(
         "stream_predict: %s -> %s with %s (%s)", input_subscription, output_topic, model, runner

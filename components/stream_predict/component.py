@@ -19,9 +19,13 @@ def stream_predict(
     model: Input[Model] = None,
     model_repository: str = "",
     model_name: str = "",
+    endpoint: str = "",
+    labels_uri: str = "",
     top_k: int = 3,
     batch_size: int = 16,
     refresh_seconds: float = 60.0,
+    request_timeout_s: float = 30.0,
+    max_retries: int = 5,
     runner: str = "DirectRunner",
     beam_args: list = [],  # noqa: B006
     max_run_seconds: float = 0.0,
@@ -52,9 +56,14 @@ def stream_predict(
         model_repository: A model repository (what deploy publishes): its newest version
             of model_name serves, and a newer one is picked up while the job runs.
         model_name: The model's name in model_repository.
+        endpoint: A deployed model to call instead of loading one: a TF Serving REST
+            model URL (the local server, KServe) or a Vertex AI endpoint resource name.
+        labels_uri: The endpoint's label file (one label a line, class-index order).
         top_k: Classes listed per image, most probable first.
         batch_size: Most images per model call.
         refresh_seconds: How often a worker looks for a newer model version.
+        request_timeout_s: Longest wait for one answer of the endpoint.
+        max_retries: Retries, with backoff, of a request the endpoint did not answer.
         runner: DirectRunner (runs in this step) or DataflowRunner (launched; the step
             returns once the job is submitted).
         beam_args: Other Beam pipeline arguments, e.g. ["--job_name=j"].
@@ -86,10 +95,14 @@ def stream_predict(
         dead_letter_topic=dead_letter_topic,
         model_repository=model_repository,
         model_name=model_name,
+        endpoint=endpoint,
+        labels_uri=labels_uri,
         model_dir="" if model is None else artifact_location(model),
         top_k=top_k,
         batch_size=batch_size,
         refresh_seconds=refresh_seconds,
+        request_timeout_s=request_timeout_s,
+        max_retries=max_retries,
         runner=runner,
         beam_args=[str(arg) for arg in beam_args],
         max_run_seconds=max_run_seconds,
