@@ -20,6 +20,8 @@ Beam's pipeline start-up and (a, b) the model's load are inside it (printed apar
 The server (c, d, e) is started once before any path and is not timed; it and the client
 share the machine's cores. TensorFlow and Beam are imported before the first path.
 ``--repeats`` runs every path that many times, in turn, and keeps each one's best time.
+Then, in the same run, streaming latency (``--stream-rates``): ``make demo-stream``'s
+measurement (``pipelines.stream_demo``) at each rate.
 
 The model is ``make demo``'s (the latest version in ``work/demo/model_repository``,
 MobileNetV3Small at 96 px) unless ``--model-dir`` names an export; the images are the
@@ -191,6 +193,9 @@ def versions() -> str:
     return ", ".join(f"{name} {version(name)}" for name in names)
 
 
+SERVED_NAME_OF_DEMO = "image-classifier"  # The model name `make demo` deploys under.
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default="", help="exported SavedModel (default: demo)")
@@ -202,6 +207,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32, help="images per call/request")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each path (best kept)")
     parser.add_argument("--paths", default=",".join(PATHS), help="which of a,b,c,d,e")
+    parser.add_argument(
+        "--stream-rates",
+        default="10,40",
+        help="streaming latency at these images/s (make demo-stream's run; needs `make "
+        "demo` and gcloud's Pub/Sub emulator; empty: skip)",
+    )
+    parser.add_argument("--demo-dir", default="work/demo", help="where `make demo` ran")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
 
@@ -261,6 +273,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"| {path} | {NAMES[path]} | {len(uris)} | {best[path]['seconds']:.2f} | "
             f"{rate:.1f} | {rate / baseline:.2f} |"
+        )
+    for rate in [float(r) for r in args.stream_rates.split(",") if r]:
+        from pipelines.stream_demo import run_demo
+
+        report = run_demo(args.demo_dir, rate, 240, SERVED_NAME_OF_DEMO)
+        result[f"stream_{rate:g}_per_s"] = report
+        print(
+            f"streaming at {rate:g} images/s: {report['predicted']}/{report['published']} "
+            f"predicted, latency p50 {report['latency_ms_p50']} ms, "
+            f"p99 {report['latency_ms_p99']} ms"
         )
     print(json.dumps(result, default=str))
     return result
