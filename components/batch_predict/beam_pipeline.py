@@ -49,7 +49,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
@@ -66,6 +65,7 @@ from components.common import (
     serving,
 )
 from components.common.model_handler import InferenceFailure
+from components.common.predictions import prediction_record
 
 STAGE = "batch_predict"
 ERRORS = "errors"  # Tag of the error side outputs.
@@ -91,41 +91,6 @@ def _error(uri: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
     Metrics.counter(STAGE, "errors").inc()
     Metrics.counter(STAGE, f"errors_{reason}").inc()
     return beam.pvalue.TaggedOutput(ERRORS, beam_utils.error_record(STAGE, uri, reason, detail))
-
-
-def prediction_record(
-    uri: str, probabilities: np.ndarray, labels: list[str], top_k: int, true_label: str = ""
-) -> dict[str, Any]:
-    """One line of the predictions: the top class, the ``top_k`` classes, the true label.
-
-    Args:
-        uri: The image's URI.
-        probabilities: The model's class probabilities, in label order.
-        labels: The model's labels.
-        top_k: How many classes to list (capped at the number of classes).
-        true_label: The label the listing gave, if any.
-
-    Returns:
-        ``{"uri", "label", "probability", "top_k": [{"label", "probability"}, ...]}``, plus
-        ``"true_label"`` when given; ``top_k`` is sorted by descending probability (ties
-        in label order).
-    """
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if probabilities.shape != (len(labels),):
-        raise ValueError(
-            f"the model gave {probabilities.shape} probabilities for {len(labels)} labels"
-        )
-    order = np.argsort(-probabilities, kind="stable")[: max(1, min(top_k, len(labels)))]
-    top = [{"label": labels[i], "probability": float(probabilities[i])} for i in order]
-    record: dict[str, Any] = {
-        "uri": uri,
-        "label": top[0]["label"],
-        "probability": top[0]["probability"],
-        "top_k": top,
-    }
-    if true_label:
-        record["true_label"] = true_label
-    return record
 
 
 # --------------------------------------------------------------------------- DoFns
