@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from kfp import dsl
 
-from components.common import model_repository
 from components.common.model_handler import LoadedModel
 from components.common.serving import read_export_labels
 from components.stream_predict import beam_pipeline, messages
@@ -279,7 +278,6 @@ def test_invalid_arguments_fail_before_anything_starts(changes, message):
 def test_model_version_is_the_repository_version():
     assert beam_pipeline.model_version("/r/classifier/12") == "12"
     assert beam_pipeline.model_version("gs://b/export/") == "gs://b/export/"
-    assert model_repository.model_base("/r", MODEL) == "/r/classifier"
 
 
 @pytest.fixture

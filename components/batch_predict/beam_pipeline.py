@@ -51,7 +51,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.runners.runner import PipelineState
 
@@ -75,7 +74,7 @@ SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"
 # Reasons an input gets no prediction (besides components.common.beam's beam_utils.MISSING_FILE and
 # beam_utils.UNREADABLE_FILE, the reading ones).
 MALFORMED_LINE = "malformed_line"
-EMPTY_FILE = "empty_file"
+EMPTY_FILE = beam_utils.EMPTY_FILE
 UNDECODABLE_IMAGE = model_handler.UNDECODABLE_IMAGE
 _PROGRESS_EVERY = 1000
 # Beam's adaptive throttling delay for an endpoint (RemoteModelHandler's default).
@@ -123,22 +122,6 @@ class ParseListingLine(beam.DoFn):
         )
 
 
-def read_image_bytes(uri: str) -> bytes:
-    """Reads a file's bytes as they are, local or remote.
-
-    Raises:
-        LookupError: ``(reason, detail)`` with reason ``missing_file``, ``unreadable_file``
-            or ``empty_file``.
-    """
-    try:
-        data = beam_utils.read_file(uri)
-    except beam_utils.UnreadableFile as e:
-        raise LookupError(e.reason, e.detail) from e
-    if not data:
-        raise LookupError(EMPTY_FILE, f"the file is empty (0 bytes): {uri}")
-    return data
-
-
 class ReadImage(beam.DoFn):
     """``(uri, true label)`` to ``((uri, true label), bytes)``; unreadable files to ``errors``."""
 
@@ -149,10 +132,9 @@ class ReadImage(beam.DoFn):
     def process(self, element: tuple[str, str]) -> Iterator[Any]:
         uri, _ = element
         try:
-            data = read_image_bytes(uri)
-        except LookupError as e:
-            reason, detail = e.args
-            yield _error(uri, reason, detail)
+            data = beam_utils.read_image_file(uri)
+        except beam_utils.UnreadableFile as e:
+            yield _error(uri, e.reason, e.detail)
             return
         self._read.inc()
         self._bytes.inc(len(data))
@@ -365,20 +347,6 @@ def _remove_stale_shards(output_dir: str) -> None:
     beam_utils.delete_matching([predictions_pattern(output_dir)])
 
 
-def _counters(result: Any) -> dict[str, int]:
-    try:
-        query = result.metrics().query(MetricsFilter().with_namespace(STAGE))
-    except Exception as e:  # Some runners do not report metrics.
-        _log.info("batch_predict: no counters from the runner: %s", e)
-        return {}
-    counters: dict[str, int] = {}
-    for counter in query.get("counters", []):
-        value = counter.committed if counter.committed is not None else counter.attempted
-        name = counter.key.metric.name
-        counters[name] = counters.get(name, 0) + int(value or 0)
-    return dict(sorted(counters.items()))
-
-
 def run(
     model_dir: str,
     output_dir: str,
@@ -503,7 +471,7 @@ def run(
         "endpoint": endpoint,
         "top_k": min(top_k, len(labels)),
         "input": listing,
-        "counters": _counters(result),
+        "counters": beam_utils.stage_counters(result, STAGE),
     }
     rows, errors = stats["rows"], stats["errors"]
     _log.info("batch_predict: %d prediction(s) in %s", rows, output_dir)

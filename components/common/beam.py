@@ -213,6 +213,24 @@ def make_pipeline(
     return beam.Pipeline(runner=_resolve_runner(runner, options), options=options)
 
 
+def stage_counters(result: Any, namespace: str) -> dict[str, int]:
+    """A finished (or stopped) run's counters in ``namespace``, by name; empty when the
+    runner reports none."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(namespace))
+    except Exception as e:  # Some runners do not report metrics.
+        _log.info("%s: no counters from the runner: %s", namespace, e)
+        return {}
+    counters: dict[str, int] = {}
+    for counter in query.get("counters", []):
+        value = counter.committed if counter.committed is not None else counter.attempted
+        name = counter.key.metric.name
+        counters[name] = counters.get(name, 0) + int(value or 0)
+    return dict(sorted(counters.items()))
+
+
 def delete_matching(patterns: list[str]) -> int:
     """Deletes the files matching ``patterns`` (shards of an earlier run: a new run may
     write fewer, and readers glob). Returns how many were deleted."""
@@ -225,11 +243,13 @@ def delete_matching(patterns: list[str]) -> int:
 
 MISSING_FILE = "missing_file"
 UNREADABLE_FILE = "unreadable_file"
+EMPTY_FILE = "empty_file"
 
 
 class UnreadableFile(Exception):
-    """A listed file that cannot be read; ``reason`` is ``missing_file`` or
-    ``unreadable_file``, ``detail`` says why for a person."""
+    """A listed file that cannot be read; ``reason`` is ``missing_file``,
+    ``unreadable_file`` or (``read_image_file``) ``empty_file``, ``detail`` says why for
+    a person."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(reason, detail)
@@ -255,6 +275,19 @@ def read_file(uri: str) -> bytes:
         if missing:
             raise UnreadableFile(MISSING_FILE, f"no such file: {uri}") from e
         raise UnreadableFile(UNREADABLE_FILE, f"cannot read {uri}: {type(e).__name__}: {e}") from e
+
+
+def read_image_file(uri: str) -> bytes:
+    """An image file's bytes as they are, local or remote (both prediction stages).
+
+    Raises:
+        UnreadableFile: with reason ``missing_file``, ``unreadable_file`` or
+            ``empty_file``.
+    """
+    data = read_file(uri)
+    if not data:
+        raise UnreadableFile(EMPTY_FILE, f"the file is empty (0 bytes): {uri}")
+    return data
 
 
 # Header lines of a listing are skipped when their fields are such column names.

@@ -30,7 +30,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from components.common import beam as beam_utils, io, labels as labels_lib, remote_handler, serving
@@ -72,12 +71,9 @@ class ParseMessage(beam.DoFn):
             yield request, request.data
             return
         try:
-            data = beam_utils.read_file(request.uri)
+            data = beam_utils.read_image_file(request.uri)
         except beam_utils.UnreadableFile as e:
             yield _dead(request, e.reason, e.detail)
-            return
-        if not data:
-            yield _dead(request, messages.EMPTY_FILE, f"the file is empty (0 bytes): {request.uri}")
             return
         yield request, data
 
@@ -230,21 +226,6 @@ def build_pipeline(
         | "DeadLetterMessages" >> beam.Map(_to_pubsub)
         | "WriteDeadLetters" >> beam.io.WriteToPubSub(dead_letter_topic, with_attributes=True)
     )
-
-
-def _counters(result: Any) -> dict[str, int]:
-    try:
-        query = result.metrics().query(MetricsFilter().with_namespace(STAGE))
-    except Exception as e:  # Some runners do not report metrics.
-        _log.info("stream_predict: no counters from the runner: %s", e)
-        return {}
-    counters: dict[str, int] = {}
-    for counter in query.get("counters", []):
-        value = counter.committed if counter.committed is not None else counter.attempted
-        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(
-            value or 0
-        )
-    return dict(sorted(counters.items()))
 
 
 def _check(
@@ -401,7 +382,7 @@ def run(
         _log.info("stream_predict: launched Dataflow job %s", summary["job_id"])
         return summary
     summary["state"] = _wait_here(result, max_run_seconds)
-    summary["counters"] = _counters(result)
+    summary["counters"] = beam_utils.stage_counters(result, STAGE)
     _log.info("stream_predict: %s", json.dumps(summary["counters"]))
     return summary
 

@@ -26,10 +26,9 @@ from typing import Any, NamedTuple
 
 STAGE = "stream_predict"
 URI_ATTRIBUTE = "image_uri"
-# Reasons a message gets no prediction, besides components.common.beam's missing_file and
-# unreadable_file and the model handler's undecodable_image.
+# Reasons a message gets no prediction, besides components.common.beam's missing_file,
+# unreadable_file and empty_file and the model handlers' undecodable_image and remote_*.
 EMPTY_MESSAGE = "empty_message"
-EMPTY_FILE = "empty_file"
 # Pub/Sub attribute values hold at most 1024 bytes.
 _MAX_ATTRIBUTE_BYTES = 1024
 _MAX_URI_CHARS = 2048
