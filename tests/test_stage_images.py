@@ -36,6 +36,8 @@ pytestmark = pytest.mark.docker
 # (imported where the pipeline is compiled) and Vertex batch prediction, which runs on the
 # deploy image (as its component says).
 ON_DEPLOY_IMAGE = ("components.batch_predict.vertex",)
+# Stages without an image of their own, and the image their component names.
+GUEST_STAGES = {"batch_predict": ("stream_predict",)}
 # What each image must not hold: the heavy packages of the other stages (apache-beam[gcp]
 # brings google-cloud-aiplatform, for Beam's Vertex AI model handler).
 NOT_IN_IMAGE = {
@@ -87,8 +89,10 @@ def test_image_holds_what_its_stage_imports_and_no_more(stage, stage_images):
         stage_images[stage],
         f"""
         import importlib, importlib.util, json, pkgutil
-        package = importlib.import_module("components.{stage}")
-        modules = [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+        modules = []
+        for name in {[stage, *GUEST_STAGES.get(stage, ())]!r}:
+            package = importlib.import_module("components." + name)
+            modules += [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
         if "{stage}" == "deploy":
             modules += {list(ON_DEPLOY_IMAGE)!r}
         modules = [m for m in modules if not m.endswith(".component") and m not in (
@@ -102,7 +106,8 @@ def test_image_holds_what_its_stage_imports_and_no_more(stage, stage_images):
         "TF_CPP_MIN_LOG_LEVEL=3",
     )
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert f"components.{stage}.__main__" in report["imported"]
+    for name in (stage, *GUEST_STAGES.get(stage, ())):
+        assert f"components.{name}.__main__" in report["imported"]
     assert report["present"] == [], f"{stage} image holds what its stage does not use"
 
 
