@@ -10,10 +10,13 @@
 #       version comes from requirements.lock (and CONSTRAINTS, a file beside it, for what the
 #       lock does not hold). The NVIDIA libraries that wheels install are registered with the
 #       dynamic linker: TensorFlow's RUNPATH misses some of them (curand, nvJitLink, NVRTC).
-#   install.sh no-deps
-#       The packages of requirements-no-deps.txt (copied beside it), without their
-#       dependencies: tensorflow-serving-api, whose `tensorflow` requirement tensorflow-cpu
-#       meets under another name (see that file). `pip check` accepts that one complaint.
+#   install.sh no-deps NAME...
+#       The named packages of requirements-no-deps.txt (copied beside it) at its versions,
+#       without their dependencies: the deploy image's tensorflow-serving-api, the export
+#       image's TF.js converter (tensorflowjs and what it imports), whose `tensorflow`
+#       requirement tensorflow-cpu meets under another name (see that file). `pip check`
+#       accepts those complaints, and those about what the converter never imports here
+#       (tensorflowjs' flax, TF-DF, importlib-resources and packaging pin; JAX's SciPy).
 #   install.sh package
 #       The project's own code and README, copied in by then (its dependencies are in
 #       place), `pip check`, and the runtime user app (UID 1000). Its home and the folders
@@ -38,12 +41,29 @@ dependencies)
     ldconfig
     ;;
 no-deps)
-    pip install --no-cache-dir --no-deps -r "$src/requirements-no-deps.txt"
+    shift
+    if [ "$#" -eq 0 ]; then
+        echo "install.sh no-deps NAME...: name the packages of requirements-no-deps.txt" >&2
+        exit 2
+    fi
+    pins=""
+    for name in "$@"; do
+        pin=$(grep -E "^$name==" "$src/requirements-no-deps.txt") || {
+            echo "install.sh: $name is not pinned in requirements-no-deps.txt" >&2
+            exit 1
+        }
+        pins="$pins $pin"
+    done
+    # shellcheck disable=SC2086 # one word per pin
+    pip install --no-cache-dir --no-deps $pins
     ;;
 package)
     pip install --no-cache-dir --no-deps --force-reinstall "$src"
-    broken=$(pip check | grep -v -e '^No broken requirements found\.$' \
-        -e '^tensorflow-serving-api [0-9.]* requires tensorflow, which is not installed\.$' || true)
+    broken=$(pip check | grep -v -E -e '^No broken requirements found\.$' \
+        -e '^(tensorflow-serving-api|tensorflowjs|tf-keras) [0-9.]+ requires tensorflow, which is not installed\.$' \
+        -e '^tensorflowjs [0-9.]+ requires (flax|importlib[-_]resources|tensorflow[-_]decision[-_]forests), which is not installed\.$' \
+        -e '^tensorflowjs [0-9.]+ has requirement packaging~=23\.1, but you have packaging [0-9.]+\.$' \
+        -e '^(jax|jaxlib) [0-9.]+ requires scipy, which is not installed\.$' || true)
     if [ -n "$broken" ]; then
         echo "$broken" >&2
         exit 1
@@ -55,7 +75,7 @@ package)
     chmod 1777 /home/app
     ;;
 *)
-    echo "usage: install.sh dependencies EXTRAS [CONSTRAINTS] | install.sh no-deps | install.sh package" >&2
+    echo "usage: install.sh dependencies EXTRAS [CONSTRAINTS] | install.sh no-deps NAME... | install.sh package" >&2
     exit 2
     ;;
 esac

@@ -1,7 +1,8 @@
 """The image-classification pipeline: labelled JPEGs to a served model and batch predictions.
 
     create_tfrecords -> tune -> train -> export -> evaluate --(gate)--> deploy
-                                                            \\-------> batch_predict
+                                         |                  \\-------> batch_predict
+                                         \\-> export_edge (TFLite, TF.js)
 
 The task graph all targets share is here, top to bottom; what only one target does is in
 its own module (``build_pipeline(target)`` picks):
@@ -31,6 +32,7 @@ from components.batch_predict.component import batch_predict
 from components.create_tfrecords.component import create_tfrecords
 from components.evaluate.component import evaluate
 from components.export.component import export
+from components.export_edge.component import export_edge
 from components.images import dataflow_worker_image
 from components.tune.component import tune
 from components.tune.space import TUNED
@@ -90,6 +92,8 @@ def image_classification(
     champion_margin: float = 0.0,
     explain_examples: int = 8,
     ig_steps: int = 50,
+    edge_exports: bool = True,
+    edge_representative_images: int = 100,
     model_name: str = "image-classifier",
     top_k: int = 3,
     beam_runner: str = "DirectRunner",
@@ -189,6 +193,12 @@ def image_classification(
         explain_examples: Test images evaluate explains with integrated gradients
             (an HTML artifact); 0 none.
         ig_steps: Integrated-gradients steps per image.
+        edge_exports: Also convert the export to TFLite (float32, float16, int8) and
+            TensorFlow.js, each checked against it on the test split (export_edge, beside
+            evaluate; it fails when a float model gives the SavedModel's top-1 class on
+            less than 99% of the images, int8 on less than 90%).
+        edge_representative_images: Training images that calibrate the int8 TFLite
+            model.
         model_name: Name the model is served under (the Vertex model and endpoint
             display name on the vertex target).
         deploy_target: kfp target: "local" (a model repository, checked with the
@@ -305,7 +315,7 @@ def image_classification(
         project,
         location,
     )
-    exported_model = stage_task(export, "export", model=model).outputs["exported_model"]
+    exported_model = _export(model, dataset, edge_exports, edge_representative_images)
     champion = _champion(
         target, model_name, model_repository, deploy_target, kserve_namespace, project, location
     )
@@ -398,6 +408,21 @@ def _train(
         tuned = {name: task.outputs[name] for name in TUNED}
     settings = dict(training, **tuned, dataset=dataset, backup_dir=backup_dir)
     return kfp_target.train(settings, gke.train if gke else None)
+
+
+def _export(model, dataset, edge_exports, edge_representative_images):
+    """The export task and, when ``edge_exports``, export_edge's (TFLite and TF.js models
+    of the export, on the export image) beside evaluate; returns the SavedModel."""
+    exported_model = stage_task(export, "export", model=model).outputs["exported_model"]
+    with dsl.If(edge_exports == True, name="edge-exports"):  # noqa: E712
+        stage_task(
+            export_edge,
+            "export",
+            exported_model=exported_model,
+            dataset=dataset,
+            representative_images=edge_representative_images,
+        )
+    return exported_model
 
 
 def _champion(

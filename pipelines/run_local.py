@@ -141,6 +141,7 @@ def summarize(run_dir: str, seconds: float, runner: str = "subprocess") -> dict:
         "deployed": deployed is not None,
         "serving": None,
         "batch_predictions": None,
+        "edge_exports": _edge_exports(task_outputs(run_dir, "export-edge")),
         "seconds": round(seconds, 1),
     }
     if deployed:
@@ -169,6 +170,21 @@ def summarize(run_dir: str, seconds: float, runner: str = "subprocess") -> dict:
             "errors": int(predictions["metadata"]["errors"]),
         }
     return summary
+
+
+def _edge_exports(outputs: dict | None) -> dict | None:
+    """Where export_edge wrote the TFLite and TF.js models, and how well each agrees with
+    the SavedModel (None: edge exports were off)."""
+    if outputs is None:
+        return None
+    figures = output_artifact(outputs, "agreement")["metadata"]
+    return {
+        "tflite_dir": output_artifact(outputs, "tflite_model")["uri"],
+        "tfjs_dir": output_artifact(outputs, "tfjs_model")["uri"],
+        "agreement": {kind: figures[kind] for kind in ("float32", "float16", "int8", "tfjs")},
+        "examples": int(figures["examples"]),
+        "tfjs_check": figures["tfjs_check"],
+    }
 
 
 def run_local(
@@ -257,6 +273,14 @@ def format_summary(summary: dict) -> str:
     if s["batch_predictions"]:
         b = s["batch_predictions"]
         lines.append(f"  Batch:      {b['rows']} predictions ({b['errors']} errors) in {b['path']}")
+    if s.get("edge_exports"):
+        e = s["edge_exports"]
+        agree = ", ".join(f"{kind} {value:.3f}" for kind, value in e["agreement"].items())
+        lines += [
+            f"  Edge:       top-1 agreement with the SavedModel on {e['examples']} test images: "
+            f"{agree} (TF.js check: {e['tfjs_check']})",
+            f"              TFLite in {e['tflite_dir']}, TF.js in {e['tfjs_dir']}",
+        ]
     return "\n".join(lines)
 
 
@@ -332,6 +356,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="how much lower than the served model's test accuracy the new one's may be",
     )
+    p.add_argument(
+        "--no-edge-exports",
+        dest="edge_exports",
+        action="store_false",
+        help="skip the TFLite and TensorFlow.js exports (export_edge)",
+    )
     p.add_argument("--model-name", default="image-classifier")
     p.add_argument("--serving-port", type=int, default=8080)
     args = p.parse_args(argv)
@@ -351,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
             runner=args.runner,
             accuracy_threshold=args.accuracy_threshold,
             champion_margin=args.champion_margin,
+            edge_exports=args.edge_exports,
             model_name=args.model_name,
             serving_port=args.serving_port,
             **params,

@@ -24,6 +24,7 @@ STAGE_TASKS = {
     "create-tfrecords": "create_tfrecords",
     "train": "train",
     "export": "export",
+    "export-edge": "export",  # the export image holds the TFLite and TF.js converters
     "evaluate": "evaluate",
     "deploy": "deploy",
     "deploy-vertex": "deploy",

@@ -39,6 +39,12 @@ STAGE_EXTRAS = {
 }
 # Where the Dockerfiles put the build context's files before installing the package.
 SRC = "/tmp/src"
+# The packages of requirements-no-deps.txt each image installs without their dependencies:
+# TF Serving's API for the model server, the TF.js converter for export_edge.
+NO_DEPS = {
+    "deploy": ["tensorflow-serving-api"],
+    "export": ["tensorflowjs", "tensorflow-hub", "tf-keras", "jax", "jaxlib"],
+}
 
 
 # --- parsing ------------------------------------------------------------------------------
@@ -251,8 +257,9 @@ def test_stage_installs_its_extras_with_the_shared_script(stage):
     assert copied[f"{SRC}/requirements.lock"] == "requirements.lock"
     dependencies, *no_deps, package = install_steps(stage)
     assert dependencies[0] == "dependencies" and package == ["package"]
-    # The deploy image (the model server) adds TF Serving's gRPC API without its deps.
-    assert no_deps == ([["no-deps"]] if stage == "deploy" else [])
+    # The deploy image (the model server) adds TF Serving's gRPC API without its deps, the
+    # export image the TF.js converter.
+    assert no_deps == ([["no-deps", *NO_DEPS[stage]]] if stage in NO_DEPS else [])
     if no_deps:
         assert copied[f"{SRC}/requirements-no-deps.txt"] == "requirements-no-deps.txt"
     extras = set(dependencies[1].split(","))
@@ -260,6 +267,13 @@ def test_stage_installs_its_extras_with_the_shared_script(stage):
     assert extras <= pyproject_extras() and not extras & {"all", "dev"}
     for constraints in dependencies[2:]:
         assert (ROOT / copied[f"{SRC}/{constraints}"]).is_file(), constraints
+
+
+def test_every_no_deps_package_is_pinned_and_installed_by_an_image():
+    pinned = pins(ROOT / "requirements-no-deps.txt")
+    installed = [canonicalize_name(name) for names in NO_DEPS.values() for name in names]
+    assert sorted(installed) == sorted(pinned)
+    assert not set(pinned) & set(pins(LOCK)), "pinned twice: keep these out of the lock"
 
 
 def test_install_script_takes_every_version_from_the_lock():

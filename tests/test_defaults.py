@@ -17,6 +17,8 @@ from components.evaluate.component import evaluate
 from components.evaluate.evaluation import evaluate_export
 from components.export.component import export
 from components.export.saved_model import export_saved_model
+from components.export_edge.component import export_edge
+from components.export_edge.edge import export_edge as export_edge_models
 from components.train.component import train
 from components.train.training import train as train_model
 from components.tune.component import tune
@@ -29,6 +31,7 @@ STAGES = {
     "train": (train, train_model, {}),
     "tune": (tune, tune_model, {}),
     "export": (export, export_saved_model, {}),
+    "export_edge": (export_edge, export_edge_models, {}),
     "evaluate": (evaluate, evaluate_export, {}),
     "deploy": (deploy, local.deploy_local, {}),
     "deploy_vertex": (deploy_vertex, deploy_vertex_lib.deploy_to_vertex, {}),
@@ -96,6 +99,11 @@ CLIS = {
     "train": ("components.train.__main__", ["--dataset-dir", "d", "--model-dir", "m"], {}),
     "tune": ("components.tune.__main__", ["--dataset-dir", "d", "--output-dir", "o"], {}),
     "export": ("components.export.__main__", ["--model-dir", "m", "--export-dir", "e"], {}),
+    "export_edge": (
+        "components.export_edge.__main__",
+        ["--export-dir", "e", "--dataset-dir", "d", "--tflite-dir", "t", "--tfjs-dir", "j"],
+        {},
+    ),
     "evaluate": ("components.evaluate.__main__", ["--export-dir", "e", "--dataset-dir", "d"], {}),
     "batch_predict": (
         "components.batch_predict.__main__",

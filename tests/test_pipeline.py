@@ -51,6 +51,18 @@ def test_pipeline_batch_predicts_every_test_image(pipeline_run):
     assert {row["label"] for row in rows} <= set(summary["labels"])
 
 
+def test_pipeline_exports_edge_models_checked_against_the_saved_model(pipeline_run):
+    _, summary = pipeline_run
+    edge = summary["edge_exports"]
+    assert edge["examples"] == summary["splits"]["test"]
+    assert set(edge["agreement"]) == {"float32", "float16", "int8", "tfjs"}
+    for kind in ("float32", "float16", "tfjs"):
+        assert edge["agreement"][kind] >= 0.99, edge
+    for name in ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite"):
+        assert os.path.getsize(os.path.join(edge["tflite_dir"], name)) > 0
+    assert os.path.exists(os.path.join(edge["tfjs_dir"], "model.json"))
+
+
 def test_deploy_records_the_evaluation_and_the_next_run_faces_the_model(
     pipeline_run, sample_data, tiny_training, tmp_path
 ):
@@ -87,10 +99,12 @@ def test_failed_gate_stops_before_deploy_with_csv_input(sample_data, tiny_traini
         csv_uri=sample_data.csv_path,
         labels_uri=sample_data.labels_path,
         accuracy_threshold=1.01,
+        edge_exports=False,
         **{**tiny_training, "epochs": 1},
     )
     assert summary["gate_passed"] is False and summary["deployed"] is False
     assert summary["serving"] is None and summary["batch_predictions"] is None
+    assert summary["edge_exports"] is None  # switched off: the task did not run
     assert not os.path.exists(tmp_path / "model_repository")
 
 
@@ -110,9 +124,10 @@ def test_every_component_input_and_output_is_described():
     from components.create_tfrecords.component import create_tfrecords
     from components.evaluate.component import evaluate
     from components.export.component import export
+    from components.export_edge.component import export_edge
     from components.train.component import train
 
-    for component in (create_tfrecords, train, export, evaluate, batch_predict):
+    for component in (create_tfrecords, train, export, export_edge, evaluate, batch_predict):
         spec = component.component_spec
         for name, io_spec in {**spec.inputs, **(spec.outputs or {})}.items():
             assert io_spec.description, f"{spec.name}: {name} has no description"
