@@ -19,6 +19,8 @@ from components.export.component import export
 from components.export.saved_model import export_saved_model
 from components.export_edge.component import export_edge
 from components.export_edge.edge import export_edge as export_edge_models
+from components.stream_predict import beam_pipeline as stream_beam
+from components.stream_predict.component import stream_predict
 from components.train.component import train
 from components.train.training import train as train_model
 from components.tune.component import tune
@@ -42,6 +44,7 @@ STAGES = {
     ),
     "batch_predict": (batch_predict, batch_beam.run, {}),
     "batch_predict_vertex": (batch_predict_vertex, batch_vertex.run_batch_prediction, {}),
+    "stream_predict": (stream_predict, stream_beam.run, {}),
 }
 # Where a layer's default differs from the stage function's by design, and why.
 ON_PURPOSE = {
@@ -108,6 +111,12 @@ CLIS = {
     "batch_predict": (
         "components.batch_predict.__main__",
         ["--model-dir", "m", "--output-dir", "o", "--dataset-dir", "d"],
+        {},
+    ),
+    "stream_predict": (
+        "components.stream_predict.__main__",
+        ["--input-subscription", "s", "--output-topic", "t", "--dead-letter-topic", "d"]
+        + ["--model-dir", "m"],
         {},
     ),
 }
