@@ -18,7 +18,16 @@ from pipelines.tasks import PodResources, stage_task
 
 # The pipeline parameters only these targets have (pipeline.py declares them).
 LOCAL_PARAMETERS = ("model_repository", "serving_port")
-KFP_PARAMETERS = (*LOCAL_PARAMETERS, "deploy_target", "kserve_namespace", "traffic_percent")
+KFP_PARAMETERS = (
+    *LOCAL_PARAMETERS,
+    "deploy_target",
+    "kserve_namespace",
+    "traffic_percent",
+    "stream_subscription",
+    "stream_output_topic",
+    "stream_dead_letter_topic",
+    "stream_job_name",
+)
 
 
 def train(settings: dict, resources: PodResources | None = None):

@@ -1,8 +1,9 @@
 """The image-classification pipeline: labelled JPEGs to a served model and batch predictions.
 
     create_tfrecords -> tune -> train -> export -> evaluate --(gate)--> deploy
-                                         |                  \\-------> batch_predict
-                                         \\-> export_edge (TFLite, TF.js)
+                                         |                  |-------> batch_predict
+                                         |                  \\-------> stream_predict (kfp,
+                                         \\-> export_edge              vertex: Dataflow)
 
 The task graph all targets share is here, top to bottom; what only one target does is in
 its own module (``build_pipeline(target)`` picks):
@@ -34,6 +35,7 @@ from components.evaluate.component import evaluate
 from components.export.component import export
 from components.export_edge.component import export_edge
 from components.images import dataflow_worker_image
+from components.stream_predict.component import stream_predict
 from components.tune.component import tune
 from components.tune.space import TUNED
 from pipelines import kfp_target, vertex_target, vertex_tuning
@@ -111,6 +113,10 @@ def image_classification(
     kserve_namespace: str = "kubeflow-user-example-com",
     # kfp and vertex
     traffic_percent: int = 100,
+    stream_subscription: str = "",
+    stream_output_topic: str = "",
+    stream_dead_letter_topic: str = "",
+    stream_job_name: str = "image-classifier-stream",
     # vertex (vertex_target)
     machine_type: str = "g2-standard-8",
     accelerator_type: str = "NVIDIA_L4",
@@ -212,6 +218,18 @@ def image_classification(
         traffic_percent: Share of traffic the new model gets on an endpoint that
             already serves one (canary); 100 replaces it. kfp (KServe) and vertex.
         kserve_namespace: Namespace of the KServe InferenceService; kfp target.
+        stream_subscription: Pub/Sub subscription (projects/<p>/subscriptions/<s>) of
+            images to predict as they arrive: given, a passing model is also launched as
+            a streaming Dataflow job (stream_predict, in the project, region and settings
+            of dataflow_*; its id is the task's output). Empty: no streaming job. kfp and
+            vertex targets.
+        stream_output_topic: Pub/Sub topic (projects/<p>/topics/<t>) of the streaming
+            job's predictions.
+        stream_dead_letter_topic: Pub/Sub topic of the messages the streaming job could
+            not predict, with the reason.
+        stream_job_name: The streaming Dataflow job's name: a re-run updates the running
+            job of this name with its model (Dataflow's --update) instead of starting a
+            second one on the subscription.
         top_k: Classes per image in batch predictions.
         beam_runner: Beam runner of both Beam stages (DirectRunner, DataflowRunner);
             on Dataflow their workers run the stages' dataflow-worker images,
@@ -369,6 +387,17 @@ def image_classification(
                 traffic_percent,
             )
             predict_on_beam()
+        if target in ("kfp", "vertex"):
+            _stream_predict(
+                gke,
+                dataflow,
+                exported_model,
+                top_k,
+                stream_subscription,
+                stream_output_topic,
+                stream_dead_letter_topic,
+                stream_job_name,
+            )
         else:
             kfp_target.deploy_local(
                 exported_model, evaluation, model_name, model_repository, serving_port
@@ -467,6 +496,36 @@ def _batch_predict_on_beam(
     )
     task.set_caching_options(False)  # it too reads images by URI
     return task
+
+
+def _stream_predict(
+    gke: GkeResources | None,
+    dataflow: dict,
+    exported_model,
+    top_k,
+    subscription,
+    output_topic,
+    dead_letter_topic,
+    job_name,
+) -> None:
+    """When ``subscription`` is set, the stream_predict task: launches the exported model
+    as a streaming Dataflow job (whatever ``beam_runner`` says: a streaming job does not
+    end, so it never runs in the pipeline's pod) and returns its id."""
+    with dsl.If(subscription != "", name="streaming-predictions"):
+        task = stage_task(
+            stream_predict,
+            "batch_predict",
+            gke.beam if gke else None,
+            input_subscription=subscription,
+            output_topic=output_topic,
+            dead_letter_topic=dead_letter_topic,
+            model=exported_model,
+            top_k=top_k,
+            job_name=job_name,
+            sdk_container_image=dataflow_worker_image("batch_predict"),
+            **dict(dataflow, runner="DataflowRunner"),
+        )
+        task.set_caching_options(False)  # a launch is a side effect
 
 
 def build_pipeline(target: str = "local", gke: GkeResources | None = None):

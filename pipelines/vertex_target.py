@@ -21,6 +21,10 @@ from pipelines.tasks import stage_task
 # The pipeline parameters only this target has (pipeline.py declares them).
 VERTEX_PARAMETERS = (
     "traffic_percent",
+    "stream_subscription",
+    "stream_output_topic",
+    "stream_dead_letter_topic",
+    "stream_job_name",
     "machine_type",
     "accelerator_type",
     "accelerator_count",

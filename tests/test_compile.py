@@ -30,6 +30,7 @@ STAGE_TASKS = {
     "deploy-vertex": "deploy",
     "deploy-kserve": "deploy",
     "batch-predict": "batch_predict",
+    "stream-predict": "batch_predict",  # the Beam image with Pub/Sub
     "batch-predict-vertex": "deploy",  # it only calls the Vertex AI API
     "worker-replicas": "export",  # a small stage image with kfp
 }
@@ -439,6 +440,55 @@ def test_both_beam_stages_get_the_same_dataflow_settings_and_their_worker_image(
             assert source == {"componentInputParameter": pipeline_parameter}, (task, parameter)
         image = parameters["sdk_container_image"]["runtimeValue"]["constant"]
         assert image == f"{REGISTRY}/{stage.replace('_', '-')}-dataflow:{TAG}"
+
+
+@pytest.mark.parametrize("target", ["kfp", "vertex"])
+def test_cloud_targets_launch_streaming_predictions_on_dataflow_when_given_a_subscription(
+    compiled, target
+):
+    c = compiled[target]
+    tasks = c.tasks()
+    parent, spec = tasks["stream-predict"]
+    (condition,) = [
+        s["triggerPolicy"]["condition"]
+        for _, s in tasks.values()
+        if s["taskInfo"]["name"] == "streaming-predictions"
+    ]
+    assert condition == "inputs.parameter_values['pipelinechannel--stream_subscription'] != ''"
+    parameters = spec["inputs"]["parameters"]
+    # A streaming job never ends: it is launched on Dataflow whatever beam_runner says.
+    assert parameters["runner"]["runtimeValue"]["constant"] == "DataflowRunner"
+    for parameter, pipeline_parameter in (
+        ("input_subscription", "stream_subscription"),
+        ("output_topic", "stream_output_topic"),
+        ("dead_letter_topic", "stream_dead_letter_topic"),
+        ("job_name", "stream_job_name"),
+        ("top_k", "top_k"),
+        ("beam_args", "beam_args"),
+        ("project", "dataflow_project"),
+        ("region", "dataflow_region"),
+        ("temp_location", "dataflow_temp_location"),
+        ("worker_machine_type", "dataflow_machine_type"),
+        ("max_num_workers", "dataflow_max_workers"),
+    ):
+        source = c.source(parent, parameters[parameter])
+        assert source == {"componentInputParameter": pipeline_parameter}, parameter
+    image = parameters["sdk_container_image"]["runtimeValue"]["constant"]
+    assert image == f"{REGISTRY}/batch-predict-dataflow:{TAG}"
+    assert spec["inputs"]["artifacts"]["model"] == {
+        "componentInputArtifact": "pipelinechannel--export-exported_model"
+    }
+    assert spec["cachingOptions"].get("enableCache", False) is False
+    defaults = c.spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["stream_subscription"]["defaultValue"] == ""
+    # Inside the quality gate: only a model that passed it streams.
+    gate_tasks = c.spec["components"][c.gate]["dag"]["tasks"]
+    assert "streaming-predictions" in {s["taskInfo"]["name"] for s in gate_tasks.values()}
+
+
+def test_the_local_pipeline_has_no_streaming_job():
+    pipeline = build_pipeline("local")
+    assert not any(name.startswith("stream_") for name in pipeline.component_spec.inputs)
 
 
 # A local absolute path starts a value or follows a quote, space, "=" or ":" (not a

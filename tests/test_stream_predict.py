@@ -16,8 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from kfp import dsl
 
+from components.common.beam import DataflowSettings
 from components.common.model_handler import LoadedModel
 from components.common.serving import read_export_labels
 from components.stream_predict import beam_pipeline, messages
@@ -278,6 +280,42 @@ def test_invalid_arguments_fail_before_anything_starts(changes, message):
 def test_model_version_is_the_repository_version():
     assert beam_pipeline.model_version("/r/classifier/12") == "12"
     assert beam_pipeline.model_version("gs://b/export/") == "gs://b/export/"
+
+
+def test_a_relaunch_on_dataflow_updates_the_running_job_of_its_name():
+    """A pipeline re-run must not start a second job on the same subscription: with a job
+    of its name running, the launch carries Dataflow's --update (the new model replaces
+    the old in place); with none, a plain launch; off Dataflow no lookup at all."""
+    dataflow = DataflowSettings(project="acme", region="europe-west4")
+    looked_up = []
+
+    def running(job_id):
+        def find(options, job_name):
+            cloud = options.view_as(GoogleCloudOptions)
+            looked_up.append((cloud.project, cloud.region, job_name))
+            return job_id
+
+        return find
+
+    args, replaced = beam_pipeline.launch_args(
+        "DataflowRunner", "stream", ["--experiments=x"], dataflow, running("2026-11-26_1")
+    )
+    assert replaced == "2026-11-26_1"
+    assert args == ["--streaming", "--job_name=stream", "--experiments=x", "--update"]
+    assert looked_up == [("acme", "europe-west4", "stream")]
+
+    args, replaced = beam_pipeline.launch_args(
+        "DataflowRunner", "stream", [], dataflow, running("")
+    )
+    assert (args, replaced) == (["--streaming", "--job_name=stream"], "")
+
+    looked_up.clear()
+    for runner, job_name in (("DirectRunner", "stream"), ("DataflowRunner", "")):
+        args, replaced = beam_pipeline.launch_args(runner, job_name, [], dataflow, running("j"))
+        assert "--update" not in args and replaced == ""
+    assert looked_up == []
+    with pytest.raises(ValueError, match="project and the region"):
+        beam_pipeline.running_dataflow_job(PipelineOptions(["--project=acme"]), "stream")
 
 
 @pytest.fixture

@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         default=default["pubsub_emulator_host"],
         help="host:port of a Pub/Sub emulator",
     )
+    parser.add_argument(
+        "--job-name",
+        default=default["job_name"],
+        help="Dataflow job name; a running job of this name is updated in place",
+    )
     return parser.parse_known_args(argv)
 
 

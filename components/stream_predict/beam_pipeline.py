@@ -24,13 +24,14 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from components.common import beam as beam_utils, io, labels as labels_lib, remote_handler, serving
 from components.common.model_handler import InferenceFailure
@@ -289,6 +290,7 @@ def run(
     beam_args: Sequence[str] = (),
     max_run_seconds: float = 0,
     pubsub_emulator_host: str = "",
+    job_name: str = "image-classifier-stream",
     dataflow: beam_utils.DataflowSettings | None = None,
 ) -> dict[str, Any]:
     """Runs streaming prediction: launches it on Dataflow, or runs it here.
@@ -319,17 +321,23 @@ def run(
             (429, 503, a refused connection); then its images are dead-lettered.
         runner: ``DirectRunner`` (runs here until stopped or ``max_run_seconds``) or
             ``DataflowRunner`` (launched; returns once the job is submitted).
-        beam_args: Other Beam pipeline arguments, e.g. ``["--job_name=j"]``.
+        beam_args: Other Beam pipeline arguments, e.g. ``["--experiments=..."]``.
         max_run_seconds: DirectRunner: stop after this long (0: run until interrupted).
             Ignored on Dataflow, where the job runs until drained or cancelled.
         pubsub_emulator_host: ``host:port`` of a Pub/Sub emulator to use instead of
             Pub/Sub (the DirectRunner only); empty: ``PUBSUB_EMULATOR_HOST`` as set.
+        job_name: The Dataflow job's name. When a job of this name is running, the
+            launch replaces it in place (Dataflow's ``--update``: no message is lost and
+            the new model serves from then on), so a pipeline re-run rolls its model out
+            rather than starting a second job on the same subscription (give each
+            stream its own name). Empty: Beam names a new job each launch.
         dataflow: The named Dataflow settings (project, region, the workers' image: the
             batch_predict stage's dataflow-worker image); None: none.
 
     Returns:
-        ``runner``, ``job_id`` (Dataflow's; empty here), ``state``, ``model`` (what
-        serves) and ``counters`` (messages, predicted, dead_letters, dead_<reason>,
+        ``runner``, ``job_id`` (Dataflow's; empty here), ``replaced_job_id`` (the running
+        job an update replaced; empty if none), ``state``, ``model`` (what serves) and
+        ``counters`` (messages, predicted, dead_letters, dead_<reason>,
         model_refreshes; from a run here).
 
     Raises:
@@ -354,7 +362,8 @@ def run(
         os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_emulator_host
     model = endpoint or model_dir or io.join(model_repository, model_name)
     endpoint_labels = labels_lib.read_labels(labels_uri) if labels_uri else []
-    pipeline = beam_utils.make_pipeline(runner, ["--streaming", *beam_args], dataflow=dataflow)
+    args, replaced = launch_args(runner, job_name, beam_args, dataflow)
+    pipeline = beam_utils.make_pipeline(runner, args, dataflow=dataflow)
     build_pipeline(
         pipeline,
         input_subscription,
@@ -375,7 +384,14 @@ def run(
         "stream_predict: %s -> %s with %s (%s)", input_subscription, output_topic, model, runner
     )
     result = pipeline.run()
-    summary = {"runner": runner, "job_id": "", "state": "", "model": model, "counters": {}}
+    summary = {
+        "runner": runner,
+        "job_id": "",
+        "replaced_job_id": replaced,
+        "state": "",
+        "model": model,
+        "counters": {},
+    }
     if "Dataflow" in runner:
         summary["job_id"] = result.job_id()
         summary["state"] = str(result.state)
@@ -385,6 +401,42 @@ def run(
     summary["counters"] = beam_utils.stage_counters(result, STAGE)
     _log.info("stream_predict: %s", json.dumps(summary["counters"]))
     return summary
+
+
+def launch_args(
+    runner: str,
+    job_name: str,
+    beam_args: Sequence[str],
+    dataflow: beam_utils.DataflowSettings | None,
+    find_running: Callable[[PipelineOptions, str], str] | None = None,
+) -> tuple[list[str], str]:
+    """The streaming pipeline's Beam arguments and the id of the running Dataflow job they
+    update ("" for a new job): ``--update`` when a job named ``job_name`` runs on Dataflow
+    (found by ``find_running``, by default ``running_dataflow_job``)."""
+    args = ["--streaming", *([f"--job_name={job_name}"] if job_name else []), *beam_args]
+    if "Dataflow" not in runner or not job_name:
+        return args, ""
+    options = beam_utils.pipeline_options(runner, args, dataflow=dataflow)
+    running = (find_running or running_dataflow_job)(options, job_name)
+    if running:
+        _log.info("stream_predict: updating the running Dataflow job %s", running)
+        args.append("--update")
+    return args, running
+
+
+def running_dataflow_job(options: PipelineOptions, job_name: str) -> str:
+    """The id of the running (or draining) Dataflow job named ``job_name`` in the project
+    and region of ``options``; empty when there is none. Beam's own lookup, the one its
+    ``--update`` uses."""
+    from apache_beam.runners.dataflow.internal.apiclient import DataflowApplicationClient
+
+    cloud = options.view_as(GoogleCloudOptions)
+    if not cloud.project or not cloud.region:
+        raise ValueError("a Dataflow launch with job_name needs the project and the region")
+    try:
+        return DataflowApplicationClient(cloud).job_id_for_name(job_name)
+    except ValueError:  # Beam's "No running job found with name ..."
+        return ""
 
 
 def _wait_here(result: Any, max_run_seconds: float) -> str:

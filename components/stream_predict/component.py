@@ -30,6 +30,7 @@ def stream_predict(
     beam_args: list = [],  # noqa: B006
     max_run_seconds: float = 0.0,
     pubsub_emulator_host: str = "",
+    job_name: str = "image-classifier-stream",
     project: str = "",
     region: str = "",
     temp_location: str = "",
@@ -44,8 +45,8 @@ def stream_predict(
     with the input's attributes, or, when no prediction can be made, goes unchanged to
     ``dead_letter_topic`` with ``error_reason`` and ``error_detail`` attributes. On
     Dataflow the step launches the job and returns its id (the job runs until drained or
-    cancelled; to roll a new model out to a running job, pass ``--update`` and its
-    ``--job_name`` in ``beam_args``, or serve a model repository, which the job watches).
+    cancelled; given ``job_name``, a re-run replaces the running job of that name with
+    the new model; a job serving a model repository picks new versions up itself).
 
     Args:
         input_subscription: projects/<p>/subscriptions/<s> the images arrive on.
@@ -66,9 +67,13 @@ def stream_predict(
         max_retries: Retries, with backoff, of a request the endpoint did not answer.
         runner: DirectRunner (runs in this step) or DataflowRunner (launched; the step
             returns once the job is submitted).
-        beam_args: Other Beam pipeline arguments, e.g. ["--job_name=j"].
+        beam_args: Other Beam pipeline arguments, e.g. ["--experiments=..."].
         max_run_seconds: DirectRunner: stop after this long (0: until stopped).
         pubsub_emulator_host: host:port of a Pub/Sub emulator (DirectRunner only).
+        job_name: The Dataflow job's name; a running job of this name is replaced in
+            place (Dataflow's update: the new model serves, no message is lost) rather
+            than a second one started (give each stream its own name). Empty: a new job
+            each run.
         project: Google Cloud project of the Dataflow job; empty leaves it unset.
         region: Dataflow region, e.g. us-central1; empty leaves it unset.
         temp_location: gs:// folder for Dataflow's temporary and staging files.
@@ -107,6 +112,7 @@ def stream_predict(
         beam_args=[str(arg) for arg in beam_args],
         max_run_seconds=max_run_seconds,
         pubsub_emulator_host=pubsub_emulator_host,
+        job_name=job_name,
         dataflow=DataflowSettings(
             project=project,
             region=region,
