@@ -322,16 +322,9 @@ def image_classification(
         steps_per_execution=steps_per_execution,
         cache=cache_images,
     )
+    machine = (machine_type, accelerator_type, accelerator_count, replica_count)
     model = _train(
-        target,
-        gke,
-        dataset,
-        training,
-        tune_trials,
-        backup_dir,
-        (machine_type, accelerator_type, accelerator_count, replica_count),
-        project,
-        location,
+        target, gke, dataset, training, tune_trials, backup_dir, machine, project, location
     )
     exported_model = _export(model, dataset, edge_exports, edge_representative_images)
     champion = _champion(
@@ -349,6 +342,7 @@ def image_classification(
         ig_steps=ig_steps,
     )
 
+    stream = (stream_subscription, stream_output_topic, stream_dead_letter_topic, stream_job_name)
     predict_on_beam = functools.partial(
         _batch_predict_on_beam, gke, dataflow, exported_model, dataset, top_k
     )
@@ -388,16 +382,7 @@ def image_classification(
             )
             predict_on_beam()
         if target in ("kfp", "vertex"):
-            _stream_predict(
-                gke,
-                dataflow,
-                exported_model,
-                top_k,
-                stream_subscription,
-                stream_output_topic,
-                stream_dead_letter_topic,
-                stream_job_name,
-            )
+            _stream_predict(gke, dataflow, exported_model, top_k, *stream)
         else:
             kfp_target.deploy_local(
                 exported_model, evaluation, model_name, model_repository, serving_port
