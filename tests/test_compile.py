@@ -417,6 +417,17 @@ def test_vertex_deploy_gets_its_serving_container_and_the_compiled_deploy_image(
     assert parameters["deploy_image"]["runtimeValue"]["constant"] == _image("deploy")
 
 
+# Component parameter -> the pipeline parameter every Beam stage takes it from.
+DATAFLOW_SETTINGS = (
+    ("beam_args", "beam_args"),
+    ("project", "dataflow_project"),
+    ("region", "dataflow_region"),
+    ("temp_location", "dataflow_temp_location"),
+    ("worker_machine_type", "dataflow_machine_type"),
+    ("max_num_workers", "dataflow_max_workers"),
+)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_both_beam_stages_get_the_same_dataflow_settings_and_their_worker_image(compiled, target):
     c = compiled[target]
@@ -427,15 +438,7 @@ def test_both_beam_stages_get_the_same_dataflow_settings_and_their_worker_image(
     ):
         parent, spec = tasks[task]
         parameters = spec["inputs"]["parameters"]
-        for parameter, pipeline_parameter in (
-            ("runner", "beam_runner"),
-            ("beam_args", "beam_args"),
-            ("project", "dataflow_project"),
-            ("region", "dataflow_region"),
-            ("temp_location", "dataflow_temp_location"),
-            ("worker_machine_type", "dataflow_machine_type"),
-            ("max_num_workers", "dataflow_max_workers"),
-        ):
+        for parameter, pipeline_parameter in (("runner", "beam_runner"), *DATAFLOW_SETTINGS):
             source = c.source(parent, parameters[parameter])
             assert source == {"componentInputParameter": pipeline_parameter}, (task, parameter)
         image = parameters["sdk_container_image"]["runtimeValue"]["constant"]
@@ -464,12 +467,7 @@ def test_cloud_targets_launch_streaming_predictions_on_dataflow_when_given_a_sub
         ("dead_letter_topic", "stream_dead_letter_topic"),
         ("job_name", "stream_job_name"),
         ("top_k", "top_k"),
-        ("beam_args", "beam_args"),
-        ("project", "dataflow_project"),
-        ("region", "dataflow_region"),
-        ("temp_location", "dataflow_temp_location"),
-        ("worker_machine_type", "dataflow_machine_type"),
-        ("max_num_workers", "dataflow_max_workers"),
+        *DATAFLOW_SETTINGS,
     ):
         source = c.source(parent, parameters[parameter])
         assert source == {"componentInputParameter": pipeline_parameter}, parameter
