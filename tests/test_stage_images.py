@@ -257,6 +257,69 @@ def test_deploy_image_serves_a_predict_request_from_inside_its_container(
         docker("rm", "-f", name, check=False)
 
 
+def test_stream_predict_runs_in_the_batch_predict_image_against_pubsub(
+    exported_model, sample_data, stage_images, tmp_path
+):
+    """The streaming stage in its image (the batch_predict image), as its non-root user,
+    reads images from Pub/Sub (the emulator, on the host's loopback), publishes their
+    predictions and dead-letters a message that is not an image."""
+    from google.cloud import pubsub_v1
+
+    from components.common.model_handler import LoadedModel
+    from components.common.serving import read_export_labels
+    from pipelines.pubsub_emulator import PubSubEmulator, subscription_path
+    from pipelines.stream_demo import Inbox
+
+    if not shutil.which("gcloud"):
+        pytest.skip("the Pub/Sub emulator needs the Google Cloud CLI (gcloud)")
+    model = tmp_path / "model"
+    shutil.copytree(exported_model, model)
+    subprocess.run(["chmod", "-R", "a+rX", str(model)], check=True)
+    images = sorted(glob.glob(os.path.join(sample_data.image_dir, "*", "*.jpg")))[:3]
+    name = f"stream-test-{uuid.uuid4().hex[:8]}"
+    with PubSubEmulator() as emulator:
+        topics = {
+            kind: emulator.create_topic(kind, f"{kind}-sub")
+            for kind in ("images", "predictions", "dead")
+        }
+        publisher = pubsub_v1.PublisherClient()
+        for i, path in enumerate(images):
+            with open(path, "rb") as f:
+                publisher.publish(topics["images"], f.read(), id=str(i)).result()
+        publisher.publish(topics["images"], b"\xff\xd8 not really a JPEG", id="bad").result()
+        out = Inbox(subscription_path(emulator.project, "predictions-sub"))
+        dead = Inbox(subscription_path(emulator.project, "dead-sub"))
+        docker(
+            "run", "-d", "--name", name, "--network", "host", "-v", f"{model}:/model:ro",
+            stage_images["batch_predict"], "python", "-m", "components.stream_predict",
+            "--pubsub-emulator-host", emulator.host, "--model-dir", "/model",
+            "--input-subscription", subscription_path(emulator.project, "images-sub"),
+            "--output-topic", topics["predictions"], "--dead-letter-topic", topics["dead"],
+            "--max-run-seconds", "240",
+        )  # fmt: skip
+        try:
+            deadline = time.time() + 240
+            answered = out.wait_for(len(images), deadline) and dead.wait_for(1, deadline)
+            log = docker("logs", name, check=False)
+            assert answered, (log.stdout + log.stderr)[-5000:]
+            assert docker("exec", name, "id", "-u").stdout.strip() == "1000"
+        finally:
+            out.close()
+            dead.close()
+            docker("rm", "-f", name, check=False)
+    assert set(out.received) == {str(i) for i in range(len(images))}
+    # The same answers as the model here gives.
+    here = LoadedModel(exported_model)
+    labels = read_export_labels(exported_model)
+    for i, path in enumerate(images):
+        with open(path, "rb") as f:
+            probabilities = here.predict([f.read()])[0]
+        body = json.loads(out.received[str(i)][1])
+        assert body["label"] == labels[int(probabilities.argmax())], body
+        assert abs(body["top_k"][0]["probability"] - probabilities.max()) < 1e-4, body
+    assert dead.received["bad"][2]["error_reason"] == "undecodable_image"
+
+
 # --- kfp local's DockerRunner ---------------------------------------------------------------
 
 
