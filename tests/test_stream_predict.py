@@ -8,6 +8,7 @@ comes back on the topics.
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,15 @@ def _stop(process: subprocess.Popen) -> str:
     return output.decode(errors="replace")
 
 
+def _file_lines(folder) -> list[str]:
+    """The lines of the prediction files written so far (those still being written excluded)."""
+    lines = []
+    for path in glob.glob(os.path.join(folder, "predictions-*.jsonl")):
+        with open(path) as f:
+            lines += f.read().splitlines()
+    return lines
+
+
 def _expected_label(exported_model: str, path: str) -> str:
     model = LoadedModel(exported_model)
     with open(path, "rb") as f:
@@ -101,9 +111,11 @@ def test_each_message_gets_a_prediction_or_a_dead_letter(
 ):
     images = sorted(glob.glob(os.path.join(sample_data.image_dir, "*", "*.jpg")))[:3]
     repository = _repository(exported_model, tmp_path / "repository")
+    files = tmp_path / "files"
     process = _start(
         topics,
         *("--model-repository", repository, "--model-name", MODEL),
+        *("--output-dir", str(files), "--file-window-seconds", "2"),
     )
     predictions = Inbox(topics["predictions_sub"])
     dead = Inbox(topics["dead_sub"])
@@ -117,12 +129,20 @@ def test_each_message_gets_a_prediction_or_a_dead_letter(
         _publish(topics["images"], str(tmp_path / "missing.jpg").encode(), id="missing")
         deadline = time.time() + WAIT_S
         answered = predictions.wait_for(3, deadline) and dead.wait_for(3, deadline)
+        while len(_file_lines(files)) < 3 and time.time() < deadline:
+            time.sleep(0.5)
         time.sleep(1)  # Nothing more arrives: one answer per message.
     finally:
         predictions.close()
         dead.close()
         log = _stop(process)
     assert answered, log[-5000:]
+    # The files hold the same predictions as the messages, once each.
+    lines = _file_lines(files)
+    assert sorted(lines) == sorted(data.decode() for _, data, _ in predictions.received.values())
+    names = [name for name in os.listdir(files) if not name.startswith(".")]  # Beam's .temp*
+    pattern = r"predictions-\d{8}T\d{6}-\d{8}T\d{6}-\d{4}\.jsonl"
+    assert names and all(re.fullmatch(pattern, name) for name in names), names
 
     assert set(predictions.received) == {"bytes", "uri-data", "uri-attribute"}, log[-3000:]
     for key, image in zip(("bytes", "uri-data", "uri-attribute"), images, strict=True):
@@ -262,6 +282,7 @@ def test_a_dead_letter_keeps_the_data_and_fits_pubsub_attribute_limits():
         ({"model_name": ""}, "model_name is required"),
         ({"model_repository": "", "endpoint": "http://h/v1/models/m"}, "labels_uri"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"file_window_seconds": 0}, "file_window_seconds must be >= 1"),
     ],
 )
 def test_invalid_arguments_fail_before_anything_starts(changes, message):

@@ -1,7 +1,7 @@
 """Command line: ``python -m components.stream_predict --input-subscription S --output-topic T
 --dead-letter-topic D (--model-repository DIR --model-name N | --model-dir DIR |
 --endpoint URL --labels-uri FILE)
-[--max-run-seconds 0] [Beam args...]``.
+[--output-dir DIR] [--max-run-seconds 0] [Beam args...]``.
 
 Arguments it does not know go to Beam (e.g. ``--runner=DataflowRunner --project=p
 --region=r --temp_location=gs://...``). Prints the run's summary as JSON: on Dataflow once
@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         default=default["pubsub_emulator_host"],
         help="host:port of a Pub/Sub emulator",
     )
+    parser.add_argument(
+        "--output-dir",
+        default=default["output_dir"],
+        help="also write the predictions to JSON-lines files here, one per window",
+    )
+    parser.add_argument("--file-window-seconds", type=int, default=default["file_window_seconds"])
     parser.add_argument(
         "--job-name",
         default=default["job_name"],

@@ -24,14 +24,17 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.transforms import trigger, window
 
 from components.common import beam as beam_utils, io, labels as labels_lib, remote_handler, serving
 from components.common.model_handler import InferenceFailure
@@ -40,6 +43,9 @@ from components.stream_predict import messages, model_refresh
 from components.stream_predict.messages import STAGE, Request
 
 DEAD = "dead"  # Tag of the dead-letter side outputs.
+# How late a line may reach its file window and still be written: a safety net, lines are
+# stamped when predicted, which the watermark (the oldest unread publish time) trails.
+LATE_PREDICTIONS_S = 24 * 3600
 _PROGRESS_EVERY = 1000
 
 _log = logging.getLogger(__name__)
@@ -122,6 +128,24 @@ def model_version(model_dir: str) -> str:
     return name if name.isdigit() else model_dir
 
 
+def _stamped_line(message: tuple[bytes, dict[str, str]]) -> window.TimestampedValue:
+    """A prediction message's JSON as a file line, timestamped with the time of prediction:
+    the windows the files cover. RunInference's batching leaves its outputs with the
+    earliest timestamp there is, whose window the watermark has long passed: windowed
+    by that, every line would be dropped as late."""
+    return window.TimestampedValue(message[0].decode("utf-8"), time.time())
+
+
+def prediction_file_name(window, pane, shard_index, total_shards, compression, destination) -> str:
+    """``predictions-<window start>-<window end>-<firing>.jsonl``: a window's files, one per
+    firing of its trigger (early, on time, late). Beam's default naming leaves the firing
+    out (apache/beam#18721), so a later firing would overwrite an earlier one's file."""
+    del shard_index, total_shards, compression, destination  # one shard, uncompressed
+    start = window.start.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
+    end = window.end.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
+    return f"predictions-{start}-{end}-{getattr(pane, 'index', 0):04d}.jsonl"
+
+
 def _to_pubsub(message: tuple[bytes, dict[str, str]]) -> PubsubMessage:
     data, attributes = message
     return PubsubMessage(data, attributes)
@@ -170,6 +194,8 @@ def build_pipeline(
     refresh_seconds: float = 60,
     request_timeout_s: float = 30.0,
     max_retries: int = 5,
+    output_dir: str = "",
+    file_window_seconds: int = 60,
 ) -> None:
     """Adds the stage's transforms to a streaming Beam pipeline (``run`` builds and runs one).
 
@@ -190,6 +216,12 @@ def build_pipeline(
         refresh_seconds: How often a worker looks for a newer model version.
         request_timeout_s: Longest wait for one answer of the endpoint.
         max_retries: Retries of a request the endpoint did not answer (429, 503, ...).
+        output_dir: Also write the predictions (the messages' JSON, one a line) to files
+            here, per window of ``file_window_seconds`` (``prediction_file_name``); empty:
+            the topic only.
+        file_window_seconds: The files' windows (by time of prediction); a window's file
+            is written when the window closes and, while it is open, every this many
+            seconds.
     """
     parsed = (
         pipeline
@@ -221,6 +253,28 @@ def build_pipeline(
         | "PredictionMessages" >> beam.Map(_to_pubsub)
         | "WritePredictions" >> beam.io.WriteToPubSub(output_topic, with_attributes=True)
     )
+    if output_dir:
+        _ = (
+            predicted.ok
+            | "PredictionLines" >> beam.Map(_stamped_line)
+            | "FileWindows"
+            >> beam.WindowInto(
+                window.FixedWindows(file_window_seconds),
+                trigger=trigger.AfterWatermark(
+                    early=trigger.AfterProcessingTime(file_window_seconds),
+                    late=trigger.AfterCount(1),
+                ),
+                allowed_lateness=LATE_PREDICTIONS_S,
+                accumulation_mode=trigger.AccumulationMode.DISCARDING,
+            )
+            | "WritePredictionFiles"
+            >> fileio.WriteToFiles(
+                output_dir,
+                shards=1,
+                max_writers_per_bundle=0,  # one file per window and firing, not per bundle
+                file_naming=prediction_file_name,
+            )
+        )
     _ = (
         (parsed[DEAD], predicted[DEAD])
         | "AllDeadLetters" >> beam.Flatten()
@@ -242,6 +296,7 @@ def _check(
     batch_size: int,
     refresh_seconds: float,
     max_run_seconds: float,
+    file_window_seconds: int,
 ) -> None:
     for name, value, kind in (
         ("input_subscription", input_subscription, "subscriptions"),
@@ -270,6 +325,8 @@ def _check(
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if refresh_seconds < 0 or max_run_seconds < 0:
         raise ValueError("refresh_seconds and max_run_seconds must be >= 0")
+    if file_window_seconds < 1:
+        raise ValueError(f"file_window_seconds must be >= 1, got {file_window_seconds}")
 
 
 def run(
@@ -291,6 +348,8 @@ def run(
     max_run_seconds: float = 0,
     pubsub_emulator_host: str = "",
     job_name: str = "image-classifier-stream",
+    output_dir: str = "",
+    file_window_seconds: int = 60,
     dataflow: beam_utils.DataflowSettings | None = None,
 ) -> dict[str, Any]:
     """Runs streaming prediction: launches it on Dataflow, or runs it here.
@@ -331,6 +390,11 @@ def run(
             the new model serves from then on), so a pipeline re-run rolls its model out
             rather than starting a second job on the same subscription (give each
             stream its own name). Empty: Beam names a new job each launch.
+        output_dir: Also write the predictions to JSON-lines files in this folder (local
+            or ``gs://``), one file per window of ``file_window_seconds`` and firing:
+            ``predictions-<start>-<end>-<firing>.jsonl``. Empty: the output topic only.
+        file_window_seconds: The files' windows, by time of prediction; an open window's
+            file is written every this many seconds, a closed one's at once.
         dataflow: The named Dataflow settings (project, region, the workers' image: the
             batch_predict stage's dataflow-worker image); None: none.
 
@@ -357,6 +421,7 @@ def run(
         batch_size,
         refresh_seconds,
         max_run_seconds,
+        file_window_seconds,
     )
     if pubsub_emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_emulator_host
@@ -379,6 +444,8 @@ def run(
         refresh_seconds=refresh_seconds,
         request_timeout_s=request_timeout_s,
         max_retries=max_retries,
+        output_dir=output_dir,
+        file_window_seconds=file_window_seconds,
     )
     _log.info(
         "stream_predict: %s -> %s with %s (%s)", input_subscription, output_topic, model, runner

@@ -31,6 +31,8 @@ def stream_predict(
     max_run_seconds: float = 0.0,
     pubsub_emulator_host: str = "",
     job_name: str = "image-classifier-stream",
+    output_dir: str = "",
+    file_window_seconds: int = 60,
     project: str = "",
     region: str = "",
     temp_location: str = "",
@@ -74,6 +76,10 @@ def stream_predict(
             place (Dataflow's update: the new model serves, no message is lost) rather
             than a second one started (give each stream its own name). Empty: a new job
             each run.
+        output_dir: Also write the predictions to JSON-lines files in this folder (gs://
+            on Dataflow), one per window of file_window_seconds and firing. Empty: the
+            output topic only.
+        file_window_seconds: The files' windows, by time of prediction.
         project: Google Cloud project of the Dataflow job; empty leaves it unset.
         region: Dataflow region, e.g. us-central1; empty leaves it unset.
         temp_location: gs:// folder for Dataflow's temporary and staging files.
@@ -113,6 +119,8 @@ def stream_predict(
         max_run_seconds=max_run_seconds,
         pubsub_emulator_host=pubsub_emulator_host,
         job_name=job_name,
+        output_dir=output_dir,
+        file_window_seconds=file_window_seconds,
         dataflow=DataflowSettings(
             project=project,
             region=region,
