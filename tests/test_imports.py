@@ -40,7 +40,12 @@ except SystemExit as e:
 
 @pytest.mark.parametrize(
     "module",
-    ["components.common.model_handler", "components.common.serving"],
+    [
+        "components.common.model_handler",
+        "components.common.serving",
+        "components.common.remote_handler",
+        "components.stream_predict.beam_pipeline",
+    ],
 )
 def test_batch_prediction_and_the_serving_contract_load_no_training_code(module):
     assert loaded_after(f"import {module}\n") == []
