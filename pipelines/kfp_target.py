@@ -27,6 +27,7 @@ KFP_PARAMETERS = (
     "stream_output_topic",
     "stream_dead_letter_topic",
     "stream_job_name",
+    "stream_output_dir",
 )
 
 

@@ -117,6 +117,7 @@ def image_classification(
     stream_output_topic: str = "",
     stream_dead_letter_topic: str = "",
     stream_job_name: str = "image-classifier-stream",
+    stream_output_dir: str = "",
     # vertex (vertex_target)
     machine_type: str = "g2-standard-8",
     accelerator_type: str = "NVIDIA_L4",
@@ -230,6 +231,8 @@ def image_classification(
         stream_job_name: The streaming Dataflow job's name: a re-run updates the running
             job of this name with its model (Dataflow's --update) instead of starting a
             second one on the subscription.
+        stream_output_dir: gs:// folder the streaming job also writes its predictions to,
+            as JSON-lines files, one per minute of predictions; empty: the topic only.
         top_k: Classes per image in batch predictions.
         beam_runner: Beam runner of both Beam stages (DirectRunner, DataflowRunner);
             on Dataflow their workers run the stages' dataflow-worker images,
@@ -342,7 +345,8 @@ def image_classification(
         ig_steps=ig_steps,
     )
 
-    stream = (stream_subscription, stream_output_topic, stream_dead_letter_topic, stream_job_name)
+    stream = (stream_subscription, stream_output_topic, stream_dead_letter_topic)
+    stream += (stream_job_name, stream_output_dir)
     predict_on_beam = functools.partial(
         _batch_predict_on_beam, gke, dataflow, exported_model, dataset, top_k
     )
@@ -492,6 +496,7 @@ def _stream_predict(
     output_topic,
     dead_letter_topic,
     job_name,
+    output_dir,
 ) -> None:
     """When ``subscription`` is set, the stream_predict task: launches the exported model
     as a streaming Dataflow job (whatever ``beam_runner`` says: a streaming job does not
@@ -507,6 +512,7 @@ def _stream_predict(
             model=exported_model,
             top_k=top_k,
             job_name=job_name,
+            output_dir=output_dir,
             sdk_container_image=dataflow_worker_image("batch_predict"),
             **dict(dataflow, runner="DataflowRunner"),
         )

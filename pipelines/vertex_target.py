@@ -25,6 +25,7 @@ VERTEX_PARAMETERS = (
     "stream_output_topic",
     "stream_dead_letter_topic",
     "stream_job_name",
+    "stream_output_dir",
     "machine_type",
     "accelerator_type",
     "accelerator_count",

@@ -466,6 +466,7 @@ def test_cloud_targets_launch_streaming_predictions_on_dataflow_when_given_a_sub
         ("output_topic", "stream_output_topic"),
         ("dead_letter_topic", "stream_dead_letter_topic"),
         ("job_name", "stream_job_name"),
+        ("output_dir", "stream_output_dir"),
         ("top_k", "top_k"),
         *DATAFLOW_SETTINGS,
     ):

@@ -76,6 +76,37 @@ def _encoded(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+def test_int8_ties_count_only_where_the_saved_model_itself_is_within_a_step():
+    """int8 outputs probabilities in steps of 1/256: a barely trained model's near-equal
+    classes tie there (class_index takes the first). That tie agrees; a tie of classes
+    the SavedModel tells apart (a broken quantization) does not, nor any tie of a float
+    format."""
+    step = 1 / 256
+    expected = np.array([2, 2, 1, 0])
+    reference = np.array(
+        [
+            [0.2500, 0.2490, 0.2510, 0.2500],  # near-uniform: within a step
+            [0.0100, 0.0100, 0.9700, 0.0100],  # confident
+            [0.3000, 0.4000, 0.2000, 0.1000],  # confident
+            [0.9000, 0.0500, 0.0300, 0.0200],  # confident
+        ]
+    )
+    int8 = (
+        np.array(
+            [
+                [64, 64, 64, 64],  # tie, int8 says class 0: agrees (unresolvable)
+                [64, 64, 64, 64],  # tie of classes the SavedModel tells apart: broken
+                [0, 102, 103, 51],  # plain disagreement
+                [230, 13, 8, 5],  # plain agreement
+            ]
+        )
+        * step
+    )
+    classes = int8.argmax(axis=1)
+    assert edge.top1_agreement(expected, reference, classes, int8, step) == (0.5, 1)
+    assert edge.top1_agreement(expected, reference, classes, int8, 0.0) == (0.25, 0)
+
+
 @pytest.mark.parametrize(
     "height, width", [(32, 32), (50, 70), (20, 40), (100, 17), (33, 31), (480, 640), (7, 7)]
 )

@@ -51,8 +51,10 @@ def export_edge(
         tfjs_model: model.json (labels in its userDefinedMetadata), weight shards and
             labels.txt; load with tf.loadGraphModel.
         agreement: Per format (float32, float16, int8, tfjs) the share of checked
-            images whose top-1 class agrees with the SavedModel's, and examples; the
-            metadata also holds file sizes, conversion seconds and which TF.js check ran.
+            images whose top-1 class agrees with the SavedModel's (for int8, a tie of
+            classes the SavedModel scores less than int8's step of 1/256 apart counts,
+            and unresolved_ties says how many), and examples; the metadata also holds
+            file sizes, conversion seconds and which TF.js check ran.
     """
     from components.common.io import artifact_location
     from components.export_edge.edge import export_edge as export_edge_models
@@ -73,9 +75,10 @@ def export_edge(
         agreement.log_metric(kind, figures["agreement"])
     agreement.log_metric("examples", result["examples"])
     agreement.metadata.update({k: v for k, v in result.items() if k != "agreement"})
-    agreement.metadata["max_probability_difference"] = {
-        kind: figures["max_probability_difference"] for kind, figures in result["agreement"].items()
-    }
+    for figure in ("max_probability_difference", "unresolved_ties"):
+        agreement.metadata[figure] = {
+            kind: figures[figure] for kind, figures in result["agreement"].items()
+        }
     common = {k: result[k] for k in ("labels", "image_size", "input")}
     tflite_model.metadata.update(
         common, files=result["tflite_files"], outputs=result["outputs"]["tflite"]

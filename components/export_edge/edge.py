@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 TFLITE_FILES = {kind: f"model_{kind}.tflite" for kind in tflite.FORMATS}
 FLOAT_FORMATS = ("float32", "float16", "tfjs")
 FORMATS = (*tflite.FORMATS, "tfjs")
+# The probability step of each format's output: int8's softmax output is quantized with
+# TFLite's fixed scale of 1/256; the float formats have none worth counting.
+RESOLUTION = {"int8": 1 / 256}
 
 
 def decoded_images(
@@ -84,11 +87,50 @@ def _agreement(
     expected, probabilities = np.array(expected), np.array(probabilities)
     report = {"examples": len(expected), "tfjs_runtime": runtime}
     for kind, (classes, probs) in outputs.items():
+        agree, ties = top1_agreement(
+            expected, probabilities, np.array(classes), np.array(probs), RESOLUTION.get(kind, 0.0)
+        )
         report[kind] = {
-            "agreement": float(np.mean(np.array(classes) == expected)),
+            "agreement": agree,
+            "unresolved_ties": ties,
             "max_probability_difference": float(np.abs(np.array(probs) - probabilities).max()),
         }
     return report
+
+
+def top1_agreement(
+    expected: np.ndarray,
+    reference: np.ndarray,
+    classes: np.ndarray,
+    probabilities: np.ndarray,
+    resolution: float = 0.0,
+) -> tuple[float, int]:
+    """The share of images whose top-1 class agrees with the SavedModel's, and how many of
+    them agree only as a tie the format cannot resolve.
+
+    A format whose probabilities move in steps of ``resolution`` (int8: 1/256) cannot tell
+    classes apart that the SavedModel scores less than a step apart; its output then ties
+    them and its class_index takes the first. Such an image counts as agreeing when the
+    SavedModel's class is among the tied ones and the SavedModel's own probabilities of
+    the two classes differ by less than a step. A quantization that broke the model still
+    disagrees: it does not tie what the SavedModel tells apart.
+
+    Args:
+        expected: The SavedModel's class per image, ``[n]``.
+        reference: The SavedModel's probabilities, ``[n, classes]``.
+        classes: The format's class per image, ``[n]``.
+        probabilities: The format's probabilities, ``[n, classes]``.
+        resolution: The format's probability step; 0 for float formats (ties never count).
+
+    Returns:
+        (agreement, unresolved_ties).
+    """
+    rows = np.arange(len(expected))
+    exact = classes == expected
+    tied = probabilities[rows, expected] >= probabilities.max(axis=1)
+    close = reference[rows, expected] - reference[rows, classes] < resolution
+    ties = ~exact & tied & close
+    return float(np.mean(exact | ties)), int(ties.sum())
 
 
 def export_edge(
