@@ -14,7 +14,7 @@ from components.deploy.component import (
     find_champion,
 )
 from components.train.component import train as train_component
-from pipelines.tasks import PodResources, stage_task
+from pipelines.tasks import STREAM_PARAMETERS, PodResources, stage_task
 
 # The pipeline parameters only these targets have (pipeline.py declares them).
 LOCAL_PARAMETERS = ("model_repository", "serving_port")
@@ -23,11 +23,7 @@ KFP_PARAMETERS = (
     "deploy_target",
     "kserve_namespace",
     "traffic_percent",
-    "stream_subscription",
-    "stream_output_topic",
-    "stream_dead_letter_topic",
-    "stream_job_name",
-    "stream_output_dir",
+    *STREAM_PARAMETERS,
 )
 
 

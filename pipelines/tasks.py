@@ -11,6 +11,14 @@ from kfp.dsl import PipelineTask
 from components.images import stage_image
 
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+# The pipeline parameters of the streaming job both cloud targets launch (pipeline.py).
+STREAM_PARAMETERS = (
+    "stream_subscription",
+    "stream_output_topic",
+    "stream_dead_letter_topic",
+    "stream_job_name",
+    "stream_output_dir",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,16 +16,12 @@ from components.batch_predict.component import batch_predict_vertex
 from components.deploy.component import deploy_vertex, find_vertex_champion
 from components.images import stage_image
 from components.train.component import train as train_component
-from pipelines.tasks import stage_task
+from pipelines.tasks import STREAM_PARAMETERS, stage_task
 
 # The pipeline parameters only this target has (pipeline.py declares them).
 VERTEX_PARAMETERS = (
     "traffic_percent",
-    "stream_subscription",
-    "stream_output_topic",
-    "stream_dead_letter_topic",
-    "stream_job_name",
-    "stream_output_dir",
+    *STREAM_PARAMETERS,
     "machine_type",
     "accelerator_type",
     "accelerator_count",
