@@ -385,13 +385,13 @@ def image_classification(
                 traffic_percent,
             )
             predict_on_beam()
-        if target in ("kfp", "vertex"):
-            _stream_predict(gke, dataflow, exported_model, top_k, *stream)
         else:
             kfp_target.deploy_local(
                 exported_model, evaluation, model_name, model_repository, serving_port
             )
             predict_on_beam()
+        if target != "local":  # a streaming job runs on Dataflow, never under kfp local
+            _stream_predict(gke, dataflow, exported_model, top_k, *stream)
 
 
 def _train(
