@@ -339,6 +339,20 @@ def test_a_relaunch_on_dataflow_updates_the_running_job_of_its_name():
         beam_pipeline.running_dataflow_job(PipelineOptions(["--project=acme"]), "stream")
 
 
+def test_a_launched_job_is_reported_where_vertex_links_it():
+    # Project and region given as Beam arguments count as much as the named settings.
+    options = PipelineOptions(["--project=acme", "--region=europe-west4"])
+    assert beam_pipeline.dataflow_resources(options, "2026-11-26_1") == {
+        "resources": [
+            {
+                "resourceType": "DataflowJob",
+                "resourceUri": "https://dataflow.googleapis.com/v1b3/projects/acme/locations/"
+                "europe-west4/jobs/2026-11-26_1",
+            }
+        ]
+    }
+
+
 @pytest.fixture
 def served_model(exported_model, tmp_path):
     """The local model server on ``exported_model``: yields its TF Serving REST model URL."""

@@ -399,10 +399,10 @@ def run(
             batch_predict stage's dataflow-worker image); None: none.
 
     Returns:
-        ``runner``, ``job_id`` (Dataflow's; empty here), ``replaced_job_id`` (the running
-        job an update replaced; empty if none), ``state``, ``model`` (what serves) and
-        ``counters`` (messages, predicted, dead_letters, dead_<reason>,
-        model_refreshes; from a run here).
+        ``runner``, ``job_id`` (Dataflow's; empty here), ``gcp_resources`` (the job as
+        GCPC reports it), ``replaced_job_id`` (the running job an update replaced; empty
+        if none), ``state``, ``model`` (what serves) and ``counters`` (messages,
+        predicted, dead_letters, dead_<reason>, model_refreshes; from a run here).
 
     Raises:
         ValueError: on invalid arguments.
@@ -458,10 +458,12 @@ def run(
         "state": "",
         "model": model,
         "counters": {},
+        "gcp_resources": {"resources": []},
     }
     if "Dataflow" in runner:
         summary["job_id"] = result.job_id()
         summary["state"] = str(result.state)
+        summary["gcp_resources"] = dataflow_resources(pipeline.options, summary["job_id"])
         _log.info("stream_predict: launched Dataflow job %s", summary["job_id"])
         return summary
     summary["state"] = _wait_here(result, max_run_seconds)
@@ -489,6 +491,18 @@ def launch_args(
         _log.info("stream_predict: updating the running Dataflow job %s", running)
         args.append("--update")
     return args, running
+
+
+def dataflow_resources(options: PipelineOptions, job_id: str) -> dict:
+    """The launched job as Google Cloud Pipeline Components report it (``gcp_resources``,
+    which the Vertex AI Pipelines console links)."""
+    cloud = options.view_as(GoogleCloudOptions)
+    uri = f"https://dataflow.googleapis.com/v1b3/projects/{cloud.project}/locations/"
+    return {
+        "resources": [
+            {"resourceType": "DataflowJob", "resourceUri": f"{uri}{cloud.region}/jobs/{job_id}"}
+        ]
+    }
 
 
 def running_dataflow_job(options: PipelineOptions, job_name: str) -> str:

@@ -132,10 +132,6 @@ def stream_predict(
     )
     for name, value in summary["counters"].items():
         stats.log_metric(name, value)
-    resources = []
-    if summary["job_id"]:
-        uri = f"https://dataflow.googleapis.com/v1b3/projects/{project}/locations/{region}/jobs/"
-        resources.append({"resourceType": "DataflowJob", "resourceUri": uri + summary["job_id"]})
     with open(gcp_resources, "w") as f:
-        json.dump({"resources": resources}, f)
+        json.dump(summary["gcp_resources"], f)
     return summary["job_id"]
