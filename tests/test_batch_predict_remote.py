@@ -410,6 +410,26 @@ def test_predict_url(endpoint, url):
 def test_bad_rest_endpoints(endpoint):
     with pytest.raises(ValueError):
         remote_handler.predict_url(endpoint)
+    with pytest.raises(ValueError):
+        remote_handler.endpoint_kind(endpoint)
+
+
+def test_a_bad_endpoint_fails_before_the_last_predictions_are_removed(labels_file, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    last = out / "predictions-00000-of-00001.jsonl"
+    last.write_text('{"uri": "a.jpg"}\n')
+    listing = tmp_path / "listing.csv"
+    listing.write_text("a.jpg,circle\n")
+    with pytest.raises(ValueError, match="model's URL"):
+        beam_pipeline.run(
+            "",
+            str(out),
+            input_uris=str(listing),
+            endpoint="http://127.0.0.1:8080",  # the server, not its model
+            labels_uri=labels_file,
+        )
+    assert last.read_text() == '{"uri": "a.jpg"}\n'
 
 
 def test_endpoint_kinds():

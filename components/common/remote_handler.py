@@ -132,9 +132,11 @@ def endpoint_kind(endpoint: str) -> str:
     name (``projects/<p>/locations/<l>/endpoints/<id>``).
 
     Raises:
-        ValueError: for anything else.
+        ValueError: for anything else, and for a URL that is not a model's
+            (``predict_url``).
     """
     if endpoint.startswith(("http://", "https://")):
+        predict_url(endpoint)  # the whole URL checked before anything runs
         return REST
     if VERTEX_ENDPOINT.fullmatch(endpoint):
         return VERTEX
