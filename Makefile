@@ -46,8 +46,8 @@ RUNNER ?= subprocess
 demo: sample-data $(if $(filter docker,$(RUNNER)),images) ## Run the whole pipeline locally (kfp local; RUNNER=docker: in the stage images) on the sample set
 	$(PY) -m pipelines.run_local --runner $(RUNNER) --image-dir $(SAMPLE)/images --work-dir $(DEMO)
 
-demo-stream: setup ## After `make demo`: stream the test split through Pub/Sub (emulator) and Beam, print latency
-	timeout 300 $(PY) -m pipelines.stream_demo --work-dir $(DEMO) --model-name $(MODEL_NAME)
+demo-stream: setup ## After `make demo`: stream the test split through Pub/Sub (emulator) and Beam, print latency (SIGINT at 300 s: the demo still stops what it started)
+	timeout -s INT -k 30 300 $(PY) -m pipelines.stream_demo --work-dir $(DEMO) --model-name $(MODEL_NAME)
 
 serve: setup ## Serve the model the demo deployed: REST on 127.0.0.1:$(PORT), gRPC on $(GRPC_PORT) (SERVE_ARGS: more options)
 	$(PY) -m components.deploy.server --model-repository $(DEMO)/model_repository \

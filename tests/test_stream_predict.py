@@ -68,7 +68,11 @@ def _publish(topic: str, data: bytes, **attributes: str) -> None:
 
 def _repository(exported_model: str, root, versions=(1,)) -> str:
     for version in versions:
-        shutil.copytree(exported_model, os.path.join(root, MODEL, str(version)))
+        # Copied beside, then renamed into place: a version appears whole, as publish makes it.
+        staging = os.path.join(root, f".staging-{version}")
+        shutil.copytree(exported_model, staging)
+        os.makedirs(os.path.join(root, MODEL), exist_ok=True)
+        os.rename(staging, os.path.join(root, MODEL, str(version)))
     return str(root)
 
 
@@ -295,6 +299,38 @@ def test_invalid_arguments_fail_before_anything_starts(changes, message):
         **changes,
     }
     with pytest.raises(ValueError, match=message.replace("<", ".").replace(">", ".")):
+        beam_pipeline.run(**arguments)
+
+
+def test_a_version_that_cannot_load_yet_is_tried_again(exported_model, tmp_path):
+    from components.stream_predict.model_refresh import NewestVersion
+
+    repository = _repository(exported_model, tmp_path)
+    newest = NewestVersion(repository, MODEL, refresh_seconds=0.01, namespace="test")
+    served = newest.current()
+    broken = tmp_path / MODEL / "2"
+    broken.mkdir()  # an upload under way: a SavedModel file that is not one yet
+    (broken / "saved_model.pb").write_bytes(b"half")
+    time.sleep(0.02)
+    assert newest.current() is served and newest.version == 1
+    shutil.rmtree(broken)
+    _repository(exported_model, tmp_path, versions=(2,))  # the upload completes
+    time.sleep(0.02)
+    assert newest.current() is not served and newest.version == 2
+
+
+@pytest.mark.parametrize(
+    "model", [{"model_repository": "REPO"}, {"model_repository": "", "model_dir": "REPO/none"}]
+)
+def test_a_missing_model_fails_before_anything_starts(model, tmp_path):
+    arguments = {
+        "input_subscription": "projects/p/subscriptions/images",
+        "output_topic": "projects/p/topics/predictions",
+        "dead_letter_topic": "projects/p/topics/dead",
+        "model_name": MODEL,
+        **{name: value.replace("REPO", str(tmp_path)) for name, value in model.items()},
+    }
+    with pytest.raises(FileNotFoundError, match="no version of model|no SavedModel at"):
         beam_pipeline.run(**arguments)
 
 

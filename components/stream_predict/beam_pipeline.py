@@ -36,7 +36,14 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.transforms import trigger, window
 
-from components.common import beam as beam_utils, io, labels as labels_lib, remote_handler, serving
+from components.common import (
+    beam as beam_utils,
+    io,
+    labels as labels_lib,
+    model_repository as model_repository_lib,
+    remote_handler,
+    serving,
+)
 from components.common.model_handler import InferenceFailure
 from components.common.predictions import prediction_record
 from components.stream_predict import messages, model_refresh
@@ -406,6 +413,7 @@ def run(
 
     Raises:
         ValueError: on invalid arguments.
+        FileNotFoundError: when the model directory or repository holds no SavedModel.
         RuntimeError: when the pipeline fails.
     """
     _check(
@@ -423,6 +431,11 @@ def run(
         max_run_seconds,
         file_window_seconds,
     )
+    # A missing model fails here, clearly, not later in every worker.
+    if model_repository:
+        model_repository_lib.latest_version(model_repository, model_name)
+    if model_dir and not io.exists(io.join(model_dir, model_repository_lib.SAVED_MODEL_FILE)):
+        raise FileNotFoundError(f"no SavedModel at {model_dir} (expected saved_model.pb)")
     if pubsub_emulator_host:
         os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_emulator_host
     model = endpoint or model_dir or io.join(model_repository, model_name)

@@ -64,7 +64,8 @@ class NewestVersion:
     """The newest loadable version of one model in a repository, re-checked when due.
 
     ``current()`` is safe to call from the threads of a worker process; a version that
-    fails to load is logged, counted and skipped until a newer one appears.
+    fails to load is logged and counted, the current one keeps serving, and it is tried
+    again at the next check (an upload may still be arriving).
     """
 
     def __init__(self, repository: str, model_name: str, refresh_seconds: float, namespace: str):
@@ -73,7 +74,6 @@ class NewestVersion:
         self._refresh_seconds = refresh_seconds
         self._namespace = namespace
         self._lock = threading.Lock()
-        self._failed: set[int] = set()
         self.version, path = model_repository.latest_version(repository, model_name)
         self._model = load_version(path)
         self._checked = time.monotonic()
@@ -94,15 +94,16 @@ class NewestVersion:
         except FileNotFoundError as e:
             _log.warning("%s: %s; keeping version %d", self._namespace, e, self.version)
             return
-        if version <= self.version or version in self._failed:
+        if version <= self.version:
             return
         try:
             model = load_version(path)
-        except Exception as e:  # A broken upload must not stop the stream.
-            self._failed.add(version)
+        # A broken or half-copied upload (gs:// has no atomic rename) must not stop the
+        # stream; it is tried again at the next check.
+        except Exception as e:
             Metrics.counter(self._namespace, "model_refresh_failures").inc()
             _log.error(
-                "%s: version %d of %s cannot be loaded, keeping version %d: %s",
+                "%s: version %d of %s cannot be loaded (yet), keeping version %d: %s",
                 self._namespace,
                 version,
                 self._model_name,
