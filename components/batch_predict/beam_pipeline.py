@@ -74,8 +74,6 @@ SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"
 # Reasons an input gets no prediction (besides components.common.beam's beam_utils.MISSING_FILE and
 # beam_utils.UNREADABLE_FILE, the reading ones).
 MALFORMED_LINE = "malformed_line"
-EMPTY_FILE = beam_utils.EMPTY_FILE
-UNDECODABLE_IMAGE = model_handler.UNDECODABLE_IMAGE
 _PROGRESS_EVERY = 1000
 # Beam's adaptive throttling delay for an endpoint (RemoteModelHandler's default).
 THROTTLE_DELAY_S = remote_handler.DEFAULT_THROTTLE_DELAY_S

@@ -417,10 +417,6 @@ class RemoteImageHandler(ModelHandler[bytes, PredictionResult, Any]):
         self._remote = remote
         self._namespace = metrics_namespace
 
-    @property
-    def remote(self) -> RemoteModelHandler:
-        return self._remote
-
     def load_model(self) -> Any:
         """The remote handler's client (no request is sent)."""
         return self._remote.load_model()
@@ -480,9 +476,6 @@ class RemoteImageHandler(ModelHandler[bytes, PredictionResult, Any]):
     def get_metrics_namespace(self) -> str:
         """Namespace of Beam's RunInference metrics (batch sizes, latencies)."""
         return f"{self._namespace}_RunInference"
-
-    def share_model_across_processes(self) -> bool:
-        return False
 
 
 # --------------------------------------------------------------------------- construction

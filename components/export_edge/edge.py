@@ -182,6 +182,10 @@ def export_edge(
             raise ValueError(f"{name}_min_agreement must be between 0 and 1, got {value}")
     if representative_images < 1:
         raise ValueError(f"representative_images must be at least 1, got {representative_images}")
+    if max_examples < 0:
+        raise ValueError(f"max_examples must be >= 0 (0: all), got {max_examples}")
+    if tfjs_check not in tfjs.CHECKS:  # before any conversion, not after them
+        raise ValueError(f"unknown tfjs_check {tfjs_check!r}; expected one of {tfjs.CHECKS}")
     _check_inputs(export_dir, dataset_dir, split)
     seconds, sizes = {}, {}
     with tempfile.TemporaryDirectory(prefix="export-edge-") as work:

@@ -38,6 +38,12 @@ class EdgeModel(tf.Module):
     def __init__(self, export_dir: str):
         super().__init__()
         self.export = tf.saved_model.load(export_dir)  # tracked: its variables are saved
+        if serving.XAI_MODEL_SIGNATURE not in self.export.signatures:
+            raise ValueError(
+                f"the SavedModel at {export_dir} has no {serving.XAI_MODEL_SIGNATURE!r} "
+                f"signature (signatures: {sorted(self.export.signatures)}); edge exports "
+                "start from the export stage's SavedModel, which has it"
+            )
         self.classifier = self.export.signatures[serving.XAI_MODEL_SIGNATURE]
         self.labels = serving.read_export_labels(export_dir)
         self.size = image_size(self.classifier)
