@@ -62,12 +62,11 @@ def _check_inputs(export_dir: str, dataset_dir: str, split: str) -> None:
 
 
 def _agreement(
-    export_dir, dataset_dir, split, max_examples, models: dict[str, bytes], tfjs_check
+    reference, dataset_dir, split, max_examples, models: dict[str, bytes], tfjs_check
 ) -> dict:
     """Runs the SavedModel and every edge model on the split: per format, the share of
     images whose top-1 class agrees with the SavedModel's and the largest probability
     difference."""
-    reference = serving.load_signature(export_dir)
     runners = {kind: tflite.Runner(model) for kind, model in models.items()}
     expected, outputs = [], {kind: ([], []) for kind in runners}
     probabilities = []
@@ -213,7 +212,8 @@ def export_edge(
         label_io.write_labels(os.path.join(local_tfjs, label_io.LABELS_FILE), model.labels)
         check, fallback = tfjs.make_check(tfjs_check, local_tfjs, work)
         start = time.monotonic()
-        report = _agreement(export_dir, dataset_dir, split, max_examples, models, check)
+        reference = model.export.signatures[serving.SIGNATURE]  # the export, loaded once
+        report = _agreement(reference, dataset_dir, split, max_examples, models, check)
         seconds["check"] = time.monotonic() - start
         for kind, blob in models.items():
             io.write_bytes(io.join(tflite_dir, TFLITE_FILES[kind]), blob)
