@@ -20,6 +20,8 @@ returns its id without waiting.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
@@ -106,8 +108,6 @@ class ToPredictionMessage(beam.DoFn):
 
     def setup(self) -> None:
         self._predicted = Metrics.counter(STAGE, "predicted")
-        self._labels: dict[str, list[str]] = {}
-        self._seen = 0
 
     def process(self, element: tuple[Request, PredictionResult]) -> Iterator[Any]:
         request, result = element
@@ -118,15 +118,23 @@ class ToPredictionMessage(beam.DoFn):
             labels, version = self._endpoint_labels, self._endpoint
         else:
             model_dir = result.model_id or ""
-            if model_dir not in self._labels:
-                self._labels[model_dir] = serving.read_export_labels(model_dir)
-            labels, version = self._labels[model_dir], model_version(model_dir)
+            labels, version = _export_labels(model_dir), model_version(model_dir)
         record = prediction_record(request.uri, result.inference, labels, self._top_k)
         self._predicted.inc()
-        self._seen += 1
-        if self._seen % _PROGRESS_EVERY == 0:
-            _log.info("stream_predict: this worker has predicted %d images", self._seen)
+        seen = next(_PREDICTED_HERE)
+        if seen % _PROGRESS_EVERY == 0:
+            _log.info("stream_predict: this worker has predicted %d images", seen)
         yield messages.prediction_message(request, record, version)
+
+
+# Per worker process, not per DoFn: the DirectRunner's streaming engine sets a DoFn up
+# again for every bundle. A version's directory never changes, so its labels are kept.
+_PREDICTED_HERE = itertools.count(1)
+
+
+@functools.lru_cache(maxsize=16)
+def _export_labels(model_dir: str) -> list[str]:
+    return serving.read_export_labels(model_dir)
 
 
 def model_version(model_dir: str) -> str:
