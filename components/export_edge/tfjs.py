@@ -252,7 +252,10 @@ _FUSED = {
     "_FusedDepthwiseConv2dNative": "DepthwiseConv2dNative",
     "_FusedMatMul": "MatMul",
 }
-_ACTIVATIONS = ("Relu", "Relu6", "Elu", "Selu", "Sigmoid", "Tanh", "LeakyRelu")
+# The fused activations the Python check writes out: TensorFlow.js' own (``unsupported``
+# rejects any other first), less Prelu, which TensorFlow has no single op for (a model with a
+# fused Prelu gets a clear error from ``defuse``; the Node.js check runs it).
+_ACTIVATIONS = FUSED_STEPS - {"BiasAdd", "NoOp", "Prelu"}
 
 
 def defuse(graph_def):
