@@ -48,10 +48,12 @@ no-deps)
     fi
     pins=""
     for name in "$@"; do
-        pin=$(grep -E "^$name==" "$src/requirements-no-deps.txt") || {
+        # The name compared as a string (grep would read "." in a name as any character).
+        pin=$(awk -F'==' -v name="$name" '$1 == name' "$src/requirements-no-deps.txt")
+        if [ -z "$pin" ]; then
             echo "install.sh: $name is not pinned in requirements-no-deps.txt" >&2
             exit 1
-        }
+        fi
         pins="$pins $pin"
     done
     # shellcheck disable=SC2086 # one word per pin
