@@ -43,7 +43,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import base64  # noqa: E402
-import csv  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
@@ -59,8 +58,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_model, load_average, usable_cpus  # noqa: E402  (bench/machine.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_REPOSITORY = os.path.join(ROOT, "work", "demo", "model_repository")
-DEMO_MODEL = "image-classifier"
+DEMO_DIR = os.path.join(ROOT, "work", "demo")
+SERVED_NAME_OF_DEMO = "image-classifier"  # The model name `make demo` deploys under.
 SAMPLE_LISTING = os.path.join(ROOT, "work", "sample", "images.csv")
 SERVED_NAME = "bench-model"
 RUNNER = "FnApiRunner"  # Beam's in-process runner (DirectRunner's fallback, no Prism)
@@ -74,18 +73,21 @@ NAMES = {
 }
 
 
-def default_model_dir() -> str:
+def default_model_dir(demo_dir: str) -> str:
+    """The newest version `make demo` deployed in ``demo_dir``'s model repository."""
     from components.common import model_repository
 
+    repository = os.path.join(demo_dir, "model_repository")
     try:
-        return model_repository.latest_version(DEMO_REPOSITORY, DEMO_MODEL)[1]
+        return model_repository.latest_version(repository, SERVED_NAME_OF_DEMO)[1]
     except FileNotFoundError:
-        sys.exit(f"no demo model in {DEMO_REPOSITORY}: run `make demo` first, or pass --model-dir")
+        sys.exit(f"no demo model in {repository}: run `make demo` first, or pass --model-dir")
 
 
 def read_listing(path: str, count: int) -> list[str]:
-    with open(path, newline="") as f:
-        uris = [row[0] for row in csv.reader(f) if row and row[0] != "uri"]
+    from components.common.schema import read_manifest
+
+    uris = [uri for uri, _ in read_manifest(path)]
     if count:
         uris = uris[:count]
     if not uris:
@@ -193,8 +195,6 @@ def versions() -> str:
     return ", ".join(f"{name} {version(name)}" for name in names)
 
 
-SERVED_NAME_OF_DEMO = "image-classifier"  # The model name `make demo` deploys under.
-
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -213,11 +213,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="streaming latency at these images/s (make demo-stream's run; needs `make "
         "demo` and gcloud's Pub/Sub emulator; empty: skip)",
     )
-    parser.add_argument("--demo-dir", default="work/demo", help="where `make demo` ran")
+    parser.add_argument("--demo-dir", default=DEMO_DIR, help="where `make demo` ran")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
 
-    model_dir = os.path.abspath(args.model_dir or default_model_dir())
+    model_dir = os.path.abspath(args.model_dir or default_model_dir(args.demo_dir))
     uris = read_listing(args.listing, args.count) * args.copies
     paths = [p for p in args.paths.split(",") if p]
     if set(paths) - set(PATHS) or "a" not in paths:

@@ -12,7 +12,6 @@ Exits non-zero unless each image got a prediction and the bad message a dead let
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -72,9 +71,7 @@ def test_images(work_dir: str) -> list[tuple[str, str]]:
     """``(uri, label)`` of the test split of the demo's dataset."""
     summary = io.read_json(os.path.join(work_dir, "summary.json"))
     dataset_dir = os.path.dirname(summary["errors_file"])
-    with open(schema.manifest_path(dataset_dir, "test"), newline="") as f:
-        rows = [row for row in csv.reader(f) if row and row[0] != "uri"]
-    return [(row[0], row[1] if len(row) > 1 else "") for row in rows]
+    return schema.read_manifest(schema.manifest_path(dataset_dir, "test"))
 
 
 def run_demo(work_dir: str, rate: float, timeout_s: float, model_name: str) -> dict:

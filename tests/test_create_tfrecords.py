@@ -57,8 +57,7 @@ def read_dataset(dataset_dir: str) -> dict[str, list[dict]]:
 
 
 def read_manifest(dataset_dir: str, split: str) -> list[tuple[str, str]]:
-    with open(schema.manifest_path(dataset_dir, split), newline="") as f:
-        return [tuple(row) for row in csv.reader(f)]
+    return schema.read_manifest(schema.manifest_path(dataset_dir, split))
 
 
 def read_errors(dataset_dir: str) -> list[dict]:

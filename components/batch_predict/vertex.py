@@ -28,7 +28,6 @@ Output: JSON Lines under ``gcs_destination_prefix``, in a directory the job name
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,19 +76,13 @@ def write_file_list(manifest: str, destination: str) -> int:
         ValueError: when an image is not on Cloud Storage (Vertex AI reads only gs://),
             or the manifest lists no image.
     """
-    uris = []
-    for fields in csv.reader(io.read_text(manifest).splitlines()):
-        if not fields or not fields[0].strip():
-            continue
-        uri = fields[0].strip()
-        if not uris and uri.lower() == "uri":
-            continue
+    uris = [uri for uri, _ in schema.read_manifest(manifest)]
+    for uri in uris:
         if not uri.startswith("gs://"):
             raise ValueError(
                 f"{manifest} lists {uri!r}: a Vertex AI batch prediction reads images from "
                 "Cloud Storage only (gs://)"
             )
-        uris.append(uri)
     if not uris:
         raise ValueError(f"{manifest} lists no image")
     io.write_text(destination, "".join(f"{uri}\n" for uri in uris))

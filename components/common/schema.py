@@ -21,6 +21,8 @@ A dataset directory written by create_tfrecords looks like::
 
 from __future__ import annotations
 
+import csv
+
 import tensorflow as tf
 
 from components.common import io
@@ -134,3 +136,18 @@ def split_size(dataset_dir: str, split: str) -> int:
 def manifest_path(dataset_dir: str, split: str) -> str:
     """CSV (``uri,label``) of the images kept in one split."""
     return io.join(dataset_dir, "manifests", f"{split}.csv")
+
+
+def read_manifest(manifest: str) -> list[tuple[str, str]]:
+    """``(uri, label)`` of each image a manifest (``uri,label`` CSV, e.g.
+    ``manifest_path(dataset, "test")``) lists, in its order; the header line ``uri,...``
+    and blank lines are skipped, a line without a label has ``""``."""
+    rows = []
+    for fields in csv.reader(io.read_text(manifest).splitlines()):
+        if not fields or not fields[0].strip():
+            continue
+        uri = fields[0].strip()
+        if not rows and uri.lower() == "uri":
+            continue
+        rows.append((uri, fields[1].strip() if len(fields) > 1 else ""))
+    return rows
