@@ -195,7 +195,6 @@ def versions() -> str:
     return ", ".join(f"{name} {version(name)}" for name in names)
 
 
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default="", help="exported SavedModel (default: demo)")
