@@ -22,6 +22,7 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -91,12 +92,25 @@ def model_url(probe_model, tmp_path_factory):
 class FaultProxy:
     """An HTTP proxy in a thread: answers 503 (with ``Retry-After: 1``, as the server does
     when overloaded) to the first ``fail_first`` predict requests, or to all of them
-    with ``fail_first=-1``, and forwards the others to the server of ``model_url``."""
+    with ``fail_first=-1``, and forwards the others to the server of ``model_url``.
 
-    def __init__(self, model_url: str, fail_first: int):
+    With ``max_body_bytes``, it answers a body over it 413, with the server's message for
+    its ``--max-body-bytes``. With ``garble``, the first ``garble_first`` 200 answers are
+    ``garble(answer)`` instead, and ``garbled`` lists the images of their requests.
+    """
+
+    def __init__(
+        self,
+        model_url: str,
+        fail_first: int = 0,
+        max_body_bytes: int = 0,
+        garble: Callable[[bytes], bytes] | None = None,
+        garble_first: int = 1,
+    ):
         self.upstream = model_url.split("/v1/", 1)[0]
         self.fail_first = fail_first
-        self.answered = {"503": 0, "forwarded": 0}
+        self.answered = {"503": 0, "forwarded": 0}  # and "413" when one is
+        self.garbled: list[list[bytes]] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -118,11 +132,17 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with proxy._lock:
                     fail = proxy.fail_first < 0 or proxy.answered["503"] < proxy.fail_first
-                    proxy.answered["503" if fail else "forwarded"] += 1
+                    too_large = not fail and 0 < max_body_bytes < len(body)
+                    outcome = "503" if fail else "413" if too_large else "forwarded"
+                    proxy.answered[outcome] = proxy.answered.get(outcome, 0) + 1
                 if fail:
                     error = json.dumps({"error": "injected: the server is overloaded"})
                     headers = {"Content-Type": "application/json", "Retry-After": "1"}
                     self._answer(503, error.encode(), headers)
+                    return
+                if too_large:
+                    error = json.dumps({"error": too_large_message(len(body), max_body_bytes)})
+                    self._answer(413, error.encode(), {"Content-Type": "application/json"})
                     return
                 request = urllib.request.Request(
                     proxy.upstream + self.path,
@@ -134,6 +154,14 @@ class FaultProxy:
                         status, answer = response.status, response.read()
                 except urllib.error.HTTPError as e:
                     status, answer = e.code, e.read()
+                if status == 200 and garble is not None:
+                    with proxy._lock:
+                        garbling = len(proxy.garbled) < garble_first
+                        if garbling:
+                            sent = json.loads(body)["instances"]
+                            proxy.garbled.append([base64.b64decode(i["b64"]) for i in sent])
+                    if garbling:
+                        answer = garble(answer)
                 self._answer(status, answer, {"Content-Type": "application/json"})
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -153,6 +181,11 @@ class FaultProxy:
         """``model_url`` with this proxy's host and port."""
         path = model_url.split("/", 3)[3]
         return f"http://127.0.0.1:{self.port}/{path}"
+
+
+def too_large_message(length: int, limit: int) -> str:
+    """The model server's message in its 413 for a body over ``--max-body-bytes``."""
+    return f"the request body is {length} bytes, more than the limit of {limit} bytes"
 
 
 def _read_output(output_dir: str) -> tuple[list[dict], list[dict], dict]:
@@ -351,6 +384,121 @@ def test_a_refused_connection_fails_the_run_per_max_error_fraction(
     assert sorted(e["uri"] for e in errors) == sorted(uri for uri, _ in chosen)
     assert all(e["reason"] == "remote_unavailable" and "no connection" in e["detail"]
                for e in errors)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def large_image(tmp_path_factory) -> str:
+    """A PNG of noise, larger than six sample images together."""
+    pixels = np.random.default_rng(1).integers(0, 256, (400, 400, 3), np.uint8)
+    path = tmp_path_factory.mktemp("large") / "large.png"
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def _body_bytes(paths: list[str]) -> int:
+    """The length of the ``:predict`` body of these images."""
+    return len(json.dumps({"instances": remote_handler.instances([_read(p) for p in paths])}))
+
+
+def test_a_batch_answered_413_goes_image_by_image_and_only_the_large_image_fails(
+    model_url, labels_file, in_worker_run, sample_data, large_image, tmp_path
+):
+    chosen = _good_rows(sample_data)[:6]
+    lines = [f"{uri},{label}" for uri, label in chosen]
+    lines.insert(3, large_image)
+    listing = tmp_path / "with_large.csv"
+    listing.write_text("\n".join(lines) + "\n")
+    # The proxy takes a request of the good images (all of them, or fewer), and answers
+    # 413 to one holding the large image, as the server does over --max-body-bytes.
+    limit = _body_bytes([uri for uri, _ in chosen])
+    large_body = _body_bytes([large_image])
+    assert large_body > limit
+    out = str(tmp_path / "out")
+    with FaultProxy(model_url, max_body_bytes=limit) as proxy:
+        summary = beam_pipeline.run(
+            "",
+            out,
+            input_uris=str(listing),
+            batch_size=64,
+            runner=RUNNER,
+            endpoint=proxy.model_url(model_url),
+            labels_uri=labels_file,
+            max_error_fraction=0.5,
+        )
+    rows, errors, stats = _read_output(out)
+    good = {uri for uri, _ in chosen}
+    _same_predictions(rows, [row for row in in_worker_run["rows"] if row["uri"] in good])
+    assert [(e["uri"], e["reason"]) for e in errors] == [(large_image, "image_too_large")]
+    assert errors[0]["detail"] == too_large_message(large_body, limit)  # the server's message
+    assert stats == {"rows": 6, "errors": 1, "errors_by_reason": {"image_too_large": 1}}
+    counters = summary["counters"]
+    assert counters["fallback_images"] > 1, "the large image should share a batch"
+    assert counters["fallback_batches"] == 1
+    assert proxy.answered["413"] == 2  # its batch, then the large image on its own
+    assert counters["remote_requests"] == proxy.answered["413"] + proxy.answered["forwarded"]
+    assert counters.get("remote_retries", 0) == 0 and counters.get("remote_failures", 0) == 0
+
+
+def _not_json(answer: bytes) -> bytes:
+    return b"<html>502 from somewhere else</html>"
+
+
+def _without_predictions(answer: bytes) -> bytes:
+    return json.dumps({"outputs": json.loads(answer)["predictions"]}).encode()
+
+
+def _one_prediction_short(answer: bytes) -> bytes:
+    return json.dumps({"predictions": json.loads(answer)["predictions"][:-1]}).encode()
+
+
+def _predictions_not_a_list(answer: bytes) -> bytes:
+    return json.dumps({"predictions": {"probabilities": [0.25] * len(LABELS)}}).encode()
+
+
+@pytest.mark.parametrize(
+    "garble, detail",
+    [
+        (_not_json, "is not {'predictions': [...]}: '<html>502 from somewhere else</html>'"),
+        (_without_predictions, "is not {'predictions': [...]}: '{\"outputs\": [{"),
+        (_one_prediction_short, "answered {short} predictions for {images} images"),
+        (_predictions_not_a_list, "answered no list of predictions for {images} images"),
+    ],
+    ids=["not_json", "no_predictions", "one_short", "not_a_list"],
+)
+def test_a_malformed_answer_fails_its_batch_as_a_remote_error(
+    garble, detail, model_url, labels_file, in_worker_run, sample_data, tmp_path
+):
+    chosen = _good_rows(sample_data)[:6]
+    listing = tmp_path / "six.csv"
+    listing.write_text("".join(f"{uri},{label}\n" for uri, label in chosen))
+    out = str(tmp_path / "out")
+    with FaultProxy(model_url, garble=garble, garble_first=1) as proxy:
+        summary = beam_pipeline.run(
+            "",
+            out,
+            input_uris=str(listing),
+            batch_size=3,
+            runner=RUNNER,
+            endpoint=proxy.model_url(model_url),
+            labels_uri=labels_file,
+            max_error_fraction=1.0,  # passes with its errors counted
+        )
+    rows, errors, stats = _read_output(out)
+    uri_of = {_read(uri): uri for uri, _ in chosen}
+    [sent] = proxy.garbled  # the one batch answered wrong
+    failed = {uri_of[image] for image in sent}
+    assert sorted(e["uri"] for e in errors) == sorted(failed)
+    assert {e["reason"] for e in errors} == {"remote_error"}
+    n = len(sent)
+    expected = detail.replace("{short}", str(n - 1)).replace("{images}", str(n))
+    assert all(expected in e["detail"] for e in errors), (expected, errors[0]["detail"])
+    others = [row for row in in_worker_run["rows"] if row["uri"] in set(uri_of.values()) - failed]
+    _same_predictions(rows, others)
+    assert stats == {"rows": 6 - n, "errors": n, "errors_by_reason": {"remote_error": n}}
+    counters = summary["counters"]
+    assert counters["remote_failures"] == 1 and counters["remote_failed_images"] == n
+    assert counters["remote_requests"] == proxy.answered["forwarded"]  # none retried
+    assert counters.get("remote_retries", 0) == 0 and counters.get("fallback_batches", 0) == 0
 
 
 def test_handler_on_its_own_sends_a_rejected_batch_again_image_by_image(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from apache_beam.metrics import Metrics
@@ -32,7 +32,13 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from components.common import serving
 
+# Reasons an image gets no prediction (``InferenceFailure.reason``, data in errors.jsonl).
+# IMAGE_TOO_LARGE (a remote endpoint's 413) is also create_tfrecords' reason for an image
+# over PIL's pixel limit; image_checks spells it itself so that its checks import PIL only.
 UNDECODABLE_IMAGE = "undecodable_image"
+IMAGE_TOO_LARGE = "image_too_large"
+
+_ModelT = TypeVar("_ModelT")
 
 _log = logging.getLogger(__name__)
 
@@ -85,6 +91,22 @@ class LoadedModel:
         return outputs["probabilities"].numpy()
 
 
+def load_saved_model(model_dir: str, num_classes: int | None = None) -> LoadedModel:
+    """Loads an exported serving SavedModel and, with ``num_classes``, checks its class count.
+
+    Raises:
+        ValueError: when the model's class count is not ``num_classes`` (e.g. the length
+            of its label file).
+    """
+    model = LoadedModel(model_dir)
+    if num_classes is not None and model.num_classes != num_classes:
+        raise ValueError(
+            f"the SavedModel {model_dir} outputs {model.num_classes} class "
+            f"probabilities but its label file lists {num_classes} labels"
+        )
+    return model
+
+
 def error_detail(error: Exception) -> str:
     """The useful line of a TensorFlow error (its message without the graph node dump)."""
     message = getattr(error, "message", None) or str(error)
@@ -98,7 +120,23 @@ def error_detail(error: Exception) -> str:
     return lines[0] if lines else message.strip()
 
 
-class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
+class EncodedImageHandler(ModelHandler[bytes, PredictionResult, _ModelT]):
+    """What the suite's RunInference handlers of encoded images share (this module's and
+    ``remote_handler.RemoteImageHandler``): Beam's metrics of their batches. A subclass
+    sets ``_namespace``, its counters' namespace (the stage's name)."""
+
+    _namespace: str
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        """Bytes of encoded images in a batch (for Beam's inference metrics)."""
+        return sum(len(element) for element in batch)
+
+    def get_metrics_namespace(self) -> str:
+        """Namespace of Beam's RunInference metrics (batch sizes, latencies)."""
+        return f"{self._namespace}_RunInference"
+
+
+class SavedModelHandler(EncodedImageHandler[LoadedModel]):
     """RunInference handler: encoded image bytes in, ``PredictionResult`` out.
 
     A result's ``inference`` is a float32 array of class probabilities, or an
@@ -143,13 +181,7 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
             ValueError: when the model's class count is not the expected ``num_classes``.
         """
         _log.info("%s: loading the SavedModel %s", self._namespace, self._model_dir)
-        model = LoadedModel(self._model_dir)
-        if self._num_classes is not None and model.num_classes != self._num_classes:
-            raise ValueError(
-                f"the SavedModel {self._model_dir} outputs {model.num_classes} class "
-                f"probabilities but its label file lists {self._num_classes} labels"
-            )
-        return model
+        return load_saved_model(self._model_dir, self._num_classes)
 
     def run_inference(
         self,
@@ -193,14 +225,6 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, LoadedModel]):
         """Rejects inference args: the serving signature takes none."""
         if inference_args:
             raise ValueError(f"the serving signature takes no inference_args: {inference_args}")
-
-    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
-        """Bytes of encoded images in a batch (for Beam's inference metrics)."""
-        return sum(len(element) for element in batch)
-
-    def get_metrics_namespace(self) -> str:
-        """Namespace of Beam's RunInference metrics (batch sizes, latencies)."""
-        return f"{self._namespace}_RunInference"
 
 
 def keyed_handler(

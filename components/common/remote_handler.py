@@ -51,29 +51,29 @@ an error answer), ``remote_failed_images`` (images without an answer for that re
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import (
-    KeyedModelHandler,
-    ModelHandler,
-    PredictionResult,
-    RemoteModelHandler,
-)
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RemoteModelHandler
 
-from components.common.model_handler import UNDECODABLE_IMAGE, InferenceFailure
+from components.common.model_handler import (
+    IMAGE_TOO_LARGE,
+    UNDECODABLE_IMAGE,
+    EncodedImageHandler,
+    InferenceFailure,
+)
 
 REMOTE_UNAVAILABLE = "remote_unavailable"
 REMOTE_ERROR = "remote_error"
-IMAGE_TOO_LARGE = "image_too_large"
 
 REST = "rest"
 VERTEX = "vertex"
@@ -213,9 +213,30 @@ def probabilities_of(prediction: Any, labels: Sequence[str]) -> np.ndarray:
     return probabilities
 
 
+# ----------------------------------------------------------- what the remote handlers share
+
+
+def check_options(labels: Sequence[str], timeout_s: float, num_retries: int) -> None:
+    """Checks a remote handler's options.
+
+    Raises:
+        ValueError: for no labels, a ``timeout_s`` not > 0 or a ``num_retries`` < 0.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if num_retries < 0:
+        raise ValueError(f"num_retries must be >= 0, got {num_retries}")
+    if not labels:
+        raise ValueError("labels must not be empty")
+
+
 class _RetryCounter:
     """Tells a retry of a batch from its first request, per thread: Beam's retry calls
-    ``request`` again with the same batch object."""
+    ``request`` again with the same batch object, and says nothing else about it.
+
+    A handler's client holds one: the client is made on the worker (a ``threading.local``
+    does not pickle with the handler) and shared by the worker's threads.
+    """
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -227,19 +248,56 @@ class _RetryCounter:
         return retry
 
 
-def count_request(namespace: str, retries: _RetryCounter, batch: Sequence[Any]) -> None:
-    """Counts one request of a batch (and a retry, when it is one)."""
-    Metrics.counter(namespace, "remote_requests").inc()
+@contextlib.contextmanager
+def counted_request(
+    handler: RemoteModelHandler, retries: _RetryCounter, batch: Sequence[Any]
+) -> Iterator[None]:
+    """Around the one request of a batch in a remote handler's ``request``: counts it
+    (``remote_requests``, and ``remote_retries`` when Beam is retrying the batch) in
+    ``handler.metrics_namespace``; when the endpoint refuses the batch's input
+    (``RequestRejected``, re-raised), tells Beam's adaptive throttler that the request was
+    accepted all the same: the endpoint is not overloaded, and the image-by-image requests
+    that follow should not be held back (Beam counts only the requests that return)."""
+    Metrics.counter(handler.metrics_namespace, "remote_requests").inc()
     if retries.is_retry(batch):
-        Metrics.counter(namespace, "remote_retries").inc()
+        Metrics.counter(handler.metrics_namespace, "remote_retries").inc()
+    sent_at = time.time()
+    try:
+        yield
+    except RequestRejected:
+        handler.throttler.successful_request(sent_at * 1000)
+        raise
 
 
-def accepted_anyway(handler: RemoteModelHandler, sent_at: float) -> None:
-    """Tells Beam's adaptive throttler that a request the endpoint refused for its input
-    (``RequestRejected``) was still accepted: the endpoint is not overloaded, and the
-    image-by-image requests that follow should not be held back (Beam counts only the
-    requests that return as accepted)."""
-    handler.throttler.successful_request(sent_at * 1000)
+def prediction_results(
+    batch: Sequence[bytes],
+    predictions: Any,
+    labels: Sequence[str],
+    endpoint: str,
+    model_id: str | None = None,
+) -> list[PredictionResult]:
+    """The results of a batch from the predictions the endpoint answered for it: each
+    image with its float32 probabilities in label order (``probabilities_of``).
+
+    Args:
+        batch: The encoded images sent.
+        predictions: The answer's predictions.
+        labels: The model's labels, in class-index order.
+        endpoint: How an error names the endpoint.
+        model_id: The results' ``model_id`` (Vertex AI's deployed model).
+
+    Raises:
+        RemoteError: unless the predictions are a list of one per image (or one holds no
+            probabilities).
+        LabelMismatch: for an answer of a model with other labels.
+    """
+    if not isinstance(predictions, list) or len(predictions) != len(batch):
+        count = len(predictions) if isinstance(predictions, list) else "no list of"
+        raise RemoteError(f"{endpoint} answered {count} predictions for {len(batch)} images")
+    return [
+        PredictionResult(image, probabilities_of(prediction, labels), model_id)
+        for image, prediction in zip(batch, predictions, strict=True)
+    ]
 
 
 # --------------------------------------------------------------------------- TF Serving REST
@@ -263,14 +321,14 @@ class TFServingRESTClient:
             session = self._local.session = requests.Session()
         return session
 
-    def predict(self, images: Sequence[bytes]) -> list[Any]:
-        """The predictions the endpoint answers for encoded images, one per image.
+    def predict(self, images: Sequence[bytes]) -> Any:
+        """The ``predictions`` the endpoint answers for encoded images (one per image:
+        ``prediction_results`` checks).
 
         Raises:
             RemoteUnavailable: 429, 502, 503, 504, no connection or no answer in time.
             RequestRejected: 400 or 413.
-            RemoteError: another error status, or an answer that is not one prediction
-                per image.
+            RemoteError: another error status, or an answer without ``predictions``.
         """
         import requests
 
@@ -297,16 +355,12 @@ class TFServingRESTClient:
                 raise RequestRejected(status, detail)
             raise RemoteError(f"HTTP {status} from {self.url}: {detail}")
         try:
-            predictions = response.json()["predictions"]
+            return response.json()["predictions"]
         except (ValueError, KeyError, TypeError):
             raise RemoteError(
                 f"the answer of {self.url} is not {{'predictions': [...]}}: "
                 f"{response.text[:_DETAIL_CHARS]!r}"
             ) from None
-        if not isinstance(predictions, list) or len(predictions) != len(images):
-            count = len(predictions) if isinstance(predictions, list) else "no list of"
-            raise RemoteError(f"{self.url} answered {count} predictions for {len(images)} images")
-        return predictions
 
 
 def _error_message(response) -> str:
@@ -352,12 +406,7 @@ class TFServingRESTHandler(RemoteModelHandler[bytes, PredictionResult, TFServing
                 when most recent ones failed.
             metrics_namespace: Namespace of the counters (the stage's name).
         """
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if num_retries < 0:
-            raise ValueError(f"num_retries must be >= 0, got {num_retries}")
-        if not labels:
-            raise ValueError("labels must not be empty")
+        check_options(labels, timeout_s, num_retries)
         super().__init__(
             namespace=f"{metrics_namespace}_remote",
             num_retries=num_retries,
@@ -380,17 +429,9 @@ class TFServingRESTHandler(RemoteModelHandler[bytes, PredictionResult, TFServing
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         """One ``:predict`` request of the batch (Beam's ``run_inference`` retries it)."""
-        count_request(self.metrics_namespace, model.retries, batch)
-        sent_at = time.time()
-        try:
+        with counted_request(self, model.retries, batch):
             predictions = model.predict(batch)
-        except RequestRejected:
-            accepted_anyway(self, sent_at)
-            raise
-        return [
-            PredictionResult(image, probabilities_of(prediction, self.labels))
-            for image, prediction in zip(batch, predictions, strict=True)
-        ]
+        return prediction_results(batch, predictions, self.labels, self.url)
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         """Rejects inference args: the serving signature takes none."""
@@ -401,7 +442,7 @@ class TFServingRESTHandler(RemoteModelHandler[bytes, PredictionResult, TFServing
 # --------------------------------------------------------------------------- failures as data
 
 
-class RemoteImageHandler(ModelHandler[bytes, PredictionResult, Any]):
+class RemoteImageHandler(EncodedImageHandler[Any]):
     """RunInference handler over a remote handler (``TFServingRESTHandler``,
     ``VertexEndpointHandler``): the same requests, with what went wrong turned into
     ``InferenceFailure`` results (see the module's docstring) instead of an exception.
@@ -468,14 +509,6 @@ class RemoteImageHandler(ModelHandler[bytes, PredictionResult, Any]):
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         self._remote.validate_inference_args(inference_args)
-
-    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
-        """Bytes of encoded images in a batch (for Beam's inference metrics)."""
-        return sum(len(element) for element in batch)
-
-    def get_metrics_namespace(self) -> str:
-        """Namespace of Beam's RunInference metrics (batch sizes, latencies)."""
-        return f"{self._namespace}_RunInference"
 
 
 # --------------------------------------------------------------------------- construction

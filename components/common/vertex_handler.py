@@ -12,22 +12,21 @@ What it changes in Beam's handler:
   export's one input, ``image_bytes``), not the element itself;
 * each prediction (``{"probabilities": [...], "class_index", "label", "score"}``, the
   export's signature outputs) becomes the float32 probabilities, checked against the
-  labels (``remote_handler.probabilities_of``), and an answer with another number of
-  predictions than images is an error, not a shorter result (Beam's pairs them with
-  ``zip``);
+  labels, and an answer with another number of predictions than images is an error, not
+  a shorter result (Beam's pairs them with ``zip``): ``remote_handler.prediction_results``,
+  as for TF Serving;
 * errors: 429 and ``RESOURCE_EXHAUSTED``, 502, 503, 504 / ``DEADLINE_EXCEEDED``, transport
   errors are ``RemoteUnavailable`` (retried), a 400 / ``INVALID_ARGUMENT`` (e.g. a bad
   image, or a request over the 1.5 MB a public endpoint takes) is ``RequestRejected`` (the
   batch goes again image by image), other API errors ``RemoteError``; Beam's retries 500
   too, which here is an error answer, not retried;
-* ``timeout_s`` on each request, and the remote counters.
+* ``timeout_s`` on each request, and the remote counters (``remote_handler.counted_request``).
 
 Vertex AI returns no label list either: the caller passes the labels.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -43,11 +42,11 @@ from components.common.remote_handler import (
     RemoteUnavailable,
     RequestRejected,
     _RetryCounter,
-    accepted_anyway,
-    count_request,
+    check_options,
+    counted_request,
     instances,
     is_retryable,
-    probabilities_of,
+    prediction_results,
 )
 
 
@@ -110,12 +109,7 @@ class VertexEndpointHandler(VertexAIModelHandlerJSON):
             raise ValueError(
                 f"not a Vertex AI endpoint (projects/<p>/locations/<l>/endpoints/<id>): {endpoint!r}"
             )
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if num_retries < 0:
-            raise ValueError(f"num_retries must be >= 0, got {num_retries}")
-        if not labels:
-            raise ValueError("labels must not be empty")
+        check_options(labels, timeout_s, num_retries)
         project, location, endpoint_id = match.groups()
         super().__init__(
             endpoint_id=endpoint_id,
@@ -141,31 +135,23 @@ class VertexEndpointHandler(VertexAIModelHandlerJSON):
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         """One ``predict`` call of the batch (Beam's ``run_inference`` retries it)."""
-        count_request(self.metrics_namespace, model.retries, batch)
-        sent_at = time.time()
-        try:
-            prediction = model.endpoint.predict(
-                instances=instances(batch), parameters=inference_args, timeout=self.timeout_s
-            )
-        except Exception as e:
-            error = classify_error(e)
-            if error is e:
-                raise
-            if isinstance(error, RequestRejected):
-                accepted_anyway(self, sent_at)
-            raise error from e
-        predictions = list(prediction.predictions)
-        if len(predictions) != len(batch):
-            raise RemoteError(
-                f"the endpoint {self.endpoint} answered {len(predictions)} predictions for "
-                f"{len(batch)} images"
-            )
-        return [
-            PredictionResult(
-                image, probabilities_of(answer, self.labels), prediction.deployed_model_id
-            )
-            for image, answer in zip(batch, predictions, strict=True)
-        ]
+        with counted_request(self, model.retries, batch):
+            try:
+                prediction = model.endpoint.predict(
+                    instances=instances(batch), parameters=inference_args, timeout=self.timeout_s
+                )
+            except Exception as e:
+                error = classify_error(e)
+                if error is e:
+                    raise
+                raise error from e
+        return prediction_results(
+            batch,
+            list(prediction.predictions),
+            self.labels,
+            f"the endpoint {self.endpoint}",
+            prediction.deployed_model_id,
+        )
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         """Rejects inference args: the serving signature takes none."""
