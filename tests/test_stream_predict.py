@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import NamedTuple
 
@@ -264,9 +265,9 @@ def test_a_message_names_its_image_by_bytes_or_uri(data, attributes, kind, uri):
 
 
 def test_a_message_without_an_image_is_refused_with_its_reason():
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(messages.BadMessage) as e:
         messages.parse_message(b"", {"id": "x"}, "m1")
-    assert e.value.args[0] == messages.EMPTY_MESSAGE
+    assert e.value.reason == messages.EMPTY_MESSAGE and "image_uri" in e.value.detail
 
 
 def test_a_dead_letter_keeps_the_data_and_fits_pubsub_attribute_limits():
@@ -319,6 +320,50 @@ def test_a_version_that_cannot_load_yet_is_tried_again(exported_model, tmp_path)
     assert newest.current() is not served and newest.version == 2
 
 
+def test_batches_are_served_by_the_old_version_while_a_new_one_loads(tmp_path, monkeypatch):
+    """A new version loads (seconds) in the thread that found it; the other threads'
+    batches go on with the version serving, and the new one is loaded once."""
+    from components.stream_predict import model_refresh
+
+    loading, loaded = threading.Event(), threading.Event()
+    loads = []
+
+    def load_version(path):
+        version = int(os.path.basename(path))
+        loads.append(version)
+        if version == 2:
+            loading.set()
+            assert loaded.wait(WAIT_S)
+        return f"model {version}"
+
+    def publish(version):
+        (tmp_path / MODEL / str(version)).mkdir(parents=True)
+        (tmp_path / MODEL / str(version) / "saved_model.pb").write_bytes(b"")
+
+    monkeypatch.setattr(model_refresh, "load_version", load_version)
+    publish(1)
+    newest = model_refresh.NewestVersion(str(tmp_path), MODEL, refresh_seconds=0.01, namespace="t")
+    publish(2)
+    time.sleep(0.02)
+    served = []
+    refresher = threading.Thread(target=newest.current)
+    batch = threading.Thread(target=lambda: served.append(newest.current()))
+    refresher.start()
+    try:
+        assert loading.wait(WAIT_S)
+        time.sleep(0.02)  # the check is due again for the other threads
+        batch.start()
+        batch.join(timeout=5)
+        assert served == ["model 1"], "a batch waited for the new version to load"
+    finally:
+        loaded.set()
+        refresher.join()
+        if batch.ident is not None:
+            batch.join()
+    assert newest.current() == "model 2" and newest.version == 2
+    assert loads == [1, 2]
+
+
 @pytest.mark.parametrize(
     "model", [{"model_repository": "REPO"}, {"model_repository": "", "model_dir": "REPO/none"}]
 )
@@ -337,6 +382,16 @@ def test_a_missing_model_fails_before_anything_starts(model, tmp_path):
 def test_model_version_is_the_repository_version():
     assert beam_pipeline.model_version("/r/classifier/12") == "12"
     assert beam_pipeline.model_version("gs://b/export/") == "gs://b/export/"
+
+
+def test_a_message_never_waits_for_a_batch_to_fill():
+    from components.stream_predict import model_refresh
+
+    for keyed in (
+        model_refresh.keyed_repository_handler("/repository", MODEL, batch_size=8),
+        model_refresh.keyed_fixed_handler("/model", batch_size=8),
+    ):
+        assert keyed.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 8}
 
 
 def test_a_relaunch_on_dataflow_updates_the_running_job_of_its_name():

@@ -27,12 +27,20 @@ def model_base(repository: str, model_name: str) -> str:
     return io.join(repository, model_name)
 
 
+def version_of(model_dir: str) -> int | None:
+    """The version a SavedModel directory is, by its name (``<repository>/<model>/3``: 3);
+    None when its name is not a version number."""
+    name = model_dir.rstrip("/").rsplit("/", 1)[-1]
+    return int(name) if name.isdecimal() else None
+
+
 def list_versions(repository: str, model_name: str) -> list[int]:
     """The model's version numbers (numeric sub-directories), ascending."""
     base = model_base(repository, model_name)
     if not io.isdir(base):
         return []
-    return sorted(int(name) for name in io.listdir(base) if name.isdigit())
+    versions = (version_of(name) for name in io.listdir(base))
+    return sorted(version for version in versions if version is not None)
 
 
 def latest_version(repository: str, model_name: str) -> tuple[int, str]:

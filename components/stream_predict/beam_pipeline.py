@@ -77,10 +77,9 @@ class ParseMessage(beam.DoFn):
         message_id = message.message_id or ""
         try:
             request, kind = messages.parse_message(message.data, message.attributes, message_id)
-        except ValueError as e:
-            reason, detail = e.args
+        except messages.BadMessage as e:
             yield _dead(
-                Request(message_id, dict(message.attributes or {}), "", b""), reason, detail
+                Request(message_id, dict(message.attributes or {}), "", b""), e.reason, e.detail
             )
             return
         if kind == "bytes":
@@ -139,8 +138,8 @@ def _export_labels(model_dir: str) -> list[str]:
 
 def model_version(model_dir: str) -> str:
     """The version a model directory serves: its repository version number, or its path."""
-    name = os.path.basename(model_dir.rstrip("/"))
-    return name if name.isdigit() else model_dir
+    version = model_repository_lib.version_of(model_dir)
+    return model_dir if version is None else str(version)
 
 
 def _stamped_line(message: tuple[bytes, dict[str, str]]) -> window.TimestampedValue:

@@ -34,6 +34,16 @@ _MAX_ATTRIBUTE_BYTES = 1024
 _MAX_URI_CHARS = 2048
 
 
+class BadMessage(Exception):
+    """A message that names no image; ``reason`` is its dead letter's ``error_reason``
+    (``empty_message``), ``detail`` says why for a person."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
 class Request(NamedTuple):
     """One input message, as the pipeline carries it beside the image."""
 
@@ -49,7 +59,7 @@ def parse_message(
     """The request a message makes, and what it names: ``"uri"`` or ``"bytes"``.
 
     Raises:
-        ValueError: ``(reason, detail)`` when the message names no image.
+        BadMessage: when the message names no image.
     """
     attributes = dict(attributes or {})
     data = data or b""
@@ -59,7 +69,7 @@ def parse_message(
     if uri:
         return Request(message_id, attributes, uri, data), "uri"
     if not data:
-        raise ValueError(
+        raise BadMessage(
             EMPTY_MESSAGE,
             f"the message has no data and no {URI_ATTRIBUTE!r} attribute: send the "
             "encoded image, or its URI as the data or in that attribute",

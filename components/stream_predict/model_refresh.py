@@ -3,8 +3,9 @@
 The policy is TF Serving's: the model repository (``<repository>/<model>/<version>/``, the
 layout deploy publishes, components/common/model_repository.py) is polled, and the highest
 version that holds a SavedModel serves. A worker checks again every ``refresh_seconds``
-when a batch arrives; a newer version is loaded beside the current one and swapped in
-between batches, so no message waits for a restart or is lost to one.
+when a batch arrives; a newer version is loaded beside the current one, by one thread
+while the others' batches go on with the current one, and swapped in between batches, so
+no message waits for a restart or for a load, or is lost to one.
 
 Each worker process loads a model once: Beam shares a loaded model across a process's
 threads, but the Python DirectRunner's streaming engine creates its DoFns again for each
@@ -29,7 +30,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult
 
 from components.common import model_repository, serving
-from components.common.model_handler import LoadedModel, SavedModelHandler
+from components.common.model_handler import LoadedModel, SavedModelHandler, load_saved_model
 
 _log = logging.getLogger(__name__)
 _PROCESS_MODELS: dict[tuple, Any] = {}
@@ -50,14 +51,7 @@ def load_version(model_dir: str) -> LoadedModel:
     Raises:
         ValueError: when its class count differs from its label count.
     """
-    model = LoadedModel(model_dir)
-    labels = serving.read_export_labels(model_dir)
-    if model.num_classes != len(labels):
-        raise ValueError(
-            f"the SavedModel {model_dir} outputs {model.num_classes} class probabilities "
-            f"but its label file lists {len(labels)} labels"
-        )
-    return model
+    return load_saved_model(model_dir, len(serving.read_export_labels(model_dir)))
 
 
 class NewestVersion:
@@ -73,20 +67,34 @@ class NewestVersion:
         self._model_name = model_name
         self._refresh_seconds = refresh_seconds
         self._namespace = namespace
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the swap of (model, version)
+        # Held by the one thread that checks and loads; the others keep serving meanwhile.
+        self._refreshing = threading.Lock()
         self.version, path = model_repository.latest_version(repository, model_name)
         self._model = load_version(path)
         self._checked = time.monotonic()
         _log.info("%s: serving version %d of %s", namespace, self.version, model_name)
 
     def current(self) -> LoadedModel:
-        """The model to run now: a newer version when one was published since last check."""
-        if self._refresh_seconds > 0 and time.monotonic() - self._checked >= self._refresh_seconds:
-            with self._lock:
-                if time.monotonic() - self._checked >= self._refresh_seconds:
+        """The model to run now: a newer version when one was published since last check.
+
+        A newer version is loaded (seconds) by the first thread to find the check due,
+        outside ``_lock``: batches go on with the current model until it is swapped in.
+        """
+        if self._due() and self._refreshing.acquire(blocking=False):
+            try:
+                if self._due():  # another thread may have just finished a check
                     self._refresh()
                     self._checked = time.monotonic()
-        return self._model
+            finally:
+                self._refreshing.release()
+        with self._lock:
+            return self._model
+
+    def _due(self) -> bool:
+        return (
+            self._refresh_seconds > 0 and time.monotonic() - self._checked >= self._refresh_seconds
+        )
 
     def _refresh(self) -> None:
         try:
@@ -113,7 +121,8 @@ class NewestVersion:
             return
         _log.info("%s: now serving version %d (was %d)", self._namespace, version, self.version)
         Metrics.counter(self._namespace, "model_refreshes").inc()
-        self._model, self.version = model, version
+        with self._lock:
+            self._model, self.version = model, version
 
 
 class RepositoryModelHandler(SavedModelHandler):
@@ -126,25 +135,23 @@ class RepositoryModelHandler(SavedModelHandler):
         batch_size: int = 32,
         refresh_seconds: float = 60,
         metrics_namespace: str = "inference",
-        min_batch_size: int = 1,
     ):
         """Configures the handler.
 
         Args:
             repository: The model repository (local path or ``gs://``).
             model_name: The model's directory in it.
-            batch_size: Most images per signature call.
+            batch_size: Most images per signature call; a batch never waits to fill
+                (streaming: a message does not wait for others).
             refresh_seconds: How often a worker looks for a newer version (0: never).
             metrics_namespace: Namespace of the handler's Beam counters.
-            min_batch_size: Fewest images batched before a call (1 in streaming: a
-                message does not wait for others).
         """
         if refresh_seconds < 0:
             raise ValueError(f"refresh_seconds must be >= 0, got {refresh_seconds}")
         super().__init__(
             model_repository.model_base(repository, model_name),
             batch_size,
-            min_batch_size=min_batch_size,
+            min_batch_size=1,
             metrics_namespace=metrics_namespace,
         )
         self._repository = repository

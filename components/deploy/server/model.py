@@ -80,9 +80,8 @@ class ImageClassifierModel(kserve.Model):
         if not self.repository:
             if not io.exists(io.join(self.model_dir, "saved_model.pb")):
                 raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {self.model_dir}")
-            basename = self.model_dir.rstrip("/").rsplit("/", 1)[-1]
-            if self.version is None and basename.isdigit():
-                self.version = int(basename)
+            if self.version is None:
+                self.version = model_repository.version_of(self.model_dir)
         elif self.model_dir is None:
             if self.version is None:
                 self.version, self.model_dir = model_repository.latest_version(
