@@ -500,7 +500,7 @@ def _stream_predict(
 ) -> None:
     """When ``subscription`` is set, the stream_predict task: launches the exported model
     as a streaming Dataflow job (whatever ``beam_runner`` says: a streaming job does not
-    end, so it never runs in the pipeline's pod) and returns its id."""
+    end, so it never runs in the pipeline's pod); the task outputs the job's id."""
     with dsl.If(subscription != "", name="streaming-predictions"):
         task = stage_task(
             stream_predict,
