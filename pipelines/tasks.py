@@ -49,7 +49,10 @@ class GkeResources:
 
     The defaults fit a GKE node pool of g2-standard-8 (one NVIDIA L4, 8 vCPU, 32 GB) for
     train and e2-standard-4-sized nodes for the Beam stages, below their allocatable
-    capacity.
+    capacity. A Beam stage on the DirectRunner in its pod needs about 1 GiB plus about
+    2.5 KiB per image for create_tfrecords, whatever the images' sizes (docs/benchmarks.md:
+    memory flat in the bytes of the data), so 4Gi holds about a million images; past
+    about 100,000 images Dataflow (``beam_runner``) is the faster choice, not a larger pod.
     """
 
     gpu_type: str = "nvidia-l4"  # the node label value, e.g. nvidia-tesla-t4, nvidia-a100-80gb
@@ -57,7 +60,7 @@ class GkeResources:
     train_cpu: str = "6"
     train_memory: str = "24Gi"
     beam_cpu: str = "2"
-    beam_memory: str = "8Gi"
+    beam_memory: str = "4Gi"
 
     @property
     def train(self) -> PodResources:

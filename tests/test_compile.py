@@ -242,7 +242,7 @@ def test_kfp_beam_stages_request_cpu_and_memory_and_deploy_is_never_cached(compi
     for task, parent in (("create-tfrecords", "root"), ("batch-predict", c.gate)):
         resources = c.executor(task, parent)["container"]["resources"]
         assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"] == "2", task
-        assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == "8Gi"
+        assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == "4Gi"
     for target in TARGETS:
         tasks = compiled[target].tasks()
         for task in ("deploy", "deploy-vertex", "deploy-kserve"):

@@ -484,8 +484,8 @@ def test_forced_shard_count_and_shard_names(csv_run, dir_run):
     for split in schema.SPLITS:
         names = sorted(os.listdir(os.path.join(csv_out, split)))
         assert names == [f"{split}-0000{i}-of-00002.tfrecord" for i in range(2)]
-    assert csv_stats["estimate"]["num_shards"] == {"train": 2, "valid": 2, "test": 2}
-    assert csv_stats["estimate"]["method"] == "none"  # No estimate needed.
+    assert csv_stats["sharding"]["num_shards"] == {"train": 2, "valid": 2, "test": 2}
+    assert csv_stats["sharding"]["num_shards_forced"] == 2
     for split in schema.SPLITS:  # Each image is in the shard its URI's hash names.
         for i, path in enumerate(sorted(schema.shard_files(csv_out, split))):
             for batch in schema.read_records([path]).batch(256):
@@ -496,8 +496,11 @@ def test_forced_shard_count_and_shard_names(csv_run, dir_run):
         assert [os.path.basename(f) for f in schema.shard_files(dir_out, split)] == [
             f"{split}-00000-of-00001.tfrecord"
         ]
-    assert dir_stats["estimate"]["method"] == "folder_listing"
-    assert dir_stats["estimate"]["images"] == 48
+    assert dir_stats["sharding"] == {
+        "target_shard_mb": sharding.TARGET_SHARD_MB,
+        "num_shards_forced": 0,
+        "num_shards": {"train": 1, "valid": 1, "test": 1},
+    }
 
 
 # --------------------------------------------------------------------------- split stability
@@ -528,13 +531,33 @@ def test_splits_are_stable_across_runs_and_growth(csv_run, dir_run, grown_run):
     assert {uri: grown[uri] for uri in first} == first  # Old images never move.
     new = set(grown) - set(first)
     assert len(new) == 24 and {grown[uri] for uri in new} >= {"train"}
-    assert grown_run[1]["estimate"]["method"] == "csv_complete"
 
 
 # --------------------------------------------------------------------------- shard sizing
 
 
-def test_shard_count_follows_the_input_size(sample_data, tmp_path):
+def check_shards_follow_stored_bytes(out: str, stats: dict, target_mb: float) -> None:
+    """Each split has ceil(stored bytes / target) shards, named -of-N, each record in the
+    shard its URI's hash names, and every kept image in exactly one of them."""
+    target = target_mb * 2**20
+    dataset = read_dataset(out)
+    for split in schema.SPLITS:
+        stored = sum(len(r["encoded"]) for r in dataset[split])
+        assert stats["image_bytes_by_split"][split] == stored
+        n = max(1, math.ceil(stored / target))
+        files = schema.shard_files(out, split)
+        assert [os.path.basename(f) for f in files] == [
+            f"{split}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)
+        ]
+        assert stats["shards"][split]["files"] == stats["sharding"]["num_shards"][split] == n
+        for i, path in enumerate(files):
+            for batch in schema.read_records([path]).batch(256):
+                for name in schema.parse_examples(batch)[schema.FILENAME].numpy():
+                    assert sharding.shard_index(name.decode(), n) == i
+    assert sum(len(records) for records in dataset.values()) == stats["kept"]
+
+
+def test_shard_count_follows_the_stored_bytes(sample_data, tmp_path):
     target_mb = 0.05
     out = str(tmp_path / "dataset")
     stats = run(
@@ -543,60 +566,91 @@ def test_shard_count_follows_the_input_size(sample_data, tmp_path):
         labels_uri=sample_data.labels_path,
         target_shard_mb=target_mb,
     )
-    with open(sample_data.csv_path, newline="") as f:
-        input_bytes = sum(os.path.getsize(uri) for uri, _ in csv.reader(f))
-    target = target_mb * 2**20
-    expected = {
-        split: max(1, math.ceil(input_bytes * fraction / target))
-        for split, fraction in (("train", 0.8), ("valid", 0.1), ("test", 0.1))
-    }
-    assert expected["train"] >= 5  # About 0.45 MB of JPEGs: several 50 KB shards.
-    assert stats["estimate"]["input_bytes"] == input_bytes
-    assert stats["estimate"]["num_shards"] == expected
-    dataset = read_dataset(out)
-    total_bytes = total_shards = 0
-    for split in schema.SPLITS:
-        files = schema.shard_files(out, split)
-        n = expected[split]
-        assert [os.path.basename(f) for f in files] == [
-            f"{split}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)
-        ]
-        assert stats["shards"][split]["files"] == n
-        total_bytes += sum(os.path.getsize(f) for f in files)
-        total_shards += n
-    # Counts come from the split fractions, so one split may run over its share (the
-    # hash decides), and Beam spreads records over shards from a random start per bundle;
-    # over the whole dataset the shards average about the target.
-    assert total_bytes / total_shards <= 1.25 * target
-    assert sum(len(records) for records in dataset.values()) == 48
+    assert stats["kept"] == 48
+    assert stats["sharding"]["num_shards"]["train"] >= 5  # About 0.45 MB: 50 KB shards.
+    check_shards_follow_stored_bytes(out, stats, target_mb)
+    # The hash spreads a split's images evenly: over the dataset, shards average the target.
+    total_bytes = sum(s["bytes"] for s in stats["shards"].values())
+    total_shards = sum(s["files"] for s in stats["shards"].values())
+    assert total_bytes / total_shards <= 1.25 * target_mb * 2**20
     report = Path(out, beam_pipeline.REPORT_FILE).read_text()
-    assert f"| train | {stats['splits']['train']} | {expected['train']} |" in report
+    n = stats["sharding"]["num_shards"]["train"]
+    assert f"| train | {stats['splits']['train']} | {n} |" in report
 
 
-def test_csv_estimate_from_a_sample_scales_to_the_whole_listing(sample_data, tmp_path):
-    with open(sample_data.csv_path, newline="") as f:
-        rows = list(csv.reader(f))
-    true_bytes = sum(os.path.getsize(uri) for uri, _ in rows)
-    # A header line and a missing file among the listed ones are estimated as they come.
-    listing = tmp_path / "listing.csv"
-    listing.write_text("uri,label\n" + Path(sample_data.csv_path).read_text())
-    estimate = sharding.estimate_csv(str(listing), list(sample_data.labels), sample_lines=20)
-    assert (estimate.method, estimate.sampled) == ("csv_sample", 19)
-    assert estimate.input_bytes == pytest.approx(true_bytes, rel=0.35)
-    assert estimate.images == pytest.approx(48, rel=0.1)
-    complete = sharding.estimate_csv(str(listing), list(sample_data.labels))
-    assert (complete.method, complete.input_bytes, complete.images) == (
-        "csv_complete",
-        true_bytes,
-        48,
-    )
-    assert sharding.shards_per_split(10 * 2**20, 0.8, 0.1, 1.0) == {
-        "train": 8,
-        "valid": 1,
-        "test": 1,
-    }
-    assert sharding.shards_per_split(0, 1.0, 0.0, 150) == {"train": 1, "valid": 1, "test": 1}
-    assert sharding.shards_per_split(10**12, 0.8, 0.1, 150, num_shards=3)["train"] == 3
+def test_shard_count_follows_what_is_stored_not_what_is_read(tmp_path):
+    """Large images scaled down by max_image_side store far fewer bytes than they read:
+    the shard count follows the stored bytes (an estimate from the input sizes gave
+    several times more shards, each a fraction of the target)."""
+    tree = tmp_path / "tree"
+    for label in ("a", "b"):
+        (tree / label).mkdir(parents=True)
+        for i in range(12):
+            image = random_image(100 * ord(label) + i, size=(900, 700))
+            (tree / label / f"{i}.jpg").write_bytes(encoded(image, "JPEG", quality=95))
+    input_bytes = sum(p.stat().st_size for p in tree.glob("*/*.jpg"))
+    target_mb = 0.1
+    out = str(tmp_path / "out")
+    stats = run(out, image_dir=str(tree), max_image_side=128, target_shard_mb=target_mb)
+    assert stats["kept"] == 24 and stats["resized"] == 24
+    assert stats["image_bytes"] * 10 < input_bytes  # Resizing stores under a tenth.
+    check_shards_follow_stored_bytes(out, stats, target_mb)
+    assert sum(stats["sharding"]["num_shards"].values()) < input_bytes / (target_mb * 2**20)
+
+
+def test_an_image_that_changes_during_the_run_is_rejected_not_half_written(
+    sample_data, tmp_path, monkeypatch
+):
+    """The shard writer reads each image again: one replaced after its check (here just
+    before that second read) is rejected as changed_during_run, and neither its shard, its
+    manifest nor the counts hold it; one deleted meanwhile is a missing_file."""
+    tree = tmp_path / "tree"
+    shutil.copytree(sample_data.image_dir, tree)
+    changed, deleted = sorted(str(p) for p in tree.glob("circle/*.jpg"))[:2]
+    original = beam_pipeline.stored_image
+
+    def replace_then_read(record, max_image_side):
+        if record.uri == changed:
+            Path(changed).write_bytes(jpeg_bytes(random_image(7), quality=90))
+        if record.uri == deleted:
+            os.remove(deleted)
+        return original(record, max_image_side)
+
+    monkeypatch.setattr(beam_pipeline, "stored_image", replace_then_read)
+    out = str(tmp_path / "out")
+    stats = run(out, image_dir=str(tree), max_error_fraction=0.1)
+    assert stats["kept"] == 46
+    assert stats["rejected_by_reason"] == {"changed_during_run": 1, "missing_file": 1}
+    errors = {e["uri"]: e for e in read_errors(out)}
+    assert set(errors) == {changed, deleted}
+    assert "changed while create_tfrecords ran" in errors[changed]["detail"]
+    assert errors[changed]["label"] == "circle"
+    stored = {r["filename"] for records in read_dataset(out).values() for r in records}
+    listed = {uri for split in schema.SPLITS for uri, _ in read_manifest(out, split)}
+    assert len(stored) == 46 and stored == listed and not {changed, deleted} & stored
+    assert sum(sum(c.values()) for c in stats["classes"].values()) == 46
+
+
+def test_stored_image_gives_back_the_checked_bytes(tmp_path):
+    """A kept JPEG stores the file's bytes, a converted image its re-encoding: both read
+    again equal the bytes the check digested."""
+    jpeg, png = tmp_path / "a.jpg", tmp_path / "b.png"
+    jpeg.write_bytes(jpeg_bytes(random_image(1), quality=90))
+    png.write_bytes(encoded(random_image(2), "PNG"))
+    from components.create_tfrecords.records import ReadAndCheckImage, stored_image
+
+    check = ReadAndCheckImage(["x"], 0.8, 0.1, 1024)
+    check.setup()
+    for path, reencoded in ((jpeg, False), (png, True)):
+        (record,) = check.process((str(path), "x"))
+        assert record.reencoded is reencoded
+        data = stored_image(record, 1024)
+        assert hashlib.sha256(data).hexdigest() == record.sha256
+        assert len(data) == record.stored_bytes
+        assert (data == path.read_bytes()) is not reencoded
+    png.write_bytes(encoded(random_image(3), "PNG"))
+    with pytest.raises(ImageRejected, match="changed while"):
+        stored_image(record, 1024)
 
 
 # --------------------------------------------------------------------------- every bad input
@@ -921,7 +975,6 @@ def test_folder_tree_with_a_label_file(sample_data, tmp_path):
     records = [r for split in read_dataset(out).values() for r in split]
     assert all(stats["labels"][r["label"]] == r["text"] for r in records)
     assert len(records) == 36
-    assert stats["estimate"]["images"] == 36  # Only the folders of labels in use.
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,7 +1,7 @@
 """What the Beam stages (create_tfrecords, batch_predict) share: the pipeline options
 (Dataflow's named ones included), creating the pipeline with its runner, replacing an
 earlier run's shards, reading listing lines, and writing files keyed by path in one step
-(small text files, TFRecord shards)."""
+(small text files; create_tfrecords' shards group by path the same way)."""
 
 from __future__ import annotations
 
@@ -345,25 +345,25 @@ def parse_csv_line(line: str) -> list[str]:
     return fields
 
 
-class _WriteGroupedByPath(beam.PTransform):
-    """``(path, item)`` pairs to one ``(path, items)`` group per path, each path of
-    ``paths`` included (with a ``None`` item) even when no pair names it, then ``write``
-    (a DoFn that writes one group as one file)."""
+class GroupByPath(beam.PTransform):
+    """``(path, item)`` pairs to one ``(path, items)`` group per path, for a sink that
+    writes each group as one file; every path of ``paths`` (a list, or a PCollection of
+    paths made in the pipeline) has its group even when no pair names it, with a ``None``
+    item (the marker that the file must exist)."""
 
-    def __init__(self, paths: list[str], write: beam.DoFn):
+    def __init__(self, paths: list[str] | beam.PCollection):
         super().__init__()
-        self._paths = list(paths)
-        self._write = write
+        self._paths = paths
 
     def expand(self, pairs: beam.PCollection) -> beam.PCollection:
-        every = pairs.pipeline | "EveryPath" >> beam.Create(
-            [(path, None) for path in self._paths], reshuffle=False
-        )
+        if isinstance(self._paths, beam.PCollection):
+            every = self._paths | "EveryPath" >> beam.Map(lambda path: (path, None))
+        else:
+            every = pairs.pipeline | "EveryPath" >> beam.Create(
+                [(path, None) for path in self._paths], reshuffle=False
+            )
         return (
-            (pairs, every)
-            | "WithEveryPath" >> beam.Flatten()
-            | "GroupByPath" >> beam.GroupByKey()
-            | "WriteFiles" >> beam.ParDo(self._write)
+            (pairs, every) | "WithEveryPath" >> beam.Flatten() | "GroupByPath" >> beam.GroupByKey()
         )
 
 
@@ -403,52 +403,4 @@ class WriteTextFiles(beam.PTransform):
         self._paths = list(paths)
 
     def expand(self, pairs: beam.PCollection) -> beam.PCollection:
-        return pairs | _WriteGroupedByPath(self._paths, _WriteLines())
-
-
-class _WriteTFRecordFile(beam.DoFn):
-    """Writes one ``(path, records)`` group as the TFRecord file ``path`` with TensorFlow's
-    own writer (``compression``: ``"GZIP"`` or ``""``); ``None`` records (the marker that
-    the file must exist) are skipped. Streams the records: a shard need not fit in memory."""
-
-    def __init__(self, compression: str):
-        self._compression = compression
-
-    def process(self, group: tuple[str, Any]):
-        import tensorflow as tf
-
-        path, records = group
-        tf.io.gfile.makedirs(posixpath.dirname(path))
-        count = 0
-        with tf.io.TFRecordWriter(path, options=self._compression or None) as writer:
-            for record in records:
-                if record is not None:
-                    writer.write(record)
-                    count += 1
-        yield path, count
-
-
-class WriteTFRecordFiles(beam.PTransform):
-    """Writes ``(path, serialized record)`` pairs as one TFRecord file per path, with a
-    single sink for all of them.
-
-    It stands for one ``WriteToTFRecord`` per split with a fixed shard count, with the
-    shard of each record chosen by the caller (so it is the same on every run) instead of
-    at random. A ``GroupByKey`` by path brings each file's records to one writer (on
-    Dataflow a large group is streamed, not held in memory); every path in ``paths`` is
-    written, empty when it gets no record, so a split's ``-of-N`` names are always
-    complete. A retried write rewrites its whole file. On the DirectRunner one sink for
-    all splits saves the fixed cost of the init, write and finalize stages that each
-    ``WriteToTFRecord`` adds.
-
-    Returns:
-        The PCollection of ``(path, records written)``.
-    """
-
-    def __init__(self, paths: list[str], compression: str = ""):
-        super().__init__()
-        self._paths = list(paths)
-        self._compression = compression
-
-    def expand(self, pairs: beam.PCollection) -> beam.PCollection:
-        return pairs | _WriteGroupedByPath(self._paths, _WriteTFRecordFile(self._compression))
+        return pairs | GroupByPath(self._paths) | "WriteFiles" >> beam.ParDo(_WriteLines())

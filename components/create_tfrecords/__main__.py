@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--num-shards",
         type=int,
         default=default["num_shards"],
-        help="per split; 0 = from the input size",
+        help="per split; 0 = from the bytes each split stores",
     )
     parser.add_argument(
         "--target-shard-mb",

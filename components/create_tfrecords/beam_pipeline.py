@@ -7,16 +7,24 @@ The stage in steps, each in its own module:
 2. ``duplicates.OneLabelPerUri``: one pair per URI (grouped by URI, which also spreads
    the reads over the workers).
 3. ``records.ReadAndCheckImage``: read and fully decode each image with PIL
-   (``image_checks``): keep an upright RGB JPEG's bytes, re-encode anything else as one,
-   assign the split (``splits.assign_split``: a pure function of the URI).
+   (``image_checks``): decide to keep an upright RGB JPEG's bytes or to re-encode
+   anything else as one, assign the split (``splits.assign_split``: a pure function of
+   the URI). What goes on is a small ``ImageRecord`` (URI, label, split, the stored
+   bytes' digest and size), not the image.
 4. ``duplicates.KeepOnePerImage``: one record per distinct stored image.
-5. Write each split's records as ``sharding.shards_per_split`` shards, each record in
-   the shard ``sharding.shard_index`` picks, all splits through one sink
-   (``common.beam.WriteTFRecordFiles``); then write, with one sink for all of them
+5. ``sharding.WriteShards``: each split gets shards of about ``target_shard_mb`` from
+   the bytes it stores, each record the shard ``sharding.shard_index`` picks; one writer
+   per shard reads each of its images again (``records.stored_image``) and writes its
+   record. Then write, with one sink for all of them
    (``common.beam.WriteTextFiles``), the manifests, the rejected inputs
    (``errors.jsonl``) and the counts (``stats.StatsFn``, ``stats.json``);
-   the driver then adds the shard files and the estimate to ``stats.json`` and writes
+   the driver then adds the shard files and counts to ``stats.json`` and writes
    ``report.md`` (``report.render_report``).
+
+Image bytes are read and decoded by step 3, read again by step 5 straight into their
+shard, and never grouped or shuffled: what is grouped (URIs, digests, shard paths) is a
+few hundred bytes per image, so memory stays flat in the size of the data on the
+DirectRunner and Dataflow's shuffle carries no images.
 
 Bad input is data, not a crash: each rejected input is counted and written with its reason
 to ``errors.jsonl``; the run fails after the pipeline only when the rejected share passes
@@ -32,6 +40,7 @@ On Dataflow, pass ``runner="DataflowRunner"`` with ``dataflow`` settings (``proj
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -58,6 +67,7 @@ from components.create_tfrecords.records import (
     ReadAndCheckImage,
     manifest_line,
     read_file,
+    stored_image,
     to_example,
 )
 from components.create_tfrecords.splits import assign_split, split_point, validate_fractions
@@ -84,6 +94,7 @@ __all__ = [
     "manifest_line",
     "read_file",
     "run",
+    "serialize_record",
     "split_point",
     "to_example",
     "validate_fractions",
@@ -96,6 +107,11 @@ NOT_ERRORS = (image_checks.DUPLICATE_IMAGE,)
 _log = logging.getLogger(__name__)
 
 
+def serialize_record(record: ImageRecord, max_image_side: int) -> bytes:
+    """A checked image's ``tf.train.Example``, its bytes read again (``stored_image``)."""
+    return to_example(record, stored_image(record, max_image_side))
+
+
 def build_pipeline(
     pipeline: beam.Pipeline,
     output_dir: str,
@@ -105,7 +121,8 @@ def build_pipeline(
     image_dir: str = "",
     train_fraction: float = 0.8,
     valid_fraction: float = 0.1,
-    num_shards: int | dict[str, int] = 1,
+    num_shards: int = 0,
+    target_shard_mb: float = sharding.TARGET_SHARD_MB,
     max_image_side: int = 1024,
     extra_ignored: dict[str, int] | None = None,
 ) -> None:
@@ -119,8 +136,9 @@ def build_pipeline(
         image_dir: Root of a ``<label>/<image>`` folder tree; exclusive with csv_uri.
         train_fraction: Share of images in the train split.
         valid_fraction: Share of images in the valid split; the rest is test.
-        num_shards: Shards per split (at least 1): one count for all, or a count per
-            split name.
+        num_shards: Shards per split; 0 derives each split's count from the bytes it
+            stores and ``target_shard_mb``.
+        target_shard_mb: Size a shard should have, in MiB, when ``num_shards`` is 0.
         max_image_side: Long side above which images are scaled down; 0 never scales.
         extra_ignored: Counts of inputs skipped before the pipeline (the label file's
             blank and repeated lines), added to ``ignored`` in ``stats.json``.
@@ -135,28 +153,14 @@ def build_pipeline(
         ReadAndCheckImage(labels, train_fraction, valid_fraction, max_image_side)
     ).with_outputs(ERRORS, main="ok")
     distinct = checked.ok | "KeepOnePerImage" >> KeepOnePerImage()
-    records = distinct["ok"]
-
-    counts = (
-        num_shards if isinstance(num_shards, dict) else dict.fromkeys(schema.SPLITS, num_shards)
+    written = distinct["ok"] | "WriteShards" >> sharding.WriteShards(
+        output_dir,
+        functools.partial(serialize_record, max_image_side=max_image_side),
+        target_shard_mb=target_shard_mb,
+        num_shards=num_shards,
     )
-    shard_paths = {
-        split: [
-            schema.shard_path(output_dir, split, i, counts[split]) for i in range(counts[split])
-        ]
-        for split in schema.SPLITS
-    }
+    records = written["ok"]
 
-    def shard_and_example(record: ImageRecord) -> tuple[str, bytes]:
-        paths = shard_paths[record.split]
-        return paths[sharding.shard_index(record.uri, len(paths))], to_example(record)
-
-    _ = (
-        records
-        | "ShardAndSerialize" >> beam.Map(shard_and_example)
-        | "WriteShards"
-        >> beam_utils.WriteTFRecordFiles([path for paths in shard_paths.values() for path in paths])
-    )
     # (path, line) pairs of the small text files, all written by one sink at the end.
     manifests = {split: schema.manifest_path(output_dir, split) for split in schema.SPLITS}
     side_files: list[beam.PCollection] = [
@@ -170,6 +174,7 @@ def build_pipeline(
         unique[ERRORS],
         checked[ERRORS],
         distinct["errors"],
+        written["errors"],
     ) | "AllErrors" >> beam.Flatten()
     errors_path = io.join(output_dir, schema.ERRORS_FILE)
     side_files.append(
@@ -268,8 +273,9 @@ def run(
         image_dir: Root of a ``<label>/<image>`` folder tree. Exclusive with ``csv_uri``.
         train_fraction: Share of images in the train split.
         valid_fraction: Share of images in the valid split; the rest is the test split.
-        num_shards: Shards per split; 0 derives each split's count from the estimated
-            input size and ``target_shard_mb`` (see ``sharding``).
+        num_shards: Shards per split; 0 derives each split's count from the bytes it
+            stores and ``target_shard_mb`` (see ``sharding``), so the count follows the
+            data.
         max_image_side: Images whose long side is larger are scaled down to it and
             re-encoded; 0 keeps every size.
         max_error_fraction: Largest tolerated share of rejected inputs; above it the run
@@ -292,7 +298,8 @@ def run(
         kind), ``image_bytes`` and ``image_bytes_by_split`` (stored encoded bytes),
         ``reencoded``, ``resized``, ``conversions``, ``image_sizes`` (width and height
         min/median/max, a histogram of the long side), ``shards`` (files and bytes
-        written per split) and ``estimate`` (the input size estimate and shard counts).
+        written per split) and ``sharding`` (``target_shard_mb``, ``num_shards_forced``
+        and the resulting ``num_shards`` per split).
 
     Raises:
         ValueError: on invalid arguments, no input image, or a rejected share above
@@ -306,31 +313,22 @@ def run(
         raise ValueError(f"max_error_fraction must be in [0, 1], got {max_error_fraction}")
     if not output_dir:
         raise ValueError("output_dir is required")
-    sharding.shards_per_split(0, train_fraction, valid_fraction, target_shard_mb, num_shards)
+    sharding.check_sharding(target_shard_mb, num_shards)
     # Fails early on a conflict.
     beam_utils.pipeline_options(runner, beam_args, direct_num_workers, dataflow)
     labels, label_notes = resolve_labels(csv_uri, labels_uri, image_dir)
     source = csv_uri or image_dir
 
-    estimate = None if num_shards else sharding.estimate_input(csv_uri, image_dir, labels)
-    shard_counts = sharding.shards_per_split(
-        estimate.input_bytes if estimate else 0,
-        train_fraction,
-        valid_fraction,
-        target_shard_mb,
-        num_shards,
-    )
     io.makedirs(output_dir)
     labels_lib.write_labels(io.join(output_dir, labels_lib.LABELS_FILE), labels)
     _remove_stale_shards(output_dir)
     _log.info(
-        "create_tfrecords: %s -> %s (%d labels, %s, shards %s%s)",
+        "create_tfrecords: %s -> %s (%d labels, %s, %s)",
         source,
         output_dir,
         len(labels),
         runner,
-        shard_counts,
-        f" from about {estimate.input_bytes / 2**20:.1f} MiB of input" if estimate else "",
+        f"{num_shards} shards per split" if num_shards else f"shards of ~{target_shard_mb} MiB",
     )
 
     with beam_utils.make_pipeline(runner, beam_args, direct_num_workers, dataflow) as pipeline:
@@ -342,7 +340,8 @@ def run(
             image_dir=image_dir,
             train_fraction=train_fraction,
             valid_fraction=valid_fraction,
-            num_shards=shard_counts,
+            num_shards=num_shards,
+            target_shard_mb=target_shard_mb,
             max_image_side=max_image_side,
             extra_ignored=label_notes,
         )
@@ -350,14 +349,10 @@ def run(
     stats_path = io.join(output_dir, schema.STATS_FILE)
     stats = io.read_json(stats_path)
     stats["shards"] = sharding.written_shards(output_dir)
-    stats["estimate"] = {
-        "input_bytes": estimate.input_bytes if estimate else None,
-        "images": estimate.images if estimate else None,
-        "method": estimate.method if estimate else "none",
-        "sampled": estimate.sampled if estimate else 0,
+    stats["sharding"] = {
         "target_shard_mb": target_shard_mb,
         "num_shards_forced": num_shards,
-        "num_shards": shard_counts,
+        "num_shards": {split: shards["files"] for split, shards in stats["shards"].items()},
     }
     io.write_json(stats_path, stats)
     io.write_text(

@@ -43,7 +43,7 @@ def create_tfrecords(
         train_fraction: Share of images in the train split.
         valid_fraction: Share of images in the valid split; the rest is the test split.
         num_shards: TFRecord shards per split; 0 derives each split's count from the
-            estimated input size and target_shard_mb.
+            image bytes it stores and target_shard_mb (the count follows the data).
         target_shard_mb: Size a shard should have, in MiB, when num_shards is 0.
         max_image_side: Images with a longer side are scaled down to it and re-encoded as
             JPEG; 0 keeps every size.

@@ -26,6 +26,8 @@ EMPTY_FILE = "empty_file"
 CORRUPT_IMAGE = "corrupt_image"
 IMAGE_TOO_LARGE = "image_too_large"
 UNSUPPORTED_IMAGE = "unsupported_image"
+# The file was replaced or rewritten between the check and the write of its shard.
+CHANGED_DURING_RUN = "changed_during_run"
 
 JPEG_QUALITY = 95
 # Formats whose bytes TensorFlow's JPEG decoder reads as they are: MPO is a JPEG with

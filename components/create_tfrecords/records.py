@@ -1,6 +1,13 @@
 """Reading and checking images: ``(uri, label)`` pairs become ``ImageRecord``s (or
 rejections), and kept records become ``tf.train.Example``s and manifest lines.
 
+An ``ImageRecord`` holds what the stage decides by (URI, label, split, the stored bytes'
+SHA-256 and size), never the image bytes: the check reads and decodes each image and
+keeps only that, so what is grouped and shuffled is a few hundred bytes per image
+whatever its size. The shard writer reads the image again and stores exactly the bytes
+the check chose (``stored_image``), so an image's bytes go from its file to its shard and
+through nothing in between.
+
 Every transform of the stage sends what it rejects to the ``errors`` output as an
 ``error_record`` (``uri``, ``label``, ``reason``, ``detail``, ``stage``) and what it skips
 without rejecting (a CSV header, a blank line, a repeated line, a non-image file) to the
@@ -33,18 +40,19 @@ _log = logging.getLogger(__name__)
 
 
 class ImageRecord(NamedTuple):
-    """One kept image on its way to a TFRecord."""
+    """One checked image on its way to a TFRecord: what the stage knows of it, without
+    its bytes (``stored_image`` gets them back)."""
 
     uri: str
     label: str
     label_index: int
     split: str
-    encoded: bytes
+    stored_bytes: int  # Size of the bytes to store (the original JPEG or a re-encoding).
     height: int
     width: int
     reencoded: bool
     resized: bool
-    sha256: str = ""  # Of ``encoded``, the stored bytes: byte-identical duplicates share it.
+    sha256: str = ""  # Of the stored bytes: byte-identical duplicates share it.
     conversions: tuple[str, ...] = ()  # ``CheckedImage.conversions()``.
 
 
@@ -63,10 +71,11 @@ def ignore(what: str, count: int = 1) -> Iterator[beam.pvalue.TaggedOutput]:
         yield beam.pvalue.TaggedOutput(IGNORED, what)
 
 
-def to_example(record: ImageRecord) -> bytes:
-    """Serialises a kept image as a ``tf.train.Example`` (``components.common.schema``)."""
+def to_example(record: ImageRecord, encoded: bytes) -> bytes:
+    """Serialises a kept image, its stored bytes ``encoded``, as a ``tf.train.Example``
+    (``components.common.schema``)."""
     return schema.make_example(
-        encoded=record.encoded,
+        encoded=encoded,
         label_index=record.label_index,
         label=record.label,
         filename=record.uri,
@@ -95,7 +104,8 @@ def read_file(uri: str) -> bytes:
 
 
 class ReadAndCheckImage(beam.DoFn):
-    """``(uri, label)`` to an ``ImageRecord``; unreadable or bad images go to ``errors``."""
+    """``(uri, label)`` to an ``ImageRecord`` (no image bytes); unreadable or bad images
+    go to ``errors``."""
 
     def __init__(
         self, labels: list[str], train_fraction: float, valid_fraction: float, max_side: int
@@ -133,7 +143,7 @@ class ReadAndCheckImage(beam.DoFn):
             label=label,
             label_index=self._label_index[label],
             split=assign_split(uri, self._train_fraction, self._valid_fraction),
-            encoded=checked.encoded,
+            stored_bytes=len(checked.encoded),
             height=checked.height,
             width=checked.width,
             reencoded=checked.reencoded,
@@ -141,3 +151,32 @@ class ReadAndCheckImage(beam.DoFn):
             sha256=hashlib.sha256(checked.encoded).hexdigest(),
             conversions=checked.conversions(),
         )
+
+
+def stored_image(record: ImageRecord, max_image_side: int) -> bytes:
+    """The bytes to store for a checked image, read again from its file.
+
+    An image kept as it is stores the file's bytes; a converted one is converted again
+    (the same Pillow, the same bytes). Either way their SHA-256 must be the one the check
+    found: the dataset's duplicate check, split and counts were decided on those bytes.
+
+    Raises:
+        ImageRejected: ``missing_file`` or ``unreadable_file`` when the file cannot be
+            read any more, ``changed_during_run`` when it now holds other bytes.
+    """
+    data = read_file(record.uri)
+    try:
+        encoded = (
+            image_checks.check_image(data, max_image_side).encoded if record.reencoded else data
+        )
+    except ImageRejected as e:
+        encoded, why = b"", e.detail
+    else:
+        why = ""
+    if encoded and hashlib.sha256(encoded).hexdigest() == record.sha256:
+        return encoded
+    raise ImageRejected(
+        image_checks.CHANGED_DURING_RUN,
+        f"{record.uri} changed while create_tfrecords ran (the bytes to store are no longer "
+        f"those it checked{': ' + why if why else ''}); run it again",
+    )

@@ -109,14 +109,14 @@ def render_report(stats: dict[str, Any], source: str = "", output_dir: str = "")
         for split in schema.SPLITS
     ]
     lines += _table(["split", "images", "shards", "bytes written", "image bytes"], rows)
-    estimate = stats.get("estimate")
-    if estimate:
-        if estimate.get("num_shards_forced"):
-            how = f"forced by num_shards={estimate['num_shards_forced']}"
+    sharding = stats.get("sharding")
+    if sharding:
+        if sharding.get("num_shards_forced"):
+            how = f"forced by num_shards={sharding['num_shards_forced']}"
         else:
             how = (
-                f"about {estimate['target_shard_mb']} MiB each, from an estimated "
-                f"{_mb(estimate['input_bytes'])} of input ({estimate['method']})"
+                f"about {sharding['target_shard_mb']} MiB each, from the image bytes each "
+                "split stores"
             )
         lines += [f"Shard counts {how}.", ""]
     return "\n".join(lines)

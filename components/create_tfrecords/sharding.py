@@ -1,168 +1,60 @@
-"""Shards sized for training: how many TFRecord shards each split gets.
+"""Shards sized for training, written as the images are read: each split's records go to
+``ceil(stored bytes / target_shard_mb)`` shards (at least 1), each image to the shard a
+hash of its URI names.
 
-The shard count is fixed before the pipeline runs (each record's shard is a hash of its
-URI, ``shard_index``, which spreads a split's records evenly over its count and puts an
-image in the same shard on every run), so it comes from an estimate of the input bytes
-made by the driver, cheaply:
+The count follows the data: it is the bytes the split actually stores, summed in the
+pipeline over the checked images (small records, see ``records.ImageRecord``), so shards
+come out about ``target_shard_mb`` whether the images are kept as they are or shrunk by
+``max_image_side``; ``num_shards`` > 0 forces a count for every split instead. An image's
+shard is ``shard_index`` (a CRC-32 of its URI modulo the count): the same shard on every
+run of the same data, and a split's images spread evenly over its shards (a shard's size
+varies by about one over the square root of its image count).
 
-* **Folder tree**: one ``FileSystems.match`` per class folder lists every image file with
-  its size (a listing, no read): the exact input bytes.
-* **CSV**: the first ``CSV_SAMPLE_LINES`` lines are read and the images they name are
-  stat-ed (in parallel; a missing one counts 0 bytes). Their bytes per byte of CSV text,
-  times the CSVs' total size, estimate the whole input (exact when the sample is all
-  there is). With a compressed CSV the text is larger than the file, so the estimate is
-  low: pass ``num_shards`` there if the shards come out too large.
+``WriteShards`` groups the small records by shard path, so one writer makes each shard,
+and that writer reads each image again and writes its record straight to the shard file
+(``serialize``): no image's bytes are grouped, shuffled or held beyond the one being
+written. On the DirectRunner memory stays flat in the size of the data; on Dataflow the
+shuffle carries a few hundred bytes per image instead of the image twice.
 
-A split's estimated bytes are the input bytes times its fraction; its shard count is
-``ceil(bytes / target_shard_mb)``, at least 1. Stored bytes are at most the input bytes
-for JPEGs (kept as they are) and usually smaller for images that are resized or
-re-encoded, so shards come out at most about the target, or smaller. ``num_shards`` > 0
-forces a count for every split instead.
-
-Why not Beam's ``max_bytes_per_shard``: Beam 2.77's ``FileBasedSink`` has it, but
-``WriteToTFRecord`` does not pass it on, and it only caps files when the runner chooses
-the sharding (one file per bundle), which on Dataflow gives many small files; it never
-fills a shard up to the target.
+Why not Beam's ``WriteToTFRecord``: its shards are filled by grouping the serialized
+records (the images) or, with runner-chosen sharding, one file per bundle, and its
+``max_bytes_per_shard`` is not passed on by ``WriteToTFRecord``; neither gives shards of
+a chosen size without moving the images through a shuffle.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import math
+import posixpath
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from components.common import beam as beam_utils, io, schema
-from components.create_tfrecords import inputs
-from components.create_tfrecords.splits import split_fractions
+from components.common import beam as beam_utils, schema
+from components.create_tfrecords.image_checks import ImageRejected
+from components.create_tfrecords.records import ERRORS, ImageRecord, reject
 
 TARGET_SHARD_MB = 150.0
-CSV_SAMPLE_LINES = 500
-_STAT_THREADS = 16
 _MB = 1024 * 1024
 
-_log = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass(frozen=True)
-class InputEstimate:
-    """The driver's estimate of the input.
-
-    Attributes:
-        input_bytes: Estimated bytes of the images to read.
-        images: Estimated number of images (exact for a folder tree).
-        method: How it was made: ``folder_listing``, ``csv_complete`` or ``csv_sample``.
-        sampled: Images stat-ed (CSV) or listed (folder).
-    """
-
-    input_bytes: int
-    images: int
-    method: str
-    sampled: int
-
-
-def _size(uri: str) -> int:
-    try:
-        found = FileSystems.match([uri])[0].metadata_list
-    except Exception:  # A missing or unreadable file is rejected later; it stores nothing.
-        return 0
-    return sum(m.size_in_bytes for m in found if m.path.rstrip("/") == uri.rstrip("/"))
-
-
-def estimate_folder(image_dir: str, labels: list[str]) -> InputEstimate:
-    """The exact bytes and count of the image files under the labels' folders."""
-    dirs = [name for name in inputs.class_dirs(image_dir) if name in set(labels)]
-    if not dirs:
-        return InputEstimate(0, 0, "folder_listing", 0)
-    results = FileSystems.match([io.join(image_dir, name, "*") for name in dirs])
-    files = [
-        m for result in results for m in result.metadata_list if inputs.has_image_extension(m.path)
-    ]
-    total = sum(m.size_in_bytes for m in files)
-    return InputEstimate(total, len(files), "folder_listing", len(files))
-
-
-def _sample_lines(paths: list[str], limit: int) -> tuple[list[tuple[str, str]], int, bool]:
-    """Up to ``limit`` ``(csv file, line)`` from the start of the CSVs, the bytes they
-    take, and whether that is all of them."""
-    lines, nbytes = [], 0
-    for path in paths:
-        with FileSystems.open(path) as f:
-            while True:
-                if len(lines) >= limit:
-                    return lines, nbytes, False
-                raw = f.readline()
-                if not raw:
-                    break
-                nbytes += len(raw)
-                lines.append((path, raw.decode("utf-8", errors="replace")))
-    return lines, nbytes, True
-
-
-def estimate_csv(csv_uri: str, labels: list[str], sample_lines: int = CSV_SAMPLE_LINES):
-    """Estimates the input bytes of a CSV listing from a sample of its first lines."""
-    matched = sorted(
-        (m for m in FileSystems.match([csv_uri])[0].metadata_list), key=lambda m: m.path
-    )
-    csv_bytes = sum(m.size_in_bytes for m in matched)
-    lines, sample_bytes, complete = _sample_lines([m.path for m in matched], sample_lines)
-    known = set(labels)
-    uris = []
-    for path, line in lines:
-        try:
-            fields = beam_utils.parse_csv_line(line)
-        except Exception:
-            continue
-        if len(fields) == 2 and fields[1] in known:
-            uris.append(beam_utils.resolve_listed_uri(fields[0], path))
-    unique = sorted(set(uris))
-    with ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:
-        sizes = dict(zip(unique, pool.map(_size, unique), strict=True))
-    sampled_bytes = sum(sizes.values())
-    if complete or not sample_bytes:
-        return InputEstimate(sampled_bytes, len(unique), "csv_complete", len(unique))
-    scale = csv_bytes / sample_bytes
-    return InputEstimate(
-        round(sum(sizes[uri] for uri in uris) * scale),
-        round(len(uris) * scale),
-        "csv_sample",
-        len(unique),
-    )
-
-
-def estimate_input(csv_uri: str, image_dir: str, labels: list[str]) -> InputEstimate:
-    """``estimate_csv`` or ``estimate_folder``, whichever input is given."""
-    if csv_uri:
-        return estimate_csv(csv_uri, labels)
-    return estimate_folder(image_dir, labels)
-
-
-def shards_per_split(
-    input_bytes: int,
-    train_fraction: float,
-    valid_fraction: float,
-    target_shard_mb: float = TARGET_SHARD_MB,
-    num_shards: int = 0,
-) -> dict[str, int]:
-    """Shards of each split: ``num_shards`` when > 0, else about ``target_shard_mb`` each.
-
-    Raises:
-        ValueError: when ``target_shard_mb`` is not > 0 or ``num_shards`` < 0.
-    """
+def check_sharding(target_shard_mb: float, num_shards: int) -> None:
+    """Raises ValueError when ``target_shard_mb`` is not > 0 or ``num_shards`` < 0."""
     if num_shards < 0:
         raise ValueError(f"num_shards must be >= 0 (0 = from the data size), got {num_shards}")
     if not (target_shard_mb > 0 and math.isfinite(target_shard_mb)):
         raise ValueError(f"target_shard_mb must be > 0, got {target_shard_mb}")
+
+
+def shard_count(split_bytes: int, target_shard_mb: float, num_shards: int = 0) -> int:
+    """Shards of a split storing ``split_bytes``: ``num_shards`` when > 0, else about
+    ``target_shard_mb`` each, at least 1 (an empty split still has its one empty shard)."""
     if num_shards:
-        return dict.fromkeys(schema.SPLITS, num_shards)
-    target = target_shard_mb * _MB
-    fractions = split_fractions(train_fraction, valid_fraction)
-    return {
-        split: max(1, math.ceil(input_bytes * fractions[split] / target)) for split in schema.SPLITS
-    }
+        return num_shards
+    return max(1, math.ceil(split_bytes / (target_shard_mb * _MB)))
 
 
 def shard_index(uri: str, count: int) -> int:
@@ -173,6 +65,100 @@ def shard_index(uri: str, count: int) -> int:
     evenly over its shards.
     """
     return zlib.crc32(uri.encode("utf-8")) % count
+
+
+def _shard_path(
+    record: ImageRecord, split_bytes: dict[str, int], output_dir: str, target_mb: float, forced: int
+) -> tuple[str, ImageRecord]:
+    count = shard_count(split_bytes.get(record.split, 0), target_mb, forced)
+    index = shard_index(record.uri, count)
+    return schema.shard_path(output_dir, record.split, index, count), record
+
+
+def _every_shard(
+    _, split_bytes: dict[str, int], output_dir: str, target_mb: float, forced: int
+) -> Iterator[str]:
+    for split in schema.SPLITS:
+        count = shard_count(split_bytes.get(split, 0), target_mb, forced)
+        for i in range(count):
+            yield schema.shard_path(output_dir, split, i, count)
+
+
+class WriteShard(beam.DoFn):
+    """Writes one ``(shard path, records)`` group as that TFRecord file, with TensorFlow's
+    writer, in the order of the records' digests (the same on every run, and no order of
+    URIs or classes); ``None`` records (the marker that the shard must exist) are skipped.
+
+    Each record's bytes come from ``serialize`` (record to serialized ``tf.train.Example``),
+    which reads its image; one that raises ``ImageRejected`` goes to ``errors`` and the
+    others are written. The main output is each record written, so that what the manifests
+    and counts say is what the shards hold. A retried write rewrites the whole file.
+    """
+
+    def __init__(self, serialize: Callable[[ImageRecord], bytes]):
+        self._serialize = serialize
+
+    def process(self, group: tuple[str, Any]) -> Iterator[Any]:
+        import tensorflow as tf
+
+        path, records = group
+        records = sorted((r for r in records if r is not None), key=lambda r: (r.sha256, r.uri))
+        tf.io.gfile.makedirs(posixpath.dirname(path))
+        with tf.io.TFRecordWriter(path) as writer:
+            for record in records:
+                try:
+                    example = self._serialize(record)
+                except ImageRejected as e:
+                    yield reject(record.uri, record.label, e.reason, e.detail)
+                    continue
+                writer.write(example)
+                yield record
+
+
+class WriteShards(beam.PTransform):
+    """Checked records (``ImageRecord``) to each split's shards under ``output_dir``.
+
+    Returns ``{"ok": the records written, "errors": the rejections of ``serialize``}``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        serialize: Callable[[ImageRecord], bytes],
+        target_shard_mb: float = TARGET_SHARD_MB,
+        num_shards: int = 0,
+    ):
+        super().__init__()
+        check_sharding(target_shard_mb, num_shards)
+        self._output_dir = output_dir
+        self._serialize = serialize
+        self._target_mb = target_shard_mb
+        self._forced = num_shards
+
+    def expand(self, records: beam.PCollection) -> dict[str, beam.PCollection]:
+        settings = {
+            "output_dir": self._output_dir,
+            "target_mb": self._target_mb,
+            "forced": self._forced,
+        }
+        split_bytes = beam.pvalue.AsDict(
+            records
+            | "StoredBytes" >> beam.Map(lambda record: (record.split, record.stored_bytes))
+            | "BytesPerSplit" >> beam.CombinePerKey(sum)
+        )
+        every = (
+            records.pipeline
+            | "Once" >> beam.Create([None], reshuffle=False)
+            | "EveryShard" >> beam.FlatMap(_every_shard, split_bytes, **settings)
+        )
+        written = (
+            records
+            | "KeyByShard" >> beam.Map(_shard_path, split_bytes, **settings)
+            | "GroupByShard" >> beam_utils.GroupByPath(every)
+            | "WriteShard"
+            >> beam.ParDo(WriteShard(self._serialize)).with_outputs(ERRORS, main="ok")
+        )
+        return {"ok": written.ok, "errors": written[ERRORS]}
 
 
 def written_shards(output_dir: str) -> dict[str, dict[str, int]]:

@@ -55,7 +55,7 @@ def kept_event(record: ImageRecord) -> tuple:
         "kept",
         record.split,
         record.label,
-        len(record.encoded),
+        record.stored_bytes,
         record.width,
         record.height,
         record.conversions,
