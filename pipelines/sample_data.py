@@ -59,38 +59,62 @@ def _polygon(cx: float, cy: float, radius: float, angle: float, corners: int) ->
     ]
 
 
+def shape_mask(
+    label: str, size: tuple[int, int], cx: float, cy: float, radius: float, angle: float
+) -> Image.Image:
+    """A mask (mode ``L``, 255 inside) of one shape of ``label``'s class on an image of
+    ``size``; its ``getbbox()`` is the shape's exact box."""
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    if label == "circle":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
+    elif label == "square":
+        draw.polygon(_polygon(cx, cy, radius, angle, 4), fill=255)
+    elif label == "triangle":
+        draw.polygon(_polygon(cx, cy, radius, angle, 3), fill=255)
+    elif label == "cross":
+        bar = max(2, int(radius * 0.45))
+        for a in (angle, angle + math.pi / 2):
+            dx, dy = radius * math.cos(a), radius * math.sin(a)
+            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=255, width=bar)
+    else:
+        raise ValueError(f"unknown sample class {label!r}; expected one of {CLASSES}")
+    return mask
+
+
+def background(width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """A soft grey gradient with Gaussian noise."""
+    base = rng.uniform(30, 200)
+    gradient = np.linspace(0, rng.uniform(-40, 40), width)[None, :, None]
+    pixels = base + gradient + rng.normal(0, 12, size=(height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def colour(label: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    """A fill colour typical of ``label``'s class, with jitter."""
+    return _colour(rng, _HUES[label])
+
+
+def add_noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Pixel noise over the whole picture."""
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(
+        0, 8, size=(image.height, image.width, 3)
+    )
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
 def draw_image(label: str, rng: np.random.Generator) -> Image.Image:
     """Draws one image of ``label``'s class (any of ``CLASSES``)."""
     width, height = (int(v) for v in rng.integers(72, 257, size=2))
-    # Background: a soft grey gradient with Gaussian noise.
-    base = rng.uniform(30, 200)
-    gradient = np.linspace(0, rng.uniform(-40, 40), width)[None, :, None]
-    background = base + gradient + rng.normal(0, 12, size=(height, width, 3))
-    image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8), "RGB")
-
-    draw = ImageDraw.Draw(image)
+    image = background(width, height, rng)
     side = min(width, height)
     radius = side * rng.uniform(0.22, 0.38)
     cx = rng.uniform(radius, width - radius)
     cy = rng.uniform(radius, height - radius)
     angle = rng.uniform(0, 2 * math.pi)
-    fill = _colour(rng, _HUES[label])
-    if label == "circle":
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
-    elif label == "square":
-        draw.polygon(_polygon(cx, cy, radius, angle, 4), fill=fill)
-    elif label == "triangle":
-        draw.polygon(_polygon(cx, cy, radius, angle, 3), fill=fill)
-    elif label == "cross":
-        bar = max(2, int(radius * 0.45))
-        for a in (angle, angle + math.pi / 2):
-            dx, dy = radius * math.cos(a), radius * math.sin(a)
-            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=fill, width=bar)
-    else:
-        raise ValueError(f"unknown sample class {label!r}; expected one of {CLASSES}")
-    # Pixel noise over the whole picture, shape included.
-    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 8, size=(height, width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    fill = colour(label, rng)
+    image.paste(fill, mask=shape_mask(label, image.size, cx, cy, radius, angle))
+    return add_noise(image, rng)  # Over the whole picture, shape included.
 
 
 def generate(

@@ -13,6 +13,8 @@ from components.create_tfrecords import beam_pipeline as tfrecords_beam
 from components.create_tfrecords.component import create_tfrecords
 from components.deploy import kserve, local, vertex as deploy_vertex_lib
 from components.deploy.component import deploy, deploy_kserve, deploy_vertex
+from components.detection import create_tfrecords as detection_tfrecords
+from components.detection.components import create_detection_tfrecords
 from components.evaluate.component import evaluate
 from components.evaluate.evaluation import evaluate_export
 from components.export.component import export
@@ -30,6 +32,7 @@ from pipelines.pipeline import TARGETS, build_pipeline
 # component, its stage function, the component's parameters the function names otherwise.
 STAGES = {
     "create_tfrecords": (create_tfrecords, tfrecords_beam.run, {}),
+    "create_detection_tfrecords": (create_detection_tfrecords, detection_tfrecords.run, {}),
     "train": (train, train_model, {}),
     "tune": (tune, tune_model, {}),
     "export": (export, export_saved_model, {}),

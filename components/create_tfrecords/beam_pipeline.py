@@ -93,6 +93,7 @@ __all__ = [
     "class_dirs",
     "manifest_line",
     "read_file",
+    "remove_stale_shards",
     "run",
     "serialize_record",
     "split_point",
@@ -207,7 +208,8 @@ def build_pipeline(
 # --------------------------------------------------------------------------- driver
 
 
-def _remove_stale_shards(output_dir: str) -> None:
+def remove_stale_shards(output_dir: str) -> None:
+    """Deletes the shards an earlier run left in ``output_dir`` (a new run may write fewer)."""
     beam_utils.delete_matching([schema.shard_pattern(output_dir, split) for split in schema.SPLITS])
 
 
@@ -321,7 +323,7 @@ def run(
 
     io.makedirs(output_dir)
     labels_lib.write_labels(io.join(output_dir, labels_lib.LABELS_FILE), labels)
-    _remove_stale_shards(output_dir)
+    remove_stale_shards(output_dir)
     _log.info(
         "create_tfrecords: %s -> %s (%d labels, %s, %s)",
         source,

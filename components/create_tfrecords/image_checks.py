@@ -64,6 +64,8 @@ class CheckedImage:
         original_format: The input's format as PIL names it (``"JPEG"``, ``"PNG"``, ...).
         original_mode: The input's PIL mode (``"RGB"``, ``"L"``, ``"CMYK"``, ...).
         rotated: Whether an EXIF orientation other than upright was applied.
+        orientation: The EXIF orientation applied (1-8; 1: upright as stored).
+        original_size: ``(width, height)`` of the pixels as the file stores them.
     """
 
     encoded: bytes
@@ -74,6 +76,8 @@ class CheckedImage:
     original_format: str = "JPEG"
     original_mode: str = "RGB"
     rotated: bool = False
+    orientation: int = 1
+    original_size: tuple[int, int] = (0, 0)
 
     def conversions(self) -> tuple[str, ...]:
         """What changed on the way in: ``format`` (not a JPEG), ``mode`` (not RGB),
@@ -184,7 +188,13 @@ def check_image(data: bytes, max_image_side: int = 1024) -> CheckedImage:
         orientation = _orientation(image)
     if keep:
         return CheckedImage(
-            data, height, width, reencoded=False, resized=False, original_format=original_format
+            data,
+            height,
+            width,
+            reencoded=False,
+            resized=False,
+            original_format=original_format,
+            original_size=(width, height),
         )
 
     try:
@@ -211,4 +221,6 @@ def check_image(data: bytes, max_image_side: int = 1024) -> CheckedImage:
         original_format=original_format,
         original_mode=original_mode,
         rotated=orientation != 1,
+        orientation=orientation if orientation in range(1, 9) else 1,
+        original_size=(width, height),
     )

@@ -51,8 +51,19 @@ def render_report(stats: dict[str, Any], source: str = "", output_dir: str = "")
         + [sum(stats["classes"][s][label] for s in schema.SPLITS)]
         for label in stats["labels"]
     ]
-    rows.append(["**total**", *(stats["splits"][s] for s in schema.SPLITS), kept])
-    lines += _table(["class", *schema.SPLITS, "total"], rows)
+    if "objects" in stats:  # Detection: the classes count objects.
+        lines[-2] = "## Objects per split and class"
+        for name, counts in (
+            ("**objects**", stats["objects"]),
+            ("**images**", stats["splits"]),
+            ("images without objects", stats["images_without_objects"]),
+        ):
+            rows.append([name, *(counts[s] for s in schema.SPLITS), sum(counts.values())])
+        lines += _table(["class", *schema.SPLITS, "total"], rows)
+        lines += [f"{stats['clipped_boxes']} boxes clipped to their image.", ""]
+    else:
+        rows.append(["**total**", *(stats["splits"][s] for s in schema.SPLITS), kept])
+        lines += _table(["class", *schema.SPLITS, "total"], rows)
 
     lines += ["## Rejected inputs", ""]
     if rejected:

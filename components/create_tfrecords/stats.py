@@ -5,7 +5,9 @@ converted (``format``, ``mode``, ``orientation``, ``resized``) and the distribut
 stored sizes (width and height min/median/max; a histogram of the long side in
 power-of-two buckets). Rejections are counted per reason with a few examples (the
 smallest URIs, so the same input gives the same examples); skipped inputs (header and
-blank lines, repeated lines, non-image files) per kind.
+blank lines, repeated lines, non-image files) per kind. For detection (``objects``) the
+classes count objects rather than images, with the objects per split, the images without
+any, and the boxes clipped to their image.
 """
 
 from __future__ import annotations
@@ -70,17 +72,35 @@ def ignored_event(what: str) -> tuple:
     return ("ignored", what)
 
 
+def object_events(split: str, labels: Iterable[str], clipped: int = 0) -> list[tuple]:
+    """A kept image's objects (detection): one event per object's class, one for an image
+    with none, and its count of boxes clipped to the image."""
+    events: list[tuple] = [("object", split, label) for label in labels]
+    if not events:
+        events.append(("no_objects", split))
+    if clipped:
+        events.append(("clipped", clipped))
+    return events
+
+
 class StatsFn(beam.CombineFn):
-    """Combines ``kept_event``, ``rejected_event`` and ``ignored_event`` tuples into the
-    counts of ``stats.json`` (see ``extract_output``).
+    """Combines ``kept_event``, ``rejected_event``, ``ignored_event`` (and, with
+    ``objects``, ``object_events``) tuples into the counts of ``stats.json`` (see
+    ``extract_output``).
 
     The accumulator is ``(counter, examples)``: a ``Counter`` of tuple keys and, per
     reason, the smallest ``[uri, detail]`` pairs.
     """
 
-    def __init__(self, labels: list[str], extra_ignored: dict[str, int] | None = None):
+    def __init__(
+        self,
+        labels: list[str],
+        extra_ignored: dict[str, int] | None = None,
+        objects: bool = False,
+    ):
         self._labels = list(labels)
         self._extra_ignored = dict(extra_ignored or {})
+        self._objects = objects
 
     def create_accumulator(self):
         return collections.Counter(), {}
@@ -98,6 +118,10 @@ class StatsFn(beam.CombineFn):
             counts[("reencoded",)] += bool(conversions)
             for conversion in conversions:
                 counts[("converted", conversion)] += 1
+        elif kind in ("object", "no_objects"):
+            counts[event] += 1
+        elif kind == "clipped":
+            counts[("clipped",)] += event[1]
         elif kind == "rejected":
             _, reason, uri, detail = event
             counts[("rejected", reason)] += 1
@@ -125,12 +149,16 @@ class StatsFn(beam.CombineFn):
 
     def extract_output(self, acc) -> dict[str, Any]:
         counts, examples = acc
+        counted = "object" if self._objects else "kept"
         classes = {
-            split: {label: counts[("kept", split, label)] for label in self._labels}
+            split: {label: counts[(counted, split, label)] for label in self._labels}
             for split in schema.SPLITS
         }
         by_reason = {key[1]: n for key, n in sorted(counts.items()) if key[0] == "rejected"}
-        splits = {split: sum(c.values()) for split, c in classes.items()}
+        splits = {
+            split: sum(n for key, n in counts.items() if key[:2] == ("kept", split))
+            for split in schema.SPLITS
+        }
         bytes_by_split = {split: counts[("bytes", split)] for split in schema.SPLITS}
         ignored = dict.fromkeys(IGNORED_KINDS, 0)
         ignored.update({key[1]: n for key, n in counts.items() if key[0] == "ignored"})
@@ -144,7 +172,15 @@ class StatsFn(beam.CombineFn):
             for lower in LONG_SIDE_BUCKETS
         }
         conversions = {name: counts[("converted", name)] for name in CONVERSIONS}
+        objects = {}
+        if self._objects:
+            objects = {
+                "objects": {split: sum(classes[split].values()) for split in schema.SPLITS},
+                "images_without_objects": {s: counts[("no_objects", s)] for s in schema.SPLITS},
+                "clipped_boxes": counts[("clipped",)],
+            }
         return {
+            **objects,
             "labels": self._labels,
             "splits": splits,
             "classes": classes,
