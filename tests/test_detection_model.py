@@ -1,0 +1,185 @@
+"""Tests of the detector: CenterNet targets and decoding (a perfect prediction decodes to the
+true boxes), the losses against hand-computed values, training on generated records, and
+the export's Object Detection API signatures, loaded with tf.saved_model.load and called
+in graph mode."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.common import schema as common_schema
+from components.detection import centernet, create_tfrecords, export, schema, training
+from pipelines import sample_detection_data
+
+
+def perfect_outputs(boxes, classes, num_classes=3, image_size=128):
+    targets = centernet.encode_targets(
+        tf.constant(boxes, tf.float32), tf.constant(classes), num_classes, image_size
+    )
+    return {
+        "heatmap": targets["heatmap"][None],
+        "size": targets["size"][None, ..., :2],
+        "offset": targets["offset"][None, ..., :2],
+    }
+
+
+def test_a_perfect_prediction_decodes_to_the_true_boxes():
+    boxes = [[0.1, 0.2, 0.5, 0.6], [0.6, 0.6, 0.9, 0.95], [0.12, 0.22, 0.48, 0.61]]
+    found = centernet.decode(perfect_outputs(boxes, [0, 2, 1]), score_threshold=0.5)
+    assert int(found["num_detections"][0]) == 3
+    got = sorted(
+        zip(
+            found["classes"][0, :3].numpy().tolist(),
+            found["boxes"][0, :3].numpy().tolist(),
+            strict=True,
+        )
+    )
+    expected = sorted(zip([0, 2, 1], boxes, strict=True))
+    for (c, b), (ce, be) in zip(got, expected, strict=True):
+        assert c == ce
+        np.testing.assert_allclose(b, be, atol=1e-5)
+    # Past num_detections: zeros, and every box inside [0, 1].
+    assert float(tf.reduce_sum(tf.abs(found["boxes"][0, 3:]))) == 0.0
+    assert float(tf.reduce_max(found["scores"][0, 3:])) == 0.0
+    assert found["multiclass_scores"].shape == (1, 100, 3)
+
+
+def test_overlapping_boxes_of_one_class_are_suppressed_not_of_two():
+    two = [[0.1, 0.1, 0.6, 0.6], [0.12, 0.1, 0.62, 0.6]]
+    same = centernet.decode(perfect_outputs(two, [1, 1]), score_threshold=0.5, iou_threshold=0.6)
+    assert int(same["num_detections"][0]) == 1
+    other = centernet.decode(perfect_outputs(two, [1, 2]), score_threshold=0.5, iou_threshold=0.6)
+    assert int(other["num_detections"][0]) == 2
+
+
+def test_an_image_without_objects_has_empty_targets_and_no_detection():
+    targets = centernet.encode_targets(tf.zeros([0, 4]), tf.zeros([0], tf.int32), 3, 64)
+    assert (
+        targets["heatmap"].shape == (16, 16, 3) and float(tf.reduce_sum(targets["heatmap"])) == 0.0
+    )
+    assert float(tf.reduce_sum(targets["size"])) == 0.0
+    empty = {
+        k: v
+        for k, v in perfect_outputs(
+            np.zeros([0, 4]), np.zeros([0], np.int32), image_size=64
+        ).items()
+    }
+    assert int(centernet.decode(empty, score_threshold=0.1)["num_detections"][0]) == 0
+
+
+def test_the_losses_by_hand():
+    y_true = np.zeros([1, 2, 2, 1], np.float32)
+    y_true[0, 0, 0, 0] = 1.0  # one object
+    y_true[0, 0, 1, 0] = 0.5
+    y_pred = np.full([1, 2, 2, 1], 0.2, np.float32)
+    positive = -math.log(0.2) * 0.8**2
+    negatives = -math.log(0.8) * 0.2**2 * (0.5**4 + 1 + 1)
+    assert float(centernet.focal_loss(y_true, y_pred)[0]) == pytest.approx(
+        positive + negatives, rel=1e-5
+    )
+    target = np.zeros([1, 2, 2, 3], np.float32)
+    target[0, 1, 1] = [0.3, 0.4, 1.0]
+    prediction = np.full([1, 2, 2, 2], 0.1, np.float32)
+    assert float(centernet.masked_l1(target, prediction)[0]) == pytest.approx(0.2 + 0.3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("det_model")
+    sample = sample_detection_data.generate(str(root / "sample"), images=48)
+    dataset = str(root / "dataset")
+    create_tfrecords.run(dataset, voc_dir=sample.voc_dir)
+    model_dir = str(root / "model")
+    config = training.train(
+        dataset, model_dir, image_size=64, batch_size=8, epochs=3, early_stopping_patience=0
+    )
+    export_dir = str(root / "export")
+    meta = export.export_detector(model_dir, export_dir, max_detections=20, score_threshold=0.0)
+    return sample, dataset, model_dir, config, export_dir, meta
+
+
+def test_training_writes_a_model_directory_and_learns(trained):
+    sample, dataset, model_dir, config, _, _ = trained
+    assert config["epochs_run"] == 3 and config["labels"] == list(sample.labels)
+    for name in ("model.keras", "labels.txt", "training_config.json", "history.csv"):
+        assert Path(model_dir, name).exists()
+    rows = Path(model_dir, "history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    losses = [float(row.split(",")[header.index("loss")]) for row in rows[1:]]
+    assert losses[-1] < losses[0]  # The loss falls from its start.
+
+
+def test_training_rejects_what_cannot_work(trained, tmp_path):
+    _, dataset, *_ = trained
+    with pytest.raises(ValueError, match="multiple of 32"):
+        training.train(dataset, str(tmp_path / "m"), image_size=100)
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        training.train(dataset, str(tmp_path / "m"), batch_size=10_000)
+
+
+def _check_outputs(out: dict, batch: int, max_detections: int, labels: list[str]):
+    assert set(out) == set(export.OUTPUT_NAMES)
+    assert out["detection_boxes"].shape == (batch, max_detections, 4)
+    for name in ("detection_boxes", "detection_classes", "detection_scores", "num_detections"):
+        assert out[name].dtype == tf.float32, name
+    boxes = out["detection_boxes"].numpy()
+    assert boxes.min() >= 0.0 and boxes.max() <= 1.0
+    assert np.all(boxes[..., 2] >= boxes[..., 0]) and np.all(boxes[..., 3] >= boxes[..., 1])
+    for i in range(batch):
+        n = int(out["num_detections"][i])
+        classes = out["detection_classes"][i].numpy()
+        assert 0 <= n <= max_detections
+        assert np.all(classes[:n] >= 1) and np.all(classes[n:] == 0)
+        scores = out["detection_scores"][i].numpy()
+        assert np.all(np.diff(scores[:n]) <= 1e-6)  # highest first
+        names = [v.decode() for v in out["detection_labels"][i].numpy()]
+        assert names[:n] == [labels[int(c) - 1] for c in classes[:n]]
+        assert set(names[n:]) <= {""}
+    assert out["detection_multiclass_scores"].shape == (batch, max_detections, len(labels))
+
+
+def test_the_export_answers_with_the_object_detection_apis_signatures(trained):
+    sample, dataset, _, _, export_dir, meta = trained
+    labels = list(sample.labels)
+    loaded = tf.saved_model.load(export_dir)
+    assert set(loaded.signatures) == {"serving_default", "image_tensor", "tf_example"}
+    serving = loaded.signatures["serving_default"]
+    assert list(serving.structured_input_signature[1]) == ["inputs"]
+    images = sorted(sample.boxes)[:2]  # two sizes in one batch
+    encoded = tf.constant([Path(p).read_bytes() for p in images])
+    from_bytes = serving(inputs=encoded)
+    _check_outputs(from_bytes, 2, 20, labels)
+    pixels = tf.io.decode_jpeg(encoded[0], channels=3)[None]
+    from_pixels = loaded.signatures["image_tensor"](input_tensor=pixels)
+    _check_outputs(from_pixels, 1, 20, labels)
+    np.testing.assert_allclose(
+        from_pixels["detection_scores"][0], from_bytes["detection_scores"][0], atol=1e-5
+    )
+    records = list(common_schema.read_records(common_schema.shard_files(dataset, "train")).take(3))
+    from_examples = loaded.signatures["tf_example"](input_tensor=tf.stack(records))
+    _check_outputs(from_examples, 3, 20, labels)
+    assert (
+        schema.parse_label_map(Path(export_dir, "assets.extra", "label_map.pbtxt").read_text())
+        == labels
+    )
+    assert Path(export_dir, "assets.extra", "labels.txt").read_text().split() == labels
+    assert meta["outputs"] == list(export.OUTPUT_NAMES) and meta["input"] == "inputs"
+
+
+def test_the_score_threshold_and_maximum_are_export_parameters(trained, tmp_path):
+    sample, _, model_dir, *_ = trained
+    strict = str(tmp_path / "strict")
+    export.export_detector(model_dir, strict, max_detections=5, score_threshold=0.99)
+    out = tf.saved_model.load(strict).signatures["serving_default"](
+        inputs=tf.constant([Path(sorted(sample.boxes)[0]).read_bytes()])
+    )
+    assert out["detection_boxes"].shape == (1, 5, 4)
+    n = int(out["num_detections"][0])
+    assert np.all(out["detection_scores"][0, :n].numpy() >= 0.99)
+    with pytest.raises(ValueError, match="max_detections"):
+        export.export_detector(model_dir, str(tmp_path / "x"), max_detections=0)
