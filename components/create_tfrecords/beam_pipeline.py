@@ -89,7 +89,9 @@ __all__ = [
     "ReadAndCheckImage",
     "assign_split",
     "build_pipeline",
+    "check_arguments",
     "check_error_share",
+    "finish_run",
     "class_dirs",
     "manifest_line",
     "read_file",
@@ -213,6 +215,58 @@ def remove_stale_shards(output_dir: str) -> None:
     beam_utils.delete_matching([schema.shard_pattern(output_dir, split) for split in schema.SPLITS])
 
 
+def check_arguments(
+    output_dir: str,
+    train_fraction: float,
+    valid_fraction: float,
+    max_image_side: int,
+    max_error_fraction: float,
+    target_shard_mb: float,
+    num_shards: int,
+    runner: str,
+    beam_args: Sequence[str],
+    direct_num_workers: int,
+    dataflow: beam_utils.DataflowSettings | None,
+) -> None:
+    """Raises ValueError on a setting no run can use (both tasks' ``run`` call it before
+    any file is written), a Beam option set twice to different values included."""
+    beam_utils.pipeline_options(runner, beam_args, direct_num_workers, dataflow)
+    validate_fractions(train_fraction, valid_fraction)
+    if max_image_side < 0:
+        raise ValueError(f"max_image_side must be >= 0 (0 = no limit), got {max_image_side}")
+    if not 0 <= max_error_fraction <= 1:
+        raise ValueError(f"max_error_fraction must be in [0, 1], got {max_error_fraction}")
+    if not output_dir:
+        raise ValueError("output_dir is required")
+    sharding.check_sharding(target_shard_mb, num_shards)
+
+
+def finish_run(
+    output_dir: str,
+    source: str,
+    target_shard_mb: float,
+    num_shards: int,
+    max_error_fraction: float,
+) -> dict[str, Any]:
+    """After the pipeline (both tasks' ``run``): adds the shards written and the sharding
+    to ``stats.json``, writes ``report.md``, then fails the run when too much input was
+    rejected (``check_error_share``). Returns the stats."""
+    stats_path = io.join(output_dir, schema.STATS_FILE)
+    stats = io.read_json(stats_path)
+    stats["shards"] = sharding.written_shards(output_dir)
+    stats["sharding"] = {
+        "target_shard_mb": target_shard_mb,
+        "num_shards_forced": num_shards,
+        "num_shards": {split: shards["files"] for split, shards in stats["shards"].items()},
+    }
+    io.write_json(stats_path, stats)
+    io.write_text(
+        io.join(output_dir, REPORT_FILE), report_lib.render_report(stats, source, output_dir)
+    )
+    check_error_share(stats, max_error_fraction, output_dir, source)
+    return stats
+
+
 def check_error_share(
     stats: dict[str, Any], max_error_fraction: float, output_dir: str, source: str = ""
 ) -> None:
@@ -308,16 +362,19 @@ def run(
             ``max_error_fraction``.
         FileNotFoundError: when the CSV, label file or image folder does not exist.
     """
-    validate_fractions(train_fraction, valid_fraction)
-    if max_image_side < 0:
-        raise ValueError(f"max_image_side must be >= 0 (0 = no limit), got {max_image_side}")
-    if not 0 <= max_error_fraction <= 1:
-        raise ValueError(f"max_error_fraction must be in [0, 1], got {max_error_fraction}")
-    if not output_dir:
-        raise ValueError("output_dir is required")
-    sharding.check_sharding(target_shard_mb, num_shards)
-    # Fails early on a conflict.
-    beam_utils.pipeline_options(runner, beam_args, direct_num_workers, dataflow)
+    check_arguments(
+        output_dir,
+        train_fraction,
+        valid_fraction,
+        max_image_side,
+        max_error_fraction,
+        target_shard_mb,
+        num_shards,
+        runner,
+        beam_args,
+        direct_num_workers,
+        dataflow,
+    )
     labels, label_notes = resolve_labels(csv_uri, labels_uri, image_dir)
     source = csv_uri or image_dir
 
@@ -348,20 +405,7 @@ def run(
             extra_ignored=label_notes,
         )
 
-    stats_path = io.join(output_dir, schema.STATS_FILE)
-    stats = io.read_json(stats_path)
-    stats["shards"] = sharding.written_shards(output_dir)
-    stats["sharding"] = {
-        "target_shard_mb": target_shard_mb,
-        "num_shards_forced": num_shards,
-        "num_shards": {split: shards["files"] for split, shards in stats["shards"].items()},
-    }
-    io.write_json(stats_path, stats)
-    io.write_text(
-        io.join(output_dir, REPORT_FILE), report_lib.render_report(stats, source, output_dir)
-    )
-
-    check_error_share(stats, max_error_fraction, output_dir, source)
+    stats = finish_run(output_dir, source, target_shard_mb, num_shards, max_error_fraction)
     splits = ", ".join(f"{split}={n}" for split, n in stats["splits"].items())
     _log.info("create_tfrecords kept %d images (%s) in %s", stats["kept"], splits, output_dir)
     if stats["rejected"]:

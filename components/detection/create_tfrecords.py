@@ -42,10 +42,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from components.common import beam as beam_utils, io, labels as labels_lib, schema as common_schema
-from components.create_tfrecords import image_checks, report as report_lib, sharding
+from components.create_tfrecords import image_checks, sharding
 from components.create_tfrecords.beam_pipeline import (
-    REPORT_FILE,
-    check_error_share,
+    check_arguments,
+    finish_run,
     remove_stale_shards,
 )
 from components.create_tfrecords.duplicates import KeepOnePerImage
@@ -56,7 +56,7 @@ from components.create_tfrecords.records import (
     read_file,
     stored_image,
 )
-from components.create_tfrecords.splits import assign_split, validate_fractions
+from components.create_tfrecords.splits import assign_split
 from components.create_tfrecords.stats import (
     StatsFn,
     ignored_event,
@@ -327,24 +327,28 @@ def run(
     sources = [s for s in (voc_dir, coco_json, vertex_jsonl) if s]
     if len(sources) != 1:
         raise ValueError("give exactly one input: voc_dir, coco_json or vertex_jsonl")
-    validate_fractions(train_fraction, valid_fraction)
-    sharding.check_sharding(target_shard_mb, num_shards)
-    if max_image_side < 0:
-        raise ValueError(f"max_image_side must be >= 0 (0 = no limit), got {max_image_side}")
-    if not 0 <= max_error_fraction <= 1:
-        raise ValueError(f"max_error_fraction must be in [0, 1], got {max_error_fraction}")
-    beam_utils.pipeline_options(runner, beam_args, direct_num_workers, dataflow)
+    check_arguments(
+        output_dir,
+        train_fraction,
+        valid_fraction,
+        max_image_side,
+        max_error_fraction,
+        target_shard_mb,
+        num_shards,
+        runner,
+        beam_args,
+        direct_num_workers,
+        dataflow,
+    )
     source = sources[0]
     if not FileSystems.match([source])[0].metadata_list and not (
         voc_dir and FileSystems.exists(voc_dir)
     ):
         raise FileNotFoundError(f"no such input: {source}")
-    if coco_json and not image_dir:
-        image_dir = posixpath.dirname(coco_json)
     if coco_json:
-        listing.coco_categories(
-            coco_json
-        )  # A file that is not COCO fails here, not in the pipeline.
+        image_dir = image_dir or posixpath.dirname(coco_json)
+        # A file that is not COCO fails here, not in the pipeline.
+        listing.coco_categories(coco_json)
     labels = (
         listing.read_label_map(label_map_uri)
         if label_map_uri
@@ -379,19 +383,7 @@ def run(
             target_shard_mb=target_shard_mb,
             max_image_side=max_image_side,
         )
-    stats_path = io.join(output_dir, common_schema.STATS_FILE)
-    stats = io.read_json(stats_path)
-    stats["shards"] = sharding.written_shards(output_dir)
-    stats["sharding"] = {
-        "target_shard_mb": target_shard_mb,
-        "num_shards_forced": num_shards,
-        "num_shards": {split: shards["files"] for split, shards in stats["shards"].items()},
-    }
-    io.write_json(stats_path, stats)
-    io.write_text(
-        io.join(output_dir, REPORT_FILE), report_lib.render_report(stats, source, output_dir)
-    )
-    check_error_share(stats, max_error_fraction, output_dir, source)
+    stats = finish_run(output_dir, source, target_shard_mb, num_shards, max_error_fraction)
     _log.info(
         "create_tfrecords (detection) kept %d images, %d objects, in %s",
         stats["kept"],
