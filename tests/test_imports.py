@@ -1,5 +1,6 @@
 """What the serving and batch-prediction paths load: no training code and no
-keras.applications (the model server and Beam's workers run the SavedModel, not Keras)."""
+keras.applications (the model server and Beam's workers run the SavedModel, not Keras);
+detection's export and evaluation load no training code."""
 
 import json
 import subprocess
@@ -10,7 +11,8 @@ import pytest
 REPORT = """
 import json, sys
 print(json.dumps(sorted(m for m in sys.modules if m.startswith(
-    ("components.train", "keras.applications", "keras.src.applications")))))
+    ("components.train", "components.detection.training", "keras.applications",
+     "keras.src.applications")))))
 """
 
 
@@ -49,3 +51,11 @@ except SystemExit as e:
 )
 def test_batch_prediction_and_the_serving_contract_load_no_training_code(module):
     assert loaded_after(f"import {module}\n") == []
+
+
+def test_exporting_and_evaluating_a_detector_load_no_training_code():
+    """Both read the record schema and run TensorFlow (which loads keras.applications
+    itself), but neither the classification trainer nor detection's."""
+    code = "import components.detection.export, components.detection.evaluation\n"
+    loaded = loaded_after(code)
+    assert [m for m in loaded if m.startswith("components.")] == []
