@@ -33,7 +33,7 @@ STAGE_EXTRAS = {
     "create_tfrecords": {"beam", "tensorflow"},
     "train": {"gpu"},
     "export": {"tensorflow"},
-    "evaluate": {"tensorflow"},
+    "evaluate": {"tensorflow", "detection"},  # detection: pycocotools, COCO metrics
     "deploy": {"tensorflow", "serve", "cloud"},
     "batch_predict": {"beam", "tensorflow"},
 }
