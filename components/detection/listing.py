@@ -36,9 +36,10 @@ CONFLICTING_ANNOTATIONS = "conflicting_annotations"
 _READ_THREADS = 16
 
 
-def rejected(e: AnnotationRejected | ImageRejected | ImageBoxesRejected, uri: str, text: str = ""):
-    """A rejection of ``uri`` for the ``errors`` output, from the exception that says why."""
-    return reject(uri, text, e.reason, e.detail)
+def rejected(e: AnnotationRejected | ImageRejected | ImageBoxesRejected, uri: str):
+    """A rejection of ``uri`` for the ``errors`` output, from the exception that says why
+    (no label: an image's annotation is not one label)."""
+    return reject(uri, "", e.reason, e.detail)
 
 
 class ParseVoc(beam.DoFn):
