@@ -7,8 +7,10 @@ RetinaNet and D-FINE are built for fine-tuning their COCO presets on a GPU. It i
 standard Keras layers (the saved model loads without custom objects) and three small
 functions: the training targets, the loss and the decoding.
 
-* **Model** (``build_detector``): the backbone's last feature map (stride 32), three
-  upsampling steps (transposed 4x4 convolutions, BatchNormalization, ReLU) to stride 4,
+* **Model** (``build_detector``): the backbone's last feature map (stride 32), narrowed
+  by a 1x1 convolution, three upsampling steps (bilinear x2 then a 3x3 convolution,
+  BatchNormalization, ReLU; or CenterNet's transposed 4x4 convolutions, which cost about
+  twice the multiply-adds on MobileNetV3's 576 channels: docs/benchmarks.md) to stride 4,
   then three 3x3 + 1x1 heads: ``heatmap`` (one sigmoid channel per class, its bias set
   so it starts at 0.1), ``size`` (box width and height, normalized to the image) and
   ``offset`` (the centre's sub-cell position).
@@ -40,17 +42,36 @@ def output_size(image_size: int) -> int:
     return image_size // STRIDE
 
 
+UPSAMPLING = ("bilinear", "transposed")
+
+
 def build_detector(
-    backbone: keras.Model, num_classes: int, widths: tuple[int, ...] = (128, 64, 32)
+    backbone: keras.Model,
+    num_classes: int,
+    widths: tuple[int, ...] = (128, 64, 32),
+    upsampling: str = "bilinear",
 ) -> keras.Model:
     """The detector on ``backbone`` (a keras.applications model without its top, taking
     ``[0, 255]`` pixels, whose output has stride 32): outputs ``heatmap``
-    ``[batch, S/4, S/4, classes]``, ``size`` and ``offset`` ``[batch, S/4, S/4, 2]``."""
+    ``[batch, S/4, S/4, classes]``, ``size`` and ``offset`` ``[batch, S/4, S/4, 2]``.
+
+    ``upsampling``: ``bilinear`` (x2 resize, 3x3 convolution) or ``transposed`` (4x4
+    transposed convolution, CenterNet's)."""
+    if upsampling not in UPSAMPLING:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
     x = backbone.output
+    if upsampling == "bilinear":
+        x = keras.layers.Conv2D(widths[0], 1, use_bias=False, name="reduce")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name="reduce_bn")(x)
+        x = keras.layers.ReLU(name="reduce_relu")(x)
     for i, width in enumerate(widths):
-        x = keras.layers.Conv2DTranspose(
-            width, 4, strides=2, padding="same", use_bias=False, name=f"up{i}_deconv"
-        )(x)
+        if upsampling == "bilinear":
+            x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up{i}_resize")(x)
+            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"up{i}_conv")(x)
+        else:
+            x = keras.layers.Conv2DTranspose(
+                width, 4, strides=2, padding="same", use_bias=False, name=f"up{i}_deconv"
+            )(x)
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"up{i}_bn")(x)
         x = keras.layers.ReLU(name=f"up{i}_relu")(x)
 

@@ -33,12 +33,10 @@ from components.train.backbones import build_backbone, is_pretrained
 log = logging.getLogger(__name__)
 
 
-def _image_and_boxes(
-    serialized: tf.Tensor, image_size: int
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def _image_and_boxes(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The decoded image (uint8, its own size), boxes ``[n, 4]`` and classes from 0."""
     example = schema.parse_example(serialized)
     image = tf.io.decode_jpeg(example[schema.ENCODED], channels=3)
-    image = preprocessing.resize(image, image_size)
     boxes = tf.stack(
         [example[k] for k in (schema.YMIN, schema.XMIN, schema.YMAX, schema.XMAX)], axis=1
     )
@@ -46,9 +44,60 @@ def _image_and_boxes(
     return image, tf.reshape(boxes, [-1, 4]), classes
 
 
+def scale_and_crop(
+    image: tf.Tensor,
+    boxes: tf.Tensor,
+    classes: tf.Tensor,
+    scale_min: float,
+    scale_max: float,
+    min_visible: float = 0.3,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """A random window of the image, its side ``scale_min``..``scale_max`` times the
+    image's: under 1 it crops (objects grow, some are cut), over 1 it zooms out (the image
+    shrinks inside a grey border, objects shrink). Boxes follow the window and are clipped
+    to it; a box with less than ``min_visible`` of its area left in the window is dropped
+    with its class (CenterNet and the Object Detection API's random crop do the same).
+
+    The window is cut from the decoded pixels, so the caller resizes it as serving
+    resizes a whole image (no train/serve skew in the resampling)."""
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    scale = tf.random.uniform([], scale_min, scale_max)
+    win_h = tf.maximum(tf.round(scale * height), 1.0)
+    win_w = tf.maximum(tf.round(scale * width), 1.0)
+    # The window's top-left corner: inside the image when cropping, the image inside the
+    # window when zooming out.
+    top = tf.round(
+        tf.random.uniform([], tf.minimum(0.0, height - win_h), tf.maximum(0.0, height - win_h))
+    )
+    left = tf.round(
+        tf.random.uniform([], tf.minimum(0.0, width - win_w), tf.maximum(0.0, width - win_w))
+    )
+    pad_top = tf.cast(tf.maximum(0.0, -top), tf.int32)
+    pad_left = tf.cast(tf.maximum(0.0, -left), tf.int32)
+    pad_bottom = tf.cast(tf.maximum(0.0, top + win_h - height), tf.int32)
+    pad_right = tf.cast(tf.maximum(0.0, left + win_w - width), tf.int32)
+    padded = tf.pad(
+        image, [[pad_top, pad_bottom], [pad_left, pad_right], [0, 0]], constant_values=128
+    )
+    y0 = tf.cast(tf.maximum(0.0, top), tf.int32)
+    x0 = tf.cast(tf.maximum(0.0, left), tf.int32)
+    window = padded[y0 : y0 + tf.cast(win_h, tf.int32), x0 : x0 + tf.cast(win_w, tf.int32)]
+    moved = boxes * tf.stack([height, width, height, width]) - tf.stack([top, left, top, left])
+    moved = moved / tf.stack([win_h, win_w, win_h, win_w])
+    clipped = tf.clip_by_value(moved, 0.0, 1.0)
+
+    def area(b):
+        return tf.maximum(b[:, 2] - b[:, 0], 0.0) * tf.maximum(b[:, 3] - b[:, 1], 0.0)
+
+    keep = area(clipped) >= min_visible * tf.maximum(area(moved), 1e-12)
+    keep = tf.logical_and(keep, area(clipped) > 0)
+    return window, tf.boolean_mask(clipped, keep), tf.boolean_mask(classes, keep)
+
+
 def augment(image: tf.Tensor, boxes: tf.Tensor, flip: bool = True, colour: bool = True):
     """A random horizontal flip (boxes mirrored with the pixels) and brightness and
-    contrast jitter (boxes unchanged)."""
+    contrast jitter (boxes unchanged), on a resized float image."""
     if flip:
         mirrored = tf.random.uniform([]) < 0.5
         image = tf.cond(mirrored, lambda: image[:, ::-1, :], lambda: image)
@@ -73,6 +122,8 @@ def make_dataset(
     training: bool,
     flip: bool = True,
     colour: bool = True,
+    scale_min: float = 1.0,
+    scale_max: float = 1.0,
 ) -> tf.data.Dataset:
     """Batches of ``(images, targets)`` of one split; endless and shuffled when
     ``training``."""
@@ -82,7 +133,10 @@ def make_dataset(
         dataset = dataset.shuffle(2048).repeat()
 
     def to_example(serialized):
-        image, boxes, classes = _image_and_boxes(serialized, image_size)
+        image, boxes, classes = _image_and_boxes(serialized)
+        if training and (scale_min, scale_max) != (1.0, 1.0):
+            image, boxes, classes = scale_and_crop(image, boxes, classes, scale_min, scale_max)
+        image = preprocessing.resize(image, image_size)
         if training:
             image, boxes = augment(image, boxes, flip, colour)
         return image, centernet.encode_targets(boxes, classes, num_classes, image_size)
@@ -103,6 +157,9 @@ def train(
     early_stopping_patience: int = 8,
     augment_flip: bool = True,
     augment_colour: bool = True,
+    scale_min: float = 0.6,
+    scale_max: float = 1.0,
+    upsampling: str = "bilinear",
     backup_dir: str = "",
 ) -> dict:
     """Trains the CenterNet-style detector and writes its model directory.
@@ -121,6 +178,13 @@ def train(
             stopping; 0 never stops early.
         augment_flip: Random horizontal flips, boxes mirrored.
         augment_colour: Random brightness and contrast.
+        scale_min: Smallest side of a random training window, as a share of the image's
+            side (under 1: crops that enlarge objects); 1 with ``scale_max`` 1: whole
+            images.
+        scale_max: Largest side of the window (over 1: zooming out, objects shrink inside
+            a grey border).
+        upsampling: The head's upsampling: ``bilinear`` or ``transposed``
+            (``centernet.build_detector``).
         backup_dir: A durable folder to back each epoch up to and resume from after a
             preemption; empty: a folder in ``model_dir``.
 
@@ -132,6 +196,8 @@ def train(
         raise ValueError(f"image_size must be a multiple of 32, at least 64, got {image_size}")
     if batch_size < 1 or epochs < 1:
         raise ValueError("batch_size and epochs must be >= 1")
+    if not 0 < scale_min <= scale_max:
+        raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
     labels = labels_lib.read_labels(io.join(dataset_dir, labels_lib.LABELS_FILE))
     stats = io.read_json(io.join(dataset_dir, common_schema.STATS_FILE))
     train_images = int(stats["splits"]["train"])
@@ -141,7 +207,9 @@ def train(
         )
     steps = math.ceil(train_images / batch_size)
     keras.utils.set_random_seed(0)
-    model = centernet.build_detector(build_backbone(backbone, image_size, weights), len(labels))
+    model = centernet.build_detector(
+        build_backbone(backbone, image_size, weights), len(labels), upsampling=upsampling
+    )
     if not is_pretrained(weights):
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -183,6 +251,8 @@ def train(
             True,
             augment_flip,
             augment_colour,
+            scale_min,
+            scale_max,
         ),
         validation_data=(
             make_dataset(dataset_dir, "valid", num_classes, image_size, batch_size, False)
@@ -210,6 +280,9 @@ def train(
         "monitor": monitor,
         "best_val_loss": min(val_losses) if val_losses else None,
         "learning_rate": learning_rate,
+        "scale_min": scale_min,
+        "scale_max": scale_max,
+        "upsampling": upsampling,
     }
     model_dir_lib.save_model_dir(model, model_dir, labels, config)
     log.info(
