@@ -48,7 +48,7 @@ WAIT_S = 120.0
 HELD_SERVER = """
 import os, sys, time, uuid
 from components.deploy.server.__main__ import main
-from components.deploy.server.model import ImageClassifierModel
+from components.deploy.server.model import ImageModel
 
 hold_dir = os.environ["TEST_HOLD_DIR"]
 
@@ -64,8 +64,8 @@ def held(method, name):
         return method(self, *args)
     return call
 
-ImageClassifierModel.load = held(ImageClassifierModel.load, "load")
-ImageClassifierModel.run_signature = held(ImageClassifierModel.run_signature, "predict")
+ImageModel.load = held(ImageModel.load, "load")
+ImageModel.run_signature = held(ImageModel.run_signature, "predict")
 main(sys.argv[1:])
 """
 

@@ -3,8 +3,18 @@
 One request format everywhere: TensorFlow Serving's REST predict API, the call Vertex AI's
 TensorFlow container and KServe's TensorFlow predictor answer too, so one client works
 against all of them. Row format (``instances``) and columnar format (``inputs``); an image
-is ``{"b64": "<base64 JPEG/PNG/GIF/BMP>"}``, alone or under the input's name
-``image_bytes``; ``signature_name`` is optional (only ``serving_default`` exists)::
+is ``{"b64": "<base64 JPEG/PNG/GIF/BMP>"}``, alone or under the input's name;
+``signature_name`` is optional (only ``serving_default`` exists).
+
+The server knows no task: the input's name and the outputs are those of the export's
+``serving_default`` signature, read when it loads (``model.ImageModel``). A classifier's
+export takes ``image_bytes`` and answers ``probabilities``, ``class_index``, ``label``,
+``score``, as below; a detector's (``components.detection.export``) takes ``inputs``,
+the Object Detection API's name, and answers ``detection_boxes``, ``detection_classes``,
+``detection_scores``, ``num_detections``, ``detection_multiclass_scores`` and
+``detection_labels`` (strings, as every string output, JSON strings in REST), so the
+Object Detection API's request ``{"signature_name": "serving_default", "instances":
+[{"inputs": {"b64": "..."}}]}`` works unchanged. A classifier's requests::
 
     POST /v1/models/<name>:predict
     {"instances": [{"b64": "..."}, ...]}
@@ -29,12 +39,13 @@ The same body elsewhere:
   body above (KServe's TensorFlow predictor and this server alike).
 * KServe's v2 (Open Inference Protocol), also served here: ``POST /v2/models/<name>/infer``
   with ``{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [N],
-  "data": ["<base64>", ...]}]}``; the answer has one v2 output per signature output
-  (``probabilities`` FP32 [N, classes], ``class_index`` INT64 [N], ``label`` BYTES [N],
-  ``score`` FP32 [N]). JSON whatever its content type (``tritonclient.http`` sends none),
-  and the binary tensor extension both ways: raw image bytes in (``binary_data_size``,
-  ``Inference-Header-Content-Length``), binary outputs when asked (``binary_data_output``,
-  tritonclient's default).
+  "data": ["<base64>", ...]}]}`` (the v2 input's name is the signature's: ``inputs`` for
+  a detector; ``GET /v2/models/<name>`` describes inputs and outputs); the answer has one
+  v2 output per signature output (a classifier's ``probabilities`` FP32 [N, classes],
+  ``class_index`` INT64 [N], ``label`` BYTES [N], ``score`` FP32 [N]). JSON whatever its
+  content type (``tritonclient.http`` sends none), and the binary tensor extension both
+  ways: raw image bytes in (``binary_data_size``, ``Inference-Header-Content-Length``),
+  binary outputs when asked (``binary_data_output``, tritonclient's default).
 * gRPC, on ``--grpc-port`` (default 8081; 0: none), the same host: KServe's v2
   ``inference.GRPCInferenceService`` (``tritonclient.grpc``: BYTES ``image_bytes`` of raw
   image bytes) and TensorFlow Serving's ``tensorflow.serving.PredictionService``
@@ -109,7 +120,8 @@ Its modules:
 ``protocol``     requests and answers: parsing, image checks, the answer in each format
 ``uris``         ``UriReader``: the files requests name, under the allowed prefixes only
 ``batching``     ``Batcher``, concurrent requests in one signature call
-``model``        ``ImageClassifierModel``, the ``kserve.Model`` that runs the signature
+``model``        ``ImageModel``, the ``kserve.Model`` that runs the signature (its input
+                 name and outputs read from the loaded signature)
 ``tfserving``    TF Serving's gRPC ``PredictionService`` on the model
 ``grpc_server``  the gRPC server: both services, the in-flight bound, message limits
 ``http``         the REST server: the limits middleware, JSON errors, readiness, draining,

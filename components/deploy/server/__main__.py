@@ -27,10 +27,10 @@ def parse_args(
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="python -m components.deploy.server",
-        description="Serve an exported image classifier over TensorFlow Serving's REST "
-        "predict API, KServe's v1 and v2 (REST and gRPC), TF Serving's gRPC "
-        "PredictionService, and SageMaker's and Vertex AI's container contracts "
-        "(KServe's model server).",
+        description="Serve an exported image model (a classifier, a detector) over "
+        "TensorFlow Serving's REST predict API, KServe's v1 and v2 (REST and gRPC), TF "
+        "Serving's gRPC PredictionService, and SageMaker's and Vertex AI's container "
+        "contracts (KServe's model server).",
     )
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model-repository", help="model repository root")

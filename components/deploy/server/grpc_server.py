@@ -26,7 +26,7 @@ from prometheus_client import Counter
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from components.deploy.server.limits import InflightBound, ServerLimits
-from components.deploy.server.model import ImageClassifierModel
+from components.deploy.server.model import ImageModel
 from components.deploy.server.tfserving import PredictionService
 
 # The calls that run the model; metadata and health calls are never bounded.
@@ -82,7 +82,7 @@ def listen_address(host: str, port: int) -> str:
 def build_grpc_server(
     dataplane: DataPlane,
     model_repository_extension: ModelRepositoryExtension,
-    model: ImageClassifierModel,
+    model: ImageModel,
     host: str,
     port: int,
     limits: ServerLimits,

@@ -37,7 +37,7 @@ from uvicorn.importer import import_from_string
 from components.deploy import DEFAULT_HTTP_PORT, LOOPBACK
 from components.deploy.server.grpc_server import build_grpc_server
 from components.deploy.server.limits import DEFAULT_LIMITS, InflightBound, ServerLimits
-from components.deploy.server.model import ImageClassifierModel
+from components.deploy.server.model import ImageModel
 from components.deploy.server.uris import ForbiddenUri, UriReader
 
 # SageMaker's serving contract (what its TensorFlow Serving container answers on 8080).
@@ -508,7 +508,7 @@ def serve(
         ValueError: for an allowed prefix that is neither an absolute path nor gs://.
         ModelLoadError: when the model fails to load (the server stops).
     """
-    model = ImageClassifierModel(
+    model = ImageModel(
         model_name,
         model_repository_dir,
         version,

@@ -1,4 +1,12 @@
-"""The served model: one version of an exported image classifier, as a ``kserve.Model``."""
+"""The served model: one version of an exported image model, as a ``kserve.Model``.
+
+The server knows no task: what a request names its input, and what the answer holds,
+come from the export's ``serving_default`` signature once it is loaded
+(``structured_input_signature``: one string input of encoded images, whatever its name;
+``structured_outputs``: every output, with its dtype and shape). A classifier's export
+(``image_bytes`` -> ``probabilities``, ``label``, ...) and a detector's (``inputs`` ->
+``detection_boxes``, ``detection_labels``, ...) are served alike.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.utils.numpy_codec import from_np_dtype
 from prometheus_client import Histogram
 
-from components.common import io, model_repository, serving
+from components.common import io, model_repository
+from components.common.serving import SIGNATURE
 from components.deploy.server.batching import Batcher
 from components.deploy.server.limits import DEFAULT_LIMITS, ServerLimits
 from components.deploy.server.uris import UriReader
@@ -39,10 +48,32 @@ MODEL_CALL_IMAGES = Histogram(
 )
 
 
-class ImageClassifierModel(kserve.Model):
-    """Serves one version of an exported image classifier from a model repository, or
-    the SavedModel directory ``model_dir`` (then ``repository`` is empty; Vertex AI's
+def image_input(signature) -> tuple[str, tf.TensorSpec]:
+    """The name and spec of a signature's one input of encoded images (a string vector).
+
+    Raises:
+        ValueError: for a signature that takes something else (the server serves only
+            models of encoded images).
+    """
+    _, specs = signature.structured_input_signature  # a signature's inputs are keywords
+    if len(specs) == 1:
+        [(name, spec)] = specs.items()
+        if spec.dtype == tf.string and spec.shape.rank == 1:
+            return name, spec
+    described = {name: f"{spec.dtype.name} {spec.shape}" for name, spec in specs.items()}
+    raise ValueError(
+        f"the {SIGNATURE!r} signature must take one string [batch] input of encoded images; "
+        f"it takes {described}"
+    )
+
+
+class ImageModel(kserve.Model):
+    """Serves one version of an exported image model (a classifier, a detector: any
+    whose ``serving_default`` takes encoded images) from a model repository, or the
+    SavedModel directory ``model_dir`` (then ``repository`` is empty; Vertex AI's
     ``AIP_STORAGE_URI``, SageMaker's ``/opt/ml/model``).
+
+    ``input_name`` is the signature's input (None until loaded): requests name it.
 
     ``limits`` gives the request checks (``max_instances``, ``max_image_bytes``) and the
     batching (``batch_max_size``, 0 for none, and ``batch_timeout_ms``); ``uri_reader``
@@ -68,6 +99,7 @@ class ImageClassifierModel(kserve.Model):
         self.uri_reader = uri_reader or UriReader()
         self._loaded = None
         self._serve = None
+        self.input_name: str | None = None
         self._batcher: Batcher | None = None
 
     def resolve(self) -> str:
@@ -98,14 +130,28 @@ class ImageClassifierModel(kserve.Model):
         model_dir = self.resolve()
         # Keep the loaded object: its variables must outlive the signature function.
         self._loaded = tf.saved_model.load(model_dir)
-        self._serve = self._loaded.signatures[serving.SIGNATURE]
+        if SIGNATURE not in self._loaded.signatures:
+            raise ValueError(
+                f"the SavedModel in {model_dir} has no {SIGNATURE!r} signature, only "
+                f"{sorted(self._loaded.signatures)}"
+            )
+        serve = self._loaded.signatures[SIGNATURE]
+        self.input_name, _ = image_input(serve)
+        self._serve = serve
         if self.limits.batch_max_size > 0:
             self._batcher = Batcher(
                 self.run_signature,
                 self.limits.batch_max_size,
                 self.limits.batch_timeout_ms / 1000.0,
             )
-        log.info("loaded model %s version %s from %s", self.name, self.version, model_dir)
+        log.info(
+            "loaded model %s version %s from %s: input %r, outputs %s",
+            self.name,
+            self.version,
+            model_dir,
+            self.input_name,
+            sorted(self._serve.structured_outputs),
+        )
         self.ready = True
         return self.ready
 
@@ -113,7 +159,7 @@ class ImageClassifierModel(kserve.Model):
         """One call of the serving signature on encoded images (blocking)."""
         MODEL_CALL_IMAGES.observe(len(images))
         try:
-            outputs = self._serve(**{serving.INPUT_NAME: tf.constant(images, tf.string)})
+            outputs = self._serve(**{self.input_name: tf.constant(images, tf.string)})
         except tf.errors.InvalidArgumentError as e:
             # The header looked right but the image does not decode (e.g. truncated).
             raise InvalidInput(decode_error_message(images, e)) from None
@@ -122,9 +168,14 @@ class ImageClassifierModel(kserve.Model):
     async def preprocess(
         self, payload: Any, headers: dict[str, str] | None = None
     ) -> PredictRequest:
+        limits = self.limits
         if isinstance(payload, InferRequest):
-            return parse_v2_request(payload, self.limits.max_instances, self.limits.max_image_bytes)
-        request = parse_request(payload, self.limits.max_instances, self.limits.max_image_bytes)
+            return parse_v2_request(
+                payload, self.input_name, limits.max_instances, limits.max_image_bytes
+            )
+        request = parse_request(
+            payload, self.input_name, limits.max_instances, limits.max_image_bytes
+        )
         if request.uris:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.uri_reader.read_request, request, self.limits.max_image_bytes
@@ -145,17 +196,23 @@ class ImageClassifierModel(kserve.Model):
         return format_answer(payload, outputs, self.name, self.version)
 
     def get_input_types(self) -> list[dict]:
-        return [{"name": serving.INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
+        if self._serve is None:
+            return []
+        name, spec = image_input(self._serve)
+        return [_tensor_type(name, spec)]
 
     def get_output_types(self) -> list[dict]:
         if self._serve is None:
             return []
         specs = self._serve.structured_outputs
-        return [
-            {
-                "name": name,
-                "datatype": from_np_dtype(np.dtype(specs[name].dtype.as_numpy_dtype)),
-                "shape": [-1 if d is None else d for d in specs[name].shape.as_list()],
-            }
-            for name in sorted(specs)
-        ]
+        return [_tensor_type(name, specs[name]) for name in sorted(specs)]
+
+
+def _tensor_type(name: str, spec: tf.TensorSpec) -> dict:
+    """A tensor as KServe's v2 metadata describes it (``BYTES`` for strings, -1 for the
+    batch and other unknown dimensions)."""
+    return {
+        "name": name,
+        "datatype": from_np_dtype(np.dtype(spec.dtype.as_numpy_dtype)),
+        "shape": [-1 if d is None else d for d in spec.shape.as_list()],
+    }

@@ -2,7 +2,10 @@
 
 ``parse_request`` (row and columnar formats) and ``parse_v2_request`` turn a request into
 a ``PredictRequest``, checking each image before the model sees it (``check_image``: a
-header check and size limits); ``parse_v2_body`` reads a v2 request that arrives as bytes
+header check and size limits). Neither knows a task: the input's name is the served
+signature's (``image_bytes`` for a classifier, ``inputs`` for a detector), which the
+model reads from the loaded signature and passes in, and the answer holds whatever
+outputs the signature returns; ``parse_v2_body`` reads a v2 request that arrives as bytes
 (JSON of any content type, or the binary tensor extension); ``format_answer`` answers in
 the request's own format; ``decode_error_message`` turns TensorFlow's decode error into a
 400's message. Every malformed request raises kserve's ``InvalidInput``, which KServe
@@ -47,7 +50,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from components.common import serving  # noqa: E402
+from components.common.serving import SIGNATURE  # noqa: E402
 from components.deploy.server.limits import MAX_IMAGE_BYTES, MAX_INSTANCES  # noqa: E402
 
 MAX_IMAGE_PIXELS = 50_000_000
@@ -94,7 +97,7 @@ def _b64decode(text: str, index: int) -> bytes:
     return data
 
 
-def _image_value(value: Any, index: int, what: Any) -> bytes | str:
+def _image_value(value: Any, index: int, what: Any, input_name: str) -> bytes | str:
     """The bytes of one ``{"b64": ...}`` value, or the URI of one ``{"filenames": ...}``
     value (a ``str``); ``what`` is the whole instance, for errors."""
     if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
@@ -118,22 +121,33 @@ def _image_value(value: Any, index: int, what: Any) -> bytes | str:
         )
     raise InvalidInput(
         f'instance {index}: expected {{"b64": "<base64 image>"}}, '
-        f'{{"{serving.INPUT_NAME}": {{"b64": "<base64 image>"}}}} or '
+        f'{{"{input_name}": {{"b64": "<base64 image>"}}}} or '
         f'{{"filenames": "<path or gs:// URI>"}}, got {_describe(what)}'
     )
 
 
-def _instance_image(instance: Any, index: int) -> bytes | str:
-    """The encoded image of one row-format instance, base64-decoded, or the URI it names."""
-    if isinstance(instance, dict) and serving.INPUT_NAME in instance:
+def _instance_image(instance: Any, index: int, input_name: str) -> bytes | str:
+    """The encoded image of one row-format instance, base64-decoded, or the URI it names.
+
+    As in TF Serving, an instance is the input's value itself (``{"b64": ...}``: the
+    signature has one input) or an object naming its inputs (``{input_name: {"b64": ...}}``).
+    """
+    if isinstance(instance, dict) and input_name in instance:
         if len(instance) != 1:
-            others = sorted(set(instance) - {serving.INPUT_NAME})
+            others = sorted(set(instance) - {input_name})
             raise InvalidInput(
                 f"instance {index}: unexpected inputs {others}; the signature takes only "
-                f"{serving.INPUT_NAME!r}"
+                f"{input_name!r}"
             )
-        return _image_value(instance[serving.INPUT_NAME], index, instance)
-    return _image_value(instance, index, instance)
+        return _image_value(instance[input_name], index, instance, input_name)
+    if isinstance(instance, dict) and len(instance) == 1:
+        [(name, value)] = instance.items()
+        if name not in ("b64", *URI_KEYS) and isinstance(value, dict) and "b64" in value:
+            raise InvalidInput(
+                f"instance {index}: unknown input {name!r}; the signature's input is "
+                f'{input_name!r}: send {{"{input_name}": {{"b64": ...}}}} or {{"b64": ...}}'
+            )
+    return _image_value(instance, index, instance, input_name)
 
 
 def check_image(data: bytes, index: int, max_bytes: int = MAX_IMAGE_BYTES) -> None:
@@ -174,9 +188,13 @@ def check_count(count: int, max_instances: int) -> None:
 
 
 def parse_request(
-    body: Any, max_instances: int = MAX_INSTANCES, max_image_bytes: int = MAX_IMAGE_BYTES
+    body: Any,
+    input_name: str,
+    max_instances: int = MAX_INSTANCES,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
 ) -> PredictRequest:
-    """The encoded images of a TF Serving REST predict request (row or columnar format).
+    """The encoded images of a TF Serving REST predict request (row or columnar format)
+    for a signature whose one input, of encoded images, is named ``input_name``.
 
     Raises:
         InvalidInput: (HTTP 400) for anything but a well-formed request.
@@ -201,10 +219,10 @@ def parse_request(
     # takes none.
     if body.get("parameters") not in (None, {}):
         raise InvalidInput('this model takes no "parameters"; send {} or leave it out')
-    signature = body.get("signature_name", serving.SIGNATURE)
-    if signature != serving.SIGNATURE:
+    signature = body.get("signature_name", SIGNATURE)
+    if signature != SIGNATURE:
         raise InvalidInput(
-            f"unknown signature_name {signature!r}; this server serves {serving.SIGNATURE!r}"
+            f"unknown signature_name {signature!r}; this server serves {SIGNATURE!r}"
         )
     if "instances" in body and "inputs" in body:
         raise InvalidInput(
@@ -216,28 +234,30 @@ def parse_request(
             raise InvalidInput('"instances" must be a non-empty list')
     elif "inputs" in body:
         instances, form = body["inputs"], "columns"
-        key = serving.INPUT_NAME
+        key = input_name
         if isinstance(instances, dict):
-            if len(instances) != 1 or not set(instances) <= {serving.INPUT_NAME, *URI_KEYS}:
+            if len(instances) != 1 or not set(instances) <= {input_name, *URI_KEYS}:
                 raise InvalidInput(
                     f'"inputs" names {sorted(instances)}; the signature takes only '
-                    f"{serving.INPUT_NAME!r} (or the files {URI_KEYS[0]!r} names)"
+                    f"{input_name!r} (or the files {URI_KEYS[0]!r} names)"
                 )
             [(key, instances)] = instances.items()
         if not isinstance(instances, list) or not instances:
             raise InvalidInput(
                 f'"inputs" must be a non-empty list of {{"b64": ...}} values, or an object '
-                f"{{{serving.INPUT_NAME!r}: [...]}} holding one"
+                f"{{{input_name!r}: [...]}} holding one"
             )
     else:
         raise InvalidInput('the request has neither "instances" nor "inputs"')
     check_count(len(instances), max_instances)
     if form == "rows":
-        values = [_instance_image(instance, i) for i, instance in enumerate(instances)]
+        values = [_instance_image(instance, i, input_name) for i, instance in enumerate(instances)]
     elif key in URI_KEYS:
-        values = [_image_value({key: value}, i, value) for i, value in enumerate(instances)]
+        values = [
+            _image_value({key: value}, i, value, input_name) for i, value in enumerate(instances)
+        ]
     else:
-        values = [_image_value(value, i, value) for i, value in enumerate(instances)]
+        values = [_image_value(value, i, value, input_name) for i, value in enumerate(instances)]
     uris = {i: value for i, value in enumerate(values) if isinstance(value, str)}
     images = [b"" if isinstance(value, str) else value for value in values]
     for i, data in enumerate(images):
@@ -248,27 +268,29 @@ def parse_request(
 
 def parse_v2_request(
     request: InferRequest,
+    input_name: str,
     max_instances: int = MAX_INSTANCES,
     max_image_bytes: int = MAX_IMAGE_BYTES,
 ) -> PredictRequest:
-    """The encoded images of a KServe v2 infer request: one BYTES input ``image_bytes`` of
-    shape [N] (or [N, 1]), base64 strings in JSON, raw image bytes in binary data and gRPC.
+    """The encoded images of a KServe v2 infer request: one BYTES input, named as the
+    signature's input ``input_name``, of shape [N] (or [N, 1]), base64 strings in JSON,
+    raw image bytes in binary data and gRPC.
 
     Raises:
         InvalidInput: (HTTP 400) for anything but a well-formed request.
     """
     names = [infer_input.name for infer_input in request.inputs]
-    if names != [serving.INPUT_NAME]:
-        raise InvalidInput(f"expected one input named {serving.INPUT_NAME!r}, got {names}")
+    if names != [input_name]:
+        raise InvalidInput(f"expected one input named {input_name!r}, got {names}")
     [infer_input] = request.inputs
     if infer_input.datatype != "BYTES":
         raise InvalidInput(
-            f"input {serving.INPUT_NAME!r} must have datatype BYTES, not {infer_input.datatype}"
+            f"input {input_name!r} must have datatype BYTES, not {infer_input.datatype}"
         )
     data = _v2_elements(infer_input)
     if list(infer_input.shape) not in ([len(data)], [len(data), 1]):
         raise InvalidInput(
-            f"input {serving.INPUT_NAME!r}: shape {list(infer_input.shape)} does not "
+            f"input {input_name!r}: shape {list(infer_input.shape)} does not "
             f"match its {len(data)} data elements; expected [{len(data)}]"
         )
     check_count(len(data), max_instances)
@@ -292,12 +314,12 @@ def _v2_elements(infer_input: InferInput) -> list[bytes | str]:
             data = list(deserialize_bytes_tensor(infer_input._raw_data))
         except struct.error:
             raise InvalidInput(
-                f"input {serving.INPUT_NAME!r}: the raw contents are not BYTES elements "
+                f"input {infer_input.name!r}: the raw contents are not BYTES elements "
                 "(a 4-byte little-endian length before each)"
             ) from None
     if not isinstance(data, list) or not data or not all(isinstance(v, str | bytes) for v in data):
         raise InvalidInput(
-            f"input {serving.INPUT_NAME!r}: data must be a non-empty list of base64 "
+            f"input {infer_input.name!r}: data must be a non-empty list of base64 "
             "strings (JSON) or of encoded images (binary data, gRPC), one per image"
         )
     return data

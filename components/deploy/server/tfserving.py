@@ -9,10 +9,12 @@ default gRPC port is 8500; here it is ``--grpc-port``)::
     response = PredictionServiceStub(channel).Predict(request, timeout=10)
     tf.make_ndarray(response.outputs["label"])             # [b"triangle", ...]
 
-``Predict`` takes one DT_STRING tensor ``image_bytes`` of shape [N] (or [N, 1]) of encoded
-images, checked like every other request (count, size, header), and answers every
-signature output (or those ``output_filter`` names). ``GetModelMetadata`` answers the
-``signature_def`` field, the export's own SignatureDefs. Classify, Regress and
+(a detector's export: ``request.inputs["inputs"]``, and ``response.outputs`` holds
+``detection_boxes``, ``detection_scores``, ...). ``Predict`` takes one DT_STRING tensor of
+shape [N] (or [N, 1]) of encoded images, named as the signature's input
+(``ImageModel.input_name``), checked like every other request (count, size, header), and
+answers every signature output (or those ``output_filter`` names). ``GetModelMetadata``
+answers the ``signature_def`` field, the export's own SignatureDefs. Classify, Regress and
 MultiInference answer UNIMPLEMENTED (the export has a predict signature only). Errors
 raise KServe's exceptions, which its gRPC interceptor turns into status codes:
 INVALID_ARGUMENT, NOT_FOUND (another model or version), UNAVAILABLE (not loaded yet).
@@ -34,14 +36,15 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components.common import io, serving
-from components.deploy.server.model import ImageClassifierModel
+from components.common import io
+from components.common.serving import SIGNATURE
+from components.deploy.server.model import ImageModel
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """TF Serving's PredictionService (Predict, GetModelMetadata) for one served model."""
 
-    def __init__(self, model: ImageClassifierModel):
+    def __init__(self, model: ImageModel):
         self.model = model
         self._signature_defs = None  # the export's SignatureDefs, read once
 
@@ -54,35 +57,33 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             raise ModelNotFound(f"{spec.name} version {spec.version.value}")
         if spec.version_label:
             raise ModelNotFound(f"{spec.name} label {spec.version_label!r} (none are defined)")
-        if spec.signature_name not in ("", serving.SIGNATURE):
+        if spec.signature_name not in ("", SIGNATURE):
             raise InvalidInput(
-                f"unknown signature_name {spec.signature_name!r}; this server serves "
-                f"{serving.SIGNATURE!r}"
+                f"unknown signature_name {spec.signature_name!r}; this server serves {SIGNATURE!r}"
             )
 
     def _answer_spec(self, spec) -> None:
         spec.name = self.model.name
         if self.model.version is not None:
             spec.version.value = self.model.version
-        spec.signature_name = serving.SIGNATURE
+        spec.signature_name = SIGNATURE
 
     async def Predict(self, request, context):  # noqa: N802 (the gRPC method's name)
         self._check_spec(request.model_spec)
-        if set(request.inputs) != {serving.INPUT_NAME}:
-            raise InvalidInput(
-                f"expected one input named {serving.INPUT_NAME!r}, got {sorted(request.inputs)}"
-            )
-        tensor = request.inputs[serving.INPUT_NAME]
+        name = self.model.input_name
+        if set(request.inputs) != {name}:
+            raise InvalidInput(f"expected one input named {name!r}, got {sorted(request.inputs)}")
+        tensor = request.inputs[name]
         if tensor.dtype != types_pb2.DT_STRING:
             raise InvalidInput(
-                f"input {serving.INPUT_NAME!r} must be DT_STRING (encoded images), not "
+                f"input {name!r} must be DT_STRING (encoded images), not "
                 f"{types_pb2.DataType.Name(tensor.dtype)}"
             )
         images = list(tensor.string_val)
         shape = [dim.size for dim in tensor.tensor_shape.dim]
         if not images or shape not in ([len(images)], [len(images), 1]):
             raise InvalidInput(
-                f"input {serving.INPUT_NAME!r}: expected shape [N] with N encoded images, "
+                f"input {name!r}: expected shape [N] with N encoded images, "
                 f"got shape {shape} with {len(images)} strings"
             )
         check_count(len(images), self.model.limits.max_instances)
