@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -153,6 +154,55 @@ def test_check_prediction_rejects_malformed_answers():
     ):
         with pytest.raises(local.DeployError):
             local.check_prediction(bad, LABELS)
+
+
+def test_check_detection_rejects_malformed_answers():
+    good = {
+        "detection_boxes": [[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.0] * 4],
+        "detection_classes": [2.0, 1.0, 0.0],  # from 1; 0 past num_detections
+        "detection_scores": [0.9, 0.4, 0.0],
+        "num_detections": 2.0,
+        "detection_labels": ["square", "circle", ""],
+    }
+    assert local.check_detection({"predictions": [good]}, LABELS) == good
+    assert local.probe_summary(good) == {"num_detections": 2, "label": "square", "score": 0.9}
+    nothing = {**good, "num_detections": 0.0}
+    assert local.probe_summary(nothing) == {"num_detections": 0, "label": "", "score": 0.0}
+    for bad, message in (
+        ({"predictions": [good, good]}, "one prediction"),
+        ({"predictions": [{"label": "circle"}]}, "has no ['detection_boxes'"),
+        (
+            {
+                "predictions": [
+                    {**good, "detection_boxes": [[0.1, 0.2, 1.5, 0.6], *[[0.0] * 4] * 2]}
+                ]
+            },
+            "inside [0, 1]",
+        ),
+        ({"predictions": [{**good, "detection_boxes": [[0.1, 0.2, 0.5]] * 3}]}, "4 normalized"),
+        ({"predictions": [{**good, "detection_classes": [5.0, 1.0, 0.0]}]}, "within 1..4"),
+        ({"predictions": [{**good, "detection_classes": [0.0, 1.0, 0.0]}]}, "within 1..4"),
+        ({"predictions": [{**good, "detection_scores": [1.2, 0.4, 0.0]}]}, "a score"),
+        ({"predictions": [{**good, "num_detections": 4.0}]}, "num_detections 4.0"),
+        ({"predictions": [{**good, "num_detections": 1.5}]}, "num_detections 1.5"),
+        ({"predictions": [{**good, "detection_labels": ["x", "circle", ""]}]}, "do not name"),
+    ):
+        with pytest.raises(local.DeployError, match=re.escape(message)):
+            local.check_detection(bad, LABELS)
+
+
+def test_the_probe_check_follows_the_signature_outputs():
+    classifier = ["class_index", "label", "probabilities", "score"]
+    detector = [
+        "detection_boxes",
+        "detection_classes",
+        "detection_labels",
+        "detection_multiclass_scores",
+        "detection_scores",
+        "num_detections",
+    ]
+    assert local.probe_check(classifier) is local.check_prediction
+    assert local.probe_check(detector) is local.check_detection
 
 
 # --- the KFP component ----------------------------------------------------------------

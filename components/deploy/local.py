@@ -2,10 +2,13 @@
 
 ``deploy_local`` publishes the SavedModel as a new version (or reuses an identical
 latest one), starts the local model server (``components.deploy.server``) on a free
-loopback port, waits until the model is ready, sends one real predict request with a
-generated JPEG, checks the answer and the liveness and readiness routes, and stops the
-server. What it returns says where the model lies and the exact command that serves it
-at the advertised URL.
+loopback port, waits until the model is ready, asks it what the served signature takes
+and answers (KServe's v2 model metadata), sends one real predict request with a
+generated JPEG under that input's name, checks the answer by what the signature answers
+(``probe_check``: a classifier's probabilities and label, or a detector's boxes, classes
+and scores), checks the liveness and readiness routes, and stops the server. What it
+returns says where the model lies and the exact command that serves it at the
+advertised URL.
 """
 
 from __future__ import annotations
@@ -176,16 +179,20 @@ def stop_server(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) ->
     return process.returncode
 
 
+def _one_prediction(response: dict) -> dict:
+    predictions = response.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != 1:
+        raise DeployError(f"expected one prediction, got {response!r:.500}")
+    return predictions[0]
+
+
 def check_prediction(response: dict, labels: list[str]) -> dict:
-    """Checks a one-instance predict response; returns its prediction.
+    """Checks a classifier's one-instance predict response; returns its prediction.
 
     Raises:
         DeployError: when the response is not a well-formed prediction of this model.
     """
-    predictions = response.get("predictions")
-    if not isinstance(predictions, list) or len(predictions) != 1:
-        raise DeployError(f"expected one prediction, got {response!r:.500}")
-    prediction = predictions[0]
+    prediction = _one_prediction(response)
     problems = []
     label = prediction.get("label")
     probabilities = prediction.get("probabilities")
@@ -200,6 +207,95 @@ def check_prediction(response: dict, labels: list[str]) -> dict:
     if problems:
         raise DeployError("malformed prediction: " + "; ".join(problems))
     return prediction
+
+
+# The Object Detection API's outputs: a detector's export answers them (and more).
+DETECTION_OUTPUTS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+
+
+def check_detection(response: dict, labels: list[str]) -> dict:
+    """Checks a detector's one-instance predict response: the Object Detection API's
+    outputs, boxes normalized inside [0, 1], scores inside [0, 1], the classes of the
+    ``num_detections`` real detections (from 1) within ``labels``, and
+    ``detection_labels`` (when answered) naming them; returns its prediction.
+
+    Raises:
+        DeployError: when the response is not a well-formed detection of this model.
+    """
+    prediction = _one_prediction(response)
+    missing = [name for name in DETECTION_OUTPUTS if name not in prediction]
+    if missing:
+        raise DeployError(f"the detection has no {missing}: {prediction!r:.500}")
+    boxes, classes, scores, count = (prediction[name] for name in DETECTION_OUTPUTS)
+    if not (
+        isinstance(boxes, list)
+        and len(boxes) == len(classes) == len(scores)
+        and isinstance(count, int | float)
+        and count == int(count)
+        and 0 <= count <= len(scores)
+    ):
+        raise DeployError(
+            f"malformed detection: {len(boxes)} boxes, {len(classes)} classes, "
+            f"{len(scores)} scores and num_detections {count!r}"
+        )
+    real = classes[: int(count)]
+    problems = []
+    if not all(
+        isinstance(box, list) and len(box) == 4 and all(0.0 <= v <= 1.0 for v in box)
+        for box in boxes
+    ):
+        problems.append("a box is not 4 normalized coordinates inside [0, 1]")
+    if not all(0.0 <= score <= 1.0 for score in scores):
+        problems.append("a score is not inside [0, 1]")
+    if not all(c == int(c) and 1 <= c <= len(labels) for c in real):
+        problems.append(f"classes {real[:10]} are not all within 1..{len(labels)}")
+    elif "detection_labels" in prediction:
+        named = prediction["detection_labels"][: len(real)]
+        if named != [labels[int(c) - 1] for c in real]:
+            problems.append(f"detection_labels {named[:10]} do not name the classes {real[:10]}")
+    if problems:
+        raise DeployError("malformed detection: " + "; ".join(problems))
+    return prediction
+
+
+def probe_check(output_names: list[str]):
+    """The check of a probe answer for a signature answering ``output_names``: a
+    detector's (``check_detection``) when it answers the Object Detection API's outputs,
+    else a classifier's (``check_prediction``); each returns the checked prediction."""
+    if set(DETECTION_OUTPUTS) <= set(output_names):
+        return check_detection
+    return check_prediction
+
+
+def probe_summary(prediction: dict) -> dict:
+    """What the deploy result says of the probe's answer: the top label and its score
+    (a detector's top detection, none when it found nothing, and its detection count)."""
+    if "num_detections" not in prediction:
+        return {"label": prediction["label"], "score": float(prediction["score"])}
+    count = int(prediction["num_detections"])
+    scores = prediction["detection_scores"][:count]
+    top = max(range(count), key=scores.__getitem__, default=None)
+    named = prediction.get("detection_labels") or [""] * count
+    return {
+        "num_detections": count,
+        "label": "" if top is None else named[top],
+        "score": 0.0 if top is None else float(scores[top]),
+    }
+
+
+def served_signature(model_name: str, port: int, host: str = LOOPBACK) -> tuple[str, list[str]]:
+    """The served signature's input name and output names, from the server's KServe v2
+    model metadata (``GET /v2/models/<name>``).
+
+    Raises:
+        DeployError: when the metadata does not describe one input.
+    """
+    url = f"http://{host}:{port}/v2/models/{model_name}"
+    status, body = _request(url, timeout_s=10.0)
+    inputs, outputs = body.get("inputs"), body.get("outputs")
+    if status != 200 or not isinstance(inputs, list) or len(inputs) != 1 or not outputs:
+        raise DeployError(f"GET {url} answered HTTP {status}: {body!r:.500}")
+    return inputs[0]["name"], [output["name"] for output in outputs]
 
 
 def check_health(port: int, host: str = LOOPBACK) -> None:
@@ -240,7 +336,8 @@ def deploy_local(
     Returns:
         ``model_name``, ``version``, ``model_dir`` (the version directory),
         ``model_repository``, ``url``, ``verified`` (True), ``probe`` (``label``,
-        ``score``, ``latency_ms`` of the check's request), ``serve_command`` (the
+        ``score``, ``latency_ms`` of the check's request; for a detector the top
+        detection's, and ``num_detections``), ``serve_command`` (the
         command line that serves the repository at ``url``), ``target`` and, with
         ``evaluation``, ``evaluation_record`` (where it was recorded).
 
@@ -276,7 +373,9 @@ def deploy_local(
         )
         try:
             wait_until_ready(process, model_name, check_port, timeout_s, server_log.name)
-            body = {"instances": [{"b64": base64.b64encode(probe_jpeg()).decode("ascii")}]}
+            input_name, output_names = served_signature(model_name, check_port)
+            image = {"b64": base64.b64encode(probe_jpeg()).decode("ascii")}
+            body = {"signature_name": serving.SIGNATURE, "instances": [{input_name: image}]}
             start = time.perf_counter()
             status, response = _request(predict_url(model_name, check_port), body)
             latency_ms = (time.perf_counter() - start) * 1000.0
@@ -285,7 +384,7 @@ def deploy_local(
                     f"the probe request failed with HTTP {status}: {response!r:.500}; the "
                     f"server's output ends with:\n{_tail(server_log.name)}"
                 )
-            prediction = check_prediction(response, labels)
+            prediction = probe_check(output_names)(response, labels)
             check_health(check_port)
         finally:
             code = stop_server(process)
@@ -299,11 +398,7 @@ def deploy_local(
         "model_repository": repository,
         "url": predict_url(model_name, port),
         "verified": True,
-        "probe": {
-            "label": prediction["label"],
-            "score": float(prediction["score"]),
-            "latency_ms": round(latency_ms, 2),
-        },
+        "probe": probe_summary(prediction) | {"latency_ms": round(latency_ms, 2)},
         "serve_command": shlex.join(
             server_command(repository, model_name, port, grpc_port=DEFAULT_GRPC_PORT)
         ),
