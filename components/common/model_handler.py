@@ -3,9 +3,15 @@ streaming prediction share it).
 
 Beam's own ``apache_beam.ml.inference.tensorflow_inference`` imports ``tensorflow_hub``,
 which is not usable in this environment, and it feeds tensors, not encoded images. This
-handler speaks the SavedModel contract of ``components.common.serving``: a batch of
-encoded image bytes goes to the ``serving_default`` signature in one call, and each
-element gets its row of class probabilities back.
+handler speaks the exports' contract: a batch of encoded image bytes goes to the
+``serving_default`` signature (its one string input, whatever its name) in one call, and
+each element gets its own inference back:
+
+* a classifier (``components.common.serving``: the signature answers ``probabilities``):
+  its row of class probabilities, a float32 array;
+* any other export, e.g. a detector (``components.detection.export``: ``detection_boxes``,
+  ``detection_scores``, ...): a dict of that image's slice of every output, which the
+  task's own code turns into a record (``components.detection.predictions``).
 
 Bad bytes are data, not a crash: TensorFlow rejects a whole batch when one image in it
 cannot be decoded (``tf.errors.InvalidArgumentError``). The handler then runs that
@@ -30,7 +36,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
-from components.common import serving
+from components.common import io, serving
 
 # Reasons an image gets no prediction (``InferenceFailure.reason``, data in errors.jsonl).
 # IMAGE_TOO_LARGE (a remote endpoint's 413) is also create_tfrecords' reason for an image
@@ -53,14 +59,15 @@ class UndecodableImages(Exception):
 
 
 class InferenceFailure(NamedTuple):
-    """The inference of an element the model could not run on (instead of probabilities)."""
+    """The inference of an element the model could not run on (instead of its outputs)."""
 
     reason: str
     detail: str
 
 
 class LoadedModel:
-    """A loaded serving SavedModel: its ``serving_default`` signature and class count.
+    """A loaded serving SavedModel: its ``serving_default`` signature, the signature's input
+    name, output names and class count.
 
     Holds the loaded object itself, not only the signature, so its variables live as long
     as the signature is used.
@@ -72,11 +79,20 @@ class LoadedModel:
         self.model_dir = model_dir
         self._loaded = tf.saved_model.load(model_dir)
         self.signature = self._loaded.signatures[serving.SIGNATURE]
-        self.input_name = serving.INPUT_NAME
-        self.num_classes = int(self.signature.structured_outputs["probabilities"].shape[-1])
+        inputs = self.signature.structured_input_signature[1]
+        if len(inputs) != 1:
+            raise ValueError(
+                f"the {serving.SIGNATURE} signature of {model_dir} takes {sorted(inputs)}: "
+                "one input of encoded images is expected"
+            )
+        (self.input_name,) = inputs
+        outputs = self.signature.structured_outputs
+        self.output_names = tuple(sorted(outputs))
+        self.num_classes = _class_count(outputs)
 
-    def predict(self, images: Sequence[bytes]) -> np.ndarray:
-        """Class probabilities ``[len(images), classes]`` of a batch of encoded images.
+    def outputs(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """Every output of the signature for a batch of encoded images, by name (each
+        ``[len(images), ...]``).
 
         Raises:
             UndecodableImages: when an image in the batch cannot be decoded.
@@ -88,23 +104,70 @@ class LoadedModel:
             outputs = self.signature(**{self.input_name: tensor})
         except tf.errors.InvalidArgumentError as e:
             raise UndecodableImages(error_detail(e)) from None
-        return outputs["probabilities"].numpy()
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def predict(self, images: Sequence[bytes]) -> np.ndarray | list[dict[str, np.ndarray]]:
+        """Each image's inference, in the batch's order: a classifier's class probabilities
+        (the array ``[len(images), classes]``, a row per image); for an export without
+        ``probabilities`` (a detector), a dict per image of its slice of every output.
+
+        Raises:
+            UndecodableImages: when an image in the batch cannot be decoded.
+        """
+        outputs = self.outputs(images)
+        if serving.PROBABILITIES_NAME in outputs:
+            return outputs[serving.PROBABILITIES_NAME]
+        return [{name: value[i] for name, value in outputs.items()} for i in range(len(images))]
+
+
+# The output whose last axis is the classes: a classifier's probabilities, a detector's
+# class scores of each detection (the Object Detection API's name).
+CLASS_SCORE_OUTPUTS = (serving.PROBABILITIES_NAME, "detection_multiclass_scores")
+
+
+def _class_count(outputs: dict[str, Any]) -> int | None:
+    """The class count the signature's outputs say, or None when none of them does."""
+    for name in CLASS_SCORE_OUTPUTS:
+        if name in outputs and outputs[name].shape[-1] is not None:
+            return int(outputs[name].shape[-1])
+    return None
 
 
 def load_saved_model(model_dir: str, num_classes: int | None = None) -> LoadedModel:
-    """Loads an exported serving SavedModel and, with ``num_classes``, checks its class count.
+    """Loads an exported serving SavedModel and, with ``num_classes``, checks its class count
+    (a classifier's probabilities, a detector's class scores; an export whose outputs say
+    no class count is not checked).
 
     Raises:
         ValueError: when the model's class count is not ``num_classes`` (e.g. the length
             of its label file).
     """
     model = LoadedModel(model_dir)
-    if num_classes is not None and model.num_classes != num_classes:
+    if num_classes is not None and model.num_classes not in (None, num_classes):
         raise ValueError(
-            f"the SavedModel {model_dir} outputs {model.num_classes} class "
-            f"probabilities but its label file lists {num_classes} labels"
+            f"the SavedModel {model_dir} outputs scores of {model.num_classes} classes "
+            f"but its label file lists {num_classes} labels"
         )
     return model
+
+
+def signature_outputs(model_dir: str) -> list[str]:
+    """The output names of an export's ``serving_default`` signature, read from its
+    ``saved_model.pb`` without loading the model (no variables, no functions): what a
+    pipeline launcher reads to pick how to write the predictions. Imports TensorFlow (its
+    protocol buffers).
+
+    Raises:
+        ValueError: when the export has no ``serving_default`` signature.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString(io.read_bytes(io.join(model_dir, "saved_model.pb")))
+    signatures = saved_model.meta_graphs[0].signature_def
+    if serving.SIGNATURE not in signatures:
+        raise ValueError(f"the SavedModel {model_dir} has no {serving.SIGNATURE} signature")
+    return sorted(signatures[serving.SIGNATURE].outputs)
 
 
 def error_detail(error: Exception) -> str:
@@ -139,8 +202,10 @@ class EncodedImageHandler(ModelHandler[bytes, PredictionResult, _ModelT]):
 class SavedModelHandler(EncodedImageHandler[LoadedModel]):
     """RunInference handler: encoded image bytes in, ``PredictionResult`` out.
 
-    A result's ``inference`` is a float32 array of class probabilities, or an
-    ``InferenceFailure`` when the model could not decode that element's image.
+    A result's ``inference`` is what ``LoadedModel.predict`` gives the element (a
+    classifier's float32 array of class probabilities, another export's dict of the
+    element's outputs), or an ``InferenceFailure`` when the model could not decode that
+    element's image.
     """
 
     def __init__(
@@ -202,10 +267,10 @@ class SavedModelHandler(EncodedImageHandler[LoadedModel]):
         """
         model_id = model.model_dir
         try:
-            probabilities = model.predict(batch)
+            inferences = model.predict(batch)
             return [
-                PredictionResult(e, p, model_id=model_id)
-                for e, p in zip(batch, probabilities, strict=True)
+                PredictionResult(e, inference, model_id=model_id)
+                for e, inference in zip(batch, inferences, strict=True)
             ]
         except UndecodableImages:
             Metrics.counter(self._namespace, "fallback_batches").inc()
