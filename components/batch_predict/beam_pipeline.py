@@ -1,12 +1,16 @@
 """The batch_predict Beam pipeline: an exported SavedModel, or a deployed model, over many
-images, to JSON Lines.
+images, to JSON Lines. The export is a classifier (``components.export``) or a detector
+(``components.detection.export``); which one, its serving signature's outputs say
+(``detection_boxes``: a detector), and that picks how each image's line is written.
 
 Input, one of:
 
 * ``input_uris``: a file (local or ``gs://``; a glob matches several) listing images,
-  either as a CSV ``uri,label`` (the manifests create_tfrecords writes, the book's format)
-  or one URI per line. A header line (e.g. ``uri,label``), blank lines and surrounding
-  whitespace are tolerated; a relative URI is relative to the listing's folder.
+  either as a CSV ``uri,label`` (the manifests create_tfrecords writes, the book's format;
+  for a detector ``uri,classes``, the image's classes space-separated, as detection's
+  create_tfrecords writes its manifests) or one URI per line. A header line (e.g.
+  ``uri,label``), blank lines and surrounding whitespace are tolerated; a relative URI is
+  relative to the listing's folder.
 * ``dataset_dir``: a dataset directory written by create_tfrecords, whose test manifest
   ``<dataset_dir>/manifests/test.csv`` is the listing.
 
@@ -20,9 +24,16 @@ backoff on 429/502/503/504, connection errors and timeouts. The labels then come
 ``labels_uri`` or, when that is empty, from the export in ``model_dir`` (neither API
 answers a label list). Output, under ``output_dir``::
 
-    predictions-SSSSS-of-NNNNN.jsonl   one JSON object per image:
+    predictions-SSSSS-of-NNNNN.jsonl   one JSON object per image; a classifier's:
         {"uri", "label", "probability", "top_k": [{"label", "probability"}, ...],
          "true_label" (when the listing gave a label)}
+      a detector's (components/detection/predictions.py), its num_detections real
+      detections, highest score first:
+        {"uri", "detections": [{"label", "class" (from 1), "score",
+                                "box": [ymin, xmin, ymax, xmax] (normalized, in [0, 1]),
+                                "bbox": [x, y, width, height] (COCO, in the image's
+                                         pixels: box times the size in its header)}, ...],
+         "true_classes": [...] (when the listing gave classes)}
     errors.jsonl                       one JSON object per input that got no prediction:
         {"uri", "reason", "detail", "stage": "batch_predict"}; always written
     stats.json                         {"rows", "errors", "errors_by_reason"}
@@ -31,11 +42,15 @@ Each listing line gets one output line (a URI listed twice is predicted twice), 
 particular order.
 
 Bad input is data, not a crash: a missing, unreadable or empty file, a malformed listing
-line and an image the model cannot decode are each counted (Beam counters) and written to
-``errors.jsonl`` with their reason, and no good image is lost with them. So are the images
-a remote endpoint gave no answer for (``remote_unavailable`` once the retries are spent,
+line and an image the model cannot decode (or, for a detector, whose size Pillow cannot
+read from its header) are each counted (Beam counters) and written to ``errors.jsonl``
+with their reason, and no good image is lost with them. So are the images a remote
+endpoint gave no answer for (``remote_unavailable`` once the retries are spent,
 ``remote_error`` for another error answer). The run fails, after writing everything, only
 when the share of errors passes ``max_error_fraction``.
+
+An endpoint is called for classifiers only, so far: with a detection export in
+``model_dir`` and an ``endpoint``, the run fails before it starts.
 
 On Dataflow, pass ``runner="DataflowRunner"`` and ``dataflow`` settings (project, region,
 temp_location on gs://, the workers' image: the batch_predict stage's dataflow-worker
@@ -63,8 +78,9 @@ from components.common import (
     schema,
     serving,
 )
-from components.common.model_handler import InferenceFailure
+from components.common.model_handler import UNDECODABLE_IMAGE, InferenceFailure
 from components.common.predictions import prediction_record
+from components.detection import predictions as detection_predictions
 
 STAGE = "batch_predict"
 ERRORS = "errors"  # Tag of the error side outputs.
@@ -75,6 +91,9 @@ SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"
 # beam_utils.UNREADABLE_FILE, the reading ones).
 MALFORMED_LINE = "malformed_line"
 _PROGRESS_EVERY = 1000
+# What the export predicts (``export_task``): it picks how predictions are written.
+CLASSIFICATION = "classification"
+DETECTION = "detection"
 # Beam's adaptive throttling delay for an endpoint (RemoteModelHandler's default).
 THROTTLE_DELAY_S = remote_handler.DEFAULT_THROTTLE_DELAY_S
 
@@ -139,27 +158,69 @@ class ReadImage(beam.DoFn):
         yield element, data
 
 
-class ToPredictionRecord(beam.DoFn):
-    """``((uri, true label), PredictionResult)`` to a prediction record, or to ``errors``."""
-
-    def __init__(self, labels: list[str], top_k: int):
-        self._labels = list(labels)
-        self._top_k = top_k
+class _ToRecord(beam.DoFn):
+    """``((uri, listed label), PredictionResult)`` to an output record, or to ``errors``;
+    a subclass writes its task's ``record``."""
 
     def setup(self) -> None:
         self._predicted = Metrics.counter(STAGE, "predicted")
         self._seen = 0
 
+    def record(
+        self, uri: str, listed: str, result: PredictionResult
+    ) -> dict[str, Any] | InferenceFailure:
+        """The output record of one image, or why it has none (it goes to ``errors``)."""
+        raise NotImplementedError
+
     def process(self, element: tuple[tuple[str, str], PredictionResult]) -> Iterator[Any]:
-        (uri, true_label), result = element
-        if isinstance(result.inference, InferenceFailure):
-            yield _error(uri, result.inference.reason, result.inference.detail)
+        (uri, listed), result = element
+        record = result.inference
+        if not isinstance(record, InferenceFailure):
+            record = self.record(uri, listed, result)
+        if isinstance(record, InferenceFailure):
+            yield _error(uri, record.reason, record.detail)
             return
         self._predicted.inc()
         self._seen += 1
         if self._seen % _PROGRESS_EVERY == 0:
             _log.info("batch_predict: this worker has predicted %d images", self._seen)
-        yield prediction_record(uri, result.inference, self._labels, self._top_k, true_label)
+        yield record
+
+
+class ToPredictionRecord(_ToRecord):
+    """A classifier's result to its record: the top class, the ``top_k`` classes, the
+    listed label (``components.common.predictions``)."""
+
+    def __init__(self, labels: list[str], top_k: int):
+        self._labels = list(labels)
+        self._top_k = top_k
+
+    def record(self, uri: str, listed: str, result: PredictionResult) -> dict[str, Any]:
+        return prediction_record(uri, result.inference, self._labels, self._top_k, listed)
+
+
+class ToDetectionRecord(_ToRecord):
+    """A detector's result to its record: the detections with their boxes normalized and
+    in the image's pixels, the listed classes (``components.detection.predictions``)."""
+
+    def __init__(self, labels: list[str]):
+        self._labels = list(labels)
+
+    def record(
+        self, uri: str, listed: str, result: PredictionResult
+    ) -> dict[str, Any] | InferenceFailure:
+        try:
+            width, height = detection_predictions.image_size(result.example)
+        except ValueError as e:
+            return InferenceFailure(UNDECODABLE_IMAGE, str(e))
+        return detection_predictions.detection_record(
+            uri,
+            result.inference,
+            width,
+            height,
+            true_classes=listed.split() if listed else None,
+            labels=self._labels,
+        )
 
 
 def _stats(counts: dict[str, int]) -> dict[str, Any]:
@@ -208,6 +269,25 @@ def inference_handler(
     )
 
 
+def export_task(model_dir: str) -> str:
+    """What an export predicts, by its serving signature's outputs (read from its
+    ``saved_model.pb``, the model not loaded): ``DETECTION`` when it answers
+    ``detection_boxes``, else ``CLASSIFICATION``; no ``model_dir`` (an endpoint with a
+    label file): ``CLASSIFICATION``."""
+    if model_dir and detection_predictions.is_detection_export(
+        model_handler.signature_outputs(model_dir)
+    ):
+        return DETECTION
+    return CLASSIFICATION
+
+
+def record_formatter(task: str, labels: list[str], top_k: int) -> _ToRecord:
+    """The DoFn writing each image's record for the task's export."""
+    if task == DETECTION:
+        return ToDetectionRecord(labels)
+    return ToPredictionRecord(labels, top_k)
+
+
 def build_pipeline(
     pipeline: beam.Pipeline,
     model_dir: str,
@@ -220,6 +300,7 @@ def build_pipeline(
     endpoint: str = "",
     request_timeout_s: float = 30.0,
     max_retries: int = 5,
+    task: str = CLASSIFICATION,
 ) -> None:
     """Adds the stage's transforms to a Beam pipeline (``run`` builds and runs one).
 
@@ -229,11 +310,12 @@ def build_pipeline(
         output_dir: Where to write predictions, errors and stats.
         listing: The file (or glob) listing the images: ``uri,label`` CSV or one URI a line.
         labels: The model's labels, in class-index order.
-        top_k: Classes listed per image.
+        top_k: Classes listed per image (a classifier's).
         batch_size: Images per model call (per request, with an endpoint).
         endpoint: A deployed model to call instead of loading ``model_dir`` (see ``run``).
         request_timeout_s: Longest wait for one answer of the endpoint.
         max_retries: Retries of a request the endpoint did not answer.
+        task: What the model predicts (``export_task``): how its records are written.
     """
     listed = (
         pipeline
@@ -253,7 +335,7 @@ def build_pipeline(
         images.ok
         | "RunInference" >> RunInference(handler)
         | "ToRecords"
-        >> beam.ParDo(ToPredictionRecord(labels, top_k)).with_outputs(ERRORS, main="ok")
+        >> beam.ParDo(record_formatter(task, labels, top_k)).with_outputs(ERRORS, main="ok")
     )
     predictions = formatted.ok
     _ = (
@@ -365,8 +447,10 @@ def run(
 
     Args:
         model_dir: The exported SavedModel directory (local path or ``gs://``), with its
-            labels in ``assets.extra/labels.txt``. With an ``endpoint`` it is not loaded,
-            only its labels are read (unless ``labels_uri`` is given; then it may be "").
+            labels in ``assets.extra/labels.txt``: a classifier's or a detector's (see the
+            module's docstring for each one's output lines). With an ``endpoint`` it is not
+            loaded, only its labels are read (unless ``labels_uri`` is given; then it may
+            be "").
         output_dir: Where to write ``predictions-SSSSS-of-NNNNN.jsonl``, ``errors.jsonl``
             and ``stats.json`` (local path or ``gs://``); shards of an earlier run there
             are replaced.
@@ -374,7 +458,8 @@ def run(
             local or ``gs://``; a glob matches several). Exclusive with ``dataset_dir``.
         dataset_dir: A create_tfrecords dataset directory: its ``manifests/test.csv`` is
             the listing. Exclusive with ``input_uris``.
-        top_k: Classes listed per image, most probable first (capped at the class count).
+        top_k: A classifier's classes listed per image, most probable first (capped at the
+            class count); a detector lists all its detections.
         batch_size: Images per model call.
         runner: Beam runner, e.g. ``"DirectRunner"`` or ``"DataflowRunner"``. Beam's
             DirectRunner first tries the Prism runner, whose binary it downloads from
@@ -405,12 +490,15 @@ def run(
         ``errors_by_reason``, ``predictions`` (glob of the prediction shards),
         ``prediction_files`` (their paths), ``errors_path``, ``labels``,
         ``labels_source`` (the file they were read from), ``endpoint`` (empty: the model
-        ran in the workers), ``top_k`` (effective), ``input`` (the listing read) and
+        ran in the workers), ``task`` (``classification`` or ``detection``: what the
+        export predicts), ``top_k`` (effective; a classifier's only), ``input`` (the
+        listing read) and
         ``counters`` (the stage's Beam counters, when the runner reports them; with an
         endpoint ``remote_requests``, ``remote_retries``, ``remote_failures``, ...).
 
     Raises:
-        ValueError: on invalid arguments, or an error share above ``max_error_fraction``.
+        ValueError: on invalid arguments (a detection export with an endpoint among
+            them), or an error share above ``max_error_fraction``.
         FileNotFoundError: when the listing or the model's label file does not exist.
     """
     listing = resolve_listing(input_uris, dataset_dir)
@@ -429,13 +517,21 @@ def run(
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
     labels, labels_source = resolve_labels(model_dir, labels_uri, endpoint)
+    task = export_task(model_dir)
+    if endpoint and task == DETECTION:
+        raise ValueError(
+            f"batch prediction of a detection export through an endpoint ({endpoint}) is not "
+            f"supported yet: leave endpoint empty to run the export {model_dir} in the "
+            "workers"
+        )
 
     io.makedirs(output_dir)
     _remove_stale_shards(output_dir)
     _log.info(
-        "batch_predict: %s with %s -> %s (%s)",
+        "batch_predict: %s with %s (%s) -> %s (%s)",
         listing,
         endpoint or model_dir,
+        task,
         output_dir,
         runner,
     )
@@ -451,6 +547,7 @@ def run(
         endpoint=endpoint,
         request_timeout_s=request_timeout_s,
         max_retries=max_retries,
+        task=task,
     )
     result = pipeline.run()
     state = result.wait_until_finish()
@@ -467,7 +564,8 @@ def run(
         "labels": labels,
         "labels_source": labels_source,
         "endpoint": endpoint,
-        "top_k": min(top_k, len(labels)),
+        "task": task,
+        **({"top_k": min(top_k, len(labels))} if task == CLASSIFICATION else {}),
         "input": listing,
         "counters": beam_utils.stage_counters(result, STAGE),
     }

@@ -41,23 +41,27 @@ def batch_predict(
     request_timeout_s: float = 30.0,
     max_retries: int = 5,
 ):
-    """Predicts the class of many images with an exported model, on Apache Beam.
+    """Predicts the class of many images, or the objects in them, with an exported model,
+    on Apache Beam.
 
     Runs Beam's RunInference with the SavedModel's serving signature over every listed
     image (DirectRunner here, Dataflow at scale), or sends them to a deployed model
-    (``endpoint``), and writes JSON Lines. An image that cannot be read or decoded, or
+    (``endpoint``; classifiers only, so far), and writes JSON Lines. A classifier's
+    export gives each image its classes; a detector's (the detection export, whose
+    signature answers ``detection_boxes``) its detections. An image that cannot be read or decoded, or
     that the endpoint gave no answer for, is recorded in ``errors.jsonl`` with its reason;
     the step fails only when such errors pass ``max_error_fraction`` of the inputs.
 
     Args:
-        model: The exported serving SavedModel (the export stage's output), with its
-            labels in ``assets.extra/labels.txt``. With an ``endpoint`` only its labels
+        model: The exported serving SavedModel (the export stage's output, or the
+            detection export's), with its labels in ``assets.extra/labels.txt``. With an ``endpoint`` only its labels
             are read, and it may be left out when ``labels_uri`` is given.
         dataset: A create_tfrecords dataset: its test manifest (``manifests/test.csv``)
             lists the images. Used only when ``input_uris`` is empty.
         input_uris: A file listing the images to predict (a ``uri,label`` CSV or one URI
             per line; local or ``gs://``). When set, it is used instead of ``dataset``.
-        top_k: Classes listed per image, most probable first.
+        top_k: A classifier's classes listed per image, most probable first (a detector
+            lists all its detections).
         batch_size: Images per model call.
         runner: Beam runner: ``DirectRunner`` or ``DataflowRunner``.
         beam_args: Other Beam pipeline arguments, e.g. ``["--job_name=j"]``; an option
@@ -86,12 +90,15 @@ def batch_predict(
 
     Returns:
         predictions: The output directory: ``predictions-SSSSS-of-NNNNN.jsonl`` (one object
-            per image: ``uri``, ``label``, ``probability``, ``top_k`` and, when listed,
-            ``true_label``), ``errors.jsonl`` (``uri``, ``reason``, ``detail``, ``stage``)
-            and ``stats.json``. Its metadata holds ``rows``, ``errors``,
+            per image: a classifier's ``uri``, ``label``, ``probability``, ``top_k`` and,
+            when listed, ``true_label``; a detector's ``uri``, ``detections`` (each
+            ``label``, ``class``, ``score``, ``box`` normalized ``[ymin, xmin, ymax,
+            xmax]``, ``bbox`` COCO pixels ``[x, y, width, height]``) and, when listed,
+            ``true_classes``), ``errors.jsonl`` (``uri``, ``reason``, ``detail``,
+            ``stage``) and ``stats.json``. Its metadata holds ``rows``, ``errors``,
             ``errors_by_reason``, ``predictions`` (glob of the shards),
-            ``prediction_files``, ``errors_path``, ``labels``, ``top_k``, ``input`` and
-            ``counters``.
+            ``prediction_files``, ``errors_path``, ``labels``, ``task``, ``top_k`` (a
+            classifier's), ``input`` and ``counters``.
     """
     from components.batch_predict.beam_pipeline import run
     from components.common.beam import DataflowSettings

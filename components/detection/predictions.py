@@ -1,0 +1,110 @@
+"""A detection prediction as batch prediction writes it: one JSON object per image.
+
+The export (``components.detection.export``) answers, per image, the Object Detection
+API's outputs; ``detection_record`` keeps its ``num_detections`` real detections::
+
+    {"uri": "gs://b/images/a.jpg",
+     "detections": [{"label": "cat", "class": 1, "score": 0.93,
+                     "box": [ymin, xmin, ymax, xmax],     normalized, inside [0, 1]
+                     "bbox": [x, y, width, height]},      COCO: pixels of the image
+                    ...],                                 highest score first
+     "true_classes": ["cat", "dog"]}                      when the listing gave them
+
+``bbox`` is ``box`` on the image's pixel size as stored (the size in the encoded image's
+header, read with Pillow without decoding the pixels; EXIF orientation is not applied,
+as the model does not apply it either).
+
+NumPy and Pillow only: batch prediction's workers import this without Keras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+
+# The output that tells a detection export from a classifier (the Object Detection API's).
+BOXES = "detection_boxes"
+
+
+def is_detection_export(output_names: Sequence[str]) -> bool:
+    """Whether an export's serving signature, by its output names, is a detector's."""
+    return BOXES in output_names
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of an encoded image, from its header (the pixels not decoded).
+
+    Raises:
+        ValueError: when Pillow cannot read the header.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read the image's size: {e}") from None
+
+
+def detection_record(
+    uri: str,
+    outputs: Mapping[str, np.ndarray],
+    width: int,
+    height: int,
+    true_classes: Sequence[str] | None = None,
+    labels: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One line of detection predictions (see the module's docstring).
+
+    Args:
+        uri: The image's URI.
+        outputs: The export's outputs for this image (each output's slice of the batch):
+            ``detection_boxes`` ``[max_detections, 4]``, ``detection_classes`` (from 1),
+            ``detection_scores``, ``num_detections`` and, when the export has it,
+            ``detection_labels``.
+        width: The image's width in pixels.
+        height: The image's height in pixels.
+        true_classes: The classes the listing gave for the image, if any.
+        labels: The export's labels in class order, for an export without
+            ``detection_labels`` (class ``c`` is ``labels[c - 1]``).
+
+    Returns:
+        ``{"uri", "detections": [{"label", "class", "score", "box", "bbox"}, ...]}``, plus
+        ``"true_classes"`` when given.
+    """
+    count = int(outputs["num_detections"])
+    boxes = np.asarray(outputs[BOXES], dtype=np.float64)[:count]
+    classes = np.asarray(outputs["detection_classes"])[:count].astype(int)
+    scores = np.asarray(outputs["detection_scores"], dtype=np.float64)[:count]
+    if "detection_labels" in outputs:
+        names = [_text(name) for name in outputs["detection_labels"][:count]]
+    else:
+        names = [labels[c - 1] if 0 < c <= len(labels) else str(c) for c in classes]
+    detections = []
+    for box, class_id, score, name in zip(boxes, classes, scores, names, strict=True):
+        ymin, xmin, ymax, xmax = (float(v) for v in box)
+        detections.append(
+            {
+                "label": name,
+                "class": int(class_id),
+                "score": float(score),
+                "box": [ymin, xmin, ymax, xmax],
+                "bbox": [
+                    xmin * width,
+                    ymin * height,
+                    (xmax - xmin) * width,
+                    (ymax - ymin) * height,
+                ],
+            }
+        )
+    record: dict[str, Any] = {"uri": uri, "detections": detections}
+    if true_classes is not None:
+        record["true_classes"] = list(true_classes)
+    return record
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
