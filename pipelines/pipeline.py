@@ -24,12 +24,10 @@ images. Every task runs on its stage's image as configured when the pipeline is 
 """
 
 import functools
-import inspect
 
 from google_cloud_pipeline_components import _placeholders
 from kfp import dsl
 
-from components.batch_predict.component import batch_predict
 from components.create_tfrecords.component import create_tfrecords
 from components.evaluate.component import evaluate
 from components.export.component import export
@@ -39,7 +37,7 @@ from components.stream_predict.component import stream_predict
 from components.tune.component import tune
 from components.tune.space import TUNED
 from pipelines import kfp_target, vertex_target, vertex_tuning
-from pipelines.tasks import GkeResources, stage_task
+from pipelines.tasks import GkeResources, batch_predict_on_beam, stage_task, target_pipeline
 
 PIPELINE_NAME = "image-classification"
 TARGETS = ("local", "kfp", "vertex")
@@ -348,7 +346,7 @@ def image_classification(
     stream = (stream_subscription, stream_output_topic, stream_dead_letter_topic)
     stream += (stream_job_name, stream_output_dir)
     predict_on_beam = functools.partial(
-        _batch_predict_on_beam, gke, dataflow, exported_model, dataset, top_k
+        batch_predict_on_beam, gke, dataflow, exported_model, dataset, top_k
     )
 
     # kfp local resolves a condition on a task's single return value ("Output"), so the
@@ -469,24 +467,6 @@ def _tfrecords(gke: GkeResources | None, dataflow: dict, **arguments):
     return task.outputs["dataset"]
 
 
-def _batch_predict_on_beam(
-    gke: GkeResources | None, dataflow: dict, exported_model, dataset, top_k
-) -> dsl.PipelineTask:
-    """The batch_predict task (Beam) over the dataset's test split."""
-    task = stage_task(
-        batch_predict,
-        "batch_predict",
-        gke.beam if gke else None,
-        model=exported_model,
-        dataset=dataset,
-        top_k=top_k,
-        sdk_container_image=dataflow_worker_image("batch_predict"),
-        **dataflow,
-    )
-    task.set_caching_options(False)  # it too reads images by URI
-    return task
-
-
 def _stream_predict(
     gke: GkeResources | None,
     dataflow: dict,
@@ -529,43 +509,16 @@ def build_pipeline(target: str = "local", gke: GkeResources | None = None):
     Returns:
         The pipeline (a KFP GraphComponent) named "image-classification".
     """
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-    # Each target's pipeline has the shared parameters and its own.
-    target_only = {name for names in TARGET_PARAMETERS.values() for name in names}
-    parameters = [
-        name
-        for name in list(inspect.signature(image_classification).parameters)[2:]
-        if name not in target_only or name in TARGET_PARAMETERS[target]
-    ]
-    graph = _with_parameters(
+    return target_pipeline(
         image_classification,
-        parameters,
-        target=target,
-        gke=(gke or GkeResources()) if target == "kfp" else None,
-    )
-    return dsl.pipeline(
+        target,
+        gke,
+        TARGET_PARAMETERS,
         name=PIPELINE_NAME,
         description="Labelled JPEGs to TFRecords, a transfer-learned classifier, a serving "
         "SavedModel, a test-split evaluation, and (if it passes) a deployment and batch "
         "predictions.",
-    )(graph)
-
-
-def _with_parameters(function, names: list[str], **fixed):
-    """``function`` as KFP sees and calls it: with the ``fixed`` arguments and only the
-    parameters ``names`` (the others keep their defaults). KFP passes a pipeline's
-    arguments by position, in the order of its signature, hence this adapter rather than
-    a plain ``functools.partial``."""
-    signature = inspect.signature(function)
-    kept = [p for name, p in signature.parameters.items() if name in names]
-
-    @functools.wraps(function)
-    def restricted(*arguments):
-        return function(**fixed, **dict(zip([p.name for p in kept], arguments, strict=True)))
-
-    restricted.__signature__ = signature.replace(parameters=kept)
-    return restricted
+    )
 
 
 image_classification_pipeline = build_pipeline("local")

@@ -51,9 +51,30 @@ TRAINING_KNOBS = (
     "right_angle_rotation",
 )
 RUNNERS = ("subprocess", "docker")
+TASKS = ("classification", "detection")
 # The tasks every run has, in order, and those behind the quality gate.
 ALWAYS_RUN = ("create-tfrecords", "train", "export", "evaluate")
 BEHIND_GATE = ("deploy", "batch-predict")
+# The detection pipeline's own tasks under the same four roles.
+DETECTION_TASKS = dict(
+    zip(
+        ALWAYS_RUN,
+        ("create-detection-tfrecords", "train-detector", "export-detector", "evaluate-detector"),
+        strict=True,
+    )
+)
+# Where a detection run's input lies (the pipeline's parameters; one of the first three).
+DETECTION_SOURCES = ("voc_dir", "coco_json", "vertex_jsonl", "image_dir", "label_map_uri")
+# The COCO metrics a detection summary reports.
+DETECTION_METRICS = (
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_100",
+)
 
 
 class PipelineFailed(RuntimeError):
@@ -105,14 +126,21 @@ def output_artifact(outputs: dict, name: str) -> dict:
     return outputs["artifacts"][name]["artifacts"][0]
 
 
-def summarize(run_dir: str, seconds: float, runner: str = "subprocess") -> dict:
+def summarize(
+    run_dir: str, seconds: float, runner: str = "subprocess", task: str = "classification"
+) -> dict:
     """Builds the run summary from the executor outputs kfp local wrote in ``run_dir``.
+
+    The keys are the same for both tasks; ``test_metrics`` and ``training`` hold the
+    task's own figures (classification: accuracy, loss, examples; detection: COCO's
+    ``DETECTION_METRICS``, ``per_class_map``, images and objects).
 
     Raises:
         PipelineFailed: when a stage that must have run (all of them when the gate passed)
             wrote no executor output.
     """
-    outputs = {task: task_outputs(run_dir, task, required=True) for task in ALWAYS_RUN}
+    names = DETECTION_TASKS if task == "detection" else {t: t for t in ALWAYS_RUN}
+    outputs = {role: task_outputs(run_dir, names[role], required=True) for role in ALWAYS_RUN}
     evaluation = outputs["evaluate"]
     gate_passed = bool(evaluation["parameterValues"]["Output"])
     outputs |= {task: task_outputs(run_dir, task, required=gate_passed) for task in BEHIND_GATE}
@@ -129,14 +157,11 @@ def summarize(run_dir: str, seconds: float, runner: str = "subprocess") -> dict:
         "rejected_by_reason": {k: int(v) for k, v in meta.get("rejected_by_reason", {}).items()},
         "errors_file": os.path.join(dataset["uri"], "errors.jsonl"),
         "labels": meta["labels"],
-        "training": {k: train[k] for k in ("val_accuracy", "val_loss", "epochs_run", "best_epoch")},
-        "test_metrics": {
-            "accuracy": test["accuracy"],
-            "loss": test["loss"],
-            "examples": int(test["examples"]),
-        },
+        "training": _training_summary(train, task),
+        "test_metrics": _test_metrics(test, evaluation, task),
         # The model served before this run, scored on the same images (None: none was).
         "champion_accuracy": test.get("champion_accuracy"),
+        "champion_map_50": test.get("champion_map_50"),
         "gate_passed": gate_passed,
         "deployed": deployed is not None,
         "serving": None,
@@ -172,6 +197,26 @@ def summarize(run_dir: str, seconds: float, runner: str = "subprocess") -> dict:
     return summary
 
 
+def _training_summary(train: dict, task: str) -> dict:
+    """The train task's figures the summary keeps."""
+    if task == "detection":
+        return {k: train[k] for k in ("best_val_loss", "epochs_run", "best_epoch", "train_seconds")}
+    return {k: train[k] for k in ("val_accuracy", "val_loss", "epochs_run", "best_epoch")}
+
+
+def _test_metrics(test: dict, evaluation: dict, task: str) -> dict:
+    """The evaluate task's test-split figures the summary keeps."""
+    if task == "detection":
+        per_class = output_artifact(evaluation, "metrics")["metadata"]["per_class_map"]
+        return {
+            **{k: test[k] for k in DETECTION_METRICS},
+            "per_class_map": per_class,
+            "images": int(test["images"]),
+            "objects": int(test["objects"]),
+        }
+    return {"accuracy": test["accuracy"], "loss": test["loss"], "examples": int(test["examples"])}
+
+
 def _edge_exports(outputs: dict | None) -> dict | None:
     """Where export_edge wrote the TFLite and TF.js models, and how well each agrees with
     the SavedModel (None: edge exports were off)."""
@@ -193,6 +238,7 @@ def run_local(
     labels_uri: str = "",
     image_dir: str = "",
     runner: str = "subprocess",
+    task: str = "classification",
     **params,
 ) -> dict:
     """Runs the pipeline under kfp local and returns (and writes) its summary.
@@ -201,10 +247,14 @@ def run_local(
         work_dir: Directory for the pipeline root, the model repository and summary.json.
         csv_uri: The book's CSV (``uri,label``); use with ``labels_uri``.
         labels_uri: Label file for ``csv_uri``.
-        image_dir: Folder tree ``root/<label>/*.jpg`` (instead of a CSV).
+        image_dir: Folder tree ``root/<label>/*.jpg`` (instead of a CSV); for detection,
+            the folder COCO JSON's ``file_name`` values are relative to.
         runner: "subprocess" (each stage in a subprocess of this environment) or
             "docker" (each stage in its stage image; see ``pipelines.local_docker``).
-        **params: Any other parameter of ``image_classification_pipeline``.
+        task: "classification" (``pipelines.pipeline``) or "detection"
+            (``pipelines.detection_pipeline``: give ``voc_dir``, ``coco_json`` or
+            ``vertex_jsonl`` in ``params``).
+        **params: Any other parameter of the task's pipeline.
 
     Raises:
         PipelineFailed: when a stage fails; the message names it.
@@ -212,17 +262,31 @@ def run_local(
     """
     from kfp import local
 
-    from pipelines.pipeline import image_classification_pipeline
-
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {RUNNERS}")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    if task == "detection":
+        from pipelines.detection_pipeline import object_detection_pipeline as pipeline
+
+        if csv_uri or labels_uri:
+            raise ValueError("a detection run reads voc_dir, coco_json or vertex_jsonl")
+        if runner == "docker":
+            raise ValueError(
+                "the detection stages do not run in the stage images yet: use the subprocess runner"
+            )
+        sources = {"image_dir": image_dir}
+    else:
+        from pipelines.pipeline import image_classification_pipeline as pipeline
+
+        sources = {"csv_uri": csv_uri, "labels_uri": labels_uri, "image_dir": image_dir}
     work_dir = os.path.abspath(work_dir)
     pipeline_root = os.path.join(work_dir, "pipeline_root")
     params.setdefault("model_repository", os.path.join(work_dir, "model_repository"))
     if runner == "docker":
         from pipelines import local_docker
 
-        local_docker.check_images(local_docker.pipeline_images(image_classification_pipeline))
+        local_docker.check_images(local_docker.pipeline_images(pipeline))
         task_runner = local_docker.docker_runner(
             read_only=local_docker.input_folders(csv_uri, labels_uri, image_dir),
             read_write=[params["model_repository"]],
@@ -231,15 +295,8 @@ def run_local(
         task_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=task_runner, pipeline_root=pipeline_root)
     start = time.monotonic()
-    run_dir = run_pipeline(
-        image_classification_pipeline,
-        pipeline_root,
-        csv_uri=csv_uri,
-        labels_uri=labels_uri,
-        image_dir=image_dir,
-        **params,
-    )
-    summary = summarize(run_dir, time.monotonic() - start, runner)
+    run_dir = run_pipeline(pipeline, pipeline_root, **sources, **params)
+    summary = summarize(run_dir, time.monotonic() - start, runner, task)
     io.write_json(os.path.join(work_dir, "summary.json"), summary)
     return summary
 
@@ -247,16 +304,33 @@ def run_local(
 def format_summary(summary: dict) -> str:
     """The summary as a few lines for a person."""
     s = summary
+    gate = "passed" if s["gate_passed"] else "FAILED: not deployed"
     lines = [
         f"Pipeline finished in {s['seconds']:.0f} s ({s['run_dir']})",
         f"  TFRecords:  train {s['splits']['train']}, valid {s['splits']['valid']}, "
         f"test {s['splits']['test']}; rejected {s['rejected']} (see {s['errors_file']})",
-        f"  Training:   val_accuracy {s['training']['val_accuracy']:.3f} after "
-        f"{s['training']['epochs_run']:.0f} epochs (best epoch {s['training']['best_epoch']:.0f})",
-        f"  Test:       accuracy {s['test_metrics']['accuracy']:.3f}, loss "
-        f"{s['test_metrics']['loss']:.3f} on {s['test_metrics']['examples']} images; "
-        f"gate {'passed' if s['gate_passed'] else 'FAILED: not deployed'}",
     ]
+    training, test = s["training"], s["test_metrics"]
+    if "map_50" in test:
+        lines += [
+            f"  Training:   best val_loss {training['best_val_loss']:.3f} after "
+            f"{training['epochs_run']:.0f} epochs (best epoch {training['best_epoch']:.0f})",
+            f"  Test:       COCO AP50 {test['map_50']:.3f}, AP {test['map']:.3f}, AR@100 "
+            f"{test['mar_100']:.3f} on {test['images']} images ({test['objects']} objects); "
+            f"gate {gate}",
+        ]
+    else:
+        lines += [
+            f"  Training:   val_accuracy {training['val_accuracy']:.3f} after "
+            f"{training['epochs_run']:.0f} epochs (best epoch {training['best_epoch']:.0f})",
+            f"  Test:       accuracy {test['accuracy']:.3f}, loss {test['loss']:.3f} on "
+            f"{test['examples']} images; gate {gate}",
+        ]
+    if s.get("champion_map_50") is not None:
+        lines.append(
+            f"  Champion:   the model served before this run has AP50 "
+            f"{s['champion_map_50']:.3f} on the same images"
+        )
     if s.get("champion_accuracy") is not None:
         lines.append(
             f"  Champion:   the model served before this run scores "
@@ -284,9 +358,89 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def detection_parser() -> argparse.ArgumentParser:
+    """The command line of ``--task detection``: its source, and a flag for each
+    parameter of the detection pipeline's local target, typed and documented by the
+    pipeline's and its components' own signatures and docstrings (``common.cli``)."""
+    from components.common import cli
+    from components.detection import components
+    from pipelines import detection_pipeline
+
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.run_local --task detection",
+        description="Runs the object-detection pipeline on this machine with kfp local.",
+    )
+    p.add_argument("--task", choices=TASKS, default="detection")
+    src = p.add_argument_group("annotations (give one)")
+    src.add_argument("--voc-dir", default="", help="Pascal VOC folder (Annotations/, JPEGImages/)")
+    src.add_argument("--coco-json", default="", help="COCO JSON file (with --image-dir)")
+    src.add_argument("--vertex-jsonl", default="", help="Vertex AI bounding-box JSON Lines")
+    src.add_argument("--image-dir", default="", help="the images COCO's file_name values name")
+    p.add_argument("--work-dir", default="work", help="where the run's outputs go")
+    p.add_argument("--runner", choices=RUNNERS, default="subprocess")
+    pipeline_inputs = detection_pipeline.object_detection_pipeline.component_spec.inputs
+    settings = p.add_argument_group("pipeline parameters (default: the pipeline's)")
+    cli.add_function_arguments(
+        settings,
+        detection_pipeline.object_detection,
+        [
+            name
+            for name in pipeline_inputs
+            if name not in (*DETECTION_SOURCES[:4], "model_repository")
+        ],
+        documented_by=[
+            component.python_func
+            for component in (
+                components.create_detection_tfrecords,
+                components.train_detector,
+                components.export_detector,
+                components.evaluate_detector,
+            )
+        ],
+    )
+    return p
+
+
+def main_detection(argv: list[str] | None) -> None:
+    """``python -m pipelines.run_local --task detection ...``."""
+    p = detection_parser()
+    args = vars(p.parse_args(argv))
+    given = [name for name in ("voc_dir", "coco_json", "vertex_jsonl") if args[name]]
+    if len(given) != 1:
+        p.error("give one of --voc-dir, --coco-json, --vertex-jsonl")
+    if args["image_dir"] and not args["coco_json"]:
+        p.error("--image-dir goes with --coco-json")
+    work_dir, runner = args.pop("work_dir"), args.pop("runner")
+    args.pop("task")
+    for name in DETECTION_SOURCES[:4]:
+        args[name] = os.path.abspath(args[name]) if args[name] else ""
+    image_dir = args.pop("image_dir")
+    params = {name: value for name, value in args.items() if value is not None}
+    try:
+        summary = run_local(
+            work_dir, image_dir=image_dir, runner=runner, task="detection", **params
+        )
+    except (PipelineFailed, ValueError) as e:
+        sys.exit(f"run_local: {e}")
+    print(format_summary(summary))
+    print(f"Summary: {os.path.join(os.path.abspath(work_dir), 'summary.json')}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", choices=TASKS, default="classification")
+    if task.parse_known_args(argv)[0].task == "detection":
+        main_detection(argv)
+        return
     p = argparse.ArgumentParser(
         prog="python -m pipelines.run_local", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="classification",
+        help="detection: box-annotated images (--task detection --help for its flags)",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image-dir", default="", help="folder tree root/<label>/*.jpg")

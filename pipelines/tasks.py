@@ -4,11 +4,14 @@ pipeline is built, and on the kfp target with the Kubernetes resources it asks G
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 
-from kfp import kubernetes
+from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
-from components.images import stage_image
+from components.batch_predict.component import batch_predict
+from components.images import dataflow_worker_image, stage_image
 
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 # The pipeline parameters of the streaming job both cloud targets launch (pipeline.py).
@@ -83,3 +86,66 @@ def stage_task(
     if resources is not None:
         resources.request(task)
     return task
+
+
+def batch_predict_on_beam(
+    gke: GkeResources | None, dataflow: dict, exported_model, dataset, top_k
+) -> dsl.PipelineTask:
+    """The batch_predict task (Beam) over the dataset's test split."""
+    task = stage_task(
+        batch_predict,
+        "batch_predict",
+        gke.beam if gke else None,
+        model=exported_model,
+        dataset=dataset,
+        top_k=top_k,
+        sdk_container_image=dataflow_worker_image("batch_predict"),
+        **dataflow,
+    )
+    task.set_caching_options(False)  # it too reads images by URI
+    return task
+
+
+def with_parameters(function, names: list[str], **fixed):
+    """``function`` as KFP sees and calls it: with the ``fixed`` arguments and only the
+    parameters ``names`` (the others keep their defaults). KFP passes a pipeline's
+    arguments by position, in the order of its signature, hence this adapter rather than
+    a plain ``functools.partial``."""
+    signature = inspect.signature(function)
+    kept = [p for name, p in signature.parameters.items() if name in names]
+
+    @functools.wraps(function)
+    def restricted(*arguments):
+        return function(**fixed, **dict(zip([p.name for p in kept], arguments, strict=True)))
+
+    restricted.__signature__ = signature.replace(parameters=kept)
+    return restricted
+
+
+def target_pipeline(
+    graph,
+    target: str,
+    gke: GkeResources | None,
+    target_parameters: dict[str, tuple[str, ...]],
+    name: str,
+    description: str,
+):
+    """A task's pipeline for one target: ``graph`` (a task graph function whose first two
+    parameters are ``target`` and ``gke``) with the parameters every target has and
+    ``target``'s own (``target_parameters``: target to the parameters only it has).
+
+    Raises:
+        ValueError: for a target ``target_parameters`` does not name.
+    """
+    if target not in target_parameters:
+        raise ValueError(f"unknown target {target!r}; choose one of {tuple(target_parameters)}")
+    target_only = {p for names in target_parameters.values() for p in names}
+    parameters = [
+        p
+        for p in list(inspect.signature(graph).parameters)[2:]
+        if p not in target_only or p in target_parameters[target]
+    ]
+    restricted = with_parameters(
+        graph, parameters, target=target, gke=(gke or GkeResources()) if target == "kfp" else None
+    )
+    return dsl.pipeline(name=name, description=description)(restricted)

@@ -2,7 +2,7 @@
 (the logic is the task's plain Python, callable from a notebook)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Markdown, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.images import stage_image
 
@@ -113,3 +113,197 @@ def create_detection_tfrecords(
     source = voc_dir or coco_json or vertex_jsonl
     write_text(artifact_location(report), render_report(stats, source, output_dir))
     report.metadata.update({"kept": stats["kept"], "rejected": stats["rejected"]})
+
+
+@dsl.component(base_image=stage_image("train"), install_kfp_package=False)
+def train_detector(
+    dataset: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    backbone: str = "MobileNetV3Small",
+    weights: str = "",
+    image_size: int = 192,
+    batch_size: int = 16,
+    epochs: int = 30,
+    learning_rate: float = 0.002,
+    early_stopping_patience: int = 8,
+    augment_flip: bool = True,
+    augment_colour: bool = True,
+    scale_min: float = 0.6,
+    scale_max: float = 1.0,
+    upsampling: str = "bilinear",
+    backup_dir: str = "",
+):
+    """Trains an object detector (a CenterNet-style heatmap, size and offset head on a
+    keras.applications backbone) on the Object Detection API records of
+    create_detection_tfrecords, with box-aware augmentation, the best epoch by
+    validation loss kept, early stopping, TensorBoard logs and resumption after
+    preemption.
+
+    Args:
+        dataset: The dataset of create_detection_tfrecords.
+        backbone: keras.applications backbone, e.g. MobileNetV3Small, EfficientNetB0.
+        weights: "imagenet", a no-top weights file of the backbone, or empty / "none"
+            for random initialisation.
+        image_size: Side of the square model input (a multiple of 32).
+        batch_size: Images per step.
+        epochs: Most epochs; fewer with early stopping.
+        learning_rate: Adam's peak learning rate (cosine decay over the epochs).
+        early_stopping_patience: Epochs without a lower validation loss before
+            stopping; 0 never stops early.
+        augment_flip: Random horizontal flips (boxes mirrored).
+        augment_colour: Random brightness and contrast.
+        scale_min: Smallest side of a random training window as a share of the image's
+            (under 1 crops, enlarging objects); 1 with scale_max 1: whole images.
+        scale_max: Largest side of the window (over 1 zooms out, shrinking objects).
+        upsampling: The head's upsampling: "bilinear" or "transposed".
+        backup_dir: A durable folder to resume from after a preemption; empty: one in
+            the model directory.
+
+    Returns:
+        model: The model directory: model.keras, labels.txt, training_config.json,
+            history.csv, TensorBoard logs under logs/.
+        metrics: epochs_run, best_epoch, best_val_loss, train_seconds,
+            images_per_second.
+    """
+    from components.common.io import artifact_location
+    from components.detection.training import train
+
+    result = train(
+        dataset_dir=artifact_location(dataset),
+        model_dir=artifact_location(model),
+        backbone=backbone,
+        weights=weights,
+        image_size=image_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        early_stopping_patience=early_stopping_patience,
+        augment_flip=augment_flip,
+        augment_colour=augment_colour,
+        scale_min=scale_min,
+        scale_max=scale_max,
+        upsampling=upsampling,
+        backup_dir=backup_dir,
+    )
+    for name in ("epochs_run", "best_epoch", "best_val_loss", "train_seconds", "images_per_second"):
+        metrics.log_metric(name, result[name])
+    model.metadata.update(
+        {
+            "task": "detection",
+            "backbone": backbone,
+            "image_size": image_size,
+            "labels": result["labels"],
+            "framework": "tensorflow",
+        }
+    )
+
+
+@dsl.component(base_image=stage_image("export"), install_kfp_package=False)
+def export_detector(
+    model: Input[Model],
+    exported_model: Output[Model],
+    max_detections: int = 100,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.6,
+):
+    """Exports the trained detector as a SavedModel with the TF Object Detection API's
+    contract: decoding, resizing and non-max suppression in the graph (TF Serving runs it
+    as is).
+
+    serving_default takes encoded images under the input name `inputs` ({"b64": ...} in
+    TF Serving JSON, the 2019 exporter's encoded_image_string_tensor) and returns float32
+    detection_boxes [batch, max_detections, 4] (normalized ymin, xmin, ymax, xmax),
+    detection_classes (from 1, as label_map.pbtxt), detection_scores, num_detections,
+    detection_multiclass_scores, and the label strings detection_labels. The
+    image_tensor (uint8 input_tensor) and tf_example signatures are the Object Detection
+    API's other two; labels.txt and label_map.pbtxt are in assets.extra/.
+
+    Args:
+        model: The model directory of train_detector.
+        max_detections: Detections per image in the outputs.
+        score_threshold: Detections scoring less are dropped.
+        iou_threshold: Two boxes of one class overlapping more are one detection.
+
+    Returns:
+        exported_model: The SavedModel directory; its metadata lists the labels, image
+            size, signatures and outputs.
+    """
+    from components.common.io import artifact_location
+    from components.detection.export import export_detector as export_saved_model
+
+    exported_model.metadata.update(
+        export_saved_model(
+            artifact_location(model),
+            artifact_location(exported_model),
+            max_detections,
+            score_threshold,
+            iou_threshold,
+        )
+    )
+
+
+@dsl.component(base_image=stage_image("evaluate"), install_kfp_package=False)
+def evaluate_detector(
+    model: Input[Model],
+    dataset: Input[Dataset],
+    metrics: Output[Metrics],
+    boxes: Output[HTML],
+    map50_threshold: float = 0.5,
+    champion_dir: str = "",
+    champion_margin: float = 0.0,
+    split: str = "test",
+    page_examples: int = 12,
+) -> bool:
+    """Evaluates the exported detector on the test split with COCO's metrics
+    (pycocotools) against the model serving now; its result gates deployment.
+
+    Runs the serving SavedModel on the split's encoded images (decoding, resizing and
+    non-max suppression included) and scores its detections against the split's COCO
+    ground truth.
+
+    Args:
+        model: The SavedModel of export_detector.
+        dataset: The dataset of create_detection_tfrecords.
+        map50_threshold: The quality gate: deployment runs only when AP50 reaches it.
+        champion_dir: The SavedModel serving now (the champion), scored on the same
+            images; empty: none, the threshold alone decides.
+        champion_margin: How much lower than the champion's AP50 the new model's may be
+            and still be deployed (0: not lower).
+        split: Which dataset split to evaluate.
+        page_examples: Images drawn with their true and found boxes on the HTML page.
+
+    Returns:
+        metrics: map (AP at IoU 0.50:0.95), map_50, map_75, map_small, map_medium,
+            map_large, mar_1, mar_10, mar_100, map_<label> per class (-1: nothing to
+            measure), images, objects, champion_map_50 and champion_map (when there is
+            a champion), and deploy (the gate, 1 or 0).
+        boxes: An HTML page of test images with true (green) and found (red) boxes.
+        Output: True when AP50 reaches map50_threshold and the champion's less
+            champion_margin (the deploy gate).
+    """
+    from components.common.io import artifact_location
+    from components.detection.evaluation import METRIC_NAMES, evaluate_export
+
+    report = evaluate_export(
+        artifact_location(model),
+        artifact_location(dataset),
+        split=split,
+        map50_threshold=map50_threshold,
+        champion_dir=champion_dir,
+        champion_margin=champion_margin,
+        boxes_page_path=boxes.path,
+        page_examples=page_examples,
+    )
+    for name in (*METRIC_NAMES, "images", "objects"):
+        metrics.log_metric(name, report[name])
+    for label, value in report["per_class_map"].items():
+        metrics.log_metric(f"map_{label}", value)
+    champion = report.get("champion", {})
+    for name in ("map_50", "map"):
+        if name in champion:
+            metrics.log_metric(f"champion_{name}", champion[name])
+    metrics.log_metric("deploy", float(report["passed"]))
+    metrics.metadata["champion_dir"] = champion_dir
+    metrics.metadata["per_class_map"] = report["per_class_map"]
+    return report["passed"]

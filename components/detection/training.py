@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from components.common import (
@@ -241,6 +243,7 @@ def train(
             2, keras.callbacks.EarlyStopping(monitor=monitor, patience=early_stopping_patience)
         )
     num_classes = len(labels)
+    start = time.monotonic()
     history = model.fit(
         make_dataset(
             dataset_dir,
@@ -268,8 +271,10 @@ def train(
         shuffle=False,  # the training stream shuffles itself
         verbose=2,
     )
+    seconds = time.monotonic() - start
     model.load_weights(best)
     val_losses = history.history.get(monitor, [])
+    best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else 0
     config = {
         "task": "detection",
         "backbone": backbone,
@@ -277,8 +282,11 @@ def train(
         "image_size": image_size,
         "batch_size": batch_size,
         "epochs_run": len(val_losses),
+        "best_epoch": best_epoch,
         "monitor": monitor,
-        "best_val_loss": min(val_losses) if val_losses else None,
+        "best_val_loss": float(min(val_losses)) if val_losses else None,
+        "train_seconds": round(seconds, 1),
+        "images_per_second": round(len(val_losses) * steps * batch_size / seconds, 1),
         "learning_rate": learning_rate,
         "scale_min": scale_min,
         "scale_max": scale_max,

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from components.common import io, labels as label_io, schema, serving
+from components.common import io, labels as label_io, quality_gate, schema, serving
 from components.evaluate import explanations
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def evaluate(
         batch_size: Images per signature call.
 
     Returns:
-        The :func:`classification_report` plus ``split``, ``threshold`` and ``passed``.
+        The :func:`classification_report` plus ``split`` and the gate's
+        ``gate_metric``, ``threshold`` and ``passed`` (``quality_gate.apply_threshold``).
     """
     model_labels = serving.read_export_labels(export_dir)
     data_labels = label_io.read_labels(io.join(dataset_dir, label_io.LABELS_FILE))
@@ -86,6 +87,8 @@ def evaluate(
             "evaluate a model on the dataset (or label file) it was trained with"
         )
     serve = serving.load_signature(export_dir)
+    if serving.PROBABILITIES_NAME not in serve.structured_outputs:
+        raise ValueError(f"{export_dir} is not an image classifier's export (no probabilities)")
     y_true, probabilities = [], []
     for batch in _encoded_batches(dataset_dir, split, batch_size):
         out = serve(**{serving.INPUT_NAME: batch[schema.ENCODED]})
@@ -99,8 +102,8 @@ def evaluate(
     report = classification_report(
         np.concatenate(y_true), np.concatenate(probabilities), model_labels
     )
-    passed = report["accuracy"] >= accuracy_threshold
-    report.update(split=split, threshold=accuracy_threshold, passed=passed)
+    report["split"] = split
+    passed = quality_gate.apply_threshold(report, "accuracy", accuracy_threshold)["passed"]
     log.info(
         "%s accuracy %.4f on %d images (gate %.2f: %s)",
         split,
@@ -109,44 +112,6 @@ def evaluate(
         accuracy_threshold,
         "passed" if passed else "failed",
     )
-    return report
-
-
-def compare_with_champion(
-    report: dict, champion_dir: str, dataset_dir: str, split: str, margin: float
-) -> dict:
-    """Scores the model serving now (``champion_dir``) on the challenger's split, and
-    narrows the gate: the challenger passes only if its accuracy is at least the
-    champion's less ``margin``.
-
-    A champion trained on other labels cannot be compared on this split: the gate is
-    then the threshold's alone, and the report says why.
-
-    Returns:
-        ``report`` with ``champion`` (``model_dir``, ``accuracy``, ``loss``,
-        ``examples`` or ``skipped``, the reason) and ``passed`` updated.
-    """
-    if not 0 <= margin <= 1:
-        raise ValueError(f"champion_margin must be in [0, 1], got {margin}")
-    try:
-        champion = evaluate(champion_dir, dataset_dir, split, report["threshold"])
-    except ValueError as e:  # other labels: not comparable here
-        log.warning("champion %s not compared: %s", champion_dir, e)
-        report["champion"] = {"model_dir": champion_dir, "skipped": str(e)}
-        return report
-    report["champion"] = {
-        "model_dir": champion_dir,
-        **{k: champion[k] for k in ("accuracy", "loss", "examples")},
-    }
-    beats = report["accuracy"] >= champion["accuracy"] - margin
-    log.info(
-        "challenger %.4f against champion %.4f (margin %.3f): %s",
-        report["accuracy"],
-        champion["accuracy"],
-        margin,
-        "not worse" if beats else "worse: not deployed",
-    )
-    report["passed"] = report["passed"] and beats
     return report
 
 
@@ -181,12 +146,18 @@ def evaluate_export(
 
     Returns:
         :func:`evaluate`'s report, with ``champion`` (see
-        :func:`compare_with_champion`) when there is one, and ``explanations`` (the
+        :func:`quality_gate.compare_with_champion`) when there is one, and ``explanations`` (the
         summary of ``explanations.write_explanations``) when a page was written.
     """
     report = evaluate(export_dir, dataset_dir, split, accuracy_threshold)
     if champion_dir:
-        report = compare_with_champion(report, champion_dir, dataset_dir, split, champion_margin)
+        report = quality_gate.compare_with_champion(
+            report,
+            champion_dir,
+            lambda champion: evaluate(champion, dataset_dir, split, accuracy_threshold),
+            champion_margin,
+            kept=("accuracy", "loss", "examples"),
+        )
     if explanations_path:
         report["explanations"] = explanations.write_explanations(
             explanations_path, export_dir, dataset_dir, split, explain_examples, ig_steps
