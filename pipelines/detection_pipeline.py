@@ -65,7 +65,7 @@ def object_detection(
     augment_colour: bool = True,
     scale_min: float = 0.6,
     scale_max: float = 1.0,
-    upsampling: str = "bilinear",
+    upsampling: str = "fpn",
     backup_dir: str = "",
     max_detections: int = 100,
     score_threshold: float = 0.05,

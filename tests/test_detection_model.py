@@ -6,6 +6,7 @@ in graph mode."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,66 @@ def test_evaluating_the_trained_export(trained):
     for name in METRIC_NAMES:
         assert -1.0 <= metrics[name] <= 1.0
     assert set(metrics["per_class_map"]) == {"circle", "square", "triangle"}
+
+
+def test_the_gate_and_the_champion(trained, tmp_path):
+    """AP50 decides; the export faced with itself as champion passes with no margin; a
+    champion trained on other labels is not compared, and the report says why."""
+    from components.detection.evaluation import evaluate_export
+
+    _, dataset, _, _, export_dir, _ = trained
+    page = tmp_path / "boxes.html"
+    report = evaluate_export(
+        export_dir,
+        dataset,
+        "train",
+        map50_threshold=0.0,
+        champion_dir=export_dir,
+        boxes_page_path=str(page),
+        page_examples=3,
+    )
+    assert report["gate_metric"] == "map_50" and report["passed"] is True
+    assert report["champion"]["map_50"] == pytest.approx(report["map_50"])
+    assert page.read_text().count("<figure>") == 3
+    failed = evaluate_export(export_dir, dataset, "train", map50_threshold=1.01)
+    assert failed["passed"] is False and "champion" not in failed
+    other_labels = tmp_path / "classifier"
+    shutil.copytree(export_dir, other_labels)
+    Path(other_labels, "assets.extra", "labels.txt").write_text("other\n")
+    skipped = evaluate_export(
+        export_dir, dataset, "train", map50_threshold=0.0, champion_dir=str(other_labels)
+    )
+    assert "differ" in skipped["champion"]["skipped"] and skipped["passed"] is True
+
+
+def test_scale_and_crop_moves_and_drops_boxes():
+    image = tf.zeros([100, 200, 3], tf.uint8)
+    boxes = tf.constant([[0.1, 0.1, 0.3, 0.2], [0.5, 0.5, 0.9, 0.9]])
+    classes = tf.constant([0, 2])
+    tf.random.set_seed(3)
+    for _ in range(20):
+        window, moved, kept = training.scale_and_crop(image, boxes, classes, 0.5, 1.5)
+        h, w = window.shape[0], window.shape[1]
+        assert 0.5 * 100 - 1 <= h <= 1.5 * 100 + 1 and abs(h / 100 - w / 200) < 0.02
+        assert moved.shape[0] == kept.shape[0] <= 2
+        values = moved.numpy()
+        assert np.all(values >= 0.0) and np.all(values <= 1.0)
+        assert np.all(values[:, 2] > values[:, 0]) and np.all(values[:, 3] > values[:, 1])
+    # Zooming out by 2 with the image at the window's top left: boxes halve.
+    window, moved, kept = training.scale_and_crop(image, boxes, classes, 2.0, 2.0)
+    assert window.shape[:2] == (200, 400)
+    assert kept.numpy().tolist() == [0, 2]
+    box_sides = (moved[:, 2:] - moved[:, :2]).numpy()
+    np.testing.assert_allclose(box_sides, (boxes[:, 2:] - boxes[:, :2]).numpy() / 2, atol=0.01)
+
+
+def test_the_fpn_head_takes_the_backbones_stride_8_and_16_maps():
+    from components.train.backbones import build_backbone
+
+    for name in ("MobileNetV3Small", "EfficientNetB0"):
+        backbone = build_backbone(name, 128, "none")
+        maps = centernet.feature_maps(backbone)
+        assert maps[8].shape[1] == 16 and maps[16].shape[1] == 8
+        model = centernet.build_detector(backbone, 2)
+        assert model.get_layer("up0_add") is not None and model.get_layer("up1_add") is not None
+        assert model.output["heatmap"].shape[1:] == (32, 32, 2)

@@ -9,9 +9,10 @@ functions: the training targets, the loss and the decoding.
 
 * **Model** (``build_detector``): the backbone's last feature map (stride 32), narrowed
   by a 1x1 convolution, three upsampling steps (bilinear x2 then a 3x3 convolution,
-  BatchNormalization, ReLU; or CenterNet's transposed 4x4 convolutions, which cost about
-  twice the multiply-adds on MobileNetV3's 576 channels: docs/benchmarks.md) to stride 4,
-  then three 3x3 + 1x1 heads: ``heatmap`` (one sigmoid channel per class, its bias set
+  BatchNormalization, ReLU) to stride 4, the backbone's stride-16 and stride-8 maps
+  added on the way (a small FPN, as the Object Detection API's CenterNet MobileNetV2 FPN;
+  without it, or with CenterNet's transposed 4x4 convolutions, the head learns slower:
+  docs/benchmarks.md), then three 3x3 + 1x1 heads: ``heatmap`` (one sigmoid channel per class, its bias set
   so it starts at 0.1), ``size`` (box width and height, normalized to the image) and
   ``offset`` (the centre's sub-cell position).
 * **Targets** (``encode_targets``): per class, a Gaussian bump at each box centre on the
@@ -42,38 +43,71 @@ def output_size(image_size: int) -> int:
     return image_size // STRIDE
 
 
-UPSAMPLING = ("bilinear", "transposed")
+UPSAMPLING = ("fpn", "bilinear", "transposed")
+
+
+def feature_maps(
+    backbone: keras.Model, strides: tuple[int, ...] = (8, 16)
+) -> dict[int, keras.KerasTensor]:
+    """The backbone's last feature map at each of ``strides`` (for the ``fpn`` head's
+    lateral connections): the output of its last layer of that resolution, which in
+    keras.applications' MobileNets and EfficientNets is the expansion activation of the
+    block that halves it (the maps the Object Detection API's SSD and CenterNet FPN
+    feature extractors take)."""
+    side = backbone.input.shape[1]
+    found = {}
+    for layer in backbone.layers:
+        shape = layer.output.shape
+        if len(shape) == 4 and shape[1] and shape[1] == shape[2] and side % shape[1] == 0:
+            stride = side // shape[1]
+            if stride in strides:
+                found[stride] = layer.output
+    missing = set(strides) - set(found)
+    if missing:
+        raise ValueError(f"the backbone {backbone.name} has no feature map of stride {missing}")
+    return found
+
+
+def _conv_bn_relu(x, width: int, kernel: int, name: str):
+    x = keras.layers.Conv2D(width, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
 def build_detector(
     backbone: keras.Model,
     num_classes: int,
     widths: tuple[int, ...] = (128, 64, 32),
-    upsampling: str = "bilinear",
+    upsampling: str = "fpn",
 ) -> keras.Model:
     """The detector on ``backbone`` (a keras.applications model without its top, taking
     ``[0, 255]`` pixels, whose output has stride 32): outputs ``heatmap``
     ``[batch, S/4, S/4, classes]``, ``size`` and ``offset`` ``[batch, S/4, S/4, 2]``.
 
-    ``upsampling``: ``bilinear`` (x2 resize, 3x3 convolution) or ``transposed`` (4x4
-    transposed convolution, CenterNet's)."""
+    ``upsampling``: ``fpn`` (x2 bilinear resize and a 3x3 convolution per step, plus
+    the backbone's stride-16 and stride-8 maps through 1x1 convolutions, as the Object
+    Detection API's CenterNet MobileNetV2 FPN), ``bilinear`` (the same without those
+    lateral connections) or ``transposed`` (4x4 transposed convolutions, CenterNet's)."""
     if upsampling not in UPSAMPLING:
         raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
+    lateral = feature_maps(backbone) if upsampling == "fpn" else {}
     x = backbone.output
-    if upsampling == "bilinear":
-        x = keras.layers.Conv2D(widths[0], 1, use_bias=False, name="reduce")(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name="reduce_bn")(x)
-        x = keras.layers.ReLU(name="reduce_relu")(x)
+    if upsampling != "transposed":
+        x = _conv_bn_relu(x, widths[0], 1, "reduce")
     for i, width in enumerate(widths):
-        if upsampling == "bilinear":
-            x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up{i}_resize")(x)
-            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"up{i}_conv")(x)
-        else:
+        if upsampling == "transposed":
             x = keras.layers.Conv2DTranspose(
                 width, 4, strides=2, padding="same", use_bias=False, name=f"up{i}_deconv"
             )(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"up{i}_bn")(x)
-        x = keras.layers.ReLU(name=f"up{i}_relu")(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"up{i}_bn")(x)
+            x = keras.layers.ReLU(name=f"up{i}_relu")(x)
+            continue
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up{i}_resize")(x)
+        x = _conv_bn_relu(x, width, 3, f"up{i}")
+        stride = 32 // 2 ** (i + 1)
+        if stride in lateral:
+            skip = _conv_bn_relu(lateral[stride], width, 1, f"lateral{stride}")
+            x = keras.layers.Add(name=f"up{i}_add")([x, skip])
 
     def head(name: str, channels: int, activation: str | None, bias: float = 0.0):
         y = keras.layers.Conv2D(

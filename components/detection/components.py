@@ -131,7 +131,7 @@ def train_detector(
     augment_colour: bool = True,
     scale_min: float = 0.6,
     scale_max: float = 1.0,
-    upsampling: str = "bilinear",
+    upsampling: str = "fpn",
     backup_dir: str = "",
 ):
     """Trains an object detector (a CenterNet-style heatmap, size and offset head on a
@@ -156,7 +156,8 @@ def train_detector(
         scale_min: Smallest side of a random training window as a share of the image's
             (under 1 crops, enlarging objects); 1 with scale_max 1: whole images.
         scale_max: Largest side of the window (over 1 zooms out, shrinking objects).
-        upsampling: The head's upsampling: "bilinear" or "transposed".
+        upsampling: The head's upsampling: "fpn" (with the backbone's stride-8 and
+            stride-16 maps), "bilinear" or "transposed".
         backup_dir: A durable folder to resume from after a preemption; empty: one in
             the model directory.
 

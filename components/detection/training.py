@@ -161,7 +161,7 @@ def train(
     augment_colour: bool = True,
     scale_min: float = 0.6,
     scale_max: float = 1.0,
-    upsampling: str = "bilinear",
+    upsampling: str = "fpn",
     backup_dir: str = "",
 ) -> dict:
     """Trains the CenterNet-style detector and writes its model directory.
@@ -185,7 +185,7 @@ def train(
             images.
         scale_max: Largest side of the window (over 1: zooming out, objects shrink inside
             a grey border).
-        upsampling: The head's upsampling: ``bilinear`` or ``transposed``
+        upsampling: The head's upsampling: ``fpn``, ``bilinear`` or ``transposed``
             (``centernet.build_detector``).
         backup_dir: A durable folder to back each epoch up to and resume from after a
             preemption; empty: a folder in ``model_dir``.
