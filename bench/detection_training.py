@@ -94,7 +94,9 @@ def main() -> None:
         )
     base = rows[0]
     print(f"\nbaseline: {base[0]}; {args.image_size} px, batch {args.batch_size}")
-    print("| config | epochs | train s | images/s | valid AP50 | test AP50 | test mAP | speed x | AP50 x |")
+    print(
+        "| config | epochs | train s | images/s | valid AP50 | test AP50 | test mAP | speed x | AP50 x |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, epochs, seconds, rate, valid, test in rows:
         print(

@@ -137,6 +137,7 @@ def plain_loop(uris: list[str], model_dir: str, batch_size: int) -> Callable[[],
     def run() -> dict:
         import tensorflow as tf
 
+        from components.classification.signature import INPUT_NAME
         from components.common import serving
 
         start = time.perf_counter()
@@ -146,7 +147,7 @@ def plain_loop(uris: list[str], model_dir: str, batch_size: int) -> Callable[[],
         predicted = 0
         for i in range(0, len(uris), batch_size):
             images = read_files(uris[i : i + batch_size])
-            outputs = signature(**{serving.INPUT_NAME: tf.constant(images, tf.string)})
+            outputs = signature(**{INPUT_NAME: tf.constant(images, tf.string)})
             predicted += int(outputs["probabilities"].shape[0])
         return {"predicted": predicted, "load_s": round(load_s, 2)}
 

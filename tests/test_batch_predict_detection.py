@@ -154,7 +154,7 @@ def test_the_shared_handler_runs_the_detector_image_by_image_when_one_is_bad(det
     assert is_detection_export(model_handler.signature_outputs(export_dir))
     assert beam_pipeline.export_task(export_dir) == beam_pipeline.DETECTION
     model = model_handler.load_saved_model(export_dir, num_classes=3)
-    assert model.input_name == "inputs"  # read from the signature, not serving.INPUT_NAME
+    assert model.input_name == "inputs"  # read from the signature, not a constant
     assert model.num_classes == 3 and set(model.output_names) == set(export.OUTPUT_NAMES)
     with pytest.raises(ValueError, match="3 classes but its label file lists 4"):
         model_handler.load_saved_model(export_dir, num_classes=4)

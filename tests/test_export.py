@@ -11,6 +11,7 @@ import tensorflow as tf
 from kfp import dsl
 from PIL import Image
 
+from components.classification import signature
 from components.common import labels as label_io, model_dir as model_dir_lib, preprocessing, serving
 from components.common.io import read_json
 from components.export import explanation_metadata
@@ -27,7 +28,7 @@ def test_signature_takes_image_bytes_and_returns_named_outputs(exported_model):
     serve = serving.load_signature(exported_model)
     (inputs,) = serve.structured_input_signature[1].values()
     assert inputs.name == "image_bytes" and inputs.dtype == tf.string
-    assert set(serve.structured_outputs) == set(serving.OUTPUT_NAMES)
+    assert set(serve.structured_outputs) == set(signature.OUTPUT_NAMES)
 
 
 def test_labels_travel_with_the_model(exported_model):

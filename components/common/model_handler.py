@@ -36,6 +36,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult
 
+from components.classification import signature
 from components.common import io, serving
 
 # Reasons an image gets no prediction (``InferenceFailure.reason``, data in errors.jsonl).
@@ -115,14 +116,14 @@ class LoadedModel:
             UndecodableImages: when an image in the batch cannot be decoded.
         """
         outputs = self.outputs(images)
-        if serving.PROBABILITIES_NAME in outputs:
-            return outputs[serving.PROBABILITIES_NAME]
+        if signature.PROBABILITIES_NAME in outputs:
+            return outputs[signature.PROBABILITIES_NAME]
         return [{name: value[i] for name, value in outputs.items()} for i in range(len(images))]
 
 
 # The output whose last axis is the classes: a classifier's probabilities, a detector's
 # class scores of each detection (the Object Detection API's name).
-CLASS_SCORE_OUTPUTS = (serving.PROBABILITIES_NAME, "detection_multiclass_scores")
+CLASS_SCORE_OUTPUTS = (signature.PROBABILITIES_NAME, "detection_multiclass_scores")
 
 
 def _class_count(outputs: dict[str, Any]) -> int | None:

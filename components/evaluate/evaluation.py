@@ -15,6 +15,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from components.classification import signature
 from components.common import io, labels as label_io, quality_gate, schema, serving
 from components.evaluate import explanations
 
@@ -87,11 +88,11 @@ def evaluate(
             "evaluate a model on the dataset (or label file) it was trained with"
         )
     serve = serving.load_signature(export_dir)
-    if serving.PROBABILITIES_NAME not in serve.structured_outputs:
+    if signature.PROBABILITIES_NAME not in serve.structured_outputs:
         raise ValueError(f"{export_dir} is not an image classifier's export (no probabilities)")
     y_true, probabilities = [], []
     for batch in _encoded_batches(dataset_dir, split, batch_size):
-        out = serve(**{serving.INPUT_NAME: batch[schema.ENCODED]})
+        out = serve(**{signature.INPUT_NAME: batch[schema.ENCODED]})
         probabilities.append(out["probabilities"].numpy())
         y_true.append(batch[schema.LABEL].numpy())
     if not y_true:

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from components.classification import signature
 from components.common import io, schema, serving
 from components.export import explanation_metadata
 
@@ -210,8 +211,8 @@ def explain_split(
     labels = serving.read_export_labels(export_dir)
     loaded = tf.saved_model.load(export_dir)
     input_name, output_name = explanation_metadata.signature_tensor_names(loaded.signatures)
-    preprocess = loaded.signatures[serving.XAI_PREPROCESS_SIGNATURE]
-    model = loaded.signatures[serving.XAI_MODEL_SIGNATURE]
+    preprocess = loaded.signatures[signature.XAI_PREPROCESS_SIGNATURE]
+    model = loaded.signatures[signature.XAI_MODEL_SIGNATURE]
 
     def predict(pixels):
         return model(**{input_name: pixels})[output_name]

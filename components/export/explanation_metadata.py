@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
-from components.common import io, serving
-
 # Vertex AI's signature keys for TensorFlow 2 models with a preprocessing function.
-from components.common.serving import XAI_MODEL_SIGNATURE, XAI_PREPROCESS_SIGNATURE
+from components.classification.signature import XAI_MODEL_SIGNATURE, XAI_PREPROCESS_SIGNATURE
+from components.common import io, serving
 
 if TYPE_CHECKING:
     from google.cloud.aiplatform_v1.types import ExplanationMetadata, ExplanationParameters

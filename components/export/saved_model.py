@@ -20,16 +20,16 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from components.common import model_dir as model_dir_lib, preprocessing, serving
-from components.common.serving import (
+from components.classification.signature import (
     INPUT_NAME,
     OUTPUT_NAMES,
     PIXELS_NAME,
     PROBABILITIES_NAME,
-    SIGNATURE,
     XAI_MODEL_SIGNATURE,
     XAI_PREPROCESS_SIGNATURE,
 )
+from components.common import model_dir as model_dir_lib, preprocessing, serving
+from components.common.serving import SIGNATURE
 from components.export import explanation_metadata
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
+from components.classification import signature
 from components.common import io, labels as label_io, schema, serving
 from components.export_edge import edge_model, tfjs, tflite
 
@@ -71,7 +72,7 @@ def _agreement(
     expected, outputs = [], {kind: ([], []) for kind in runners}
     probabilities = []
     for encoded, pixels in decoded_images(dataset_dir, split, max_examples):
-        out = reference(**{serving.INPUT_NAME: tf.constant([encoded])})
+        out = reference(**{signature.INPUT_NAME: tf.constant([encoded])})
         expected.append(int(out["class_index"][0]))
         probabilities.append(out["probabilities"][0].numpy())
         for kind, run in runners.items():

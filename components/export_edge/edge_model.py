@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from components.classification import signature
 from components.common import serving
 from components.export_edge.resize import resize_batch
 
@@ -38,13 +39,13 @@ class EdgeModel(tf.Module):
     def __init__(self, export_dir: str):
         super().__init__()
         self.export = tf.saved_model.load(export_dir)  # tracked: its variables are saved
-        if serving.XAI_MODEL_SIGNATURE not in self.export.signatures:
+        if signature.XAI_MODEL_SIGNATURE not in self.export.signatures:
             raise ValueError(
-                f"the SavedModel at {export_dir} has no {serving.XAI_MODEL_SIGNATURE!r} "
+                f"the SavedModel at {export_dir} has no {signature.XAI_MODEL_SIGNATURE!r} "
                 f"signature (signatures: {sorted(self.export.signatures)}); edge exports "
                 "start from the export stage's SavedModel, which has it"
             )
-        self.classifier = self.export.signatures[serving.XAI_MODEL_SIGNATURE]
+        self.classifier = self.export.signatures[signature.XAI_MODEL_SIGNATURE]
         self.labels = serving.read_export_labels(export_dir)
         self.size = image_size(self.classifier)
         self.label_table = tf.constant(self.labels)
@@ -52,7 +53,9 @@ class EdgeModel(tf.Module):
     def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.name_scope(RESIZE_SCOPE):
             images = resize_batch(pixels, self.size)
-        probabilities = self.classifier(**{serving.PIXELS_NAME: images})[serving.PROBABILITIES_NAME]
+        probabilities = self.classifier(**{signature.PIXELS_NAME: images})[
+            signature.PROBABILITIES_NAME
+        ]
         return {
             "probabilities": probabilities,
             "class_index": tf.argmax(probabilities, axis=-1, output_type=tf.int64),

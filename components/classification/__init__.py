@@ -1,0 +1,1 @@
+"""The image-classification task's own contract (its stages are components/<stage>/)."""
