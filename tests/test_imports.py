@@ -59,3 +59,35 @@ def test_exporting_and_evaluating_a_detector_load_no_training_code():
     code = "import components.detection.export, components.detection.evaluation\n"
     loaded = loaded_after(code)
     assert [m for m in loaded if m.startswith("components.")] == []
+
+
+@pytest.fixture(scope="module")
+def detector_export(tmp_path_factory):
+    """A tiny detector's export (trained in this process, served in a fresh one)."""
+    from components.detection import create_tfrecords, export, training
+    from pipelines import sample_detection_data
+
+    root = tmp_path_factory.mktemp("imports_detector")
+    sample = sample_detection_data.generate(str(root / "sample"), images=16)
+    create_tfrecords.run(str(root / "dataset"), voc_dir=sample.voc_dir)
+    training.train(
+        str(root / "dataset"), str(root / "model"), image_size=64, batch_size=4, epochs=1
+    )
+    export.export_detector(str(root / "model"), str(root / "export"))
+    return str(root / "export"), sorted(sample.boxes)[0]
+
+
+def test_serving_a_detector_loads_no_training_code(detector_export):
+    """The model server loads the detector's export and answers a request with it, with
+    no trainer loaded (TensorFlow, once it runs a model, loads keras.applications itself,
+    as for the detector's export and evaluation above)."""
+    export_dir, image = detector_export
+    code = f"""
+import asyncio
+from components.deploy.server.model import ImageModel
+model = ImageModel("object-detector", model_dir={export_dir!r})
+model.load()
+outputs = model.run_signature([open({image!r}, "rb").read()])
+assert outputs["detection_boxes"].shape == (1, 100, 4), outputs["detection_boxes"].shape
+"""
+    assert [m for m in loaded_after(code) if m.startswith("components.")] == []
