@@ -26,7 +26,13 @@ from components.detection.components import (
 )
 from components.images import dataflow_worker_image
 from pipelines import kfp_target
-from pipelines.tasks import GkeResources, batch_predict_on_beam, stage_task, target_pipeline
+from pipelines.tasks import (
+    GkeResources,
+    batch_predict_on_beam,
+    beam_settings,
+    stage_task,
+    target_pipeline,
+)
 
 PIPELINE_NAME = "object-detection"
 TARGET_PARAMETERS = {
@@ -124,14 +130,14 @@ def object_detection(
         traffic_percent: Share of traffic the new model gets on a KServe service that
             already serves one (canary); 100 replaces it.
     """
-    dataflow = dict(
-        runner=beam_runner,
-        beam_args=beam_args,
-        project=dataflow_project,
-        region=dataflow_region,
-        temp_location=dataflow_temp_location,
-        worker_machine_type=dataflow_machine_type,
-        max_num_workers=dataflow_max_workers,
+    dataflow = beam_settings(
+        beam_runner,
+        beam_args,
+        dataflow_project,
+        dataflow_region,
+        dataflow_temp_location,
+        dataflow_machine_type,
+        dataflow_max_workers,
     )
     records = stage_task(
         create_detection_tfrecords,

@@ -37,7 +37,13 @@ from components.stream_predict.component import stream_predict
 from components.tune.component import tune
 from components.tune.space import TUNED
 from pipelines import kfp_target, vertex_target, vertex_tuning
-from pipelines.tasks import GkeResources, batch_predict_on_beam, stage_task, target_pipeline
+from pipelines.tasks import (
+    GkeResources,
+    batch_predict_on_beam,
+    beam_settings,
+    stage_task,
+    target_pipeline,
+)
 
 PIPELINE_NAME = "image-classification"
 TARGETS = ("local", "kfp", "vertex")
@@ -273,14 +279,14 @@ def image_classification(
         batch_machine_type: Machine type of a Vertex AI batch prediction job's workers.
         batch_max_replicas: Most workers of a Vertex AI batch prediction job.
     """
-    dataflow = dict(
-        runner=beam_runner,
-        beam_args=beam_args,
-        project=dataflow_project,
-        region=dataflow_region,
-        temp_location=dataflow_temp_location,
-        worker_machine_type=dataflow_machine_type,
-        max_num_workers=dataflow_max_workers,
+    dataflow = beam_settings(
+        beam_runner,
+        beam_args,
+        dataflow_project,
+        dataflow_region,
+        dataflow_temp_location,
+        dataflow_machine_type,
+        dataflow_max_workers,
     )
     dataset = _tfrecords(
         gke,

@@ -65,16 +65,6 @@ DETECTION_TASKS = dict(
 )
 # Where a detection run's input lies (the pipeline's parameters; one of the first three).
 DETECTION_SOURCES = ("voc_dir", "coco_json", "vertex_jsonl", "image_dir", "label_map_uri")
-# The COCO metrics a detection summary reports.
-DETECTION_METRICS = (
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "mar_100",
-)
 
 
 class PipelineFailed(RuntimeError):
@@ -133,7 +123,7 @@ def summarize(
 
     The keys are the same for both tasks; ``test_metrics`` and ``training`` hold the
     task's own figures (classification: accuracy, loss, examples; detection: COCO's
-    ``DETECTION_METRICS``, ``per_class_map``, images and objects).
+    ``evaluation.METRIC_NAMES``, ``per_class_map``, images and objects).
 
     Raises:
         PipelineFailed: when a stage that must have run (all of them when the gate passed)
@@ -208,8 +198,10 @@ def _test_metrics(test: dict, evaluation: dict, task: str) -> dict:
     """The evaluate task's test-split figures the summary keeps."""
     if task == "detection":
         per_class = output_artifact(evaluation, "metrics")["metadata"]["per_class_map"]
+        from components.detection.evaluation import METRIC_NAMES
+
         return {
-            **{k: test[k] for k in DETECTION_METRICS},
+            **{k: test[k] for k in METRIC_NAMES},
             "per_class_map": per_class,
             "images": int(test["images"]),
             "objects": int(test["objects"]),

@@ -149,3 +149,19 @@ def target_pipeline(
         graph, parameters, target=target, gke=(gke or GkeResources()) if target == "kfp" else None
     )
     return dsl.pipeline(name=name, description=description)(restricted)
+
+
+def beam_settings(
+    runner, beam_args, project, region, temp_location, worker_machine_type, max_num_workers
+) -> dict:
+    """The Beam stages' runner and Dataflow arguments, from the pipeline's ``beam_*`` and
+    ``dataflow_*`` parameters (both Beam stages of both tasks take the same)."""
+    return dict(
+        runner=runner,
+        beam_args=beam_args,
+        project=project,
+        region=region,
+        temp_location=temp_location,
+        worker_machine_type=worker_machine_type,
+        max_num_workers=max_num_workers,
+    )

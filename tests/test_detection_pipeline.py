@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from components.common.io import read_json
+from components.detection.evaluation import METRIC_NAMES
 from pipelines import sample_detection_data
-from pipelines.run_local import DETECTION_METRICS, detection_parser, run_local
+from pipelines.run_local import detection_parser, run_local
 
 TINY = dict(image_size=64, batch_size=8, epochs=1, early_stopping_patience=0)
 
@@ -39,9 +40,9 @@ def test_the_whole_detection_pipeline_runs_and_deploys(first_run, sample):
     ] == len(sample.boxes)
     assert summary["rejected"] == 0 and summary["labels"] == list(sample.labels)
     test = summary["test_metrics"]
-    assert set(test) == {*DETECTION_METRICS, "per_class_map", "images", "objects"}
+    assert set(test) == {*METRIC_NAMES, "per_class_map", "images", "objects"}
     assert set(test["per_class_map"]) == set(sample.labels)
-    assert all(-1.0 <= test[k] <= 1.0 for k in DETECTION_METRICS)
+    assert all(-1.0 <= test[k] <= 1.0 for k in METRIC_NAMES)
     assert test["images"] == summary["splits"]["test"]
     assert summary["training"]["epochs_run"] == 1
     assert summary["gate_passed"] and summary["deployed"]
