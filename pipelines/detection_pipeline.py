@@ -69,7 +69,7 @@ def object_detection(
     early_stopping_patience: int = 8,
     augment_flip: bool = True,
     augment_colour: bool = True,
-    scale_min: float = 0.6,
+    scale_min: float = 1.0,
     scale_max: float = 1.0,
     upsampling: str = "fpn",
     backup_dir: str = "",

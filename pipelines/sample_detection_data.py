@@ -2,8 +2,10 @@
 
 Each picture is drawn like the classification samples (``pipelines.sample_data``: a noisy
 gradient, shapes in class-typical hues) but holds zero to four shapes of any class at
-random places and sizes; about one in ten holds none. Every box is the exact extent of its
-shape's pixels (the shape's mask), occluded parts included, as an annotator draws it.
+random places and sizes; about one in ten holds none. Shapes overlap little (at most a
+quarter of the smaller box; a shape with no such place after a few tries is left out), so
+every shape is mostly visible, and its box is the exact extent of its pixels (the shape's
+mask).
 
 The same pictures and boxes are written three ways::
 
@@ -32,6 +34,8 @@ import numpy as np
 from pipelines.sample_data import add_noise, background, colour, shape_mask
 
 CLASSES = ("circle", "square", "triangle")
+_PLACEMENT_TRIES = 5
+_MAX_OVERLAP = 0.25  # of the smaller box
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +71,28 @@ def draw(rng: np.random.Generator, classes: tuple[str, ...], empty_share: float 
     for _ in range(count):
         label = classes[int(rng.integers(len(classes)))]
         radius = min(width, height) * rng.uniform(0.08, 0.22)
-        cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
-        mask = shape_mask(label, image.size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
-        image.paste(colour(label, rng), mask=mask)
-        box = mask.getbbox()
-        if box:
-            boxes.append((label, *box))
+        # A few tries for a place where the shape hides little of those drawn before
+        # (an annotator boxes what is visible; a shape mostly hidden is not boxed).
+        for _ in range(_PLACEMENT_TRIES):
+            cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
+            mask = shape_mask(label, image.size, cx, cy, radius, rng.uniform(0, 2 * math.pi))
+            box = mask.getbbox()
+            if box and all(_overlap(box, other[1:]) <= _MAX_OVERLAP for other in boxes):
+                image.paste(colour(label, rng), mask=mask)
+                boxes.append((label, *box))
+                break
     return add_noise(image, rng), boxes
+
+
+def _overlap(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """The share of the smaller of two ``(left, top, right, bottom)`` boxes the other
+    covers."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return width * height / smaller
 
 
 def _voc_xml(filename: str, width: int, height: int, boxes) -> str:
