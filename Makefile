@@ -9,7 +9,7 @@ SAMPLE := $(WORK)/sample
 DEMO := $(WORK)/demo
 PER_CLASS ?= 100
 DETECTION := $(WORK)/detection
-DETECTION_IMAGES ?= 600
+DETECTION_IMAGES ?= 400
 MODEL_NAME ?= image-classifier
 PORT ?= 8080
 GRPC_PORT ?= 8081
@@ -48,10 +48,10 @@ RUNNER ?= subprocess
 demo: sample-data $(if $(filter docker,$(RUNNER)),images) ## Run the whole pipeline locally (kfp local; RUNNER=docker: in the stage images) on the sample set
 	$(PY) -m pipelines.run_local --runner $(RUNNER) --image-dir $(SAMPLE)/images --work-dir $(DEMO)
 
-demo-detection: setup ## Run the object-detection pipeline locally (kfp local) on generated box-annotated pictures (VOC)
+demo-detection: setup ## Run the object-detection pipeline locally (kfp local) on $(DETECTION_IMAGES) generated box-annotated pictures (VOC), 20 epochs
 	$(PY) -m pipelines.sample_detection_data --out $(DETECTION)/sample --images $(DETECTION_IMAGES)
 	$(PY) -m pipelines.run_local --task detection --voc-dir $(DETECTION)/sample/voc \
-		--work-dir $(DETECTION)/run
+		--work-dir $(DETECTION)/run --epochs 20
 
 demo-stream: setup ## After `make demo`: stream the test split through Pub/Sub (emulator) and Beam, print latency (SIGINT at 300 s: the demo still stops what it started)
 	timeout -s INT -k 30 300 $(PY) -m pipelines.stream_demo --work-dir $(DEMO) --model-name $(MODEL_NAME)

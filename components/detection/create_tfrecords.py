@@ -396,17 +396,23 @@ def run(
 # --------------------------------------------------------------------------- command line
 
 
+# run's parameters the command line sets otherwise (Beam arguments pass through as they
+# are; Dataflow's settings are Beam's own --project, --region, ... options there).
+_NOT_FLAGS = ("output_dir", "voc_dir", "coco_json", "vertex_jsonl", "beam_args", "dataflow")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m components.detection.create_tfrecords --output-dir DIR (--voc-dir DIR |
     --coco-json FILE [--image-dir DIR] | --vertex-jsonl FILE) [options] [Beam args]``:
     runs the stage, prints the counts as JSON; exit status 1 with a message when it fails
-    on its input. Arguments it does not know go to Beam as pipeline arguments."""
+    on its input. The options are ``run``'s parameters (``common.cli``); arguments it does
+    not know go to Beam as pipeline arguments."""
     import argparse
+    import inspect
     import sys
 
-    from components.common.cli import defaults
+    from components.common.cli import add_function_arguments
 
-    default = defaults(run)
     parser = argparse.ArgumentParser(
         prog="python -m components.detection.create_tfrecords",
         description="Box-annotated images to the Object Detection API's TFRecords.",
@@ -416,32 +422,19 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--voc-dir", default="", help="Pascal VOC folder")
     source.add_argument("--coco-json", default="", help="COCO JSON file")
     source.add_argument("--vertex-jsonl", default="", help="Vertex AI JSON Lines")
-    parser.add_argument("--image-dir", default="", help="COCO's image folder")
-    parser.add_argument("--label-map", default="", help="label_map.pbtxt or labels.txt")
-    for name in ("train_fraction", "valid_fraction", "target_shard_mb", "max_error_fraction"):
-        parser.add_argument("--" + name.replace("_", "-"), type=float, default=default[name])
-    for name in ("num_shards", "max_image_side", "direct_num_workers"):
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default[name])
-    parser.add_argument("--runner", default=default["runner"], help="Beam runner")
+    names = [n for n in inspect.signature(run).parameters if n not in _NOT_FLAGS]
+    add_function_arguments(parser, run, names)
     args, beam_args = parser.parse_known_args(argv)
+    given = {n: v for n, v in vars(args).items() if n in names and v is not None}
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         stats = run(
             output_dir=args.output_dir,
             voc_dir=args.voc_dir,
             coco_json=args.coco_json,
-            image_dir=args.image_dir,
             vertex_jsonl=args.vertex_jsonl,
-            label_map_uri=args.label_map,
-            train_fraction=args.train_fraction,
-            valid_fraction=args.valid_fraction,
-            num_shards=args.num_shards,
-            target_shard_mb=args.target_shard_mb,
-            max_image_side=args.max_image_side,
-            max_error_fraction=args.max_error_fraction,
-            runner=args.runner,
             beam_args=beam_args,
-            direct_num_workers=args.direct_num_workers,
+            **given,
         )
     except (ValueError, FileNotFoundError) as e:
         print(f"create_tfrecords: error: {e}", file=sys.stderr)
