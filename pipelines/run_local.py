@@ -63,8 +63,9 @@ DETECTION_TASKS = dict(
         strict=True,
     )
 )
-# Where a detection run's input lies (the pipeline's parameters; one of the first three).
-DETECTION_SOURCES = ("voc_dir", "coco_json", "vertex_jsonl", "image_dir", "label_map_uri")
+# Where a detection run's input lies (the pipeline's parameters; one of the first three,
+# image_dir with coco_json).
+DETECTION_SOURCES = ("voc_dir", "coco_json", "vertex_jsonl", "image_dir")
 
 
 class PipelineFailed(RuntimeError):
@@ -375,11 +376,7 @@ def detection_parser() -> argparse.ArgumentParser:
     cli.add_function_arguments(
         settings,
         detection_pipeline.object_detection,
-        [
-            name
-            for name in pipeline_inputs
-            if name not in (*DETECTION_SOURCES[:4], "model_repository")
-        ],
+        [name for name in pipeline_inputs if name not in (*DETECTION_SOURCES, "model_repository")],
         documented_by=[
             component.python_func
             for component in (
@@ -404,7 +401,7 @@ def main_detection(argv: list[str] | None) -> None:
         p.error("--image-dir goes with --coco-json")
     work_dir, runner = args.pop("work_dir"), args.pop("runner")
     args.pop("task")
-    for name in DETECTION_SOURCES[:4]:
+    for name in DETECTION_SOURCES:
         args[name] = os.path.abspath(args[name]) if args[name] else ""
     image_dir = args.pop("image_dir")
     params = {name: value for name, value in args.items() if value is not None}
