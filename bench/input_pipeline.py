@@ -59,7 +59,8 @@ import tfrecords as tfrecords_bench  # noqa: E402  (bench/tfrecords.py: the book
 from machine import cpu_model, usable_cpus  # noqa: E402  (bench/machine.py)
 from PIL import Image  # noqa: E402
 
-from components.common import schema  # noqa: E402
+from components.classification import schema  # noqa: E402
+from components.common import schema as common_schema  # noqa: E402
 from components.common.labels import LABELS_FILE, read_labels  # noqa: E402
 from components.create_tfrecords import beam_pipeline  # noqa: E402
 from components.train import data  # noqa: E402
@@ -87,13 +88,13 @@ def write_baseline(dataset_dir: str, out_dir: str) -> list[str]:
     bytes, in as many gzip shards as ours but at least one per CPU: a gzip file is
     decompressed by one thread, and the baseline's records are about ten times larger."""
     labels = read_labels(os.path.join(dataset_dir, LABELS_FILE))
-    ours = schema.shard_files(dataset_dir, SPLIT)
+    ours = common_schema.shard_files(dataset_dir, SPLIT)
     os.makedirs(out_dir, exist_ok=True)
     shards = max(len(ours), usable_cpus())
     paths = [os.path.join(out_dir, f"{SPLIT}-{i:05d}.tfrecord.gz") for i in range(shards)]
     writers = [tf.io.TFRecordWriter(p, options="GZIP") for p in paths]
     try:
-        records = schema.read_records(ours)
+        records = common_schema.read_records(ours)
         for i, serialized in enumerate(records):
             features = schema.parse_examples(serialized)
             label = int(features[schema.LABEL])
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 scale_images(image_dir, args.sample_scale)
         dataset_dir = os.path.join(work, "ours")
         beam_pipeline.run(dataset_dir, image_dir=image_dir)
-        count = schema.split_size(dataset_dir, SPLIT)
+        count = common_schema.split_size(dataset_dir, SPLIT)
         start = time.perf_counter()
         baseline_files = write_baseline(dataset_dir, os.path.join(work, "baseline"))
         write_seconds = time.perf_counter() - start
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncommand: {' '.join(shlex.quote(a) for a in ['python', *sys.argv])}")
         for line in header:
             print(line)
-        ours_files = schema.shard_files(dataset_dir, SPLIT)
+        ours_files = common_schema.shard_files(dataset_dir, SPLIT)
         print(
             f"input: the {count} train images of {image_dir} ({len(ours_files)} shard(s), "
             f"{bytes_per_image(ours_files):,.0f} bytes/image ours; {len(baseline_files)} "

@@ -56,7 +56,8 @@ import PIL  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from machine import cpu_model, usable_cpus  # noqa: E402  (bench/machine.py)
 
-from components.common import schema  # noqa: E402
+from components.classification import schema  # noqa: E402
+from components.common import schema as common_schema  # noqa: E402
 from components.create_tfrecords import beam_pipeline, image_checks  # noqa: E402
 from pipelines import sample_data  # noqa: E402
 
@@ -150,7 +151,11 @@ def run_ours(
     start = time.perf_counter()
     stats = beam_pipeline.run(out_dir, csv_uri=csv_uri, labels_uri=labels_uri, image_dir=image_dir)
     seconds = time.perf_counter() - start
-    shards = [f for split in schema.SPLITS for f in glob.glob(schema.shard_pattern(out_dir, split))]
+    shards = [
+        f
+        for split in common_schema.SPLITS
+        for f in glob.glob(common_schema.shard_pattern(out_dir, split))
+    ]
     return Result(seconds, stats["kept"], sum(map(os.path.getsize, shards)), dict(stats["splits"]))
 
 
@@ -195,7 +200,7 @@ def run_baseline(
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
     suffix, options = (".tfrecord.gz", "GZIP") if compression == "gzip" else (".tfrecord", "")
-    paths = {split: os.path.join(out_dir, f"{split}{suffix}") for split in schema.SPLITS}
+    paths = {split: os.path.join(out_dir, f"{split}{suffix}") for split in common_schema.SPLITS}
     label_index = {label: i for i, label in enumerate(labels)}
     splits: Counter = Counter()
     serialized = 0
@@ -213,7 +218,9 @@ def run_baseline(
             writer.close()
     seconds = time.perf_counter() - start
     size = sum(os.path.getsize(p) for p in paths.values())
-    return Result(seconds, len(rows), size, {s: splits[s] for s in schema.SPLITS}, serialized)
+    return Result(
+        seconds, len(rows), size, {s: splits[s] for s in common_schema.SPLITS}, serialized
+    )
 
 
 # --------------------------------------------------------------------------- breakdown
@@ -407,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'':<10} {'seconds':>8} {'images/s':>9} {'bytes/image':>12}  splits (train/valid/test)"
         )
         for name, r in (("ours", o), ("baseline", b)):
-            split_text = "/".join(str(r.splits.get(s, 0)) for s in schema.SPLITS)
+            split_text = "/".join(str(r.splits.get(s, 0)) for s in common_schema.SPLITS)
             print(
                 f"{name:<10} {r.seconds:>8.2f} {r.images_per_second:>9.1f} "
                 f"{r.bytes_per_image:>12,.0f}  {split_text}"

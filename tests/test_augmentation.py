@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.common import preprocessing, schema
+from components.classification import schema
+from components.common import preprocessing, schema as common_schema
 from components.common.io import read_json
 from components.create_tfrecords.beam_pipeline import run as create_tfrecords
 from components.train import data, plan as plan_lib
@@ -136,7 +137,7 @@ def test_evaluation_and_serving_never_see_augmentation(quadrant_dataset):
     asked = data.make_dataset(quadrant_dataset, "valid", SIZE, 4, augmentation=wild)
     for (a, _), (b, _) in zip(plain, asked, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    record = schema.read_records(schema.shard_files(quadrant_dataset, "valid"))
+    record = common_schema.read_records(common_schema.shard_files(quadrant_dataset, "valid"))
     encoded = next(iter(schema.parse_examples(tf.stack(list(record)))[schema.ENCODED]))
     first = next(iter(plain))[0][0].numpy()
     np.testing.assert_array_equal(first, preprocessing.decode_and_resize(encoded, SIZE).numpy())

@@ -23,7 +23,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.common import beam as beam_utils, schema
+from components.classification import schema
+from components.common import beam as beam_utils, schema as common_schema
 from components.create_tfrecords import beam_pipeline, sharding
 from components.create_tfrecords.beam_pipeline import assign_split, run
 from components.create_tfrecords.image_checks import ImageRejected, check_image
@@ -32,10 +33,10 @@ from components.create_tfrecords.image_checks import ImageRejected, check_image
 
 
 def read_split(dataset_dir: str, split: str) -> list[dict]:
-    """All records of one split, parsed with the shared schema."""
-    files = schema.shard_files(dataset_dir, split)
+    """All records of one split, parsed with the classification record schema."""
+    files = common_schema.shard_files(dataset_dir, split)
     records = []
-    for batch in schema.read_records(files).batch(256):
+    for batch in common_schema.read_records(files).batch(256):
         parsed = schema.parse_examples(batch)
         for i in range(int(tf.shape(batch)[0])):
             records.append(
@@ -53,16 +54,16 @@ def read_split(dataset_dir: str, split: str) -> list[dict]:
 
 
 def read_dataset(dataset_dir: str) -> dict[str, list[dict]]:
-    return {split: read_split(dataset_dir, split) for split in schema.SPLITS}
+    return {split: read_split(dataset_dir, split) for split in common_schema.SPLITS}
 
 
 def read_manifest(dataset_dir: str, split: str) -> list[tuple[str, str]]:
-    with open(schema.manifest_path(dataset_dir, split), newline="") as f:
+    with open(common_schema.manifest_path(dataset_dir, split), newline="") as f:
         return [tuple(row) for row in csv.reader(f)]
 
 
 def read_errors(dataset_dir: str) -> list[dict]:
-    with open(os.path.join(dataset_dir, schema.ERRORS_FILE)) as f:
+    with open(os.path.join(dataset_dir, common_schema.ERRORS_FILE)) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -98,7 +99,7 @@ def test_assign_split_is_deterministic_and_independent_of_other_uris():
 def test_assign_split_respects_fractions():
     uris = [f"/data/{i}.jpg" for i in range(20000)]
     splits = [assign_split(uri, 0.7, 0.2) for uri in uris]
-    share = {s: splits.count(s) / len(uris) for s in schema.SPLITS}
+    share = {s: splits.count(s) / len(uris) for s in common_schema.SPLITS}
     assert share["train"] == pytest.approx(0.7, abs=0.02)
     assert share["valid"] == pytest.approx(0.2, abs=0.02)
     assert share["test"] == pytest.approx(0.1, abs=0.02)
@@ -317,7 +318,7 @@ def test_multi_process_direct_runner_writes_the_same_dataset(sample_data, dir_ru
     stats = run(out, image_dir=sample_data.image_dir, direct_num_workers=0)
     first_out, first_stats = dir_run
     assert stats["splits"] == first_stats["splits"]
-    for split in schema.SPLITS:
+    for split in common_schema.SPLITS:
         assert sorted(r["filename"] for r in read_split(out, split)) == sorted(
             r["filename"] for r in read_split(first_out, split)
         )
@@ -407,7 +408,7 @@ def good_run(request, sample_data):
 
 def test_all_images_are_kept_once_with_their_label(good_run, sample_data):
     out, stats, dataset = good_run
-    records = [r for split in schema.SPLITS for r in dataset[split]]
+    records = [r for split in common_schema.SPLITS for r in dataset[split]]
     assert len(records) == sample_data.count == 48
     with open(sample_data.csv_path, newline="") as f:
         expected = dict(csv.reader(f))  # uri -> label
@@ -424,7 +425,7 @@ def test_all_images_are_kept_once_with_their_label(good_run, sample_data):
 
 def test_records_hold_original_jpegs_with_their_size(good_run):
     _, stats, dataset = good_run
-    records = [r for split in schema.SPLITS for r in dataset[split]]
+    records = [r for split in common_schema.SPLITS for r in dataset[split]]
     for r in records:
         image = decode(r["encoded"])
         assert (image.format, image.mode, r["format"]) == ("JPEG", "RGB", "jpeg")
@@ -439,24 +440,24 @@ def test_records_hold_original_jpegs_with_their_size(good_run):
 
 def test_split_is_the_hash_of_the_uri_and_manifests_match(good_run):
     out, stats, dataset = good_run
-    for split in schema.SPLITS:
+    for split in common_schema.SPLITS:
         for r in dataset[split]:
             assert assign_split(r["filename"], 0.8, 0.1) == split
         manifest = read_manifest(out, split)  # every line: no header
         assert sorted(manifest) == sorted((r["filename"], r["text"]) for r in dataset[split])
-        assert schema.read_manifest(schema.manifest_path(out, split)) == manifest
+        assert common_schema.read_manifest(common_schema.manifest_path(out, split)) == manifest
 
 
 def test_stats_match_records(good_run):
     out, stats, dataset = good_run
-    with open(os.path.join(out, schema.STATS_FILE)) as f:
+    with open(os.path.join(out, common_schema.STATS_FILE)) as f:
         assert json.load(f) == stats
     assert stats["kept"] == 48
-    for split in schema.SPLITS:
+    for split in common_schema.SPLITS:
         records = dataset[split]
         assert stats["splits"][split] == len(records)
         assert stats["image_bytes_by_split"][split] == sum(len(r["encoded"]) for r in records)
-        shard_files = schema.shard_files(out, split)
+        shard_files = common_schema.shard_files(out, split)
         assert stats["shards"][split] == {
             "files": len(shard_files),
             "bytes": sum(os.path.getsize(f) for f in shard_files),
@@ -465,7 +466,7 @@ def test_stats_match_records(good_run):
             n = sum(r["text"] == label for r in records)
             assert stats["classes"][split][label] == n
     assert stats["splits"]["train"] > stats["splits"]["valid"]
-    records = [r for split in schema.SPLITS for r in dataset[split]]
+    records = [r for split in common_schema.SPLITS for r in dataset[split]]
     widths = sorted(r["width"] for r in records)
     heights = sorted(r["height"] for r in records)
     sizes = stats["image_sizes"]
@@ -481,19 +482,19 @@ def test_stats_match_records(good_run):
 
 def test_forced_shard_count_and_shard_names(csv_run, dir_run):
     csv_out, csv_stats = csv_run  # num_shards=2: exactly 2 per split, whatever the size.
-    for split in schema.SPLITS:
+    for split in common_schema.SPLITS:
         names = sorted(os.listdir(os.path.join(csv_out, split)))
         assert names == [f"{split}-0000{i}-of-00002.tfrecord" for i in range(2)]
     assert csv_stats["sharding"]["num_shards"] == {"train": 2, "valid": 2, "test": 2}
     assert csv_stats["sharding"]["num_shards_forced"] == 2
-    for split in schema.SPLITS:  # Each image is in the shard its URI's hash names.
-        for i, path in enumerate(sorted(schema.shard_files(csv_out, split))):
-            for batch in schema.read_records([path]).batch(256):
+    for split in common_schema.SPLITS:  # Each image is in the shard its URI's hash names.
+        for i, path in enumerate(sorted(common_schema.shard_files(csv_out, split))):
+            for batch in common_schema.read_records([path]).batch(256):
                 for name in schema.parse_examples(batch)[schema.FILENAME].numpy():
                     assert sharding.shard_index(name.decode(), 2) == i
     dir_out, dir_stats = dir_run  # About 0.5 MB of input: one shard per split.
-    for split in schema.SPLITS:
-        assert [os.path.basename(f) for f in schema.shard_files(dir_out, split)] == [
+    for split in common_schema.SPLITS:
+        assert [os.path.basename(f) for f in common_schema.shard_files(dir_out, split)] == [
             f"{split}-00000-of-00001.tfrecord"
         ]
     assert dir_stats["sharding"] == {
@@ -521,7 +522,9 @@ def grown_run(sample_data, tmp_path_factory):
 
 def manifest_splits(dataset_dir: str) -> dict[str, str]:
     """uri -> split, from the manifests."""
-    return {uri: split for split in schema.SPLITS for uri, _ in read_manifest(dataset_dir, split)}
+    return {
+        uri: split for split in common_schema.SPLITS for uri, _ in read_manifest(dataset_dir, split)
+    }
 
 
 def test_splits_are_stable_across_runs_and_growth(csv_run, dir_run, grown_run):
@@ -541,17 +544,17 @@ def check_shards_follow_stored_bytes(out: str, stats: dict, target_mb: float) ->
     shard its URI's hash names, and every kept image in exactly one of them."""
     target = target_mb * 2**20
     dataset = read_dataset(out)
-    for split in schema.SPLITS:
+    for split in common_schema.SPLITS:
         stored = sum(len(r["encoded"]) for r in dataset[split])
         assert stats["image_bytes_by_split"][split] == stored
         n = max(1, math.ceil(stored / target))
-        files = schema.shard_files(out, split)
+        files = common_schema.shard_files(out, split)
         assert [os.path.basename(f) for f in files] == [
             f"{split}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)
         ]
         assert stats["shards"][split]["files"] == stats["sharding"]["num_shards"][split] == n
         for i, path in enumerate(files):
-            for batch in schema.read_records([path]).batch(256):
+            for batch in common_schema.read_records([path]).batch(256):
                 for name in schema.parse_examples(batch)[schema.FILENAME].numpy():
                     assert sharding.shard_index(name.decode(), n) == i
     assert sum(len(records) for records in dataset.values()) == stats["kept"]
@@ -626,7 +629,7 @@ def test_an_image_that_changes_during_the_run_is_rejected_not_half_written(
     assert "changed while create_tfrecords ran" in errors[changed]["detail"]
     assert errors[changed]["label"] == "circle"
     stored = {r["filename"] for records in read_dataset(out).values() for r in records}
-    listed = {uri for split in schema.SPLITS for uri, _ in read_manifest(out, split)}
+    listed = {uri for split in common_schema.SPLITS for uri, _ in read_manifest(out, split)}
     assert len(stored) == 46 and stored == listed and not {changed, deleted} & stored
     assert sum(sum(c.values()) for c in stats["classes"].values()) == 46
 
@@ -803,7 +806,7 @@ def corpus_run(corpus, tmp_path_factory):
     )
     dataset, report = task.outputs["dataset"], task.outputs["report"]
     assert dataset.path.startswith(str(root))
-    stats = json.loads(Path(dataset.path, schema.STATS_FILE).read_text())
+    stats = json.loads(Path(dataset.path, common_schema.STATS_FILE).read_text())
     return {
         "dir": dataset.path,
         "metadata": dataset.metadata,
@@ -815,12 +818,12 @@ def corpus_run(corpus, tmp_path_factory):
 
 
 def test_every_good_image_is_kept_exactly_once(corpus, corpus_run):
-    records = [r for split in schema.SPLITS for r in corpus_run["records"][split]]
+    records = [r for split in common_schema.SPLITS for r in corpus_run["records"][split]]
     filenames = [r["filename"] for r in records]
     assert sorted(filenames) == sorted(corpus["kept"])  # None lost, none twice.
     labels = corpus_run["stats"]["labels"]
     assert labels == ["circle", "square", "triangle", "cross"]
-    for split in schema.SPLITS:
+    for split in common_schema.SPLITS:
         for r in corpus_run["records"][split]:
             assert r["text"] == corpus["kept"][r["filename"]]["label"]
             assert labels[r["label"]] == r["text"]
@@ -829,7 +832,7 @@ def test_every_good_image_is_kept_exactly_once(corpus, corpus_run):
         assert sorted(manifest) == sorted(
             (r["filename"], r["text"]) for r in corpus_run["records"][split]
         )
-    assert {split for split in schema.SPLITS if corpus_run["records"][split]} >= {"train"}
+    assert {split for split in common_schema.SPLITS if corpus_run["records"][split]} >= {"train"}
 
 
 def test_kept_images_are_rgb_jpegs_converted_as_needed(corpus, corpus_run):
@@ -917,7 +920,7 @@ def test_markdown_report_shows_the_counts(corpus_run):
     assert report == Path(corpus_run["dir"], beam_pipeline.REPORT_FILE).read_text()
     assert report.startswith("# create_tfrecords report")
     assert f"**{stats['kept']} images kept**, {stats['rejected']} inputs rejected" in report
-    totals = " | ".join(str(stats["splits"][s]) for s in schema.SPLITS)
+    totals = " | ".join(str(stats["splits"][s]) for s in common_schema.SPLITS)
     assert f"| **total** | {totals} | {stats['kept']} |" in report
     for reason, n in stats["rejected_by_reason"].items():
         assert f"| {reason} | {n} | " in report
@@ -970,7 +973,7 @@ def test_folder_tree_with_a_label_file(sample_data, tmp_path):
     assert stats["labels"] == ["triangle", "square", "circle", "hexagon"]
     assert (stats["kept"], stats["rejected_by_reason"]) == (36, {"unknown_label": 12})
     assert stats["ignored"]["non_image_files"] == 1
-    assert sum(stats["classes"][s]["hexagon"] for s in schema.SPLITS) == 0
+    assert sum(stats["classes"][s]["hexagon"] for s in common_schema.SPLITS) == 0
     assert {e["label"] for e in read_errors(out)} == {"cross"}
     records = [r for split in read_dataset(out).values() for r in split]
     assert all(stats["labels"][r["label"]] == r["text"] for r in records)

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.common.schema import ENCODED
+from components.classification.schema import ENCODED
 from components.evaluate import explanations
 from components.export.saved_model import export_saved_model
 from components.train.training import save_model_dir

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components.common import labels as label_io, preprocessing, schema
+from components.classification import schema
+from components.common import labels as label_io, preprocessing, schema as common_schema
 from components.common.io import read_json
 from components.train import augmentation, data
 from components.train.augmentation import Augmentation, augment_batch
@@ -35,8 +36,8 @@ def _class_counts(dataset_dir: str, split: str, labels: np.ndarray) -> dict[str,
 
 def _records(dataset_dir: str, split: str) -> dict[str, tf.Tensor]:
     """Every record of a split, parsed, in the files' order."""
-    files = schema.shard_files(dataset_dir, split)
-    serialized = list(schema.read_records(files))
+    files = common_schema.shard_files(dataset_dir, split)
+    serialized = list(common_schema.read_records(files))
     return schema.parse_examples(tf.stack(serialized))
 
 
@@ -54,7 +55,7 @@ def _stream(ds: tf.data.Dataset, images: int, batch_size: int) -> tuple[np.ndarr
 
 
 def test_evaluation_batches_have_the_promised_shapes_types_and_range(tfrecord_dataset):
-    count = schema.split_size(tfrecord_dataset, "train")
+    count = common_schema.split_size(tfrecord_dataset, "train")
     ds = data.make_dataset(tfrecord_dataset, "train", SIZE, 8)
     assert int(ds.cardinality()) == math.ceil(count / 8)
     batches = list(ds)
@@ -69,7 +70,7 @@ def test_evaluation_batches_have_the_promised_shapes_types_and_range(tfrecord_da
 
 
 def test_training_is_an_endless_stream_of_full_batches(tfrecord_dataset):
-    count = schema.split_size(tfrecord_dataset, "train")
+    count = common_schema.split_size(tfrecord_dataset, "train")
     ds = data.make_dataset(tfrecord_dataset, "train", SIZE, 8, training=True, seed=0)
     assert int(ds.cardinality()) == tf.data.INFINITE_CARDINALITY
     steps = data.steps_per_epoch(count, 8)
@@ -98,7 +99,7 @@ def test_training_stream_draws_every_example_once_per_epoch(tfrecord_dataset, ca
     # Epochs run into each other (the shuffle buffer spans an epoch's end), so over four
     # epochs' worth of images each class is short or over by less than one epoch.
     expected = read_json(os.path.join(tfrecord_dataset, "stats.json"))["classes"]["train"]
-    count = schema.split_size(tfrecord_dataset, "train")
+    count = common_schema.split_size(tfrecord_dataset, "train")
     ds = data.make_dataset(tfrecord_dataset, "train", SIZE, 5, training=True, seed=1, cache=cache)
     _, labels = _stream(ds, 4 * count, 5)
     got = _class_counts(tfrecord_dataset, "train", labels)
@@ -123,7 +124,7 @@ def test_training_crops_and_augmentation_change_every_epoch(tfrecord_dataset, ca
     # pipeline's must not.
     tf.random.set_seed(1)
     ds = data.make_dataset(tfrecord_dataset, "train", SIZE, 8, training=True, seed=3, cache=cache)
-    count = schema.split_size(tfrecord_dataset, "train")
+    count = common_schema.split_size(tfrecord_dataset, "train")
     # Two iterators, as two calls of fit (the training phases) make them.
     first, _ = _stream(ds, count, 8)
     second, _ = _stream(ds, count, 8)
@@ -256,19 +257,21 @@ def test_gzip_shards_of_earlier_versions_are_still_read(tfrecord_dataset, tmp_pa
     # theirs must keep working with this train and evaluate.
     legacy = str(tmp_path / "legacy")
     shutil.copytree(tfrecord_dataset, legacy)
-    for path in schema.shard_files(legacy, "valid"):
+    for path in common_schema.shard_files(legacy, "valid"):
         with tf.io.TFRecordWriter(path + ".gz", options="GZIP") as writer:
-            for record in schema.read_records([path]):
+            for record in common_schema.read_records([path]):
                 writer.write(record.numpy())
         os.remove(path)
-    files = schema.shard_files(legacy, "valid")
+    files = common_schema.shard_files(legacy, "valid")
     assert files and all(f.endswith(".tfrecord.gz") for f in files)
-    assert schema.compression_type(files) == "GZIP"
+    assert common_schema.compression_type(files) == "GZIP"
     old, new = (_epoch(data.make_dataset(d, "valid", SIZE, 4)) for d in (legacy, tfrecord_dataset))
     np.testing.assert_array_equal(old[0], new[0])
     np.testing.assert_array_equal(old[1], new[1])
     with pytest.raises(ValueError, match="mixes gzip and uncompressed"):
-        schema.compression_type([files[0], schema.shard_files(tfrecord_dataset, "train")[0]])
+        common_schema.compression_type(
+            [files[0], common_schema.shard_files(tfrecord_dataset, "train")[0]]
+        )
 
 
 def test_training_on_an_empty_split_is_a_clear_error(tfrecord_dataset, tmp_path):
@@ -284,7 +287,7 @@ def test_training_on_an_empty_split_is_a_clear_error(tfrecord_dataset, tmp_path)
 
 def test_repeated_evaluation_passes_give_full_batches_endlessly(tfrecord_dataset):
     """What every worker of a multi-worker run validates on: never a short batch."""
-    valid = schema.split_size(tfrecord_dataset, "valid")
+    valid = common_schema.split_size(tfrecord_dataset, "valid")
     ds = data.make_dataset(tfrecord_dataset, "valid", 32, 5, repeat=True)
     batches = list(ds.take(3 * valid))
     assert all(images.shape[0] == 5 and labels.shape[0] == 5 for images, labels in batches)

@@ -1,11 +1,10 @@
-"""The TFRecord contract between create_tfrecords and the stages that read its output.
+"""The dataset layout every task's create_tfrecords writes and its readers find: splits,
+shards, manifests, stats and errors. What a record holds is the task's own
+(``components.classification.schema``, ``components.detection.schema``).
 
-Records are ``tf.train.Example`` protos under the keys the TensorFlow ecosystem uses
-(TF Object Detection API, TF-Slim, TFDS). The image stays encoded (JPEG): decoded float
-pixels would be an order of magnitude larger and slower to read. The shards are not
-compressed, as TensorFlow's own ImageNet shards are not: gzip saves under 2% of a JPEG's
-bytes and costs every reader a decompression of all of them. Readers still take the
-gzip shards (``.tfrecord.gz``) that earlier versions wrote.
+The shards are not compressed, as TensorFlow's own ImageNet shards are not: gzip saves
+under 2% of a JPEG's bytes and costs every reader a decompression of all of them.
+Readers still take the gzip shards (``.tfrecord.gz``) that earlier versions wrote.
 
 A dataset directory written by create_tfrecords looks like::
 
@@ -27,70 +26,11 @@ import tensorflow as tf
 
 from components.common import io
 
-ENCODED = "image/encoded"
-FORMAT = "image/format"
-HEIGHT = "image/height"
-WIDTH = "image/width"
-LABEL = "image/class/label"
-TEXT = "image/class/text"
-FILENAME = "image/filename"
-
 SPLITS = ("train", "valid", "test")
 SHARD_SUFFIX = ".tfrecord"
 _GZIP_SUFFIX = ".gz"
 STATS_FILE = "stats.json"
 ERRORS_FILE = "errors.jsonl"
-
-FEATURES = {
-    ENCODED: tf.io.FixedLenFeature([], tf.string),
-    FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="jpeg"),
-    HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    LABEL: tf.io.FixedLenFeature([], tf.int64),
-    TEXT: tf.io.FixedLenFeature([], tf.string, default_value=""),
-    FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
-}
-
-
-def _bytes(value: bytes) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int(value: int) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-
-def make_example(
-    encoded: bytes,
-    label_index: int,
-    label: str,
-    filename: str,
-    height: int,
-    width: int,
-    image_format: str = "jpeg",
-) -> bytes:
-    """Serialises one image and its label as a ``tf.train.Example``."""
-    example = tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                ENCODED: _bytes(encoded),
-                FORMAT: _bytes(image_format.encode()),
-                HEIGHT: _int(height),
-                WIDTH: _int(width),
-                LABEL: _int(label_index),
-                TEXT: _bytes(label.encode()),
-                FILENAME: _bytes(filename.encode()),
-            }
-        )
-    )
-    return example.SerializeToString()
-
-
-def parse_examples(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Parses a batch (or a single) serialised Example into its features."""
-    if serialized.shape.rank == 0:
-        return tf.io.parse_single_example(serialized, FEATURES)
-    return tf.io.parse_example(serialized, FEATURES)
 
 
 def shard_pattern(dataset_dir: str, split: str) -> str:

@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from components.common import beam as beam_utils, schema
+from components.classification import schema
+from components.common import beam as beam_utils
 from components.create_tfrecords import image_checks
 from components.create_tfrecords.image_checks import ImageRejected
 from components.create_tfrecords.splits import assign_split
@@ -73,7 +74,7 @@ def ignore(what: str, count: int = 1) -> Iterator[beam.pvalue.TaggedOutput]:
 
 def to_example(record: ImageRecord, encoded: bytes) -> bytes:
     """Serialises a kept image, its stored bytes ``encoded``, as a ``tf.train.Example``
-    (``components.common.schema``)."""
+    (``components.classification.schema``)."""
     return schema.make_example(
         encoded=encoded,
         label_index=record.label_index,

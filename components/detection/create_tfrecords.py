@@ -287,8 +287,8 @@ def run(
     """Runs the detection create_tfrecords pipeline and waits for it.
 
     Args:
-        output_dir: Dataset directory to write (local path or ``gs://``): shards as
-            classification's (``common.schema``), ``label_map.pbtxt``, ``labels.txt``,
+        output_dir: Dataset directory to write (local path or ``gs://``): shards in the
+            layout every task shares (``common.schema``), ``label_map.pbtxt``, ``labels.txt``,
             ``coco/<split>.json``, manifests, ``errors.jsonl``, ``stats.json``,
             ``report.md``. Shards of an earlier run there are replaced.
         voc_dir: A Pascal VOC folder (``Annotations/*.xml``, ``JPEGImages/``, optional

@@ -15,16 +15,16 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from components.classification import signature
-from components.common import io, labels as label_io, quality_gate, schema, serving
+from components.classification import schema, signature
+from components.common import io, labels as label_io, quality_gate, schema as common_schema, serving
 from components.evaluate import explanations
 
 log = logging.getLogger(__name__)
 
 
 def _encoded_batches(dataset_dir: str, split: str, batch_size: int) -> tf.data.Dataset:
-    files = schema.shard_files(dataset_dir, split)
-    ds = schema.read_records(files)
+    files = common_schema.shard_files(dataset_dir, split)
+    ds = common_schema.read_records(files)
     ds = ds.batch(batch_size).map(schema.parse_examples, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

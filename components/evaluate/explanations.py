@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from components.classification import signature
-from components.common import io, schema, serving
+from components.classification import schema, signature
+from components.common import io, schema as common_schema, serving
 from components.export import explanation_metadata
 
 log = logging.getLogger(__name__)
@@ -171,8 +171,8 @@ def sample_examples(
         holds fewer.
     """
     per_class: list[list[dict]] = [[] for _ in range(num_classes)]
-    files = schema.shard_files(dataset_dir, split)
-    records = schema.read_records(files)
+    files = common_schema.shard_files(dataset_dir, split)
+    records = common_schema.read_records(files)
     for serialized in records.batch(256):
         batch = schema.parse_examples(serialized)
         for i, label in enumerate(batch[schema.LABEL].numpy()):

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from components.classification import signature
-from components.common import io, labels as label_io, schema, serving
+from components.classification import schema, signature
+from components.common import io, labels as label_io, schema as common_schema, serving
 from components.export_edge import edge_model, tfjs, tflite
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def decoded_images(
 ) -> Iterator[tuple[bytes, np.ndarray]]:
     """(encoded bytes, uint8 ``[1, height, width, 3]`` pixels) of a split's images, in
     shard order, decoded as the SavedModel decodes them; at most ``limit`` (0: all)."""
-    records = schema.read_records(schema.shard_files(dataset_dir, split))
+    records = common_schema.read_records(common_schema.shard_files(dataset_dir, split))
     if limit:
         records = records.take(limit)
     for record in records:
@@ -58,8 +58,8 @@ def _check_inputs(export_dir: str, dataset_dir: str, split: str) -> None:
     """Clear errors before any conversion: a missing export or split."""
     if not io.exists(io.join(export_dir, "saved_model.pb")):
         raise FileNotFoundError(f"no SavedModel at {export_dir} (expected saved_model.pb)")
-    schema.shard_files(dataset_dir, split)  # raises, naming the folder, when absent
-    schema.shard_files(dataset_dir, "train")
+    common_schema.shard_files(dataset_dir, split)  # raises, naming the folder, when absent
+    common_schema.shard_files(dataset_dir, "train")
 
 
 def _agreement(

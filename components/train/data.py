@@ -30,7 +30,8 @@ import math
 
 import tensorflow as tf
 
-from components.common import preprocessing, schema
+from components.classification import schema
+from components.common import preprocessing, schema as common_schema
 from components.train.augmentation import (
     Augmentation,
     augment_batch,
@@ -58,7 +59,7 @@ def _options(training: bool) -> tf.data.Options:
 def _records(files: list[str], training: bool, seed: int | None) -> tf.data.Dataset:
     """Serialised Examples of ``files``, read in parallel; the files in random order for
     training (a new order every pass)."""
-    compression = schema.compression_type(files)
+    compression = common_schema.compression_type(files)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=seed)
@@ -146,8 +147,8 @@ def make_dataset(
         FileNotFoundError: The split has no shards.
         ValueError: Training on a split without images.
     """
-    files = schema.shard_files(dataset_dir, split)
-    count = schema.split_size(dataset_dir, split)
+    files = common_schema.shard_files(dataset_dir, split)
+    count = common_schema.split_size(dataset_dir, split)
     ds = _encoded_and_labels(_records(files, training, seed))
     # Fails loudly on a stale stats.json; for evaluation it also gives Keras the number
     # of batches (progress bars, no "ran out of data" warning).
