@@ -24,7 +24,8 @@ backoff on 429/502/503/504, connection errors and timeouts. The labels then come
 ``labels_uri`` or, when that is empty, from the export in ``model_dir`` (neither API
 answers a label list). Output, under ``output_dir``::
 
-    predictions-SSSSS-of-NNNNN.jsonl   one JSON object per image; a classifier's:
+    predictions-SSSSS-of-NNNNN.jsonl   one JSON object per image; a classifier's
+      (components/classification/predictions.py):
         {"uri", "label", "probability", "top_k": [{"label", "probability"}, ...],
          "true_label" (when the listing gave a label)}
       a detector's (components/detection/predictions.py), its num_detections real
@@ -69,6 +70,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.runners.runner import PipelineState
 
+from components.classification.predictions import prediction_record
 from components.common import (
     beam as beam_utils,
     io,
@@ -79,7 +81,6 @@ from components.common import (
     serving,
 )
 from components.common.model_handler import UNDECODABLE_IMAGE, InferenceFailure
-from components.common.predictions import prediction_record
 from components.detection import predictions as detection_predictions
 
 STAGE = "batch_predict"
@@ -189,7 +190,7 @@ class _ToRecord(beam.DoFn):
 
 class ToPredictionRecord(_ToRecord):
     """A classifier's result to its record: the top class, the ``top_k`` classes, the
-    listed label (``components.common.predictions``)."""
+    listed label (``components.classification.predictions``)."""
 
     def __init__(self, labels: list[str], top_k: int):
         self._labels = list(labels)

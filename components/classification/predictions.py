@@ -1,4 +1,8 @@
-"""A prediction as both prediction stages write it: the top class and the top-k classes."""
+"""A classifier's prediction as both prediction stages write it (batch_predict's JSON
+lines, stream_predict's messages): the top class and the top-k classes.
+
+NumPy only: the prediction stages' workers import this without TensorFlow or Keras.
+"""
 
 from typing import Any
 

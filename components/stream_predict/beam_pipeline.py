@@ -38,6 +38,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.transforms import trigger, window
 
+from components.classification.predictions import prediction_record
 from components.common import (
     beam as beam_utils,
     io,
@@ -47,7 +48,6 @@ from components.common import (
     serving,
 )
 from components.common.model_handler import InferenceFailure
-from components.common.predictions import prediction_record
 from components.stream_predict import messages, model_refresh
 from components.stream_predict.messages import STAGE, Request
 
@@ -94,7 +94,8 @@ class ParseMessage(beam.DoFn):
 
 
 class ToPredictionMessage(beam.DoFn):
-    """``(Request, PredictionResult)`` to a prediction message, or to a dead letter.
+    """``(Request, PredictionResult)`` to a prediction message (the classifier's record,
+    ``components.classification.predictions``), or to a dead letter.
 
     Labels are read from the SavedModel that made each prediction (its ``model_id``), so
     a new version with other labels is reported with its own.
