@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from components.classification import predictions as classification_predictions
 from components.deploy import local, model_repository
 from components.deploy.model_repository import TMP_PREFIX, latest_version, publish
+from components.detection import predictions as detection_predictions
 from pipelines.sample_data import CLASSES
 
 LABELS = list(CLASSES)
@@ -141,9 +143,22 @@ def test_deploy_local_without_labels_fails_before_starting_a_server(tmp_path):
     assert not (tmp_path / "repo").exists()
 
 
-def test_check_prediction_rejects_malformed_answers():
+CLASSIFIER_OUTPUTS = ["class_index", "label", "probabilities", "score"]
+DETECTOR_OUTPUTS = [
+    "detection_boxes",
+    "detection_classes",
+    "detection_labels",
+    "detection_multiclass_scores",
+    "detection_scores",
+    "num_detections",
+]
+
+
+def test_check_probe_answer_rejects_malformed_classifications():
     good = {"probabilities": [0.7, 0.1, 0.1, 0.1], "class_index": 0, "label": "circle"}
-    assert local.check_prediction({"predictions": [good]}, LABELS) == good
+    answer = {"predictions": [good]}
+    assert local.check_probe_answer(answer, LABELS, CLASSIFIER_OUTPUTS) == good
+    assert classification_predictions.check_answer(good, LABELS) == good
     for bad in (
         {"predictions": []},
         {"predictions": [good, good]},
@@ -153,10 +168,10 @@ def test_check_prediction_rejects_malformed_answers():
         {"predictions": [{**good, "class_index": 2}]},
     ):
         with pytest.raises(local.DeployError):
-            local.check_prediction(bad, LABELS)
+            local.check_probe_answer(bad, LABELS, CLASSIFIER_OUTPUTS)
 
 
-def test_check_detection_rejects_malformed_answers():
+def test_check_probe_answer_rejects_malformed_detections():
     good = {
         "detection_boxes": [[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.0] * 4],
         "detection_classes": [2.0, 1.0, 0.0],  # from 1; 0 past num_detections
@@ -164,10 +179,13 @@ def test_check_detection_rejects_malformed_answers():
         "num_detections": 2.0,
         "detection_labels": ["square", "circle", ""],
     }
-    assert local.check_detection({"predictions": [good]}, LABELS) == good
-    assert local.probe_summary(good) == {"num_detections": 2, "label": "square", "score": 0.9}
+    assert local.check_probe_answer({"predictions": [good]}, LABELS, DETECTOR_OUTPUTS) == good
+    assert detection_predictions.check_answer(good, LABELS) == good
+    summary = detection_predictions.answer_summary(good)
+    assert summary == {"num_detections": 2, "label": "square", "score": 0.9}
     nothing = {**good, "num_detections": 0.0}
-    assert local.probe_summary(nothing) == {"num_detections": 0, "label": "", "score": 0.0}
+    summary = detection_predictions.answer_summary(nothing)
+    assert summary == {"num_detections": 0, "label": "", "score": 0.0}
     for bad, message in (
         ({"predictions": [good, good]}, "one prediction"),
         ({"predictions": [{"label": "circle"}]}, "has no ['detection_boxes'"),
@@ -188,21 +206,14 @@ def test_check_detection_rejects_malformed_answers():
         ({"predictions": [{**good, "detection_labels": ["x", "circle", ""]}]}, "do not name"),
     ):
         with pytest.raises(local.DeployError, match=re.escape(message)):
-            local.check_detection(bad, LABELS)
+            local.check_probe_answer(bad, LABELS, DETECTOR_OUTPUTS)
 
 
 def test_the_probe_check_follows_the_signature_outputs():
-    classifier = ["class_index", "label", "probabilities", "score"]
-    detector = [
-        "detection_boxes",
-        "detection_classes",
-        "detection_labels",
-        "detection_multiclass_scores",
-        "detection_scores",
-        "num_detections",
-    ]
-    assert local.probe_check(classifier) is local.check_prediction
-    assert local.probe_check(detector) is local.check_detection
+    assert local.probe_check(CLASSIFIER_OUTPUTS) is classification_predictions
+    assert local.probe_check(DETECTOR_OUTPUTS) is detection_predictions
+    answer = {"label": "circle", "score": 0.7}
+    assert local.probe_check(CLASSIFIER_OUTPUTS).answer_summary(answer) == answer
 
 
 # --- the KFP component ----------------------------------------------------------------

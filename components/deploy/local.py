@@ -4,11 +4,11 @@
 latest one), starts the local model server (``components.deploy.server``) on a free
 loopback port, waits until the model is ready, asks it what the served signature takes
 and answers (KServe's v2 model metadata), sends one real predict request with a
-generated JPEG under that input's name, checks the answer by what the signature answers
-(``probe_check``: a classifier's probabilities and label, or a detector's boxes, classes
-and scores), checks the liveness and readiness routes, and stops the server. What it
-returns says where the model lies and the exact command that serves it at the
-advertised URL.
+generated JPEG under that input's name, checks the answer by the task the signature's
+outputs say (``probe_check``: a classifier's probabilities and label, or a detector's
+boxes, classes and scores, each checked by its task's own ``predictions`` module),
+checks the liveness and readiness routes, and stops the server. What it returns says
+where the model lies and the exact command that serves it at the advertised URL.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import base64
 import io as bytes_io
 import json
 import logging
-import math
 import os
 import shlex
 import signal
@@ -28,14 +27,16 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
+from components.classification import predictions as classification_predictions
 from components.common import io, serving
 from components.common.model_repository import evaluation_path
 from components.deploy import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME, LOOPBACK
 from components.deploy.model_repository import publish
 from components.deploy.server.limits import GRACE_PERIOD_S, ServerLimits
+from components.detection import predictions as detection_predictions
 
 DEFAULT_MODEL_REPOSITORY = os.path.join(
     os.path.expanduser("~"), ".cache", "kfp-image-classification", "model_repository"
@@ -44,6 +45,16 @@ STOP_TIMEOUT_S = GRACE_PERIOD_S + 5
 _LOG_TAIL_CHARS = 4000
 
 log = logging.getLogger(__name__)
+
+
+class TaskAnswers(Protocol):
+    """What the probe needs of a task's served answers (its predictions module gives it)."""
+
+    def check_answer(self, prediction: Mapping[str, Any], labels: Sequence[str]) -> Any:
+        """Raises ValueError when one image's served answer is malformed."""
+
+    def answer_summary(self, prediction: Mapping[str, Any]) -> dict[str, Any]:
+        """The top label and score of a checked answer, for the deploy result."""
 
 
 class DeployError(RuntimeError):
@@ -179,108 +190,31 @@ def stop_server(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) ->
     return process.returncode
 
 
-def _one_prediction(response: dict) -> dict:
+def probe_check(output_names: Sequence[str]) -> TaskAnswers:
+    """The task whose answer a signature answering ``output_names`` gives: a detector's
+    (``components.detection.predictions``) when it answers the Object Detection API's
+    boxes, else a classifier's (``components.classification.predictions``). Each has
+    ``check_answer(prediction, labels)`` and ``answer_summary(prediction)``."""
+    if detection_predictions.is_detection_export(output_names):
+        return detection_predictions
+    return classification_predictions
+
+
+def check_probe_answer(response: dict, labels: list[str], output_names: Sequence[str]) -> dict:
+    """Checks the server's answer to the one-image probe request by the task its outputs
+    say (``probe_check``); returns the one prediction.
+
+    Raises:
+        DeployError: when the response is not one well-formed prediction of this model.
+    """
     predictions = response.get("predictions")
     if not isinstance(predictions, list) or len(predictions) != 1:
         raise DeployError(f"expected one prediction, got {response!r:.500}")
+    try:
+        probe_check(output_names).check_answer(predictions[0], labels)
+    except ValueError as e:
+        raise DeployError(f"malformed prediction: {e}") from None
     return predictions[0]
-
-
-def check_prediction(response: dict, labels: list[str]) -> dict:
-    """Checks a classifier's one-instance predict response; returns its prediction.
-
-    Raises:
-        DeployError: when the response is not a well-formed prediction of this model.
-    """
-    prediction = _one_prediction(response)
-    problems = []
-    label = prediction.get("label")
-    probabilities = prediction.get("probabilities")
-    if label not in labels:
-        problems.append(f"label {label!r} is not one of the model's labels {labels}")
-    if not isinstance(probabilities, list) or len(probabilities) != len(labels):
-        problems.append(f"expected {len(labels)} probabilities, got {probabilities!r:.200}")
-    elif not math.isclose(sum(probabilities), 1.0, abs_tol=1e-3):
-        problems.append(f"probabilities sum to {sum(probabilities)}, not 1")
-    elif label in labels and prediction.get("class_index") != labels.index(label):
-        problems.append(f"class_index {prediction.get('class_index')} does not match {label!r}")
-    if problems:
-        raise DeployError("malformed prediction: " + "; ".join(problems))
-    return prediction
-
-
-# The Object Detection API's outputs: a detector's export answers them (and more).
-DETECTION_OUTPUTS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
-
-
-def check_detection(response: dict, labels: list[str]) -> dict:
-    """Checks a detector's one-instance predict response: the Object Detection API's
-    outputs, boxes normalized inside [0, 1], scores inside [0, 1], the classes of the
-    ``num_detections`` real detections (from 1) within ``labels``, and
-    ``detection_labels`` (when answered) naming them; returns its prediction.
-
-    Raises:
-        DeployError: when the response is not a well-formed detection of this model.
-    """
-    prediction = _one_prediction(response)
-    missing = [name for name in DETECTION_OUTPUTS if name not in prediction]
-    if missing:
-        raise DeployError(f"the detection has no {missing}: {prediction!r:.500}")
-    boxes, classes, scores, count = (prediction[name] for name in DETECTION_OUTPUTS)
-    if not (
-        isinstance(boxes, list)
-        and len(boxes) == len(classes) == len(scores)
-        and isinstance(count, int | float)
-        and count == int(count)
-        and 0 <= count <= len(scores)
-    ):
-        raise DeployError(
-            f"malformed detection: {len(boxes)} boxes, {len(classes)} classes, "
-            f"{len(scores)} scores and num_detections {count!r}"
-        )
-    real = classes[: int(count)]
-    problems = []
-    if not all(
-        isinstance(box, list) and len(box) == 4 and all(0.0 <= v <= 1.0 for v in box)
-        for box in boxes
-    ):
-        problems.append("a box is not 4 normalized coordinates inside [0, 1]")
-    if not all(0.0 <= score <= 1.0 for score in scores):
-        problems.append("a score is not inside [0, 1]")
-    if not all(c == int(c) and 1 <= c <= len(labels) for c in real):
-        problems.append(f"classes {real[:10]} are not all within 1..{len(labels)}")
-    elif "detection_labels" in prediction:
-        named = prediction["detection_labels"][: len(real)]
-        if named != [labels[int(c) - 1] for c in real]:
-            problems.append(f"detection_labels {named[:10]} do not name the classes {real[:10]}")
-    if problems:
-        raise DeployError("malformed detection: " + "; ".join(problems))
-    return prediction
-
-
-def probe_check(output_names: list[str]):
-    """The check of a probe answer for a signature answering ``output_names``: a
-    detector's (``check_detection``) when it answers the Object Detection API's outputs,
-    else a classifier's (``check_prediction``); each returns the checked prediction."""
-    if set(DETECTION_OUTPUTS) <= set(output_names):
-        return check_detection
-    return check_prediction
-
-
-def probe_summary(prediction: dict) -> dict:
-    """What the deploy result says of the probe's answer: the top label and its score
-    (a detector's top detection, none when it found nothing, and its detection count)."""
-    if "num_detections" not in prediction:
-        return {"label": prediction["label"], "score": float(prediction["score"])}
-    count = int(prediction["num_detections"])
-    scores = prediction["detection_scores"][:count]
-    top = max(range(count), key=scores.__getitem__, default=None)
-    named = prediction.get("detection_labels") or [""] * count
-    return {
-        "num_detections": count,
-        "label": "" if top is None else named[top],
-        "score": 0.0 if top is None else float(scores[top]),
-    }
 
 
 def served_signature(model_name: str, port: int, host: str = LOOPBACK) -> tuple[str, list[str]]:
@@ -384,7 +318,7 @@ def deploy_local(
                     f"the probe request failed with HTTP {status}: {response!r:.500}; the "
                     f"server's output ends with:\n{_tail(server_log.name)}"
                 )
-            prediction = probe_check(output_names)(response, labels)
+            prediction = check_probe_answer(response, labels, output_names)
             check_health(check_port)
         finally:
             code = stop_server(process)
@@ -398,7 +332,8 @@ def deploy_local(
         "model_repository": repository,
         "url": predict_url(model_name, port),
         "verified": True,
-        "probe": probe_summary(prediction) | {"latency_ms": round(latency_ms, 2)},
+        "probe": probe_check(output_names).answer_summary(prediction)
+        | {"latency_ms": round(latency_ms, 2)},
         "serve_command": shlex.join(
             server_command(repository, model_name, port, grpc_port=DEFAULT_GRPC_PORT)
         ),

@@ -14,7 +14,11 @@ API's outputs; ``detection_record`` keeps its ``num_detections`` real detections
 header, read with Pillow without decoding the pixels; EXIF orientation is not applied,
 as the model does not apply it either).
 
-NumPy and Pillow only: batch prediction's workers import this without Keras.
+``check_answer`` is the deploy step's proof that a served detector answers one image
+well formed, ``answer_summary`` what the deploy result says of that answer.
+
+NumPy and Pillow only: batch prediction's workers and the deploy step import this
+without Keras (or TensorFlow).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import numpy as np
 
 # The output that tells a detection export from a classifier (the Object Detection API's).
 BOXES = "detection_boxes"
+# The Object Detection API's outputs: a detector's export answers them (and more).
+OUTPUTS = (BOXES, "detection_classes", "detection_scores", "num_detections")
 
 
 def is_detection_export(output_names: Sequence[str]) -> bool:
@@ -108,3 +114,65 @@ def detection_record(
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_answer(prediction: Mapping[str, Any], labels: Sequence[str]) -> Mapping[str, Any]:
+    """Checks a served detector's answer for one image (a row of TF Serving's REST
+    ``predictions``): the Object Detection API's outputs, boxes normalized inside [0, 1],
+    scores inside [0, 1], the classes of the ``num_detections`` real detections (from 1)
+    within ``labels``, and ``detection_labels`` (when answered) naming them.
+
+    Returns:
+        ``prediction``, checked.
+
+    Raises:
+        ValueError: when the answer is not a well-formed detection of a model with these
+            labels (the message says each problem).
+    """
+    missing = [name for name in OUTPUTS if name not in prediction]
+    if missing:
+        raise ValueError(f"the detection has no {missing}: {prediction!r:.500}")
+    boxes, classes, scores, count = (prediction[name] for name in OUTPUTS)
+    if not (
+        isinstance(boxes, list)
+        and len(boxes) == len(classes) == len(scores)
+        and isinstance(count, int | float)
+        and count == int(count)
+        and 0 <= count <= len(scores)
+    ):
+        raise ValueError(
+            f"{len(boxes)} boxes, {len(classes)} classes, {len(scores)} scores and "
+            f"num_detections {count!r}"
+        )
+    real = classes[: int(count)]
+    problems = []
+    if not all(
+        isinstance(box, list) and len(box) == 4 and all(0.0 <= v <= 1.0 for v in box)
+        for box in boxes
+    ):
+        problems.append("a box is not 4 normalized coordinates inside [0, 1]")
+    if not all(0.0 <= score <= 1.0 for score in scores):
+        problems.append("a score is not inside [0, 1]")
+    if not all(c == int(c) and 1 <= c <= len(labels) for c in real):
+        problems.append(f"classes {real[:10]} are not all within 1..{len(labels)}")
+    elif "detection_labels" in prediction:
+        named = prediction["detection_labels"][: len(real)]
+        if named != [labels[int(c) - 1] for c in real]:
+            problems.append(f"detection_labels {named[:10]} do not name the classes {real[:10]}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return prediction
+
+
+def answer_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked answer's top detection: ``{"num_detections", "label", "score"}`` (the
+    label empty and the score 0 when the detector found nothing)."""
+    count = int(prediction["num_detections"])
+    scores = prediction["detection_scores"][:count]
+    top = max(range(count), key=scores.__getitem__, default=None)
+    named = prediction.get("detection_labels") or [""] * count
+    return {
+        "num_detections": count,
+        "label": "" if top is None else named[top],
+        "score": 0.0 if top is None else float(scores[top]),
+    }
