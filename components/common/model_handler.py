@@ -7,8 +7,9 @@ handler speaks the exports' contract: a batch of encoded image bytes goes to the
 ``serving_default`` signature (its one string input, whatever its name) in one call, and
 each element gets its own inference back:
 
-* a classifier (``components.common.serving``: the signature answers ``probabilities``):
-  its row of class probabilities, a float32 array;
+* a classifier (``components.classification.signature``: the signature answers
+  ``PROBABILITIES_NAME``): its row of class probabilities, a float32 array, which
+  ``components.classification.predictions`` turns into a record;
 * any other export, e.g. a detector (``components.detection.export``: ``detection_boxes``,
   ``detection_scores``, ...): a dict of that image's slice of every output, which the
   task's own code turns into a record (``components.detection.predictions``).

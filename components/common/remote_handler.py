@@ -65,6 +65,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RemoteModelHandler
 
+from components.classification import signature
 from components.common.model_handler import (
     IMAGE_TOO_LARGE,
     UNDECODABLE_IMAGE,
@@ -190,7 +191,11 @@ def probabilities_of(prediction: Any, labels: Sequence[str]) -> np.ndarray:
         LabelMismatch: for another number of probabilities than labels, or a ``label``
             that is not ``labels[class_index]``.
     """
-    values = prediction.get("probabilities") if isinstance(prediction, Mapping) else prediction
+    values = (
+        prediction.get(signature.PROBABILITIES_NAME)
+        if isinstance(prediction, Mapping)
+        else prediction
+    )
     try:
         probabilities = np.asarray(values, dtype=np.float32)
     except (TypeError, ValueError):
