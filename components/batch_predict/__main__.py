@@ -27,12 +27,33 @@ import logging
 import sys
 
 from components.batch_predict import beam_pipeline, vertex
-from components.common.cli import defaults
+from components.common import cli
+
+# The images to predict (one of two sources); and what is no flag: --model-dir is
+# optional here (with --endpoint only its labels are read), Beam's own arguments are the
+# ones this command does not know.
+SOURCES = ("input_uris", "dataset_dir")
+NOT_FLAGS = ("model_dir", "beam_args", "dataflow")
+# ``--target vertex``: the model (one of two), the images (one of two), its flags' names,
+# and the parameters that are no flag (objects, and the clock tests pass).
+VERTEX_MODELS = ("model_resource_name", "export_uri")
+VERTEX_SOURCES = ("gcs_source_uris", "dataset_dir")
+VERTEX_FLAGS = {
+    "location": "--region",
+    "model_resource_name": "--model",
+    "export_uri": "--model-dir",
+    "job_display_name": "--display-name",
+}
+VERTEX_NOT_FLAGS = ("export_metadata", "labels", "job_client", "sleep", "clock")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    """Parses the stage's arguments; returns them and the remaining (Beam) arguments."""
-    default = defaults(beam_pipeline.run)
+    """Parses the stage's arguments; returns them and the remaining (Beam) arguments.
+
+    The stage's arguments are a flag for each parameter of the stage function, which
+    types, documents and defaults it (``common.cli``).
+    """
+    run = beam_pipeline.run
     parser = argparse.ArgumentParser(
         prog="python -m components.batch_predict",
         description="Batch prediction with an exported SavedModel on Apache Beam "
@@ -43,55 +64,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         default="",
         help="exported SavedModel directory (with --endpoint: only its labels are read)",
     )
-    parser.add_argument("--output-dir", required=True, help="where to write the JSON Lines")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--input-uris",
-        default=default["input_uris"],
-        help="file listing images: 'uri,label' CSV or one URI a line",
-    )
-    source.add_argument(
-        "--dataset-dir",
-        default=default["dataset_dir"],
-        help="create_tfrecords dataset (its manifests/test.csv)",
-    )
-    parser.add_argument(
-        "--top-k", type=int, default=default["top_k"], help="classes listed per image"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=default["batch_size"], help="images per model call"
-    )
-    parser.add_argument(
-        "--max-error-fraction",
-        type=float,
-        default=default["max_error_fraction"],
-        help="largest tolerated share of inputs without a prediction",
-    )
-    parser.add_argument("--runner", default=default["runner"], help="Beam runner")
-    parser.add_argument(
-        "--endpoint",
-        default=default["endpoint"],
-        help="call this deployed model instead of loading --model-dir: a TF Serving REST URL "
-        "(http://host:port/v1/models/NAME) or a Vertex AI endpoint "
-        "(projects/P/locations/L/endpoints/ID)",
-    )
-    parser.add_argument(
-        "--labels-uri",
-        default=default["labels_uri"],
-        help="with --endpoint: the model's label file (default: the export's, in --model-dir)",
-    )
-    parser.add_argument(
-        "--request-timeout-s",
-        type=float,
-        default=default["request_timeout_s"],
-        help="with --endpoint: longest wait for one answer",
-    )
-    parser.add_argument(
-        "--max-retries",
-        type=int,
-        default=default["max_retries"],
-        help="with --endpoint: retries of a request answered 429/502/503/504 or not at all",
-    )
+    cli.add_function_arguments(source, run, SOURCES, fill_defaults=True)
+    names = cli.parameter_names(run, leaving_out=(*SOURCES, *NOT_FLAGS))
+    cli.add_function_arguments(parser, run, names, fill_defaults=True)
     args, beam_args = parser.parse_known_args(argv)
     if not args.model_dir and not args.endpoint:
         parser.error("--model-dir is required (or --endpoint)")
@@ -99,49 +75,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 
 def parse_vertex_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the arguments of ``--target vertex`` (a Vertex AI batch prediction job)."""
-    default = defaults(vertex.run_batch_prediction)
+    """Parses the arguments of ``--target vertex`` (a Vertex AI batch prediction job): a
+    flag for each parameter of ``vertex.run_batch_prediction``, which types, documents
+    and defaults it."""
+    run = vertex.run_batch_prediction
     parser = argparse.ArgumentParser(
         prog="python -m components.batch_predict --target vertex",
         description="Batch prediction with a Vertex AI BatchPredictionJob.",
     )
-    parser.add_argument("--project", required=True)
-    parser.add_argument("--region", dest="location", required=True)
-    parser.add_argument("--gcs-destination-prefix", required=True, help="gs:// output prefix")
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument(
-        "--model", dest="model_resource_name", default="", help="Model Registry resource name"
-    )
-    model.add_argument(
-        "--model-dir", dest="export_uri", default="", help="exported SavedModel on gs://"
-    )
-    parser.add_argument(
-        "--serving-image", default=default["serving_image"], help="default: prebuilt TensorFlow"
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--gcs-source-uris", nargs="+", default=[], help="gs:// input files")
-    source.add_argument(
-        "--dataset-dir", default=default["dataset_dir"], help="dataset on gs:// (test split)"
-    )
-    parser.add_argument(
-        "--instances-format", default=default["instances_format"], choices=vertex.INSTANCES_FORMATS
-    )
-    parser.add_argument(
-        "--display-name", dest="job_display_name", default=default["job_display_name"]
-    )
-    parser.add_argument("--machine-type", default=default["machine_type"])
-    parser.add_argument("--accelerator-type", default=default["accelerator_type"])
-    parser.add_argument("--accelerator-count", type=int, default=default["accelerator_count"])
-    parser.add_argument(
-        "--starting-replica-count", type=int, default=default["starting_replica_count"]
-    )
-    parser.add_argument("--max-replica-count", type=int, default=default["max_replica_count"])
-    parser.add_argument("--batch-size", type=int, default=default["batch_size"])
-    parser.add_argument("--service-account", default=default["service_account"])
-    parser.add_argument("--max-error-fraction", type=float, default=default["max_error_fraction"])
-    parser.add_argument("--timeout-s", type=float, default=default["timeout_s"])
-    parser.add_argument(
-        "--no-wait", dest="wait", action="store_false", help="return once the job is created"
+    groups = (VERTEX_MODELS, VERTEX_SOURCES)
+    for names in groups:
+        group = parser.add_mutually_exclusive_group(required=True)
+        cli.add_function_arguments(group, run, names, flags=VERTEX_FLAGS, fill_defaults=True)
+    cli.add_function_arguments(
+        parser,
+        run,
+        cli.parameter_names(run, leaving_out=(*VERTEX_MODELS, *VERTEX_SOURCES, *VERTEX_NOT_FLAGS)),
+        flags=VERTEX_FLAGS,
+        choices={"instances_format": vertex.INSTANCES_FORMATS},
+        fill_defaults=True,
     )
     return parser.parse_args(argv)
 

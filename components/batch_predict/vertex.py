@@ -254,10 +254,10 @@ def run_batch_prediction(
         gcs_destination_prefix: ``gs://`` prefix under which the job writes its output
             directory; a dataset's file list is written under ``<prefix>/inputs/``.
         model_resource_name: A Model Registry version (``projects/.../models/ID[@V]``),
-            e.g. deploy_vertex's; or:
-        export_uri: the exported SavedModel on Cloud Storage, served without an upload by
-            ``serving_image`` (empty: Vertex AI's prebuilt TensorFlow image for the
-            export's TensorFlow version).
+            e.g. deploy_vertex's, that predicts; or else ``export_uri``.
+        export_uri: The exported SavedModel on Cloud Storage that predicts instead,
+            served without an upload by ``serving_image`` (empty: Vertex AI's prebuilt
+            TensorFlow image for the export's TensorFlow version).
         dataset_dir: A create_tfrecords dataset on Cloud Storage whose test manifest
             lists the images; used when ``gcs_source_uris`` is empty.
         gcs_source_uris: Input files on Cloud Storage (wildcards allowed), in

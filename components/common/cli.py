@@ -27,6 +27,15 @@ def defaults(function: Callable[..., Any]) -> dict[str, Any]:
     }
 
 
+def parameter_names(function: Callable[..., Any], leaving_out: Sequence[str] = ()) -> list[str]:
+    """The parameters of ``function`` in their order, less those ``leaving_out``."""
+    names = list(inspect.signature(function).parameters)
+    unknown = set(leaving_out) - set(names)
+    if unknown:
+        raise ValueError(f"{function.__name__} has no parameter(s) {sorted(unknown)}")
+    return [name for name in names if name not in leaving_out]
+
+
 def parameter_help(functions: Sequence[Callable[..., Any]]) -> dict[str, str]:
     """Each parameter's description in the Google-style docstrings of ``functions`` (the
     first that documents it wins), as KFP itself reads component docstrings; on one line,

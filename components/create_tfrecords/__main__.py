@@ -17,13 +17,22 @@ import json
 import logging
 import sys
 
-from components.common.cli import defaults
+from components.common import cli
 from components.create_tfrecords import beam_pipeline
+
+# The inputs (one of two sources), with their flags' names; and what is no flag: Beam's
+# own arguments are the ones this command does not know.
+SOURCES = ("csv_uri", "image_dir")
+FLAGS = {"csv_uri": "--csv", "labels_uri": "--labels"}
+NOT_FLAGS = ("beam_args", "dataflow")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    """Parses the command line; returns the known options and the Beam pipeline args."""
-    default = defaults(beam_pipeline.run)
+    """Parses the command line; returns the known options and the Beam pipeline args.
+
+    The options are a flag for each parameter of the stage function, which types,
+    documents and defaults it (``common.cli``).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m components.create_tfrecords",
         description="Labelled images (a uri,label CSV or a <label>/<image> folder tree) to "
@@ -31,44 +40,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         epilog="Other arguments are passed to Beam as pipeline arguments, e.g. --project=p "
         "--region=r --temp_location=gs://b/tmp --sdk_container_image=IMAGE for Dataflow.",
     )
-    parser.add_argument("--output-dir", required=True, help="dataset directory to write")
+    run = beam_pipeline.run
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--csv", default="", help="CSV of uri,label lines (needs --labels)")
-    source.add_argument("--image-dir", default="", help="root of a <label>/<image> folder tree")
-    parser.add_argument("--labels", default="", help="label file, one label per line")
-    parser.add_argument("--train-fraction", type=float, default=default["train_fraction"])
-    parser.add_argument("--valid-fraction", type=float, default=default["valid_fraction"])
-    parser.add_argument(
-        "--num-shards",
-        type=int,
-        default=default["num_shards"],
-        help="per split; 0 = from the bytes each split stores",
-    )
-    parser.add_argument(
-        "--target-shard-mb",
-        type=float,
-        default=default["target_shard_mb"],
-        help="shard size (MiB) the count is derived for when --num-shards is 0",
-    )
-    parser.add_argument(
-        "--max-image-side",
-        type=int,
-        default=default["max_image_side"],
-        help="scale larger images down; 0 = off",
-    )
-    parser.add_argument(
-        "--max-error-fraction",
-        type=float,
-        default=default["max_error_fraction"],
-        help="fail when a larger share of the input is rejected",
-    )
-    parser.add_argument("--runner", default=default["runner"], help="Beam runner")
-    parser.add_argument(
-        "--direct-num-workers",
-        type=int,
-        default=default["direct_num_workers"],
-        help="DirectRunner processes: 1 = this process, 0 = one per core (multi-process mode)",
-    )
+    cli.add_function_arguments(source, run, SOURCES, flags=FLAGS, fill_defaults=True)
+    names = cli.parameter_names(run, leaving_out=(*SOURCES, *NOT_FLAGS))
+    cli.add_function_arguments(parser, run, names, flags=FLAGS, fill_defaults=True)
     return parser.parse_known_args(argv)
 
 
@@ -77,21 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        stats = beam_pipeline.run(
-            output_dir=args.output_dir,
-            csv_uri=args.csv,
-            labels_uri=args.labels,
-            image_dir=args.image_dir,
-            train_fraction=args.train_fraction,
-            valid_fraction=args.valid_fraction,
-            num_shards=args.num_shards,
-            target_shard_mb=args.target_shard_mb,
-            max_image_side=args.max_image_side,
-            max_error_fraction=args.max_error_fraction,
-            runner=args.runner,
-            beam_args=beam_args,
-            direct_num_workers=args.direct_num_workers,
-        )
+        stats = beam_pipeline.run(**vars(args), beam_args=beam_args)
     except (ValueError, FileNotFoundError) as e:
         print(f"create_tfrecords: error: {e}", file=sys.stderr)
         return 1

@@ -23,22 +23,36 @@ import argparse
 import json
 import logging
 
-from components.common.cli import defaults
+from components.common import cli
 from components.deploy import kserve, local, vertex
 from components.deploy.vertex_serving import SERVING_CONTAINERS
 
 TARGETS = ("local", "vertex", "kserve")
-LOCAL, VERTEX, KSERVE = (
-    defaults(local.deploy_local),
-    defaults(vertex.deploy_to_vertex),
-    defaults(kserve.deploy_kserve),
+LOCAL = cli.defaults(local.deploy_local)
+# Each cloud target's own options, flags of its deploy function's parameters; the
+# options the targets share are hand-written below, as they set differently named
+# parameters (or a required one) of each target's function.
+VERTEX_OPTIONS = (
+    "endpoint_display_name",
+    "serving_image",
+    "serving_container",
+    "deploy_image",
+    "machine_type",
+    "accelerator_type",
+    "accelerator_count",
+    "keep_versions",
+    "service_account",
+    "enable_explanations",
 )
+KSERVE_OPTIONS = ("runtime_version", "cpu", "memory", "gpu_count", "service_account_name")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line; checks each target's required arguments.
 
     The options several targets share default to None: the target's own default then.
+    Each target's own options are its deploy function's parameters, which type, document
+    and default them (``common.cli``).
     """
     parser = argparse.ArgumentParser(prog="python -m components.deploy", description=__doc__)
     parser.add_argument("--export-dir", required=True, help="SavedModel of the export stage")
@@ -59,49 +73,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-replicas", type=int, help="vertex, kserve (default 1)")
     parser.add_argument("--max-replicas", type=int, help="vertex, kserve (default 1)")
     group = parser.add_argument_group("vertex")
-    group.add_argument("--project", default="")
-    group.add_argument("--region", default="")
-    group.add_argument("--endpoint-display-name", default=VERTEX["endpoint_display_name"])
-    group.add_argument(
-        "--serving-image",
-        default=VERTEX["serving_image"],
-        help="default: the serving container's own (prebuilt TensorFlow, or the deploy image)",
-    )
-    group.add_argument(
-        "--serving-container",
-        choices=SERVING_CONTAINERS,
-        default=VERTEX["serving_container"],
-        help="prebuilt TensorFlow container, the deploy image as a custom container, or "
-        "auto: prebuilt unless the export's TensorFlow is newer (default: %(default)s)",
-    )
-    group.add_argument(
-        "--deploy-image",
-        default=VERTEX["deploy_image"],
-        help="image of a custom container (default: the deploy stage image of "
-        "IMAGE_REGISTRY and IMAGE_TAG)",
-    )
-    group.add_argument("--machine-type", default=VERTEX["machine_type"])
-    group.add_argument("--accelerator-type", default=VERTEX["accelerator_type"])
-    group.add_argument("--accelerator-count", type=int, default=VERTEX["accelerator_count"])
-    group.add_argument("--keep-versions", type=int, default=VERTEX["keep_versions"])
-    group.add_argument("--service-account", default=VERTEX["service_account"])
-    group.add_argument(
-        "--explain",
-        dest="enable_explanations",
-        action="store_true",
-        help="upload with the export's explanation spec",
+    group.add_argument("--project", default="", help="Google Cloud project (required)")
+    group.add_argument("--region", default="", help="Vertex AI region (required)")
+    cli.add_function_arguments(
+        group,
+        vertex.deploy_to_vertex,
+        VERTEX_OPTIONS,
+        choices={"serving_container": SERVING_CONTAINERS},
+        flags={"enable_explanations": "--explain"},
+        fill_defaults=True,
     )
     group = parser.add_argument_group("kserve")
-    group.add_argument("--namespace", default="")
     group.add_argument(
-        "--runtime-version",
-        default=KSERVE["runtime_version"],
-        help="TensorFlow Serving version",
+        "--namespace", default="", help="namespace of the InferenceService (required)"
     )
-    group.add_argument("--cpu", default=KSERVE["cpu"])
-    group.add_argument("--memory", default=KSERVE["memory"])
-    group.add_argument("--gpu-count", type=int, default=KSERVE["gpu_count"])
-    group.add_argument("--service-account-name", default=KSERVE["service_account_name"])
+    cli.add_function_arguments(group, kserve.deploy_kserve, KSERVE_OPTIONS, fill_defaults=True)
     args = parser.parse_args(argv)
     if args.target == "vertex" and not (args.project and args.region):
         parser.error("--target vertex needs --project and --region")
@@ -167,6 +153,7 @@ def deploy(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Deploys from the command line; prints what serves the model as JSON."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     print(json.dumps(deploy(args), indent=2, sort_keys=True))

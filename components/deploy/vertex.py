@@ -166,16 +166,16 @@ def deploy_to_vertex(
             empty means ``<model_display_name>-endpoint``.
         serving_image: The prediction container's image; empty: the default of the
             kind ``serving_container`` picks.
-        serving_container: How the export is served (``vertex_serving.
-            serving_container_for``): ``"prebuilt"``, Vertex AI's prebuilt TensorFlow
-            container for the TensorFlow version that wrote the export (the GPU image
-            with an accelerator), or ``serving_image`` as it is; ``"custom"``, the suite's
-            model server on the deploy image (or ``serving_image``) as a Vertex AI custom
-            container; ``"auto"``, ``serving_image`` as it is when given, else prebuilt
-            when Vertex AI has a container for the export's TensorFlow and custom when
-            the export is newer than all of them (TensorFlow 2.21's exports: the newest
-            prebuilt container is 2.15), unless accelerators or explanations need the
-            prebuilt one.
+        serving_container: How the export is served (see
+            ``vertex_serving.serving_container_for``): ``"prebuilt"``, Vertex AI's
+            prebuilt TensorFlow container for the TensorFlow version that wrote the
+            export (the GPU image with an accelerator), or ``serving_image`` as it is;
+            ``"custom"``, the suite's model server on the deploy image (or
+            ``serving_image``) as a Vertex AI custom container; ``"auto"``,
+            ``serving_image`` as it is when given, else prebuilt when Vertex AI has a
+            container for the export's TensorFlow and custom when the export is newer
+            than all of them (TensorFlow 2.21's exports: the newest prebuilt container
+            is 2.15), unless accelerators or explanations need the prebuilt one.
         deploy_image: The deploy stage image a custom container runs; empty:
             ``components.images.stage_image("deploy")`` from ``IMAGE_REGISTRY`` and
             ``IMAGE_TAG`` here. It must be in a registry Vertex AI can pull from.

@@ -15,66 +15,31 @@ import json
 import logging
 import sys
 
-from components.common.cli import defaults
+from components.common import cli
 from components.stream_predict import beam_pipeline
+
+# The model to serve (one of three); and what is no flag: Beam's own arguments are the
+# ones this command does not know.
+MODELS = ("model_repository", "model_dir", "endpoint")
+NOT_FLAGS = ("beam_args", "dataflow")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    """Parses the stage's arguments; returns them and the remaining (Beam) arguments."""
-    default = defaults(beam_pipeline.run)
+    """Parses the stage's arguments; returns them and the remaining (Beam) arguments.
+
+    The stage's arguments are a flag for each parameter of the stage function, which
+    types, documents and defaults it (``common.cli``).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m components.stream_predict",
         description="Streaming prediction from Pub/Sub with Apache Beam "
         "(arguments not listed here go to Beam).",
     )
-    parser.add_argument("--input-subscription", required=True, help="projects/P/subscriptions/S")
-    parser.add_argument("--output-topic", required=True, help="projects/P/topics/T")
-    parser.add_argument("--dead-letter-topic", required=True, help="projects/P/topics/T")
+    run = beam_pipeline.run
     model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument(
-        "--model-repository", default=default["model_repository"], help="newest version serves"
-    )
-    model.add_argument("--model-dir", default=default["model_dir"], help="one SavedModel")
-    model.add_argument(
-        "--endpoint", default=default["endpoint"], help="TF Serving REST URL or Vertex endpoint"
-    )
-    parser.add_argument(
-        "--labels-uri", default=default["labels_uri"], help="the endpoint's label file"
-    )
-    parser.add_argument("--model-name", default=default["model_name"])
-    parser.add_argument("--top-k", type=int, default=default["top_k"])
-    parser.add_argument("--batch-size", type=int, default=default["batch_size"])
-    parser.add_argument(
-        "--refresh-seconds",
-        type=float,
-        default=default["refresh_seconds"],
-        help="how often to look for a newer model version",
-    )
-    parser.add_argument("--request-timeout-s", type=float, default=default["request_timeout_s"])
-    parser.add_argument("--max-retries", type=int, default=default["max_retries"])
-    parser.add_argument("--runner", default=default["runner"], help="Beam runner")
-    parser.add_argument(
-        "--max-run-seconds",
-        type=float,
-        default=default["max_run_seconds"],
-        help="DirectRunner: stop after this long (0: until interrupted)",
-    )
-    parser.add_argument(
-        "--pubsub-emulator-host",
-        default=default["pubsub_emulator_host"],
-        help="host:port of a Pub/Sub emulator",
-    )
-    parser.add_argument(
-        "--output-dir",
-        default=default["output_dir"],
-        help="also write the predictions to JSON-lines files here, one per window",
-    )
-    parser.add_argument("--file-window-seconds", type=int, default=default["file_window_seconds"])
-    parser.add_argument(
-        "--job-name",
-        default=default["job_name"],
-        help="Dataflow job name; a running job of this name is updated in place",
-    )
+    cli.add_function_arguments(model, run, MODELS, fill_defaults=True)
+    names = cli.parameter_names(run, leaving_out=(*MODELS, *NOT_FLAGS))
+    cli.add_function_arguments(parser, run, names, fill_defaults=True)
     return parser.parse_known_args(argv)
 
 

@@ -44,13 +44,29 @@ import keras
 from components.common import io, labels as label_io
 from components.common.model_dir import CURVES_FILE, HISTORY_FILE, MODEL_FILE, save_model_dir
 from components.train import backbones, curves, distribution, history, phases, resume
-from components.train.augmentation import Augmentation
+from components.train.augmentation import FLIPS, Augmentation
+from components.train.hardware import JIT_COMPILE, PRECISIONS
 from components.train.history import EpochLog
-from components.train.inputs import Datasets, class_weights, make_datasets, train_class_counts
-from components.train.plan import TrainingPlan, make_plan
+from components.train.inputs import (
+    CLASS_WEIGHTS,
+    Datasets,
+    class_weights,
+    make_datasets,
+    train_class_counts,
+)
+from components.train.plan import SCHEDULES, TrainingPlan, make_plan
 from components.train.resume import ResumeState, RunDirs
 
 log = logging.getLogger(__name__)
+
+# The values of ``train``'s settings that name a choice (its command line's, and tune's).
+CHOICES = {
+    "learning_rate_schedule": SCHEDULES,
+    "class_weight": CLASS_WEIGHTS,
+    "flip": FLIPS,
+    "precision": PRECISIONS,
+    "jit_compile": JIT_COMPILE,
+}
 
 
 def _faster_batchnorm_statistics(model: keras.Model, momentum: float) -> None:
@@ -354,7 +370,8 @@ def train(
 
     Args:
         dataset_dir: Directory (or gs:// URI) written by create_tfrecords.
-        model_dir: Where to write the model directory described in this module's doc.
+        model_dir: Where to write the model directory (model.keras, labels.txt,
+            training_config.json, history and curves; see the module's doc).
         backbone: A name from ``backbones.BACKBONES``, e.g. ``"EfficientNetB0"``.
         weights: ``"imagenet"``, ``"none"`` (random initialisation, one phase) or a path
             to a no-top weights file of the backbone.

@@ -106,15 +106,20 @@ def tune(
 
     Args:
         dataset_dir: Directory (or gs:// URI) written by create_tfrecords.
-        output_dir: Where to write the search (see this module's doc).
+        output_dir: Where to write the search: trials.json, trials.html and each
+            trial's run (see this module's doc).
         trials: Training runs the search makes at most; 0 turns tuning off.
         objective: What scores a trial, from its kept epoch (the one with the lowest
             validation loss, the model train keeps): ``"val_accuracy"`` (higher is
             better: the measure evaluate's gate applies) or ``"val_loss"`` (lower is
             better: smoother than accuracy on a small validation split).
         learning_rate: Phase one's learning rate when tuning is off or its range is
-            not searched; likewise ``dropout``, ``crop_area_min`` (the augmentation's
-            strength) and ``fine_tune_layers``. Train's defaults.
+            not searched; likewise the three below. Train's defaults.
+        dropout: Dropout rate before the classification layer.
+        crop_area_min: Smallest share of an image's area a random training crop keeps
+            (the augmentation's strength; 1: whole images).
+        fine_tune_layers: Top backbone layers the fine-tuning phase unfreezes
+            (pretrained weights only; -1 all, 0 no fine-tuning phase).
         learning_rate_low: Lowest learning rate a trial draws (log scale).
         learning_rate_high: Highest learning rate a trial draws; equal to
             ``learning_rate_low`` fixes it at that value.
