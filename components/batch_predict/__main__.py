@@ -29,9 +29,8 @@ import sys
 from components.batch_predict import beam_pipeline, vertex
 from components.common import cli
 
-# The images to predict (one of two sources); and what is no flag: --model-dir is
-# optional here (with --endpoint only its labels are read), Beam's own arguments are the
-# ones this command does not know.
+# The images to predict (one of two sources); and what is no derived flag: --model-dir
+# (optional here), Beam's own arguments (the ones this command does not know).
 SOURCES = ("input_uris", "dataset_dir")
 NOT_FLAGS = ("model_dir", "beam_args", "dataflow")
 # ``--target vertex``: the model (one of two), the images (one of two), its flags' names,
@@ -59,11 +58,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         description="Batch prediction with an exported SavedModel on Apache Beam "
         "(arguments not listed here go to Beam).",
     )
-    parser.add_argument(
-        "--model-dir",
-        default="",
-        help="exported SavedModel directory (with --endpoint: only its labels are read)",
-    )
+    # Hand-written: optional here, as --endpoint may stand for it.
+    model_dir = cli.parameter_help([run])["model_dir"]
+    parser.add_argument("--model-dir", default="", help=f"{model_dir} Needed without --endpoint.")
     source = parser.add_mutually_exclusive_group(required=True)
     cli.add_function_arguments(source, run, SOURCES, fill_defaults=True)
     names = cli.parameter_names(run, leaving_out=(*SOURCES, *NOT_FLAGS))
