@@ -37,19 +37,18 @@ DEMO_SETTINGS = {
     "learning_rate": 0.002,
     "early_stopping_patience": 4,
 }
-# Pipeline parameters the command line sets when given (None: the pipeline's default).
-TRAINING_KNOBS = (
-    *DEMO_SETTINGS,
-    "tune_trials",
-    "learning_rate_schedule",
-    "class_weight",
-    "augment",
-    "flip",
-    "crop_area_min",
-    "crop_area_max",
-    "rotation_degrees",
-    "right_angle_rotation",
-)
+# A classification run's input: the command line's own flags, not parameter flags.
+SOURCES = ("csv_uri", "labels_uri", "image_dir")
+# The values the pipeline's settings that name a choice accept: train's
+# (``training.CHOICES``, which tests/test_cli.py holds these to), written here as that
+# module loads TensorFlow and this command line does not.
+CHOICES = {
+    "learning_rate_schedule": ("cosine", "constant", "plateau"),
+    "class_weight": ("none", "balanced"),
+    "flip": ("none", "horizontal", "vertical", "both"),
+    "precision": ("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+    "jit_compile": ("auto", "true", "false"),
+}
 RUNNERS = ("subprocess", "docker")
 TASKS = ("classification", "detection")
 # The tasks every run has, in order, and those behind the quality gate.
@@ -415,13 +414,13 @@ def main_detection(argv: list[str] | None) -> None:
     print(f"Summary: {os.path.join(os.path.abspath(work_dir), 'summary.json')}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    task = argparse.ArgumentParser(add_help=False)
-    task.add_argument("--task", choices=TASKS, default="classification")
-    if task.parse_known_args(argv)[0].task == "detection":
-        main_detection(argv)
-        return
+def classification_parser() -> argparse.ArgumentParser:
+    """The command line of a classification run: its source, how it runs, and a flag for
+    each parameter of the classification pipeline's local target, typed and documented
+    by the pipeline's own signature and docstring (``common.cli``)."""
+    from components.common import cli
+    from pipelines import pipeline
+
     p = argparse.ArgumentParser(
         prog="python -m pipelines.run_local", description=__doc__.split("\n")[0]
     )
@@ -448,91 +447,64 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="use the pipeline's full-size training defaults (EfficientNetB0, 224 px, ImageNet)",
     )
-    p.add_argument("--backbone")
-    p.add_argument("--weights", help='"imagenet", "none" or a no-top weights file')
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--early-stopping-patience", type=int)
-    p.add_argument("--learning-rate-schedule", choices=("cosine", "constant", "plateau"))
-    p.add_argument(
-        "--class-weight",
-        choices=("none", "balanced"),
-        help="balanced: classes weigh by the inverse of their share (unbalanced data)",
+    demo = ", ".join(f"{name} {value}" for name, value in DEMO_SETTINGS.items())
+    settings = p.add_argument_group(
+        "pipeline parameters",
+        f"Not given: the pipeline's default (shown), except the demo-sized {demo} unless "
+        "--full-size.",
     )
-    p.add_argument(
-        "--tune-trials",
-        type=int,
-        help="search learning rate, dropout and crop area in this many training runs first",
+    inputs = pipeline.image_classification_pipeline.component_spec.inputs
+    cli.add_function_arguments(
+        settings,
+        pipeline.image_classification,
+        [name for name in inputs if name not in (*SOURCES, "model_repository")],
+        choices=CHOICES,
     )
-    augmentation = p.add_argument_group(
-        "augmentation", "random variations of the training images (never of evaluation)"
-    )
-    augmentation.add_argument(
-        "--no-augment", dest="augment", action="store_const", const=False, help="none at all"
-    )
-    augmentation.add_argument(
-        "--flip",
-        choices=("none", "horizontal", "vertical", "both"),
-        help="random mirroring (none for digits and text)",
-    )
-    augmentation.add_argument(
-        "--crop-area-min",
-        type=float,
-        help="smallest share of the image's area a random crop keeps (1: whole images)",
-    )
-    augmentation.add_argument("--crop-area-max", type=float)
-    augmentation.add_argument(
-        "--rotation-degrees", type=float, help="random rotation within +/- this many degrees"
-    )
-    augmentation.add_argument(
-        "--right-angle-rotation",
-        action="store_const",
-        const=True,
-        help="also rotate by a random multiple of 90 degrees (satellite, microscope images)",
-    )
-    p.add_argument("--accuracy-threshold", type=float, default=0.8)
-    p.add_argument(
-        "--champion-margin",
-        type=float,
-        default=0.0,
-        help="how much lower than the served model's test accuracy the new one's may be",
-    )
-    p.add_argument(
-        "--no-edge-exports",
-        dest="edge_exports",
-        action="store_false",
-        help="skip the TFLite and TensorFlow.js exports (export_edge)",
-    )
-    p.add_argument("--model-name", default="image-classifier")
-    p.add_argument("--serving-port", type=int, default=8080)
-    args = p.parse_args(argv)
-    if args.csv and not args.labels:
-        p.error("--csv needs --labels")
+    return p
 
-    params = {} if args.full_size else dict(DEMO_SETTINGS)
-    params.update({k: getattr(args, k) for k in TRAINING_KNOBS if getattr(args, k) is not None})
+
+def classification_params(args: dict) -> dict:
+    """The pipeline parameters of a classification run from its parsed command line
+    (``classification_parser``, less its own flags): the demo-sized settings unless
+    ``full_size``, and each parameter flag given."""
+    params = {} if args["full_size"] else dict(DEMO_SETTINGS)
+    own = {"task", "image_dir", "csv", "labels", "work_dir", "runner", "full_size"}
+    params.update({k: v for k, v in args.items() if k not in own and v is not None})
+    return params
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipelines.run_local ...``: runs the pipeline, prints its summary."""
+    argv = sys.argv[1:] if argv is None else argv
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", choices=TASKS, default="classification")
+    if task.parse_known_args(argv)[0].task == "detection":
+        main_detection(argv)
+        return
+    p = classification_parser()
+    args = vars(p.parse_args(argv))
+    if args["csv"] and not args["labels"]:
+        p.error("--csv needs --labels")
     from pipelines.local_docker import DockerSetupError
 
     try:
         summary = run_local(
-            args.work_dir,
-            csv_uri=os.path.abspath(args.csv) if args.csv else "",
-            labels_uri=os.path.abspath(args.labels) if args.labels else "",
-            image_dir=os.path.abspath(args.image_dir) if args.image_dir else "",
-            runner=args.runner,
-            accuracy_threshold=args.accuracy_threshold,
-            champion_margin=args.champion_margin,
-            edge_exports=args.edge_exports,
-            model_name=args.model_name,
-            serving_port=args.serving_port,
-            **params,
+            args["work_dir"],
+            csv_uri=_absolute(args["csv"]),
+            labels_uri=_absolute(args["labels"]),
+            image_dir=_absolute(args["image_dir"]),
+            runner=args["runner"],
+            **classification_params(args),
         )
     except (PipelineFailed, DockerSetupError) as e:
         sys.exit(f"run_local: {e}")
     print(format_summary(summary))
-    print(f"Summary: {os.path.join(os.path.abspath(args.work_dir), 'summary.json')}")
+    print(f"Summary: {os.path.join(os.path.abspath(args['work_dir']), 'summary.json')}")
+
+
+def _absolute(path: str) -> str:
+    """``path`` made absolute (the stages run elsewhere); empty stays empty."""
+    return os.path.abspath(path) if path else ""
 
 
 if __name__ == "__main__":
