@@ -450,10 +450,17 @@ def test_a_file_that_is_not_a_compiled_pipeline_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_the_example_params_fit_both_targets(target, compiled):
-    params = submit.load_params(ROOT / "pipelines" / "params.example.yaml")
+    """Each name in the example is a parameter of the pipeline, its value of the
+    parameter's type: those set, and those commented out for a user to uncomment."""
+    path = ROOT / "pipelines" / "params.example.yaml"
+    params = submit.load_params(path)
     assert {"image_dir", "epochs", "backbone"} <= set(params)
+    commented = re.findall(r"^# ?([a-z_]+: .*)$", path.read_text(), re.MULTILINE)
+    suggested = yaml.safe_load("\n".join(commented))
+    assert {"class_weight", "tune_trials", "beam_runner", "dataflow_project"} <= set(suggested)
     spec = submit.load_pipeline_spec(compiled[target])
-    assert validate_params(params, submit.pipeline_parameters(spec)) == params
+    every = {**params, **suggested}
+    assert validate_params(every, submit.pipeline_parameters(spec)) == every
 
 
 # --- Vertex AI ---------------------------------------------------------------------------
