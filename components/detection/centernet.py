@@ -33,6 +33,8 @@ import math
 import keras
 import tensorflow as tf
 
+from components.detection import suppression
+
 STRIDE = 4
 HEADS = ("heatmap", "size", "offset")
 _PRIOR = 0.1  # The heatmap's initial probability everywhere.
@@ -256,31 +258,7 @@ def decode(
     cx = (tf.cast(ix, tf.float32) + delta[..., 0]) / side_f
     cy = (tf.cast(iy, tf.float32) + delta[..., 1]) / side_f
     w, h = tf.maximum(wh[..., 0], 0.0), tf.maximum(wh[..., 1], 0.0)
-    boxes = tf.clip_by_value(
-        tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], -1), 0.0, 1.0
+    boxes = tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], -1)
+    return suppression.suppress(
+        boxes, class_index, scores, at(heatmap), max_detections, score_threshold, iou_threshold
     )
-    # Class-aware suppression: each class's boxes are moved apart so classes never overlap.
-    shifted = boxes + 2.0 * tf.cast(class_index, tf.float32)[..., None]
-    keep, valid = tf.image.non_max_suppression_padded(
-        shifted,
-        scores,
-        max_output_size=max_detections,
-        iou_threshold=iou_threshold,
-        score_threshold=score_threshold,
-        pad_to_max_output_size=True,
-    )
-    real = tf.sequence_mask(valid, max_detections)
-
-    def picked(values: tf.Tensor) -> tf.Tensor:
-        """``values`` of the kept candidates, zeros past the real ones."""
-        chosen = tf.gather(values, keep, batch_dims=1)
-        mask = tf.cast(real, values.dtype)
-        return chosen * (mask[..., None] if chosen.shape.rank == 3 else mask)
-
-    return {
-        "boxes": picked(boxes),
-        "classes": picked(class_index),
-        "scores": picked(scores),
-        "multiclass_scores": picked(at(heatmap)),
-        "num_detections": valid,
-    }
