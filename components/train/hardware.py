@@ -6,8 +6,10 @@ GPU, plain float32 and no XLA on CPU, where both cost more than they bring.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import keras
 import tensorflow as tf
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -80,3 +82,14 @@ def resolve_steps_per_execution(
     steps_per_epoch = max(1, steps_per_epoch)
     calls = math.ceil(steps_per_epoch / max(1, steps_per_execution))
     return math.ceil(steps_per_epoch / calls)
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Sets Keras' global dtype policy for what is built inside, then restores it."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

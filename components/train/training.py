@@ -34,7 +34,6 @@ across restarts and the metrics drawn from it).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -45,7 +44,7 @@ from components.common import io, labels as label_io
 from components.common.model_dir import CURVES_FILE, HISTORY_FILE, MODEL_FILE, save_model_dir
 from components.train import backbones, curves, distribution, history, phases, resume
 from components.train.augmentation import FLIPS, Augmentation
-from components.train.hardware import JIT_COMPILE, PRECISIONS
+from components.train.hardware import JIT_COMPILE, PRECISIONS, dtype_policy
 from components.train.history import EpochLog
 from components.train.inputs import (
     CLASS_WEIGHTS,
@@ -83,17 +82,6 @@ def _faster_batchnorm_statistics(model: keras.Model, momentum: float) -> None:
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
-
-
-@contextlib.contextmanager
-def _dtype_policy(name: str):
-    """Sets Keras' global dtype policy for what is built inside, then restores it."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def _build_model(
@@ -219,7 +207,7 @@ def _float32_model(
 ) -> keras.Model:
     """A float32 copy of the trained classifier, compiled, to save."""
     # Saved in float32, whatever the training precision: what export and serving load.
-    with _dtype_policy("float32"):
+    with dtype_policy("float32"):
         final, _ = backbones.build_classifier(
             backbone, num_classes, plan.image_size, "none", dropout, pretrained=plan.pretrained
         )
@@ -490,7 +478,7 @@ def train(
     state = resume.read_resume_state(dirs.backup_dir, fine_tune=plan.phase_two is not None)
     epoch_log = EpochLog(dirs.epoch_log, state.prior_rows)
 
-    with _dtype_policy(plan.precision):
+    with dtype_policy(plan.precision):
         model, base = _build_model(backbone, len(labels), weights, dropout, initial_model, plan)
         _log_plan(backbone, plan)
         phase_one_end = _run_phase_one(model, plan, state, datasets, dirs, epoch_log)
