@@ -8,7 +8,9 @@ shared ones (deploy, batch_predict) in the classification pipeline's shape
 (``pipelines.pipeline``): the same targets' parameters, the same champion and gate, the
 same Beam and Dataflow settings. Its defaults train on CPU in minutes (MobileNetV3Small
 from random initialisation at 192 px); on a GPU raise ``image_size``, pick a larger
-``backbone`` and ``weights="imagenet"``.
+``backbone`` and ``weights="imagenet"``, or fine-tune KerasHub's COCO-trained RetinaNet
+(``family="retinanet"``, ``preset="retinanet_resnet50_fpn_coco"``, ``image_size=512``,
+``learning_rate=0.0001``), as the 2019 flow fine-tuned the model zoo's detectors.
 
 - ``local``: ``kfp local`` on this machine (``object_detection_pipeline``; run it with
   ``python -m pipelines.run_local --task detection``);
@@ -72,6 +74,9 @@ def object_detection(
     scale_min: float = 1.0,
     scale_max: float = 1.0,
     upsampling: str = "fpn",
+    family: str = "centernet",
+    preset: str = "",
+    precision: str = "auto",
     backup_dir: str = "",
     max_detections: int = 100,
     score_threshold: float = 0.05,
@@ -175,6 +180,9 @@ def object_detection(
         scale_min=scale_min,
         scale_max=scale_max,
         upsampling=upsampling,
+        family=family,
+        preset=preset,
+        precision=precision,
         backup_dir=backup_dir,
     ).outputs["model"]
     exported_model = stage_task(

@@ -329,3 +329,122 @@ def test_the_fpn_head_takes_the_backbones_stride_8_and_16_maps():
         model = centernet.build_detector(backbone, 2)
         assert model.get_layer("up0_add") is not None and model.get_layer("up1_add") is not None
         assert model.output["heatmap"].shape[1:] == (32, 32, 2)
+
+
+# KerasHub's RetinaNet: the preset path, from a preset folder written here (a stand-in for
+# the COCO preset the cloud downloads: other classes, ImageNet normalization), so the
+# head replacement, the preprocessor's scaling and the suite's export are exercised
+# without a download.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def retinanet(trained, tmp_path_factory):
+    import keras_hub
+
+    from components.detection import keras_hub_detectors
+
+    sample, dataset, *_ = trained
+    root = tmp_path_factory.mktemp("retinanet")
+    coco_like = keras_hub_detectors.build("retinanet", num_classes=5, image_size=64)
+    coco_like.preprocessor = keras_hub.models.RetinaNetObjectDetectorPreprocessor(
+        image_converter=keras_hub.layers.RetinaNetImageConverter(
+            image_size=(64, 64),
+            scale=1 / 255,
+            offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)],
+        )
+    )
+    coco_like.preprocessor.image_converter.scale = [1 / (255 * s) for s in IMAGENET_STD]
+    preset = str(root / "preset")
+    coco_like.save_to_preset(preset)
+    model_dir = str(root / "model")
+    config = training.train(
+        dataset,
+        model_dir,
+        family="retinanet",
+        preset=preset,
+        image_size=64,
+        batch_size=8,
+        epochs=2,
+        learning_rate=0.0005,
+        early_stopping_patience=0,
+    )
+    export_dir = str(root / "export")
+    meta = export.export_detector(model_dir, export_dir, max_detections=20, score_threshold=0.0)
+    return sample, dataset, model_dir, config, export_dir, meta
+
+
+def test_retinanet_fine_tunes_a_preset_for_the_datasets_classes(retinanet):
+    sample, _, model_dir, config, _, meta = retinanet
+    assert config["family"] == "retinanet" and config["epochs_run"] == 2
+    assert config["labels"] == list(sample.labels)
+    # The preset's ImageNet normalization is what training and the export apply.
+    assert config["input_scale"] == pytest.approx([1 / (255 * s) for s in IMAGENET_STD])
+    assert config["input_offset"] == pytest.approx(
+        [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    )
+    assert Path(model_dir, "model.keras").exists() and meta["family"] == "retinanet"
+
+
+def test_retinanet_exports_the_object_detection_apis_contract(retinanet):
+    from components.detection.evaluation import evaluate_detector
+
+    sample, dataset, _, _, export_dir, _ = retinanet
+    labels = list(sample.labels)
+    loaded = tf.saved_model.load(export_dir)
+    assert set(loaded.signatures) == {"serving_default", "image_tensor", "tf_example"}
+    images = sorted(sample.boxes)[:2]
+    encoded = tf.constant([Path(p).read_bytes() for p in images])
+    from_bytes = loaded.signatures["serving_default"](inputs=encoded)
+    _check_outputs(from_bytes, 2, 20, labels)
+    pixels = tf.io.decode_jpeg(encoded[0], channels=3)[None]
+    from_pixels = loaded.signatures["image_tensor"](input_tensor=pixels)
+    np.testing.assert_allclose(
+        from_pixels["detection_scores"][0], from_bytes["detection_scores"][0], atol=1e-5
+    )
+    metrics = evaluate_detector(export_dir, dataset, split="train")
+    assert metrics["images"] > 0 and set(metrics["per_class_map"]) == set(labels)
+
+
+def test_retinanet_without_a_preset_is_a_small_random_model():
+    from components.detection import keras_hub_detectors
+
+    model = keras_hub_detectors.build("retinanet", num_classes=3, image_size=64)
+    assert model.num_classes == 3 and model.count_params() < 10_000_000
+    scale, offset = keras_hub_detectors.input_scaling(model)
+    assert scale == pytest.approx([1 / 255] * 3) and offset == [0.0] * 3
+    assert model.preprocessor is None
+
+
+def test_the_family_and_its_preset_are_checked(trained, tmp_path):
+    _, dataset, *_ = trained
+    with pytest.raises(ValueError, match="family must be one of"):
+        training.train(dataset, str(tmp_path / "m"), family="yolo")
+    with pytest.raises(ValueError, match="preset is a KerasHub family"):
+        training.train(dataset, str(tmp_path / "m"), preset="retinanet_resnet50_fpn_coco")
+
+
+def test_mixed_precision_trains_and_exports_the_float32_contract(trained, tmp_path):
+    """The precision setting is the classification stage's (components.train.hardware);
+    a mixed-precision detector still answers float32 outputs."""
+    sample, dataset, *_ = trained
+    model_dir, export_dir = str(tmp_path / "model"), str(tmp_path / "export")
+    config = training.train(
+        dataset,
+        model_dir,
+        image_size=64,
+        batch_size=8,
+        epochs=1,
+        precision="mixed_float16",
+        early_stopping_patience=0,
+    )
+    assert config["precision"] == "mixed_float16" and config["replicas"] == 1
+    export.export_detector(model_dir, export_dir, max_detections=20)
+    loaded = tf.saved_model.load(export_dir)
+    images = sorted(sample.boxes)[:2]
+    out = loaded.signatures["serving_default"](
+        inputs=tf.constant([Path(p).read_bytes() for p in images])
+    )
+    _check_outputs(out, 2, 20, list(sample.labels))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        training.train(dataset, str(tmp_path / "m"), precision="float8")

@@ -132,10 +132,14 @@ def train_detector(
     scale_min: float = 1.0,
     scale_max: float = 1.0,
     upsampling: str = "fpn",
+    family: str = "centernet",
+    preset: str = "",
+    precision: str = "auto",
     backup_dir: str = "",
 ):
-    """Trains an object detector (a CenterNet-style heatmap, size and offset head on a
-    keras.applications backbone) on the Object Detection API records of
+    """Trains an object detector (by default a CenterNet-style heatmap, size and offset
+    head on a keras.applications backbone; or KerasHub's RetinaNet) on the Object
+    Detection API records of
     create_detection_tfrecords, with box-aware augmentation, the best epoch by
     validation loss kept, early stopping, TensorBoard logs and resumption after
     preemption.
@@ -158,6 +162,14 @@ def train_detector(
         scale_max: Largest side of the window (over 1 zooms out, shrinking objects).
         upsampling: The head's upsampling: "fpn" (with the backbone's stride-8 and
             stride-16 maps), "bilinear" or "transposed".
+        family: "centernet" (anchor-free, trains from random initialisation on CPUs)
+            or "retinanet" (KerasHub's RetinaNet, to fine-tune a COCO preset on a GPU).
+        preset: The retinanet family's KerasHub preset, e.g.
+            "retinanet_resnet50_fpn_coco" (downloaded from Kaggle Models: KAGGLE_USERNAME
+            and KAGGLE_KEY in the environment) or a preset folder; empty: a small
+            RetinaNet from random initialisation.
+        precision: "auto" (mixed float16 on GPUs with Tensor Cores, else float32),
+            "float32", "mixed_float16" or "mixed_bfloat16".
         backup_dir: A durable folder to resume from after a preemption; empty: one in
             the model directory.
 
@@ -185,6 +197,9 @@ def train_detector(
         scale_min=scale_min,
         scale_max=scale_max,
         upsampling=upsampling,
+        family=family,
+        preset=preset,
+        precision=precision,
         backup_dir=backup_dir,
     )
     for name in ("epochs_run", "best_epoch", "best_val_loss", "train_seconds", "images_per_second"):
@@ -192,7 +207,8 @@ def train_detector(
     model.metadata.update(
         {
             "task": "detection",
-            "backbone": backbone,
+            "family": family,
+            "backbone": result["backbone"],
             "image_size": image_size,
             "labels": result["labels"],
             "framework": "tensorflow",

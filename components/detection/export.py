@@ -1,7 +1,8 @@
 """Exports a trained detector as a SavedModel with the TF Object Detection API's contract.
 
 Decoding, resizing, the detector and its decoding (``centernet.decode``: peak extraction,
-top candidates, class-aware non-maximum suppression) are all in the graph, so TF Serving,
+or a KerasHub RetinaNet's anchors; then the shared top candidates and class-aware
+non-maximum suppression of ``suppression``) are all in the graph, so TF Serving,
 Vertex AI's TensorFlow container, KServe's TensorFlow predictor and the suite's server
 serve it as is. Its signatures are the ones the Object Detection API's TF2 exporter
 writes (``exporter_main_v2.py``), so a 2019 client keeps working:
@@ -27,11 +28,13 @@ square input, so normalized boxes hold for the image as sent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 import tensorflow as tf
 
 from components.common import io, model_dir as model_dir_lib, preprocessing, serving
-from components.detection import centernet, schema
+from components.detection import centernet, keras_hub_detectors, schema, suppression
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "inputs"
@@ -55,18 +58,38 @@ def build_archive(
     max_detections: int = 100,
     score_threshold: float = 0.0,
     iou_threshold: float = 0.6,
+    family: str = "centernet",
+    input_scale: Sequence[float] = (),
+    input_offset: Sequence[float] = (),
 ) -> keras.export.ExportArchive:
-    """Wraps ``model`` in an ExportArchive with the three signatures of the module doc."""
+    """Wraps ``model`` in an ExportArchive with the three signatures of the module doc.
+    ``family`` says how its outputs become candidates (``centernet.decode``, or a
+    KerasHub detector's anchors scaled by ``input_scale`` and ``input_offset``)."""
     label_table = tf.constant(["", *labels])  # index 0: padding past num_detections
+    candidates = max(100, max_detections)
 
-    def detect(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        found = centernet.decode(
-            model(images, training=False),
+    def decode(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        if family == "centernet":
+            return centernet.decode(
+                model(images, training=False),
+                max_detections=max_detections,
+                score_threshold=score_threshold,
+                iou_threshold=iou_threshold,
+                candidates=candidates,
+            )
+        boxes, probabilities = keras_hub_detectors.candidates(
+            model, keras_hub_detectors.scale_images(images, input_scale, input_offset)
+        )
+        best = suppression.top_candidates(boxes, probabilities, candidates)
+        return suppression.suppress(
+            **best,
             max_detections=max_detections,
             score_threshold=score_threshold,
             iou_threshold=iou_threshold,
-            candidates=max(100, max_detections),
         )
+
+    def detect(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        found = decode(images)
         real = tf.sequence_mask(found["num_detections"], max_detections)
         classes = tf.where(real, found["classes"] + 1, 0)
         return {
@@ -141,9 +164,20 @@ def export_detector(
         )
     config = model_dir_lib.read_config(model_dir)
     labels = model_dir_lib.read_labels(model_dir)
+    family = config.get("family", "centernet")
+    if family in keras_hub_detectors.KERAS_HUB_FAMILIES:
+        import keras_hub  # noqa: F401  (registers KerasHub's classes for loading)
     model = keras.models.load_model(io.join(model_dir, model_dir_lib.MODEL_FILE), compile=False)
     archive = build_archive(
-        model, labels, config["image_size"], max_detections, score_threshold, iou_threshold
+        model,
+        labels,
+        config["image_size"],
+        max_detections,
+        score_threshold,
+        iou_threshold,
+        family,
+        config.get("input_scale", ()),
+        config.get("input_offset", ()),
     )
     archive.write_out(export_dir, verbose=False)
     serving.write_export_labels(export_dir, labels)
@@ -155,6 +189,7 @@ def export_detector(
         "labels": labels,
         "image_size": config["image_size"],
         "backbone": config["backbone"],
+        "family": family,
         "signature": SIGNATURE,
         "input": INPUT_NAME,
         "signatures": [SIGNATURE, IMAGE_TENSOR_SIGNATURE, TF_EXAMPLE_SIGNATURE],

@@ -3,7 +3,8 @@
 The input pipeline reads the Object Detection API's records (``schema``), decodes each
 JPEG, stretches it to the model's square input (normalized boxes are unchanged by it),
 applies the box-aware augmentation (a horizontal flip that mirrors the boxes, and colour
-jitter that leaves them alone) and encodes the CenterNet targets (``centernet``).
+jitter that leaves them alone) and encodes the family's targets: CenterNet's maps
+(``centernet``, the default) or KerasHub's padded boxes (``keras_hub_detectors``).
 
 ``train`` fits the model with Keras' own callbacks: the best epoch's weights by
 validation loss (kept, and restored at the end), early stopping, TensorBoard, and a
@@ -14,9 +15,11 @@ model directory as the classification stage does (``common.model_dir``): ``model
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -29,7 +32,8 @@ from components.common import (
     preprocessing,
     schema as common_schema,
 )
-from components.detection import centernet, schema
+from components.detection import centernet, keras_hub_detectors, schema
+from components.train import distribution, hardware
 from components.train.backbones import build_backbone, is_pretrained
 
 log = logging.getLogger(__name__)
@@ -126,9 +130,14 @@ def make_dataset(
     colour: bool = True,
     scale_min: float = 1.0,
     scale_max: float = 1.0,
+    family: str = "centernet",
+    input_scale: Sequence[float] = (),
+    input_offset: Sequence[float] = (),
 ) -> tf.data.Dataset:
     """Batches of ``(images, targets)`` of one split; endless and shuffled when
-    ``training``."""
+    ``training``. ``family`` picks the targets (CenterNet's maps, or KerasHub's padded
+    pixel boxes and labels, with the images scaled by ``input_scale`` and
+    ``input_offset``)."""
     files = common_schema.shard_files(dataset_dir, split)
     dataset = common_schema.read_records(files)
     if training:
@@ -141,10 +150,24 @@ def make_dataset(
         image = preprocessing.resize(image, image_size)
         if training:
             image, boxes = augment(image, boxes, flip, colour)
-        return image, centernet.encode_targets(boxes, classes, num_classes, image_size)
+        if family == "centernet":
+            return image, centernet.encode_targets(boxes, classes, num_classes, image_size)
+        return (
+            keras_hub_detectors.scale_images(image, input_scale, input_offset),
+            keras_hub_detectors.encode_targets(boxes, classes, image_size),
+        )
 
     dataset = dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    if family == "centernet":
+        dataset = dataset.batch(batch_size, drop_remainder=training)
+    else:
+        # Images hold different numbers of boxes: -1 rows pad them to the batch's most.
+        dataset = dataset.padded_batch(
+            batch_size,
+            padding_values=(0.0, {"boxes": -1.0, "labels": -1.0}),
+            drop_remainder=training,
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def train(
@@ -162,16 +185,25 @@ def train(
     scale_min: float = 1.0,
     scale_max: float = 1.0,
     upsampling: str = "fpn",
+    family: str = "centernet",
+    preset: str = "",
+    precision: str = "auto",
     backup_dir: str = "",
 ) -> dict:
-    """Trains the CenterNet-style detector and writes its model directory.
+    """Trains a detector and writes its model directory.
+
+    It trains with the classification stage's strategy (``components.train.distribution``:
+    one device, every GPU of the machine, or several workers from ``TF_CONFIG`` or
+    Vertex AI's ``CLUSTER_SPEC``; ``batch_size`` is the global batch) and precision.
 
     Args:
         dataset_dir: The dataset of ``create_tfrecords`` for detection.
         model_dir: Where to write the model directory.
-        backbone: A keras.applications backbone (``components.train.backbones``).
-        weights: ``imagenet``, a weights file of the backbone, or empty for random
-            initialisation (BatchNormalization's momentum is then lowered to 0.9).
+        backbone: The ``centernet`` family's keras.applications backbone
+            (``components.train.backbones``).
+        weights: The ``centernet`` family's backbone weights: ``imagenet``, a weights
+            file of the backbone, or empty for random initialisation
+            (BatchNormalization's momentum is then lowered to 0.9, for every family).
         image_size: The model's square input side (a multiple of 32).
         batch_size: Images per step.
         epochs: Most epochs (one is a pass over the train split).
@@ -185,8 +217,18 @@ def train(
             images.
         scale_max: Largest side of the window (over 1: zooming out, objects shrink inside
             a grey border).
-        upsampling: The head's upsampling: ``fpn``, ``bilinear`` or ``transposed``
-            (``centernet.build_detector``).
+        upsampling: The ``centernet`` head's upsampling: ``fpn``, ``bilinear`` or
+            ``transposed`` (``centernet.build_detector``).
+        family: The detector: ``centernet`` (anchor-free, trains from random
+            initialisation on CPUs) or ``retinanet`` (KerasHub's RetinaNet, for
+            fine-tuning a COCO preset on a GPU; ``keras_hub_detectors``).
+        preset: The ``retinanet`` family's KerasHub preset (``retinanet_resnet50_fpn_coco``,
+            downloaded from Kaggle Models, or a preset folder); empty: a small RetinaNet
+            from random initialisation. A preset fine-tunes well at a learning rate
+            near 1e-4.
+        precision: ``auto`` (mixed float16 on GPUs with Tensor Cores, else float32),
+            ``float32``, ``mixed_float16`` or ``mixed_bfloat16``
+            (``components.train.hardware``, as the classification train stage).
         backup_dir: A durable folder to back each epoch up to and resume from after a
             preemption; empty: a folder in ``model_dir``.
 
@@ -194,12 +236,19 @@ def train(
         The training config written to ``training_config.json`` (with the epochs run and
         the best validation loss).
     """
+    # The strategy first: MultiWorkerMirroredStrategy must come before other TF ops.
+    tf_config = distribution.load_tf_config()
+    strategy = distribution.make_strategy(tf_config)
     if image_size % 32 or image_size < 64:
         raise ValueError(f"image_size must be a multiple of 32, at least 64, got {image_size}")
     if batch_size < 1 or epochs < 1:
         raise ValueError("batch_size and epochs must be >= 1")
     if not 0 < scale_min <= scale_max:
         raise ValueError(f"need 0 < scale_min <= scale_max, got {scale_min}, {scale_max}")
+    if family not in keras_hub_detectors.FAMILIES:
+        raise ValueError(f"family must be one of {keras_hub_detectors.FAMILIES}, got {family!r}")
+    if preset and family == "centernet":
+        raise ValueError("preset is a KerasHub family's (family='retinanet'), not centernet's")
     labels = labels_lib.read_labels(io.join(dataset_dir, labels_lib.LABELS_FILE))
     stats = io.read_json(io.join(dataset_dir, common_schema.STATS_FILE))
     train_images = int(stats["splits"]["train"])
@@ -208,66 +257,51 @@ def train(
             f"the train split has {train_images} images, fewer than batch_size={batch_size}"
         )
     steps = math.ceil(train_images / batch_size)
+    policy = hardware.resolve_precision(precision, hardware.gpu_compute_capabilities())
     keras.utils.set_random_seed(0)
-    model = centernet.build_detector(
-        build_backbone(backbone, image_size, weights), len(labels), upsampling=upsampling
-    )
-    if not is_pretrained(weights):
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = 0.9
-    schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=steps * epochs, alpha=0.05
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=centernet.LOSSES,
-        loss_weights=centernet.LOSS_WEIGHTS,
-    )
+    with hardware.dtype_policy(policy), strategy.scope():
+        model, scaling = _build_model(
+            family, backbone, weights, preset, upsampling, len(labels), image_size
+        )
+        schedule = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=steps * epochs, alpha=0.05
+        )
+        if family == "centernet":
+            model.compile(
+                optimizer=keras.optimizers.Adam(schedule),
+                loss=centernet.LOSSES,
+                loss_weights=centernet.LOSS_WEIGHTS,
+            )
+        else:
+            # KerasHub's detectors bring their losses (RetinaNet: focal and smooth L1).
+            model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=10.0))
     # Without validation images the training loss picks the best epoch.
     validate = int(stats["splits"]["valid"]) > 0
     monitor = "val_loss" if validate else "loss"
-    io.makedirs(model_dir)
-    best = io.join(model_dir, "checkpoints", "best.weights.h5")
-    io.makedirs(io.join(model_dir, "checkpoints"))
-    callbacks = [
-        keras.callbacks.CSVLogger(io.join(model_dir, model_dir_lib.HISTORY_FILE)),
-        keras.callbacks.ModelCheckpoint(
-            best, monitor=monitor, save_best_only=True, save_weights_only=True
-        ),
-        keras.callbacks.TensorBoard(io.join(model_dir, "logs")),
-        keras.callbacks.BackupAndRestore(backup_dir or io.join(model_dir, "backup")),
-    ]
-    if early_stopping_patience > 0:
-        callbacks.insert(
-            2, keras.callbacks.EarlyStopping(monitor=monitor, patience=early_stopping_patience)
-        )
-    num_classes = len(labels)
+    # Every worker trains; the chief alone writes the model directory.
+    out_dir = distribution.worker_dir(model_dir, distribution.is_chief(tf_config), "model")
+    io.makedirs(io.join(out_dir, "checkpoints"))
+    best = io.join(out_dir, "checkpoints", "best.weights.h5")
+    data = functools.partial(
+        _split_dataset,
+        dataset_dir=dataset_dir,
+        num_classes=len(labels),
+        image_size=image_size,
+        batch_size=batch_size,
+        family=family,
+        workers=distribution.num_workers(tf_config),
+        **scaling,
+    )
     start = time.monotonic()
     history = model.fit(
-        make_dataset(
-            dataset_dir,
-            "train",
-            num_classes,
-            image_size,
-            batch_size,
-            True,
-            augment_flip,
-            augment_colour,
-            scale_min,
-            scale_max,
-        ),
-        validation_data=(
-            make_dataset(dataset_dir, "valid", num_classes, image_size, batch_size, False)
-            if validate
-            else None
-        ),
+        data("train", True, augment_flip, augment_colour, scale_min, scale_max),
+        validation_data=data("valid", False) if validate else None,
         validation_steps=math.ceil(int(stats["splits"]["valid"]) / batch_size)
         if validate
         else None,
         steps_per_epoch=steps,
         epochs=epochs,
-        callbacks=callbacks,
+        callbacks=_callbacks(out_dir, best, monitor, early_stopping_patience, backup_dir),
         shuffle=False,  # the training stream shuffles itself
         verbose=2,
     )
@@ -277,8 +311,8 @@ def train(
     best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else 0
     config = {
         "task": "detection",
-        "backbone": backbone,
-        "weights": weights,
+        "backbone": backbone if family == "centernet" else preset or "small ResNet",
+        "weights": weights if family == "centernet" else preset,
         "image_size": image_size,
         "batch_size": batch_size,
         "epochs_run": len(val_losses),
@@ -291,9 +325,98 @@ def train(
         "scale_min": scale_min,
         "scale_max": scale_max,
         "upsampling": upsampling,
+        "family": family,
+        "preset": preset,
+        "precision": policy,
+        "replicas": strategy.num_replicas_in_sync,
+        **scaling,
     }
-    model_dir_lib.save_model_dir(model, model_dir, labels, config)
+    model_dir_lib.save_model_dir(model, out_dir, labels, config)
     log.info(
         "detection train: %d epochs, best val_loss %s", len(val_losses), config["best_val_loss"]
     )
     return {**config, "labels": labels}
+
+
+def _build_model(
+    family: str,
+    backbone: str,
+    weights: str,
+    preset: str,
+    upsampling: str,
+    num_classes: int,
+    image_size: int,
+) -> tuple[keras.Model, dict]:
+    """The family's detector, and the scale and offset of its input (a KerasHub
+    preset's; none for CenterNet, whose backbone scales its own input). Without
+    pretrained weights BatchNormalization's momentum is lowered to 0.9: at the default,
+    inference-mode statistics lag so far behind that the heatmaps stay below any
+    threshold."""
+    if family == "centernet":
+        model = centernet.build_detector(
+            build_backbone(backbone, image_size, weights), num_classes, upsampling=upsampling
+        )
+        scaling, pretrained = {}, is_pretrained(weights)
+    else:
+        model = keras_hub_detectors.build(family, num_classes, image_size, preset)
+        scale, offset = keras_hub_detectors.input_scaling(model)
+        scaling, pretrained = {"input_scale": scale, "input_offset": offset}, bool(preset)
+    if not pretrained:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+    return model, scaling
+
+
+def _split_dataset(
+    split: str,
+    training: bool,
+    flip: bool = True,
+    colour: bool = True,
+    scale_min: float = 1.0,
+    scale_max: float = 1.0,
+    *,
+    dataset_dir: str,
+    num_classes: int,
+    image_size: int,
+    batch_size: int,
+    family: str,
+    workers: int,
+    **scaling,
+) -> tf.data.Dataset:
+    """``make_dataset`` of one split, sharded among ``workers`` as the classification
+    stage shards its splits (``distribution.autoshard_policy``)."""
+    dataset = make_dataset(
+        dataset_dir,
+        split,
+        num_classes,
+        image_size,
+        batch_size,
+        training,
+        flip,
+        colour,
+        scale_min,
+        scale_max,
+        family,
+        **scaling,
+    )
+    files = len(common_schema.shard_files(dataset_dir, split))
+    return distribution.with_autoshard(dataset, distribution.autoshard_policy(files, workers))
+
+
+def _callbacks(
+    model_dir: str, best: str, monitor: str, patience: int, backup_dir: str
+) -> list[keras.callbacks.Callback]:
+    """The history CSV, the best epoch's weights, early stopping, TensorBoard and the
+    backup a preempted run resumes from."""
+    callbacks = [
+        keras.callbacks.CSVLogger(io.join(model_dir, model_dir_lib.HISTORY_FILE)),
+        keras.callbacks.ModelCheckpoint(
+            best, monitor=monitor, save_best_only=True, save_weights_only=True
+        ),
+        keras.callbacks.TensorBoard(io.join(model_dir, "logs")),
+        keras.callbacks.BackupAndRestore(backup_dir or io.join(model_dir, "backup")),
+    ]
+    if patience > 0:
+        callbacks.insert(2, keras.callbacks.EarlyStopping(monitor=monitor, patience=patience))
+    return callbacks
