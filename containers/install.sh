@@ -13,7 +13,8 @@
 #   install.sh no-deps NAME...
 #       The named packages of requirements-no-deps.txt (copied beside it) at its versions,
 #       without their dependencies: the deploy image's tensorflow-serving-api, the export
-#       image's TF.js converter (tensorflowjs and what it imports), whose `tensorflow`
+#       image's TF.js converter (tensorflowjs and what it imports), the train and export
+#       images' keras-hub and tensorflow-text, whose `tensorflow`
 #       requirement tensorflow-cpu meets under another name (see that file). `pip check`
 #       accepts those complaints, and those about what the converter never imports here
 #       (tensorflowjs' flax, TF-DF, importlib-resources and packaging pin; JAX's SciPy).
@@ -62,7 +63,7 @@ no-deps)
 package)
     pip install --no-cache-dir --no-deps --force-reinstall "$src"
     broken=$(pip check | grep -v -E -e '^No broken requirements found\.$' \
-        -e '^(tensorflow-serving-api|tensorflowjs|tf-keras) [0-9.]+ requires tensorflow, which is not installed\.$' \
+        -e '^(tensorflow-serving-api|tensorflowjs|tf-keras|tensorflow-text) [0-9.]+ requires tensorflow, which is not installed\.$' \
         -e '^tensorflowjs [0-9.]+ requires (flax|importlib[-_]resources|tensorflow[-_]decision[-_]forests), which is not installed\.$' \
         -e '^tensorflowjs [0-9.]+ has requirement packaging~=23\.1, but you have packaging [0-9.]+\.$' \
         -e '^(jax|jaxlib) [0-9.]+ requires scipy, which is not installed\.$' || true)

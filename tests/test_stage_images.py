@@ -36,6 +36,14 @@ pytestmark = pytest.mark.docker
 # (imported where the pipeline is compiled) and Vertex batch prediction, which runs on the
 # deploy image (as its component says).
 ON_DEPLOY_IMAGE = ("components.batch_predict.vertex",)
+# The detection task's modules each image runs (components/detection/components.py names
+# the image of each detection stage), with KerasHub where its RetinaNet is built or loaded.
+DETECTION_MODULES = {
+    "create_tfrecords": ("components.detection.create_tfrecords",),
+    "train": ("components.detection.training", "keras_hub"),
+    "export": ("components.detection.export", "keras_hub"),
+    "evaluate": ("components.detection.evaluation",),
+}
 # Stages without an image of their own, and the image their component names.
 GUEST_STAGES = {"batch_predict": ("stream_predict",)}
 # What each image must not hold: the heavy packages of the other stages (apache-beam[gcp]
@@ -95,6 +103,7 @@ def test_image_holds_what_its_stage_imports_and_no_more(stage, stage_images):
             modules += [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
         if "{stage}" == "deploy":
             modules += {list(ON_DEPLOY_IMAGE)!r}
+        modules += {list(DETECTION_MODULES.get(stage, ()))!r}
         modules = [m for m in modules if not m.endswith(".component") and m not in (
             {list(ON_DEPLOY_IMAGE) if stage != "deploy" else []!r})]
         for module in modules:
@@ -117,7 +126,7 @@ def test_every_installed_version_is_the_pinned_one(stage, stage_images):
     pinned = pins(LOCK)
     if stage == "train":
         pinned |= pins(CONTAINERS / "train" / "gpu-constraints.txt")
-    if stage in ("deploy", "export"):  # each installs some of these (test_containers.NO_DEPS)
+    if stage in ("deploy", "export", "train"):  # some of these (test_containers.NO_DEPS)
         pinned |= pins(ROOT / "requirements-no-deps.txt")
     listed = docker("run", "--rm", stage_images[stage], "pip", "list", "--format", "json")
     installed = {canonicalize_name(p["name"]): p["version"] for p in json.loads(listed.stdout)}
