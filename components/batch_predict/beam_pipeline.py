@@ -204,8 +204,11 @@ class ToDetectionRecord(_ToRecord):
     """A detector's result to its record: the detections with their boxes normalized and
     in the image's pixels, the listed classes (``components.detection.predictions``)."""
 
-    def __init__(self, labels: list[str]):
+    def __init__(self, labels: list[str], manifest: bool = False):
         self._labels = list(labels)
+        # In a create_tfrecords manifest every line lists its image's classes: none is
+        # an image without objects, not an unlabelled one.
+        self._manifest = manifest
 
     def record(
         self, uri: str, listed: str, result: PredictionResult
@@ -219,7 +222,7 @@ class ToDetectionRecord(_ToRecord):
             result.inference,
             width,
             height,
-            true_classes=listed.split() if listed else None,
+            true_classes=listed.split() if listed or self._manifest else None,
             labels=self._labels,
         )
 
@@ -282,10 +285,11 @@ def export_task(model_dir: str) -> str:
     return CLASSIFICATION
 
 
-def record_formatter(task: str, labels: list[str], top_k: int) -> _ToRecord:
-    """The DoFn writing each image's record for the task's export."""
+def record_formatter(task: str, labels: list[str], top_k: int, manifest: bool = False) -> _ToRecord:
+    """The DoFn writing each image's record for the task's export (``manifest``: the
+    listing is a create_tfrecords manifest)."""
     if task == DETECTION:
-        return ToDetectionRecord(labels)
+        return ToDetectionRecord(labels, manifest)
     return ToPredictionRecord(labels, top_k)
 
 
@@ -302,6 +306,7 @@ def build_pipeline(
     request_timeout_s: float = 30.0,
     max_retries: int = 5,
     task: str = CLASSIFICATION,
+    manifest: bool = False,
 ) -> None:
     """Adds the stage's transforms to a Beam pipeline (``run`` builds and runs one).
 
@@ -317,6 +322,9 @@ def build_pipeline(
         request_timeout_s: Longest wait for one answer of the endpoint.
         max_retries: Retries of a request the endpoint did not answer.
         task: What the model predicts (``export_task``): how its records are written.
+        manifest: ``listing`` is a dataset's manifest (create_tfrecords'), whose every
+            line lists its image's labels: a detection image listed without classes has
+            none (``true_classes: []``).
     """
     listed = (
         pipeline
@@ -336,7 +344,9 @@ def build_pipeline(
         images.ok
         | "RunInference" >> RunInference(handler)
         | "ToRecords"
-        >> beam.ParDo(record_formatter(task, labels, top_k)).with_outputs(ERRORS, main="ok")
+        >> beam.ParDo(record_formatter(task, labels, top_k, manifest)).with_outputs(
+            ERRORS, main="ok"
+        )
     )
     predictions = formatted.ok
     _ = (
@@ -549,6 +559,7 @@ def run(
         request_timeout_s=request_timeout_s,
         max_retries=max_retries,
         task=task,
+        manifest=not input_uris,
     )
     result = pipeline.run()
     state = result.wait_until_finish()
