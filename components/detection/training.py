@@ -65,7 +65,11 @@ def scale_and_crop(
     with its class (CenterNet and the Object Detection API's random crop do the same).
 
     The window is cut from the decoded pixels, so the caller resizes it as serving
-    resizes a whole image (no train/serve skew in the resampling)."""
+    resizes a whole image (no train/serve skew in the resampling). Why not Keras 3's
+    bounding-box layers (``RandomCrop``, ``RandomZoom`` with ``bounding_box_format``): they
+    work on the resized image, resampling it twice, and their clipping
+    (``keras.utils.bounding_boxes.clip_to_image_size``) drops only boxes left with no
+    area, so a sliver of an object at the border would still be trained as the object."""
     shape = tf.shape(image)
     height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     scale = tf.random.uniform([], scale_min, scale_max)
