@@ -75,21 +75,25 @@ lint: setup ## ruff on the Python code, hadolint on the stage Dockerfiles
 	$(VENV)/bin/ruff format --check components pipelines tests bench
 	$(VENV)/bin/hadolint --config .hadolint.yaml containers/*/Dockerfile
 
-compile: setup ## Compile the pipeline to build/pipeline-$(TARGET).yaml (TARGET=kfp|vertex)
-	$(PY) -m pipelines.compile --target $(TARGET) --output build/pipeline-$(TARGET).yaml
+# Which task's pipeline compile, submit and submit-vertex take: classification or detection.
+PIPELINE ?= classification
+PIPELINE_YAML = build/$(if $(filter detection,$(PIPELINE)),detection-)pipeline-$(TARGET).yaml
+
+compile: setup ## Compile a pipeline to build/: TARGET=kfp|vertex, PIPELINE=classification|detection
+	$(PY) -m pipelines.compile --pipeline $(PIPELINE) --target $(TARGET) --output $(PIPELINE_YAML)
 
 # Cloud runs (pipelines/submit.py): the target is compiled into build/ first, against the
 # images IMAGE_REGISTRY and IMAGE_TAG name. PARAMS: a YAML or JSON file of pipeline
 # parameters (see pipelines/params.example.yaml).
-EXPERIMENT ?= image-classification
+EXPERIMENT ?= $(if $(filter detection,$(PIPELINE)),object-detection,image-classification)
 .PHONY: submit submit-vertex
 
-submit: setup ## Run the pipeline on Kubeflow Pipelines: KFPHOST=url [PARAMS=file] [EXPERIMENT=name]
-	$(PY) -m pipelines.submit kfp --host "$(KFPHOST)" --experiment "$(EXPERIMENT)" \
+submit: setup ## Run the pipeline on Kubeflow Pipelines: KFPHOST=url [PIPELINE=detection] [PARAMS=file] [EXPERIMENT=name]
+	$(PY) -m pipelines.submit kfp --pipeline $(PIPELINE) --host "$(KFPHOST)" --experiment "$(EXPERIMENT)" \
 		$(if $(PARAMS),--params "$(PARAMS)")
 
-submit-vertex: setup ## Run it on Vertex AI: PROJECT= REGION= BUCKET= [PARAMS=file] [SERVICE_ACCOUNT=email]
-	$(PY) -m pipelines.submit vertex --project "$(PROJECT)" --region "$(REGION)" --bucket "$(BUCKET)" \
+submit-vertex: setup ## Run it on Vertex AI: PROJECT= REGION= BUCKET= [PIPELINE=detection] [PARAMS=file] [SERVICE_ACCOUNT=email]
+	$(PY) -m pipelines.submit vertex --pipeline $(PIPELINE) --project "$(PROJECT)" --region "$(REGION)" --bucket "$(BUCKET)" \
 		$(if $(PARAMS),--params "$(PARAMS)") $(if $(SERVICE_ACCOUNT),--service-account "$(SERVICE_ACCOUNT)")
 
 lock: ## Re-resolve requirements.lock from pyproject.toml

@@ -1,10 +1,15 @@
-"""Compiles the pipeline to YAML for a KFP host or for Vertex AI Pipelines.
+"""Compiles a pipeline to YAML for a KFP host or for Vertex AI Pipelines.
 
 Usage::
 
     python -m pipelines.compile --target kfp --output build/pipeline-kfp.yaml \\
         [--gpu-type nvidia-l4 --gpu-count 1 --train-cpu 6 --train-memory 24Gi ...]
     python -m pipelines.compile --target vertex --output build/pipeline-vertex.yaml
+    python -m pipelines.compile --pipeline detection --target vertex \\
+        --output build/detection-pipeline-vertex.yaml
+
+``--pipeline`` picks the task: ``classification`` (``pipelines.pipeline``, the default)
+or ``detection`` (``pipelines.detection_pipeline``).
 
 Stage images follow ``IMAGE_REGISTRY`` and ``IMAGE_TAG`` (see components.images), or
 the ``--registry`` and ``--tag`` flags; they are read when the pipeline is built, so
@@ -24,22 +29,41 @@ import os
 
 from kfp import compiler
 
-from pipelines.pipeline import GkeResources, build_pipeline
+from pipelines import detection_pipeline, pipeline as classification_pipeline
+from pipelines.tasks import GkeResources
 
 TARGETS = ("kfp", "vertex")
+# Each task's pipeline builder.
+PIPELINES = {
+    "classification": classification_pipeline.build_pipeline,
+    "detection": detection_pipeline.build_pipeline,
+}
 
 
-def compile_pipeline(target: str, output: str, gke: GkeResources | None = None) -> str:
-    """Compiles the pipeline for ``target`` to ``output`` (YAML) and returns the path.
+def default_output(target: str, pipeline: str = "classification") -> str:
+    """Where ``make compile`` and ``pipelines.submit`` put a compiled pipeline:
+    ``build/pipeline-<target>.yaml`` (classification), ``build/<task>-pipeline-<target>.yaml``
+    (another task)."""
+    prefix = "" if pipeline == "classification" else f"{pipeline}-"
+    return os.path.join("build", f"{prefix}pipeline-{target}.yaml")
+
+
+def compile_pipeline(
+    target: str, output: str, gke: GkeResources | None = None, pipeline: str = "classification"
+) -> str:
+    """Compiles the ``pipeline`` task's pipeline for ``target`` to ``output`` (YAML) and
+    returns the path.
 
     Stage images are those ``IMAGE_REGISTRY``/``IMAGE_TAG`` name at the time of the call.
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-    pipeline = build_pipeline(target, gke=gke or GkeResources())
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {tuple(PIPELINES)}")
+    built = PIPELINES[pipeline](target, gke=gke or GkeResources())
     if os.path.dirname(output):
         os.makedirs(os.path.dirname(output), exist_ok=True)
-    compiler.Compiler().compile(pipeline, package_path=output)
+    compiler.Compiler().compile(built, package_path=output)
     return output
 
 
@@ -47,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m pipelines.compile", description=__doc__.split("\n")[0]
     )
+    p.add_argument("--pipeline", choices=tuple(PIPELINES), default="classification")
     p.add_argument("--target", choices=TARGETS, default="kfp")
     p.add_argument("--output", required=True, help="YAML file to write")
     p.add_argument("--registry", help="image registry (overrides IMAGE_REGISTRY)")
@@ -84,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     resources = GkeResources(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(GkeResources)}
     )
-    print(compile_pipeline(args.target, args.output, resources))
+    print(compile_pipeline(args.target, args.output, resources, args.pipeline))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,16 @@ from random initialisation at 192 px); on a GPU raise ``image_size``, pick a lar
 - ``local``: ``kfp local`` on this machine (``object_detection_pipeline``; run it with
   ``python -m pipelines.run_local --task detection``);
 - ``kfp``: Kubeflow Pipelines on GKE: train in the pipeline's pod on a GPU node, deploy
-  to the model repository or KServe.
+  to the model repository or KServe;
+- ``vertex``: Vertex AI Pipelines: train as a Vertex AI custom job, deploy to a Vertex AI
+  endpoint with the evaluation imported to the Model Registry (its object detection
+  schema), batch-predict on Beam or as a Vertex AI batch prediction job
+  (``pipelines.vertex_target``, shared with classification).
 """
 
+import functools
+
+from google_cloud_pipeline_components import _placeholders
 from kfp import dsl
 
 from components.detection.components import (
@@ -27,8 +34,9 @@ from components.detection.components import (
     train_detector,
 )
 from components.images import dataflow_worker_image
-from pipelines import kfp_target
+from pipelines import kfp_target, vertex_target
 from pipelines.tasks import (
+    STREAM_PARAMETERS,
     GkeResources,
     batch_predict_on_beam,
     beam_settings,
@@ -39,13 +47,8 @@ from pipelines.tasks import (
 PIPELINE_NAME = "object-detection"
 TARGET_PARAMETERS = {
     "local": kfp_target.LOCAL_PARAMETERS,
-    "kfp": (
-        "model_repository",
-        "serving_port",
-        "deploy_target",
-        "kserve_namespace",
-        "traffic_percent",
-    ),
+    "kfp": tuple(p for p in kfp_target.KFP_PARAMETERS if p not in STREAM_PARAMETERS),
+    "vertex": tuple(p for p in vertex_target.VERTEX_PARAMETERS if p not in STREAM_PARAMETERS),
 }
 TARGETS = tuple(TARGET_PARAMETERS)
 
@@ -99,7 +102,23 @@ def object_detection(
     # kfp
     deploy_target: str = "local",
     kserve_namespace: str = "kubeflow-user-example-com",
+    # kfp and vertex
     traffic_percent: int = 100,
+    # vertex (vertex_target)
+    machine_type: str = "g2-standard-8",
+    accelerator_type: str = "NVIDIA_L4",
+    accelerator_count: int = 1,
+    replica_count: int = 1,
+    project: str = _placeholders.PROJECT_ID_PLACEHOLDER,
+    location: str = _placeholders.LOCATION_PLACEHOLDER,
+    serving_image: str = "",
+    serving_container: str = "auto",
+    serving_machine_type: str = "n1-standard-4",
+    serving_min_replicas: int = 1,
+    serving_max_replicas: int = 1,
+    batch_predict_engine: str = "beam",
+    batch_machine_type: str = "n1-standard-4",
+    batch_max_replicas: int = 1,
 ):
     """Box-annotated images (Pascal VOC, COCO JSON or Vertex AI JSON Lines) to the
     Object Detection API's TFRecords, a trained and exported detector, its COCO
@@ -115,7 +134,7 @@ def object_detection(
     "kserve", kserve_namespace, traffic_percent). Those the pipeline names itself:
 
     Args:
-        target: "local" or "kfp".
+        target: "local", "kfp" or "vertex".
         gke: Kubernetes resources of the kfp target's tasks; None elsewhere.
         model_name: Name the model is served under.
         beam_runner: Beam runner of both Beam stages (DirectRunner, DataflowRunner).
@@ -132,8 +151,13 @@ def object_detection(
         deploy_target: kfp target: "local" (the model repository, checked with the
             local server) or "kserve" (an InferenceService in kserve_namespace).
         kserve_namespace: Namespace of the KServe InferenceService.
-        traffic_percent: Share of traffic the new model gets on a KServe service that
-            already serves one (canary); 100 replaces it.
+        traffic_percent: Share of traffic the new model gets on a KServe service or a
+            Vertex AI endpoint that already serves one (canary); 100 replaces it.
+        machine_type: The vertex target's parameters, machine_type to
+            batch_max_replicas, are the classification pipeline's
+            (``pipelines.pipeline`` documents each): the train custom job's machines,
+            the endpoint's serving container and replicas, and the batch prediction
+            engine.
     """
     dataflow = beam_settings(
         beam_runner,
@@ -163,10 +187,7 @@ def object_detection(
     )
     records.set_caching_options(False)  # it reads images by URI; they may change
     dataset = records.outputs["dataset"]
-    model = stage_task(
-        train_detector,
-        "train",
-        gke.train if gke else None,
+    training = dict(
         dataset=dataset,
         backbone=backbone,
         weights=weights,
@@ -184,7 +205,14 @@ def object_detection(
         preset=preset,
         precision=precision,
         backup_dir=backup_dir,
-    ).outputs["model"]
+    )
+    if target == "vertex":
+        machine = (machine_type, accelerator_type, accelerator_count, replica_count)
+        model = vertex_target.train(training, *machine, project, location, train_detector)
+    else:
+        model = stage_task(train_detector, "train", gke.train if gke else None, **training).outputs[
+            "model"
+        ]
     exported_model = stage_task(
         export_detector,
         "export",
@@ -193,12 +221,15 @@ def object_detection(
         score_threshold=score_threshold,
         iou_threshold=iou_threshold,
     ).outputs["exported_model"]
-    champion = kfp_target.champion(
-        model_name,
-        model_repository,
-        deploy_target if target == "kfp" else "local",
-        kserve_namespace if target == "kfp" else "",
-    )
+    if target == "vertex":
+        champion = vertex_target.champion(project, location, model_name)
+    else:
+        champion = kfp_target.champion(
+            model_name,
+            model_repository,
+            deploy_target if target == "kfp" else "local",
+            kserve_namespace if target == "kfp" else "",
+        )
     evaluation = stage_task(
         evaluate_detector,
         "evaluate",
@@ -210,7 +241,30 @@ def object_detection(
         page_examples=page_examples,
     )
     # kfp local resolves a condition on a task's single return value ("Output").
+    predict_on_beam = functools.partial(
+        batch_predict_on_beam, gke, dataflow, exported_model, dataset, 1
+    )
     with dsl.If(evaluation.outputs["Output"] == True, name="quality-gate"):  # noqa: E712
+        if target == "vertex":
+            vertex_target.deploy_and_predict(
+                exported_model,
+                evaluation,
+                dataset,
+                predict_on_beam,
+                model_name,
+                project,
+                location,
+                serving_image,
+                serving_container,
+                serving_machine_type,
+                serving_min_replicas,
+                serving_max_replicas,
+                traffic_percent,
+                batch_predict_engine,
+                batch_machine_type,
+                batch_max_replicas,
+            )
+            return
         if target == "kfp":
             kfp_target.deploy(
                 exported_model,
@@ -226,11 +280,11 @@ def object_detection(
             kfp_target.deploy_local(
                 exported_model, evaluation, model_name, model_repository, serving_port
             )
-        batch_predict_on_beam(gke, dataflow, exported_model, dataset, 1)
+        predict_on_beam()
 
 
 def build_pipeline(target: str = "local", gke: GkeResources | None = None):
-    """Builds the detection pipeline for ``target`` ("local" or "kfp").
+    """Builds the detection pipeline for ``target`` ("local", "kfp" or "vertex").
 
     Returns:
         The pipeline (a KFP GraphComponent) named "object-detection".

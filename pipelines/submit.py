@@ -6,9 +6,10 @@ Usage::
     python -m pipelines.submit vertex --project <project> --region us-central1 \\
         --bucket <bucket> [--params params.yaml] [--service-account <sa-email>]
 
-Without ``--pipeline-file`` the pipeline is compiled for the target first, into
-``build/pipeline-<target>.yaml``, against the stage images that ``IMAGE_REGISTRY`` and
-``IMAGE_TAG`` name (see components.images).
+Without ``--pipeline-file`` the pipeline (``--pipeline classification``, the default, or
+``detection``) is compiled for the target first, into ``build/pipeline-<target>.yaml``
+(``build/detection-pipeline-<target>.yaml``), against the stage images that
+``IMAGE_REGISTRY`` and ``IMAGE_TAG`` name (see components.images).
 
 Everything that can be checked is checked before anything is sent: the host URL and that
 it answers, Google Cloud credentials, project, region and bucket, and the parameters (a
@@ -323,12 +324,17 @@ def _resolve_params(params: Mapping[str, Any] | str | os.PathLike | None) -> dic
     return dict(params)
 
 
-def _pipeline_file(target: str, pipeline_file: str | os.PathLike | None) -> str:
+def _pipeline_file(
+    target: str, pipeline_file: str | os.PathLike | None, pipeline: str = "classification"
+) -> str:
     if pipeline_file is not None:
         return os.fspath(pipeline_file)
-    from pipelines.compile import compile_pipeline
+    from pipelines.compile import PIPELINES, compile_pipeline, default_output
 
-    return compile_pipeline(target, os.path.join(BUILD_DIR, f"pipeline-{target}.yaml"))
+    if pipeline not in PIPELINES:
+        raise SubmitError(f"unknown pipeline {pipeline!r}; choose one of {tuple(PIPELINES)}")
+    output = os.path.join(BUILD_DIR, os.path.basename(default_output(target, pipeline)))
+    return compile_pipeline(target, output, pipeline=pipeline)
 
 
 def _timestamp() -> str:
@@ -339,6 +345,7 @@ def submit_kfp(
     host: str | None = None,
     *,
     pipeline_file: str | os.PathLike | None = None,
+    pipeline: str = "classification",
     params: Mapping[str, Any] | str | os.PathLike | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
@@ -355,6 +362,8 @@ def submit_kfp(
     Args:
         host: KFP API endpoint (default: the ``KFPHOST`` environment variable).
         pipeline_file: Compiled YAML (default: compile the kfp target into build/).
+        pipeline: The task's pipeline compiled without ``pipeline_file``:
+            ``classification`` or ``detection``.
         params: Parameter values, or a YAML/JSON file of them.
         experiment: Experiment the run belongs to (created if missing).
         run_name: Run name (default: the pipeline name and a timestamp).
@@ -372,7 +381,7 @@ def submit_kfp(
     """
     host = check_host_url(host)
     values = _resolve_params(params)
-    pipeline_file = _pipeline_file("kfp", pipeline_file)
+    pipeline_file = _pipeline_file("kfp", pipeline_file, pipeline)
     spec = load_pipeline_spec(pipeline_file)
     arguments = validate_params(values, pipeline_parameters(spec))
     if not allow_local_images:
@@ -407,6 +416,7 @@ def submit_vertex(
     service_account: str | None = None,
     params: Mapping[str, Any] | str | os.PathLike | None = None,
     pipeline_file: str | os.PathLike | None = None,
+    pipeline: str = "classification",
     enable_caching: bool | None = None,
     display_name: str | None = None,
     labels: str | Mapping[str, str] | None = None,
@@ -424,6 +434,8 @@ def submit_vertex(
         service_account: Service account the job runs as (default: Vertex's).
         params: Parameter values, or a YAML/JSON file of them.
         pipeline_file: Compiled YAML (default: compile the vertex target into build/).
+        pipeline: The task's pipeline compiled without ``pipeline_file``:
+            ``classification`` or ``detection``.
         enable_caching: True/False override every task's cache setting; None keeps the
             compiled ones.
         display_name: The job's display name (default: the pipeline name).
@@ -464,7 +476,7 @@ def submit_vertex(
         )
     label_values = parse_labels(labels)
     values = _resolve_params(params)
-    pipeline_file = _pipeline_file("vertex", pipeline_file)
+    pipeline_file = _pipeline_file("vertex", pipeline_file, pipeline)
     spec = load_pipeline_spec(pipeline_file)
     parameter_values = validate_params(values, pipeline_parameters(spec))
     if not allow_local_images:
@@ -496,8 +508,14 @@ def submit_vertex(
 def _add_common(p: argparse.ArgumentParser, target: str) -> None:
     p.add_argument(
         "--pipeline-file",
-        help=f"compiled pipeline YAML (default: compile the {target} target into "
-        f"{BUILD_DIR}/pipeline-{target}.yaml)",
+        help=f"compiled pipeline YAML (default: compile the {target} target of --pipeline "
+        f"into {BUILD_DIR}/)",
+    )
+    p.add_argument(
+        "--pipeline",
+        choices=("classification", "detection"),
+        default="classification",
+        help="the task's pipeline to compile without --pipeline-file (default: %(default)s)",
     )
     p.add_argument("--params", metavar="FILE", help="YAML or JSON mapping of pipeline parameters")
     caching = p.add_mutually_exclusive_group()
@@ -556,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             submit_kfp(
                 args.host,
                 pipeline_file=args.pipeline_file,
+                pipeline=args.pipeline,
                 params=args.params,
                 experiment=args.experiment,
                 run_name=args.run_name,
@@ -574,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                 service_account=args.service_account,
                 params=args.params,
                 pipeline_file=args.pipeline_file,
+                pipeline=args.pipeline,
                 enable_caching=args.enable_caching,
                 display_name=args.display_name,
                 labels=args.labels,

@@ -55,15 +55,16 @@ def worker_replicas(replica_count: int) -> int:
     return replica_count - 1
 
 
-def _train_job():
-    """The train component as a Vertex AI custom job (GCPC), and GCPC's worker pools for
-    more than one machine: a primary pool of one replica plus a worker pool (of one here).
+def _train_job(train_task=train_component):
+    """A train component (the classifier's, or a task's own) as a Vertex AI custom job
+    (GCPC), and GCPC's worker pools for more than one machine: a primary pool of one
+    replica plus a worker pool (of one here).
 
-    The component is made again from train's function so that the worker pools name the
+    The component is made again from its function so that the worker pools name the
     train image as configured now, like every other task.
     """
     on_image = dsl.component(base_image=stage_image("train"), install_kfp_package=False)
-    component = on_image(train_component.python_func)
+    component = on_image(train_task.python_func)
     job = create_custom_training_job_from_component(component, display_name="train")
     two_pools = create_custom_training_job_from_component(component, replica_count=2)
     return job, two_pools.component_spec.inputs["worker_pool_specs"].default
@@ -95,10 +96,12 @@ def train(
     replica_count,
     project,
     location,
+    train_task=train_component,
 ):
-    """Train as a custom job: two worker pools when ``replica_count`` > 1 (the primary and
-    replica_count - 1 workers), else one; returns the model of the branch that ran."""
-    job, worker_pools = _train_job()
+    """Train (``train_task``, the classifier's by default) as a custom job: two worker
+    pools when ``replica_count`` > 1 (the primary and replica_count - 1 workers), else
+    one; returns the model of the branch that ran."""
+    job, worker_pools = _train_job(train_task)
     machine = (worker_pools, machine_type, accelerator_type, accelerator_count)
     with dsl.If(replica_count > 1, name="multi-worker-training"):
         workers = stage_task(worker_replicas, "export", replica_count=replica_count)
@@ -161,7 +164,6 @@ def deploy_and_predict(
         "deploy",
         model=exported_model,
         evaluation=evaluation.outputs["metrics"],
-        confusion_matrix=evaluation.outputs["confusion_matrix"],
         project=project,
         location=location,
         model_display_name=model_name,
@@ -172,6 +174,8 @@ def deploy_and_predict(
         min_replica_count=serving_min_replicas,
         max_replica_count=serving_max_replicas,
         traffic_percent=traffic_percent,
+        # A classifier's evaluate outputs its confusion matrix; a detector's does not.
+        **{k: v for k, v in evaluation.outputs.items() if k == "confusion_matrix"},
     )
     deployed.set_caching_options(False)  # a deployment is a side effect
     with dsl.If(batch_predict_engine == "vertex", name="vertex-batch-prediction"):

@@ -522,6 +522,22 @@ def test_the_evaluation_is_imported_with_the_version_and_the_alias_moves(cloud):
     assert type(later).to_dict(later)["metadata"]["accuracy"] == 0.95
 
 
+def test_a_detectors_evaluation_is_imported_in_the_object_detection_schema(cloud):
+    coco = {"map": 0.44, "map_50": 0.97, "map_75": 0.41, "objects": 90, "images": 41}
+    deployed = _deploy(cloud, evaluation=coco)
+    [evaluation] = cloud.evaluations[deployed["model_version_name"]]
+    assert evaluation.metrics_schema_uri.endswith("image_object_detection_metrics_1.0.0.yaml")
+    assert type(evaluation).to_dict(evaluation)["metrics"] == {
+        "boundingBoxMeanAveragePrecision": 0.44,
+        "boundingBoxMetrics": [
+            {"iouThreshold": 0.5, "meanAveragePrecision": 0.97},
+            {"iouThreshold": 0.75, "meanAveragePrecision": 0.41},
+        ],
+        "evaluatedBoundingBoxCount": 90.0,
+    }
+    assert type(evaluation).to_dict(evaluation)["metadata"]["map_50"] == 0.97
+
+
 def test_a_rerun_completes_a_missing_evaluation_and_imports_it_once(cloud):
     first = _deploy(cloud)  # e.g. a run that failed before recording its evaluation
     assert first["model_version_name"] not in cloud.evaluations

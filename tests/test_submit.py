@@ -7,6 +7,7 @@ clients are fakes or real classes whose network call is replaced.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -644,8 +645,19 @@ def test_make_submit_commands():
     # -n prints the commands without running them (nor setup's).
     kfp = _make("-n", "submit", "KFPHOST=http://kfp:8080", "PARAMS=p.yaml", "EXPERIMENT=e")
     assert (
-        '-m pipelines.submit kfp --host "http://kfp:8080" --experiment "e" --params "p.yaml"'
+        '-m pipelines.submit kfp --pipeline classification --host "http://kfp:8080" '
+        '--experiment "e" --params "p.yaml"'
     ) in " ".join(kfp.replace("\\\n", " ").split())
+    detection = _make("-n", "submit", "KFPHOST=http://kfp:8080", "PIPELINE=detection")
+    assert (
+        '-m pipelines.submit kfp --pipeline detection --host "http://kfp:8080" '
+        '--experiment "object-detection"'
+    ) in " ".join(detection.replace("\\\n", " ").split())
+    compiled = _make("-n", "compile", "PIPELINE=detection", "TARGET=vertex")
+    assert (
+        "-m pipelines.compile --pipeline detection --target vertex "
+        "--output build/detection-pipeline-vertex.yaml"
+    ) in compiled
     vertex = _make(
         "-n",
         "submit-vertex",
@@ -655,7 +667,8 @@ def test_make_submit_commands():
         "SERVICE_ACCOUNT=sa@p.iam.gserviceaccount.com",
     )
     assert (
-        '-m pipelines.submit vertex --project "p" --region "us-central1" --bucket "b" '
+        '-m pipelines.submit vertex --pipeline classification --project "p" '
+        '--region "us-central1" --bucket "b" '
         '--service-account "sa@p.iam.gserviceaccount.com"'
     ) in " ".join(vertex.replace("\\\n", " ").split())
     phony = " ".join(re.findall(r"^\.PHONY:(.*)$", (ROOT / "Makefile").read_text(), re.M))
@@ -741,9 +754,15 @@ def test_cloudbuild_tests_then_compiles_both_targets_and_publishes(cloudbuild):
             f"-m pipelines.compile --target {target} --output build/pipeline-{target}.yaml"
             in script
         )
+        assert (
+            f"-m pipelines.compile --pipeline detection --target {target} "
+            f"--output build/detection-pipeline-{target}.yaml" in script
+        )
     (gcs,) = _steps(cloudbuild, "publish-gcs")
     assert gcs["args"][-1] == "gs://${_BUCKET}/pipelines/$COMMIT_SHA/"
-    assert {f"build/pipeline-{t}.yaml" for t in TARGETS} <= set(gcs["args"])
+    assert {f"build/{p}pipeline-{t}.yaml" for t in TARGETS for p in ("", "detection-")} <= set(
+        gcs["args"]
+    )
     assert {"compile", *(s["id"] for s in _steps(cloudbuild, "push-"))} <= set(gcs["waitFor"])
     subs = cloudbuild["substitutions"]
     assert subs["_REGISTRY"] == "${_REGION}-docker.pkg.dev/${PROJECT_ID}/kfp"
@@ -770,10 +789,11 @@ def test_cloudbuild_compiles_images_that_it_pushes(cloudbuild, tmp_path):
         for i in cloudbuild["images"]
     }
     env = {**os.environ, "IMAGE_REGISTRY": REGISTRY, "IMAGE_TAG": "abc123"}
-    for target in TARGETS:
-        out = tmp_path / f"{target}.yaml"
+    for pipeline, target in itertools.product(("classification", "detection"), TARGETS):
+        out = tmp_path / f"{pipeline}-{target}.yaml"
+        command = ["-m", "pipelines.compile", "--pipeline", pipeline, "--target", target]
         subprocess.run(
-            [sys.executable, "-m", "pipelines.compile", "--target", target, "--output", str(out)],
+            [sys.executable, *command, "--output", str(out)],
             cwd=ROOT,
             env=env,
             check=True,
@@ -825,6 +845,9 @@ def test_cloudbuild_registry_upload_is_optional_and_uses_the_kfp_registry(
         monkeypatch.setenv(key, value)
     exec(compile(code, "cloudbuild-registry-step", "exec"), {})
     host = "https://us-central1-kfp.pkg.dev/proj-1/pipelines"
-    assert uploads == [(host, "build/pipeline-vertex.yaml", ["abc123", "latest"])]
+    assert uploads == [
+        (host, "build/pipeline-vertex.yaml", ["abc123", "latest"]),
+        (host, "build/detection-pipeline-vertex.yaml", ["abc123", "latest"]),
+    ]
     real = kfp.registry.registry_client.RegistryClient(host=host, auth=object())
     assert real._is_ar_host()

@@ -1,7 +1,8 @@
 """Records with a Vertex AI Model version the evaluation it was deployed with: an alias that
 names the version that passed the gate last, and the evaluation imported to the Model
-Registry (``ModelService.ImportModelEvaluation``, the classification metrics schema the
-console renders: log loss, precision and recall at 1, the confusion matrix).
+Registry (``ModelService.ImportModelEvaluation``, in the schema the console renders for
+the task: a classifier's log loss, precision and recall at 1 and confusion matrix; a
+detector's bounding-box mean average precision, overall and at IoU 0.5 and 0.75).
 
 Both are idempotent: a version that carries the alias and an evaluation of this display
 name already is left as it is, so a re-run after a failure completes what is missing.
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 CLASSIFICATION_METRICS_SCHEMA = (
     "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
+)
+DETECTION_METRICS_SCHEMA = (
+    "gs://google-cloud-aiplatform/schema/modelevaluation/"
+    "image_object_detection_metrics_1.0.0.yaml"
 )
 EVALUATION_DISPLAY_NAME = "test-split-evaluation"
 
@@ -60,6 +65,35 @@ def classification_metrics(
     return metrics
 
 
+def detection_metrics(evaluation: Mapping[str, Any]) -> dict:
+    """Evaluate's COCO metrics (``map``, ``map_50``, ``map_75``, ``objects``) in the Model
+    Registry's image object detection schema: ``boundingBoxMeanAveragePrecision`` is
+    COCO's AP@[.5:.95], with one ``boundingBoxMetrics`` entry per IoU threshold measured."""
+    metrics: dict[str, Any] = {}
+    if "map" in evaluation:
+        metrics["boundingBoxMeanAveragePrecision"] = float(evaluation["map"])
+    entries = [
+        {"iouThreshold": iou, "meanAveragePrecision": float(evaluation[key])}
+        for iou, key in ((0.5, "map_50"), (0.75, "map_75"))
+        if key in evaluation
+    ]
+    if entries:
+        metrics["boundingBoxMetrics"] = entries
+    if "objects" in evaluation:
+        metrics["evaluatedBoundingBoxCount"] = int(evaluation["objects"])
+    return metrics
+
+
+def metrics_in_schema(
+    evaluation: Mapping[str, Any], confusion_matrix: Mapping[str, Any] | None = None
+) -> tuple[str, dict]:
+    """The Model Registry schema of the task evaluate measured (a detector's metrics hold
+    ``map_50``) and the metrics in it."""
+    if "map_50" in evaluation:
+        return DETECTION_METRICS_SCHEMA, detection_metrics(evaluation)
+    return CLASSIFICATION_METRICS_SCHEMA, classification_metrics(evaluation, confusion_matrix)
+
+
 def _value(obj: Any) -> struct_pb2.Value:
     return json_format.ParseDict(obj, struct_pb2.Value())
 
@@ -78,13 +112,14 @@ def import_evaluation(
         if existing.display_name == display_name:
             log.info("%s already has evaluation %s", model_version_name, existing.name)
             return existing.name
+    schema, metrics = metrics_in_schema(evaluation, confusion_matrix)
     imported = model_client.import_model_evaluation(
         request=aiplatform_v1.ImportModelEvaluationRequest(
             parent=model_version_name,
             model_evaluation=aiplatform_v1.ModelEvaluation(
                 display_name=display_name,
-                metrics_schema_uri=CLASSIFICATION_METRICS_SCHEMA,
-                metrics=_value(classification_metrics(evaluation, confusion_matrix)),
+                metrics_schema_uri=schema,
+                metrics=_value(metrics),
                 metadata=_value({k: v for k, v in evaluation.items() if _is_json(v)}),
             ),
         )
