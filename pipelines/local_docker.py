@@ -149,6 +149,33 @@ def input_folders(csv_uri: str = "", labels_uri: str = "", image_dir: str = "") 
     return covering_folders(f for f in folders if os.path.isdir(f))
 
 
+def detection_input_folders(
+    voc_dir: str = "",
+    coco_json: str = "",
+    image_dir: str = "",
+    vertex_jsonl: str = "",
+    label_map_uri: str = "",
+    preset: str = "",
+) -> list[str]:
+    """The local folders a detection run reads: the VOC folder, COCO JSON's folder and its
+    image folder, the Vertex AI JSON Lines' folder and the folders of the local images it
+    names, the label map's folder and a KerasHub preset folder. Remote URIs are left out."""
+    folders = {f for f in (voc_dir, image_dir, preset) if f and "://" not in f}
+    files = [f for f in (coco_json, vertex_jsonl, label_map_uri) if f and "://" not in f]
+    folders |= {os.path.dirname(os.path.abspath(f)) for f in files}
+    if vertex_jsonl and "://" not in vertex_jsonl and os.path.isfile(vertex_jsonl):
+        base = os.path.dirname(os.path.abspath(vertex_jsonl))
+        with open(vertex_jsonl, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    uri = json.loads(line).get("imageGcsUri", "")
+                except (ValueError, AttributeError):  # create_tfrecords rejects the line
+                    continue
+                if isinstance(uri, str) and uri and "://" not in uri:
+                    folders.add(os.path.dirname(os.path.join(base, uri)))
+    return covering_folders(f for f in folders if os.path.isdir(f))
+
+
 def docker_runner(read_only: Iterable[str] = (), read_write: Iterable[str] = (), user: str = ""):
     """A ``kfp.local.DockerRunner`` whose containers see the given host folders at the
     same paths (read-write ones are created first when missing, so they are the user's).

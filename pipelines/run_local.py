@@ -65,6 +65,8 @@ DETECTION_TASKS = dict(
 # Where a detection run's input lies (the pipeline's parameters; one of the first three,
 # image_dir with coco_json).
 DETECTION_SOURCES = ("voc_dir", "coco_json", "vertex_jsonl", "image_dir")
+# The detection pipeline's parameters that name local files its stages read.
+DETECTION_INPUTS = ("voc_dir", "coco_json", "vertex_jsonl", "label_map_uri", "preset")
 
 
 class PipelineFailed(RuntimeError):
@@ -263,10 +265,6 @@ def run_local(
 
         if csv_uri or labels_uri:
             raise ValueError("a detection run reads voc_dir, coco_json or vertex_jsonl")
-        if runner == "docker":
-            raise ValueError(
-                "the detection stages do not run in the stage images yet: use the subprocess runner"
-            )
         sources = {"image_dir": image_dir}
     else:
         from pipelines.pipeline import image_classification_pipeline as pipeline
@@ -279,8 +277,16 @@ def run_local(
         from pipelines import local_docker
 
         local_docker.check_images(local_docker.pipeline_images(pipeline))
+        read_only = (
+            local_docker.detection_input_folders(
+                image_dir=image_dir,
+                **{k: params.get(k, "") for k in DETECTION_INPUTS},
+            )
+            if task == "detection"
+            else local_docker.input_folders(csv_uri, labels_uri, image_dir)
+        )
         task_runner = local_docker.docker_runner(
-            read_only=local_docker.input_folders(csv_uri, labels_uri, image_dir),
+            read_only=read_only,
             read_write=[params["model_repository"]],
         )
     else:

@@ -360,6 +360,48 @@ def test_pipeline_runs_every_stage_in_its_image(docker_pipeline_run):
     assert stage_image("deploy") in summary["serving"]["serve_command"]
 
 
+# The detection pipeline in the stage images, against the same run in this environment.
+DETECTION_TINY = dict(image_size=64, batch_size=8, epochs=2, early_stopping_patience=0)
+
+
+@pytest.fixture(scope="module")
+def detection_runs(stage_images, tmp_path_factory):
+    """The detection pipeline on the same 60 VOC pictures in the stage images and here."""
+    from pipelines import sample_detection_data
+
+    sample = sample_detection_data.generate(str(tmp_path_factory.mktemp("det")), images=60)
+    runs = {}
+    for runner in ("docker", "subprocess"):
+        work = tmp_path_factory.mktemp(f"det-{runner}")
+        runs[runner] = run_local(
+            str(work),
+            task="detection",
+            voc_dir=sample.voc_dir,
+            runner=runner,
+            map50_threshold=0.0,
+            **DETECTION_TINY,
+        )
+    return sample, runs
+
+
+def test_detection_pipeline_runs_every_stage_in_its_image(detection_runs):
+    sample, runs = detection_runs
+    docker, here = runs["docker"], runs["subprocess"]
+    assert docker["runner"] == "docker" and docker.keys() == here.keys()
+    assert docker["splits"] == here["splits"] and docker["rejected"] == here["rejected"] == 0
+    assert sum(docker["splits"].values()) == len(sample.boxes)
+    assert docker["test_metrics"].keys() == here["test_metrics"].keys()
+    # The same records, seed and TensorFlow version: the same detector, up to kernels.
+    assert abs(docker["test_metrics"]["map_50"] - here["test_metrics"]["map_50"]) <= 0.05
+    assert docker["deployed"] and docker["serving"]["serve_command"].startswith("docker run")
+    assert docker["batch_predictions"]["rows"] == docker["splits"]["test"]
+    rows = list(
+        read_jsonl(glob.glob(os.path.join(docker["batch_predictions"]["path"], "*.jsonl")))
+    )
+    assert len(rows) == docker["splits"]["test"]
+    assert all({"uri", "detections", "true_classes"} <= set(row) for row in rows)
+
+
 def test_docker_summary_has_the_subprocess_summary_keys(docker_pipeline_run, pipeline_run):
     _, in_docker = docker_pipeline_run
     _, in_subprocess = pipeline_run
