@@ -464,6 +464,20 @@ def test_the_example_params_fit_both_targets(target, compiled):
     assert validate_params(every, submit.pipeline_parameters(spec)) == every
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_detection_example_params_fit_the_detection_pipeline(target, tmp_path):
+    path = ROOT / "pipelines" / "params.detection.example.yaml"
+    params = submit.load_params(path)
+    assert {"voc_dir", "epochs", "backbone", "map50_threshold"} <= set(params)
+    commented = re.findall(r"^# ?([a-z_]+: [^#]*)", path.read_text(), re.MULTILINE)
+    suggested = yaml.safe_load("\n".join(commented))
+    assert {"coco_json", "family", "preset", "beam_runner"} <= set(suggested)
+    compiled = compile_pipeline(target, str(tmp_path / "detection.yaml"), pipeline="detection")
+    spec = submit.load_pipeline_spec(compiled)
+    every = {**params, **suggested}
+    assert validate_params(every, submit.pipeline_parameters(spec)) == every
+
+
 # --- Vertex AI ---------------------------------------------------------------------------
 
 VERTEX = ["vertex", "--project", "my-proj", "--region", "us-central1", "--bucket", "my-bucket"]
