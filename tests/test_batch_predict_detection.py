@@ -1,7 +1,8 @@
 """Tests of batch_predict with a detection export: the shared RunInference handler on the
 detector's signature, the detection records (``components/detection/predictions.py``), the
-Beam pipeline over a generated detection dataset's test manifest, and its component under
-kfp local.
+Beam pipeline over a generated detection dataset's test manifest, in the workers or
+through an endpoint serving the export (the local model server; a fake Vertex AI endpoint
+running the export: no cloud here), and its component under kfp local.
 
 One tiny detector is trained and exported for the module (64 px, one epoch: its boxes are
 arbitrary but well-formed, which is what these tests need), and one pipeline run is
@@ -12,6 +13,7 @@ import csv
 import glob
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -266,18 +268,254 @@ def test_bad_images_go_to_errors_and_the_others_are_predicted(detector, bad_file
     assert counters["fallback_images"] > counters["fallback_batches"]
 
 
-def test_a_detection_export_with_an_endpoint_fails_before_anything_is_written(detector, tmp_path):
+# --------------------------------------------------------------------------- an endpoint
+
+
+@pytest.fixture(scope="module")
+def served_detector(detector, tmp_path_factory):
+    """The local model server on the detector's export: yields its model URL."""
+    from components.deploy import local
+    from components.deploy.model_repository import publish
+
+    repo = str(tmp_path_factory.mktemp("det_served") / "repo")
+    publish(detector["export"], repo, "detector")
+    port = local.free_port()
+    log_path = str(tmp_path_factory.mktemp("det_server_log") / "server.log")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            local.server_command(repo, "detector", port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        local.wait_until_ready(process, "detector", port, 120.0, log_path)
+        yield f"http://127.0.0.1:{port}/v1/models/detector"
+    finally:
+        local.stop_server(process)
+
+
+def _same_rows(rows: list[dict], expected: list[dict]) -> None:
+    """The same lines but for float noise: an endpoint's answers against the in-worker ones."""
+    got, want = {r["uri"]: r for r in rows}, {r["uri"]: r for r in expected}
+    assert len(got) == len(rows) and set(got) == set(want)
+    for uri, row in got.items():
+        assert set(row) == set(want[uri]) and row.get("true_classes") == want[uri].get(
+            "true_classes"
+        )
+        assert len(row["detections"]) == len(want[uri]["detections"]), uri
+        for a, b in zip(row["detections"], want[uri]["detections"], strict=True):
+            assert (a["label"], a["class"]) == (b["label"], b["class"]), uri
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+            np.testing.assert_allclose(a["box"], b["box"], atol=1e-4)
+            np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-2)
+
+
+def test_an_endpoint_serving_the_detector_writes_the_in_worker_rows(
+    detector, served_detector, dataset_run, tmp_path
+):
+    out = str(tmp_path / "out")
+    summary = beam_pipeline.run(
+        detector["export"],  # its labels, and what it predicts
+        out,
+        dataset_dir=detector["dataset"],
+        batch_size=3,
+        runner=RUNNER,
+        endpoint=served_detector,
+    )
+    rows, errors, stats = _read_output(out)
+    assert errors == [] and stats == dataset_run["stats"]
+    _same_rows(rows, dataset_run["rows"])
+    assert (summary["task"], summary["endpoint"]) == ("detection", served_detector)
+    assert summary["detection_format"] == "object_detection_api"
+    assert summary["counters"]["remote_requests"] >= len(rows) / 3
+
+
+def test_vertex_lines_through_the_endpoint_named_with_its_labels_and_bad_images_recorded(
+    detector, served_detector, dataset_run, bad_files, tmp_path
+):
+    uris = sorted(detector["manifest"])[:3]
+    listing = tmp_path / "listing.csv"
+    # The bad files share a batch with the good images: the server answers it 400.
+    listing.write_text(
+        f"{uris[0]}\n{bad_files['undecodable_image']}\n{uris[1]},circle square\n"
+        f"{bad_files['missing_file']}\n{uris[2]}\n"
+    )
+    labels_uri = os.path.join(detector["export"], "assets.extra", "labels.txt")
+    out = str(tmp_path / "out")
+    summary = beam_pipeline.run(
+        "",
+        out,
+        input_uris=str(listing),
+        batch_size=8,
+        runner=RUNNER,
+        endpoint=served_detector,
+        labels_uri=labels_uri,
+        task="detection",
+        detection_format="vertex",
+        max_error_fraction=0.5,
+    )
+    rows, errors, stats = _read_output(out)
+    assert (summary["task"], summary["detection_format"]) == ("detection", "vertex")
+    assert {e["uri"]: e["reason"] for e in errors} == {
+        uri: reason for reason, uri in bad_files.items()
+    }
+    assert stats["rows"] == 3 and stats["errors"] == 2
+    assert summary["counters"]["fallback_batches"] == 1
+    # Vertex AI's AutoML object detection line: the in-worker detections, reshaped.
+    in_worker = {row["uri"]: row for row in dataset_run["rows"]}
+    by_uri = {row["instance"]["content"]: row for row in rows}
+    assert set(by_uri) == set(uris)
+    for uri, row in by_uri.items():
+        assert row["instance"] == {"content": uri, "mimeType": "image/jpeg"}
+        prediction, want = row["prediction"], in_worker[uri]["detections"]
+        assert set(prediction) == {"ids", "displayNames", "confidences", "bboxes"}
+        assert prediction["ids"] == [d["class"] for d in want]
+        assert prediction["displayNames"] == [d["label"] for d in want]
+        np.testing.assert_allclose(prediction["confidences"], [d["score"] for d in want], atol=1e-4)
+        np.testing.assert_allclose(
+            prediction["bboxes"],
+            [[d["box"][1], d["box"][3], d["box"][0], d["box"][2]] for d in want],
+            atol=1e-4,
+        )
+    assert by_uri[uris[1]]["true_classes"] == ["circle", "square"]
+    assert "true_classes" not in by_uri[uris[0]]
+
+
+def test_an_endpoint_answering_another_task_stops_the_run(detector, served_detector, tmp_path):
+    listing = tmp_path / "listing.csv"
+    listing.write_text(f"{sorted(detector['manifest'])[0]}\n")
+    labels_uri = os.path.join(detector["export"], "assets.extra", "labels.txt")
+    # Named with its labels alone, an endpoint is taken for a classifier unless told.
+    with pytest.raises(Exception, match="detection model's outputs.*give task='detection'"):
+        beam_pipeline.run(
+            "",
+            str(tmp_path / "out"),
+            input_uris=str(listing),
+            runner=RUNNER,
+            endpoint=served_detector,
+            labels_uri=labels_uri,
+        )
+
+
+def test_a_task_or_format_that_does_not_fit_fails_before_anything_is_written(detector, tmp_path):
     listing = tmp_path / "listing.csv"
     listing.write_text(f"{sorted(detector['manifest'])[0]}\n")
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="detection export through an endpoint .* not supported"):
-        beam_pipeline.run(
-            detector["export"],
-            str(out),
-            input_uris=str(listing),
-            endpoint="http://127.0.0.1:8080/v1/models/detector",
-        )
+    endpoint = "http://127.0.0.1:8080/v1/models/detector"
+    labels_uri = os.path.join(detector["export"], "assets.extra", "labels.txt")
+    cases = [
+        ({"model_dir": detector["export"], "task": "classification"}, "is a detection model"),
+        ({"model_dir": detector["export"], "task": "segmentation"}, "task must be one of"),
+        ({"model_dir": "", "labels_uri": labels_uri, "detection_format": "vertex"}, "classifier"),
+        ({"model_dir": detector["export"], "detection_format": "coco"}, "detection_format must"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(ValueError, match=message):
+            beam_pipeline.run(
+                output_dir=str(out), input_uris=str(listing), endpoint=endpoint, **arguments
+            )
     assert not out.exists()
+
+
+def test_a_served_detection_is_checked_against_the_labels():
+    from components.common import remote_handler
+
+    answer = {
+        "detection_boxes": [[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 0.0, 0.0]],
+        "detection_classes": [2.0, 0.0],
+        "detection_scores": [0.9, 0.0],
+        "num_detections": 1.0,
+        "detection_labels": ["dog", ""],
+    }
+    outputs = remote_handler.inference_of(answer, ["cat", "dog"])
+    assert set(outputs) == set(answer)
+    record = detection_record("a.jpg", outputs, 200, 100)
+    assert [(d["label"], d["class"]) for d in record["detections"]] == [("dog", 2)]
+    np.testing.assert_allclose(record["detections"][0]["bbox"], [40.0, 10.0, 80.0, 40.0])
+    with pytest.raises(remote_handler.LabelMismatch, match="other labels"):
+        remote_handler.inference_of(answer, ["cat"])  # class 2 of one label
+    with pytest.raises(remote_handler.LabelMismatch, match="do not name the classes"):
+        remote_handler.inference_of({**answer, "detection_labels": ["cat", ""]}, ["cat", "dog"])
+    with pytest.raises(remote_handler.RemoteError, match="not a well-formed detection"):
+        remote_handler.inference_of({**answer, "detection_scores": [1.5, 0.0]}, ["cat", "dog"])
+    with pytest.raises(remote_handler.RemoteError, match="has no"):
+        remote_handler.inference_of({"detection_boxes": []}, ["cat", "dog"])
+
+
+class _FakePrediction:
+    def __init__(self, predictions):
+        self.predictions = predictions
+        self.deployed_model_id = "777"
+
+
+class FakeVertexEndpoint:
+    """Stands in for ``aiplatform.Endpoint`` serving the detector: each ``predict`` runs
+    the export's signature on the instances and answers its rows, as Vertex AI's TensorFlow
+    container does (no cloud here)."""
+
+    export_dir = ""
+    calls: list = []
+
+    def __init__(self, endpoint_name, project=None, location=None, credentials=None):
+        self.endpoint_name = endpoint_name
+
+    def list_models(self):
+        return ["a deployed model"]
+
+    def predict(self, instances, parameters=None, timeout=None):
+        import base64
+
+        images = [base64.b64decode(instance["b64"]) for instance in instances]
+        FakeVertexEndpoint.calls.append(len(images))
+        try:
+            outputs = _direct_images(FakeVertexEndpoint.export_dir, images)
+        except Exception as e:  # the container's answer to an image it cannot decode
+            from google.api_core import exceptions as api
+
+            raise api.InvalidArgument(f"the image does not decode: {type(e).__name__}") from None
+        rows = []
+        for i in range(len(images)):
+            row = {}
+            for name, value in outputs.items():
+                value = value[i]
+                row[name] = (
+                    [v.decode() for v in value] if value.dtype.kind in "SO" else value.tolist()
+                )
+            rows.append(row)
+        return _FakePrediction(rows)
+
+
+def _direct_images(export_dir: str, images: list[bytes]) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(export_dir).signatures["serving_default"]
+    outputs = signature(inputs=tf.constant(images))
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def test_a_vertex_ai_endpoint_serving_the_detector_writes_the_in_worker_rows(
+    detector, dataset_run, tmp_path, monkeypatch
+):
+    from google.cloud import aiplatform
+
+    monkeypatch.setattr(aiplatform, "Endpoint", FakeVertexEndpoint)
+    monkeypatch.setattr(FakeVertexEndpoint, "export_dir", detector["export"])
+    monkeypatch.setattr(FakeVertexEndpoint, "calls", [])
+    out = str(tmp_path / "out")
+    summary = beam_pipeline.run(
+        detector["export"],
+        out,
+        dataset_dir=detector["dataset"],
+        batch_size=4,
+        runner=RUNNER,
+        endpoint="projects/p/locations/us-central1/endpoints/123",
+    )
+    rows, errors, stats = _read_output(out)
+    assert errors == [] and stats == dataset_run["stats"]
+    _same_rows(rows, dataset_run["rows"])
+    assert summary["task"] == "detection"
+    assert sum(FakeVertexEndpoint.calls) == len(rows)
 
 
 # --------------------------------------------------------------------------- the component

@@ -8,6 +8,9 @@ With ``--endpoint`` the images go to a deployed model instead (one request per b
         [--request-timeout-s 30] [--max-retries 5]
     python -m components.batch_predict --endpoint projects/P/locations/L/endpoints/ID ...
 
+A detector's endpoint named without its export says so: ``--task detection``; its lines
+in Vertex AI's AutoML object detection shape: ``--detection-format vertex``.
+
 Arguments it does not know go to Beam (e.g. ``--runner=DataflowRunner --project=p``).
 Prints the run's summary as JSON.
 
@@ -28,6 +31,7 @@ import sys
 
 from components.batch_predict import beam_pipeline, vertex
 from components.common import cli
+from components.detection import predictions as detection_predictions
 
 # The images to predict (one of two sources); and what is no derived flag: --model-dir
 # (optional here), Beam's own arguments (the ones this command does not know).
@@ -64,7 +68,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     source = parser.add_mutually_exclusive_group(required=True)
     cli.add_function_arguments(source, run, SOURCES, fill_defaults=True)
     names = cli.parameter_names(run, leaving_out=(*SOURCES, *NOT_FLAGS))
-    cli.add_function_arguments(parser, run, names, fill_defaults=True)
+    choices = {
+        "task": ("", *beam_pipeline.TASKS),
+        "detection_format": detection_predictions.DETECTION_FORMATS,
+    }
+    cli.add_function_arguments(parser, run, names, choices=choices, fill_defaults=True)
     args, beam_args = parser.parse_known_args(argv)
     if not args.model_dir and not args.endpoint:
         parser.error("--model-dir is required (or --endpoint)")

@@ -1,7 +1,8 @@
 """The batch_predict Beam pipeline: an exported SavedModel, or a deployed model, over many
-images, to JSON Lines. The export is a classifier (``components.export``) or a detector
-(``components.detection.export``); which one, its serving signature's outputs say
-(``detection_boxes``: a detector), and that picks how each image's line is written.
+images, to JSON Lines. The model is a classifier (``components.export``) or a detector
+(``components.detection.export``); which one, the export's serving signature's outputs say
+(``detection_boxes``: a detector), or ``task`` for an endpoint named without its export
+(``labels_uri``), and that picks how each image's line is written (``resolve_task``).
 
 Input, one of:
 
@@ -35,6 +36,12 @@ answers a label list). Output, under ``output_dir``::
                                 "bbox": [x, y, width, height] (COCO, in the image's
                                          pixels: box times the size in its header)}, ...],
          "true_classes": [...] (when the listing gave classes)}
+      or, with ``detection_format="vertex"``, the same detections as a Vertex AI batch
+      prediction job of an AutoML image object detection model writes them:
+        {"instance": {"content": uri, "mimeType"},
+         "prediction": {"ids", "displayNames", "confidences",
+                        "bboxes": [[xMin, xMax, yMin, yMax], ...] (normalized)},
+         "true_classes": [...] (when the listing gave classes)}
     errors.jsonl                       one JSON object per input that got no prediction:
         {"uri", "reason", "detail", "stage": "batch_predict"}; always written
     stats.json                         {"rows", "errors", "errors_by_reason"}
@@ -50,8 +57,12 @@ endpoint gave no answer for (``remote_unavailable`` once the retries are spent,
 ``remote_error`` for another error answer). The run fails, after writing everything, only
 when the share of errors passes ``max_error_fraction``.
 
-An endpoint is called for classifiers only, so far: with a detection export in
-``model_dir`` and an ``endpoint``, the run fails before it starts.
+An endpoint answers what its model predicts (``remote_handler.inference_of``: the
+answer's ``detection_boxes`` make it a detector's), and each answer must be of the run's
+task: an endpoint serving a classifier to a detection run, or the reverse, stops the run
+(``TaskMismatch``) rather than write every image to ``errors.jsonl``. Neither TF Serving's
+``:predict`` nor Vertex AI says a model's outputs before it answers, and the lines' shape is
+fixed before the first one, so the task is the export's (``model_dir``) or ``task``'s.
 
 On Dataflow, pass ``runner="DataflowRunner"`` and ``dataflow`` settings (project, region,
 temp_location on gs://, the workers' image: the batch_predict stage's dataflow-worker
@@ -95,6 +106,7 @@ _PROGRESS_EVERY = 1000
 # What the export predicts (``export_task``): it picks how predictions are written.
 CLASSIFICATION = "classification"
 DETECTION = "detection"
+TASKS = (CLASSIFICATION, DETECTION)
 # Beam's adaptive throttling delay for an endpoint (RemoteModelHandler's default).
 THROTTLE_DELAY_S = remote_handler.DEFAULT_THROTTLE_DELAY_S
 
@@ -102,6 +114,11 @@ _log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- records
+
+
+class TaskMismatch(ValueError):
+    """The model answered another task's outputs than the run writes (an endpoint serving
+    a detector to a classification run, or the reverse)."""
 
 
 def _error(uri: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
@@ -161,7 +178,12 @@ class ReadImage(beam.DoFn):
 
 class _ToRecord(beam.DoFn):
     """``((uri, listed label), PredictionResult)`` to an output record, or to ``errors``;
-    a subclass writes its task's ``record``."""
+    a subclass writes its task's ``record`` of the inference its ``task`` answers.
+
+    An inference of the other task (an endpoint serving another model) raises
+    ``TaskMismatch``: the run stops rather than record every image as failed."""
+
+    task = ""
 
     def setup(self) -> None:
         self._predicted = Metrics.counter(STAGE, "predicted")
@@ -177,6 +199,13 @@ class _ToRecord(beam.DoFn):
         (uri, listed), result = element
         record = result.inference
         if not isinstance(record, InferenceFailure):
+            answered = DETECTION if isinstance(record, dict) else CLASSIFICATION
+            if answered != self.task:
+                raise TaskMismatch(
+                    f"the model answered a {answered} model's outputs for {uri}, but this "
+                    f"run writes {self.task} predictions: the endpoint serves another model "
+                    f"(an endpoint named with labels_uri alone: give task={answered!r})"
+                )
             record = self.record(uri, listed, result)
         if isinstance(record, InferenceFailure):
             yield _error(uri, record.reason, record.detail)
@@ -192,6 +221,8 @@ class ToPredictionRecord(_ToRecord):
     """A classifier's result to its record: the top class, the ``top_k`` classes, the
     listed label (``components.classification.predictions``)."""
 
+    task = CLASSIFICATION
+
     def __init__(self, labels: list[str], top_k: int):
         self._labels = list(labels)
         self._top_k = top_k
@@ -202,29 +233,37 @@ class ToPredictionRecord(_ToRecord):
 
 class ToDetectionRecord(_ToRecord):
     """A detector's result to its record: the detections with their boxes normalized and
-    in the image's pixels, the listed classes (``components.detection.predictions``)."""
+    in the image's pixels, the listed classes (``components.detection.predictions``), in
+    the Object Detection API's terms or Vertex AI's (``detection_format``)."""
 
-    def __init__(self, labels: list[str], manifest: bool = False):
+    task = DETECTION
+
+    def __init__(
+        self,
+        labels: list[str],
+        manifest: bool = False,
+        detection_format: str = detection_predictions.OBJECT_DETECTION_API,
+    ):
         self._labels = list(labels)
         # In a create_tfrecords manifest every line lists its image's classes: none is
         # an image without objects, not an unlabelled one.
         self._manifest = manifest
+        self._format = detection_format
 
     def record(
         self, uri: str, listed: str, result: PredictionResult
     ) -> dict[str, Any] | InferenceFailure:
         try:
-            width, height = detection_predictions.image_size(result.example)
+            return detection_predictions.image_record(
+                uri,
+                result.inference,
+                result.example,
+                true_classes=listed.split() if listed or self._manifest else None,
+                labels=self._labels,
+                detection_format=self._format,
+            )
         except ValueError as e:
             return InferenceFailure(UNDECODABLE_IMAGE, str(e))
-        return detection_predictions.detection_record(
-            uri,
-            result.inference,
-            width,
-            height,
-            true_classes=listed.split() if listed or self._manifest else None,
-            labels=self._labels,
-        )
 
 
 def _stats(counts: dict[str, int]) -> dict[str, Any]:
@@ -285,11 +324,40 @@ def export_task(model_dir: str) -> str:
     return CLASSIFICATION
 
 
-def record_formatter(task: str, labels: list[str], top_k: int, manifest: bool = False) -> _ToRecord:
-    """The DoFn writing each image's record for the task's export (``manifest``: the
-    listing is a create_tfrecords manifest)."""
+def resolve_task(model_dir: str, task: str = "", endpoint: str = "") -> str:
+    """The run's task: the export's in ``model_dir`` (``export_task``), which ``task``
+    must then agree with; without an export, ``task`` (``CLASSIFICATION`` when empty).
+
+    Raises:
+        ValueError: for a ``task`` that is not one of ``TASKS`` or that the export
+            contradicts.
+    """
+    if task and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS} (or empty), got {task!r}")
+    if not model_dir:
+        return task or CLASSIFICATION
+    exported = export_task(model_dir)
+    if task and task != exported:
+        served = f"the endpoint {endpoint} is given, but " if endpoint else ""
+        raise ValueError(
+            f"task={task!r}, but {served}the export {model_dir} is a {exported} model "
+            f"(its serving signature's outputs): leave task empty, or give the {task} "
+            "model's export"
+        )
+    return exported
+
+
+def record_formatter(
+    task: str,
+    labels: list[str],
+    top_k: int,
+    manifest: bool = False,
+    detection_format: str = detection_predictions.OBJECT_DETECTION_API,
+) -> _ToRecord:
+    """The DoFn writing each image's record for the task (``manifest``: the listing is a
+    create_tfrecords manifest; ``detection_format``: a detector's lines' shape)."""
     if task == DETECTION:
-        return ToDetectionRecord(labels, manifest)
+        return ToDetectionRecord(labels, manifest, detection_format)
     return ToPredictionRecord(labels, top_k)
 
 
@@ -307,6 +375,7 @@ def build_pipeline(
     max_retries: int = 5,
     task: str = CLASSIFICATION,
     manifest: bool = False,
+    detection_format: str = detection_predictions.OBJECT_DETECTION_API,
 ) -> None:
     """Adds the stage's transforms to a Beam pipeline (``run`` builds and runs one).
 
@@ -321,10 +390,12 @@ def build_pipeline(
         endpoint: A deployed model to call instead of loading ``model_dir`` (see ``run``).
         request_timeout_s: Longest wait for one answer of the endpoint.
         max_retries: Retries of a request the endpoint did not answer.
-        task: What the model predicts (``export_task``): how its records are written.
+        task: What the model predicts (``resolve_task``): how its records are written.
         manifest: ``listing`` is a dataset's manifest (create_tfrecords'), whose every
             line lists its image's labels: a detection image listed without classes has
             none (``true_classes: []``).
+        detection_format: A detector's lines: ``"object_detection_api"`` or
+            ``"vertex"`` (see the module's docstring).
     """
     listed = (
         pipeline
@@ -344,9 +415,9 @@ def build_pipeline(
         images.ok
         | "RunInference" >> RunInference(handler)
         | "ToRecords"
-        >> beam.ParDo(record_formatter(task, labels, top_k, manifest)).with_outputs(
-            ERRORS, main="ok"
-        )
+        >> beam.ParDo(
+            record_formatter(task, labels, top_k, manifest, detection_format)
+        ).with_outputs(ERRORS, main="ok")
     )
     predictions = formatted.ok
     _ = (
@@ -453,6 +524,8 @@ def run(
     labels_uri: str = "",
     request_timeout_s: float = 30.0,
     max_retries: int = 5,
+    task: str = "",
+    detection_format: str = detection_predictions.OBJECT_DETECTION_API,
 ) -> dict[str, Any]:
     """Runs batch prediction with an exported SavedModel, or a deployed one, and waits for it.
 
@@ -495,6 +568,16 @@ def run(
             502, 503 or 504, a connection error or a timeout (Beam's exponential backoff,
             from 5 s); past them its images go to ``errors.jsonl`` as
             ``remote_unavailable``.
+        task: What the model predicts, ``"classification"`` or ``"detection"``, for an
+            endpoint named with ``labels_uri`` and no ``model_dir``; empty: the export's
+            (its serving signature's outputs), or classification without one. An endpoint
+            that answers the other task's outputs stops the run.
+        detection_format: How a detector's lines are written: ``"object_detection_api"``
+            (the Object Detection API's terms: ``detections`` with ``box`` and ``bbox``)
+            or ``"vertex"`` (a Vertex AI AutoML image object detection batch prediction
+            line: ``instance``, ``prediction`` with ``ids``, ``displayNames``,
+            ``confidences``, ``bboxes`` as ``[xMin, xMax, yMin, yMax]``). Only
+            ``"object_detection_api"`` for a classifier.
 
     Returns:
         ``rows`` (images predicted), ``errors`` (inputs without a prediction),
@@ -502,14 +585,17 @@ def run(
         ``prediction_files`` (their paths), ``errors_path``, ``labels``,
         ``labels_source`` (the file they were read from), ``endpoint`` (empty: the model
         ran in the workers), ``task`` (``classification`` or ``detection``: what the
-        export predicts), ``top_k`` (effective; a classifier's only), ``input`` (the
-        listing read) and
+        model predicts), ``top_k`` (effective; a classifier's only),
+        ``detection_format`` (a detector's only), ``input`` (the listing read) and
         ``counters`` (the stage's Beam counters, when the runner reports them; with an
         endpoint ``remote_requests``, ``remote_retries``, ``remote_failures``, ...).
 
     Raises:
-        ValueError: on invalid arguments (a detection export with an endpoint among
-            them), or an error share above ``max_error_fraction``.
+        ValueError: on invalid arguments (a ``task`` the export contradicts, the Vertex
+            format for a classifier among them), or an error share above
+            ``max_error_fraction``.
+        TaskMismatch: when the endpoint answers another task's outputs than the run's
+            (raised by the pipeline, which stops).
         FileNotFoundError: when the listing or the model's label file does not exist.
     """
     listing = resolve_listing(input_uris, dataset_dir)
@@ -527,13 +613,17 @@ def run(
             raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-    labels, labels_source = resolve_labels(model_dir, labels_uri, endpoint)
-    task = export_task(model_dir)
-    if endpoint and task == DETECTION:
+    if detection_format not in detection_predictions.DETECTION_FORMATS:
         raise ValueError(
-            f"batch prediction of a detection export through an endpoint ({endpoint}) is not "
-            f"supported yet: leave endpoint empty to run the export {model_dir} in the "
-            "workers"
+            f"detection_format must be one of {detection_predictions.DETECTION_FORMATS}, "
+            f"got {detection_format!r}"
+        )
+    labels, labels_source = resolve_labels(model_dir, labels_uri, endpoint)
+    task = resolve_task(model_dir, task, endpoint)
+    if task == CLASSIFICATION and detection_format != detection_predictions.OBJECT_DETECTION_API:
+        raise ValueError(
+            f"detection_format={detection_format!r} is a detector's output; the model "
+            f"({endpoint or model_dir}) is a classifier"
         )
 
     io.makedirs(output_dir)
@@ -560,6 +650,7 @@ def run(
         max_retries=max_retries,
         task=task,
         manifest=not input_uris,
+        detection_format=detection_format,
     )
     result = pipeline.run()
     state = result.wait_until_finish()
@@ -577,7 +668,11 @@ def run(
         "labels_source": labels_source,
         "endpoint": endpoint,
         "task": task,
-        **({"top_k": min(top_k, len(labels))} if task == CLASSIFICATION else {}),
+        **(
+            {"top_k": min(top_k, len(labels))}
+            if task == CLASSIFICATION
+            else {"detection_format": detection_format}
+        ),
         "input": listing,
         "counters": beam_utils.stage_counters(result, STAGE),
     }

@@ -40,15 +40,17 @@ def batch_predict(
     labels_uri: str = "",
     request_timeout_s: float = 30.0,
     max_retries: int = 5,
+    task: str = "",
+    detection_format: str = "object_detection_api",
 ):
     """Predicts the class of many images, or the objects in them, with an exported model,
     on Apache Beam.
 
     Runs Beam's RunInference with the SavedModel's serving signature over every listed
     image (DirectRunner here, Dataflow at scale), or sends them to a deployed model
-    (``endpoint``; classifiers only, so far), and writes JSON Lines. A classifier's
-    export gives each image its classes; a detector's (the detection export, whose
-    signature answers ``detection_boxes``) its detections. An image that cannot be read or decoded, or
+    (``endpoint``), and writes JSON Lines. A classifier gives each image its classes; a
+    detector (the detection export, whose signature answers ``detection_boxes``, or an
+    endpoint serving it) its detections. An image that cannot be read or decoded, or
     that the endpoint gave no answer for, is recorded in ``errors.jsonl`` with its reason;
     the step fails only when such errors pass ``max_error_fraction`` of the inputs.
 
@@ -87,6 +89,14 @@ def batch_predict(
         max_retries: With an endpoint: how often a request answered 429, 502, 503, 504
             (or not at all) is sent again, with exponential backoff; then its images go
             to ``errors.jsonl`` as ``remote_unavailable``.
+        task: For an endpoint given ``labels_uri`` and no ``model``: "classification"
+            or "detection", what it serves; empty: what ``model`` predicts (its
+            signature's outputs), or classification without it.
+        detection_format: A detector's lines: "object_detection_api" (``detections``
+            with ``box`` and ``bbox``) or "vertex" (Vertex AI's AutoML image object
+            detection batch prediction line: ``instance``, ``prediction`` with ``ids``,
+            ``displayNames``, ``confidences``, ``bboxes`` as normalized ``[xMin, xMax,
+            yMin, yMax]``).
 
     Returns:
         predictions: The output directory: ``predictions-SSSSS-of-NNNNN.jsonl`` (one object
@@ -94,11 +104,13 @@ def batch_predict(
             when listed, ``true_label``; a detector's ``uri``, ``detections`` (each
             ``label``, ``class``, ``score``, ``box`` normalized ``[ymin, xmin, ymax,
             xmax]``, ``bbox`` COCO pixels ``[x, y, width, height]``) and, when listed,
-            ``true_classes``), ``errors.jsonl`` (``uri``, ``reason``, ``detail``,
+            ``true_classes``; or Vertex AI's shape, per ``detection_format``),
+            ``errors.jsonl`` (``uri``, ``reason``, ``detail``,
             ``stage``) and ``stats.json``. Its metadata holds ``rows``, ``errors``,
             ``errors_by_reason``, ``predictions`` (glob of the shards),
             ``prediction_files``, ``errors_path``, ``labels``, ``task``, ``top_k`` (a
-            classifier's), ``input`` and ``counters``.
+            classifier's), ``detection_format`` (a detector's), ``input`` and
+            ``counters``.
     """
     from components.batch_predict.beam_pipeline import run
     from components.common.beam import DataflowSettings
@@ -126,6 +138,8 @@ def batch_predict(
         labels_uri=labels_uri,
         request_timeout_s=request_timeout_s,
         max_retries=max_retries,
+        task=task,
+        detection_format=detection_format,
     )
     predictions.metadata.update(summary)
 

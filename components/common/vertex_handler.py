@@ -1,7 +1,7 @@
 """The Vertex AI endpoint handler of ``components.common.remote_handler`` (see there): Beam's
 ``VertexAIModelHandlerJSON`` sending encoded images the way Vertex AI's prebuilt
 TensorFlow container and the suite's custom container take them, and answering class
-probabilities in label order.
+probabilities in label order, or a detector's outputs.
 
 Its own module because importing Beam's Vertex AI handler imports the Vertex AI SDK
 (seconds): ``remote_handler.remote_handler`` imports it only for a Vertex endpoint.
@@ -12,9 +12,11 @@ What it changes in Beam's handler:
   export's one input, ``image_bytes``), not the element itself;
 * each prediction (``{"probabilities": [...], "class_index", "label", "score"}``, the
   export's signature outputs) becomes the float32 probabilities, checked against the
-  labels, and an answer with another number of predictions than images is an error, not
-  a shorter result (Beam's pairs them with ``zip``): ``remote_handler.prediction_results``,
-  as for TF Serving;
+  labels; a detector's (``{"detection_boxes", "detection_classes", "detection_scores",
+  "num_detections", "detection_labels", ...}``) its outputs, checked the same way; and an
+  answer with another number of predictions than images is an error, not a shorter result
+  (Beam's pairs them with ``zip``): ``remote_handler.prediction_results``, as for TF
+  Serving;
 * errors: 429 and ``RESOURCE_EXHAUSTED``, 502, 503, 504 / ``DEADLINE_EXCEEDED``, transport
   errors are ``RemoteUnavailable`` (retried), a 400 / ``INVALID_ARGUMENT`` (e.g. a bad
   image, or a request over the 1.5 MB a public endpoint takes) is ``RequestRejected`` (the
@@ -27,8 +29,9 @@ Vertex AI returns no label list either: the caller passes the labels.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.ml.inference.vertex_ai_inference import VertexAIModelHandlerJSON
@@ -50,8 +53,13 @@ from components.common.remote_handler import (
 )
 
 
-class VertexClient(NamedTuple):
-    """The ``aiplatform.Endpoint`` and the per-thread retry bookkeeping of its requests."""
+@dataclasses.dataclass(frozen=True)
+class VertexClient:
+    """The ``aiplatform.Endpoint`` and the per-thread retry bookkeeping of its requests.
+
+    A class, not a NamedTuple: RunInference keeps the loaded "model" in Beam's ``Shared``
+    handle, which holds it by weak reference, and a tuple cannot be weakly referenced.
+    """
 
     endpoint: Any
     retries: _RetryCounter
@@ -79,7 +87,8 @@ def classify_error(error: Exception) -> Exception:
 
 class VertexEndpointHandler(VertexAIModelHandlerJSON):
     """Encoded images to a Vertex AI endpoint, one ``predict`` call per batch; each
-    result's inference is the image's float32 class probabilities in label order.
+    result's inference is the image's float32 class probabilities in label order, or a
+    detector's outputs (``remote_handler.inference_of``).
 
     Made on the launcher, it checks (as Beam's handler does) that the endpoint exists and
     has a model deployed, with the caller's Google Cloud credentials.
