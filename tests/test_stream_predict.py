@@ -490,3 +490,171 @@ def test_streaming_can_call_a_deployed_model(topics, exported_model, served_mode
         assert body["label"] == _expected_label(exported_model, image)
         assert body["model_version"] == served_model
     assert dead.received["bad"][2]["error_reason"] == "undecodable_image"
+
+
+# --------------------------------------------------------------------------- a detector
+
+
+@pytest.fixture(scope="module")
+def detector_export(tmp_path_factory) -> str:
+    """A tiny detector's export (64 px, one epoch: its boxes are arbitrary but well
+    formed), with no score threshold, so that every image has its 5 detections."""
+    from components.detection import create_tfrecords, export, training
+    from pipelines import sample_detection_data
+
+    root = tmp_path_factory.mktemp("stream_detector")
+    sample = sample_detection_data.generate(str(root / "sample"), images=16)
+    dataset = str(root / "dataset")
+    create_tfrecords.run(dataset, voc_dir=sample.voc_dir, runner="FnApiRunner")
+    model_dir = str(root / "model")
+    training.train(
+        dataset, model_dir, image_size=64, batch_size=8, epochs=1, early_stopping_patience=0
+    )
+    export_dir = str(root / "export")
+    export.export_detector(model_dir, export_dir, max_detections=5, score_threshold=0.0)
+    return export_dir
+
+
+def _expected_detections(export_dir: str, path: str) -> list[dict]:
+    """The detections batch prediction writes for the image, from the export called here."""
+    from components.detection.predictions import image_record
+
+    with open(path, "rb") as f:
+        image = f.read()
+    outputs = LoadedModel(export_dir).predict([image])[0]
+    return image_record(path, outputs, image)["detections"]
+
+
+def _same_detections(got: list[dict], expected: list[dict]) -> None:
+    assert [(d["label"], d["class"]) for d in got] == [(d["label"], d["class"]) for d in expected]
+    for a, b in zip(got, expected, strict=True):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+        np.testing.assert_allclose(a["box"], b["box"], atol=1e-4)
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-2)
+
+
+def _detection_images(tmp_path, count: int = 2) -> list[str]:
+    """JPEGs of shapes on a plain background (what the detector saw), written here."""
+    from PIL import Image
+
+    paths = []
+    for seed in range(count):
+        rng = np.random.default_rng(seed)
+        pixels = np.full((80, 96, 3), rng.integers(0, 256, 3), dtype=np.uint8)
+        pixels[10:40, 20:60] = rng.integers(0, 256, 3)
+        path = str(tmp_path / f"shapes-{seed}.jpg")
+        Image.fromarray(pixels).save(path, format="JPEG")
+        paths.append(path)
+    return paths
+
+
+def test_a_detector_from_the_repository_answers_each_image_with_its_detections(
+    topics, detector_export, tmp_path
+):
+    images = _detection_images(tmp_path)
+    repository = _repository(detector_export, tmp_path / "repository")
+    process = _start(topics, "--model-repository", repository, "--model-name", MODEL)
+    predictions = Inbox(topics["predictions_sub"])
+    dead = Inbox(topics["dead_sub"])
+    try:
+        with open(images[0], "rb") as f:
+            _publish(topics["images"], f.read(), id="bytes", caller="kept")
+        _publish(topics["images"], images[1].encode(), id="uri")
+        _publish(topics["images"], b"\xff\xd8 not really a JPEG", id="bad-bytes")
+        deadline = time.time() + WAIT_S
+        answered = predictions.wait_for(2, deadline) and dead.wait_for(1, deadline)
+        time.sleep(1)  # Nothing more arrives: one answer per message.
+    finally:
+        predictions.close()
+        dead.close()
+        log = _stop(process)
+    assert answered, log[-5000:]
+    assert set(predictions.received) == {"bytes", "uri"}, log[-3000:]
+    for key, image in zip(("bytes", "uri"), images, strict=True):
+        _, data, attributes = predictions.received[key]
+        body = json.loads(data)
+        assert set(body) == {"message_id", "detections", "model_version"} | (
+            {"uri"} if key == "uri" else set()
+        )
+        expected = _expected_detections(detector_export, image)
+        assert len(expected) == 5  # no score threshold: the export's maximum
+        _same_detections(body["detections"], expected)
+        assert attributes["num_detections"] == "5"
+        assert attributes["label"] == body["detections"][0]["label"]
+        assert body["model_version"] == attributes["model_version"] == "1"
+        assert body["message_id"] == attributes["source_message_id"]
+    assert predictions.received["bytes"][2]["caller"] == "kept"
+    assert json.loads(predictions.received["uri"][1])["uri"] == images[1]
+    assert dead.received["bad-bytes"][2]["error_reason"] == "undecodable_image"
+
+
+def test_a_detector_behind_an_endpoint_answers_with_its_detections(
+    topics, detector_export, tmp_path
+):
+    from components.deploy import local
+    from components.deploy.model_repository import publish
+
+    images = _detection_images(tmp_path, count=1)
+    served = str(tmp_path / "served")
+    publish(detector_export, served, MODEL)
+    port = local.free_port()
+    log_path = str(tmp_path / "server.log")
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            local.server_command(served, MODEL, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        local.wait_until_ready(server, MODEL, port, WAIT_S, log_path)
+        url = f"http://127.0.0.1:{port}/v1/models/{MODEL}"
+        labels_uri = os.path.join(detector_export, "assets.extra", "labels.txt")
+        process = _start(topics, "--endpoint", url, "--labels-uri", labels_uri)
+        predictions = Inbox(topics["predictions_sub"])
+        dead = Inbox(topics["dead_sub"])
+        try:
+            _publish(topics["images"], images[0].encode(), id="image")
+            _publish(topics["images"], b"\x89PNG but no image", id="bad")
+            deadline = time.time() + WAIT_S
+            answered = predictions.wait_for(1, deadline) and dead.wait_for(1, deadline)
+        finally:
+            predictions.close()
+            dead.close()
+            log = _stop(process)
+    finally:
+        local.stop_server(server)
+    assert answered, log[-5000:]
+    body = json.loads(predictions.received["image"][1])
+    _same_detections(body["detections"], _expected_detections(detector_export, images[0]))
+    assert body["model_version"] == url
+    assert dead.received["bad"][2]["error_reason"] == "undecodable_image"
+
+
+def test_a_detection_message_names_the_top_detection_and_nothing_when_none():
+    request = messages.Request("m1", {"id": "x"}, "gs://b/a.jpg", b"gs://b/a.jpg")
+    detection = {
+        "label": "cat",
+        "class": 1,
+        "score": 0.9,
+        "box": [0, 0, 1, 1],
+        "bbox": [0, 0, 8, 8],
+    }
+    data, attributes = messages.prediction_message(
+        request, {"uri": "gs://b/a.jpg", "detections": [detection]}, "3"
+    )
+    assert json.loads(data) == {
+        "message_id": "m1",
+        "uri": "gs://b/a.jpg",
+        "detections": [detection],
+        "model_version": "3",
+    }
+    assert attributes == {
+        "id": "x",
+        "source_message_id": "m1",
+        "num_detections": "1",
+        "label": "cat",
+        "model_version": "3",
+    }
+    _, attributes = messages.prediction_message(request, {"uri": "", "detections": []}, "3")
+    assert attributes["num_detections"] == "0" and "label" not in attributes

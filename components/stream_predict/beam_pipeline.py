@@ -3,7 +3,11 @@
     input subscription ──► parse ──► read URI ──► RunInference ──► prediction ──► output topic
                              └───────────┴─────────────┴──► dead-letter topic (with the reason)
 
-The message contract is in ``messages.py``. The model is, one of:
+The message contract is in ``messages.py``. The model is a classifier or a detector; each
+prediction's outputs say which (a detector's have ``detection_boxes``: the in-worker
+handler's by the export's signature, an endpoint's by its answer, as batch prediction
+reads them), and that picks the message: the classifier's top classes, or the detector's
+detections as batch prediction writes them. The model is, one of:
 
 * a model repository and model name (what deploy publishes locally): the newest version
   serves, and a version published while the stream runs is picked up without a restart
@@ -47,7 +51,8 @@ from components.common import (
     remote_handler,
     serving,
 )
-from components.common.model_handler import InferenceFailure
+from components.common.model_handler import UNDECODABLE_IMAGE, InferenceFailure
+from components.detection import predictions as detection_predictions
 from components.stream_predict import messages, model_refresh
 from components.stream_predict.messages import STAGE, Request
 
@@ -94,8 +99,10 @@ class ParseMessage(beam.DoFn):
 
 
 class ToPredictionMessage(beam.DoFn):
-    """``(Request, PredictionResult)`` to a prediction message (the classifier's record,
-    ``components.classification.predictions``), or to a dead letter.
+    """``(Request, PredictionResult)`` to a prediction message, or to a dead letter: the
+    classifier's record (``components.classification.predictions``) for class
+    probabilities, the detector's (``components.detection.predictions``, its boxes in the
+    pixels of the image's header) for a detector's outputs.
 
     Labels are read from the SavedModel that made each prediction (its ``model_id``), so
     a new version with other labels is reported with its own.
@@ -119,7 +126,21 @@ class ToPredictionMessage(beam.DoFn):
         else:
             model_dir = result.model_id or ""
             labels, version = _export_labels(model_dir), model_version(model_dir)
-        record = prediction_record(request.uri, result.inference, labels, self._top_k)
+        outputs = result.inference
+        if not isinstance(outputs, dict):
+            record = prediction_record(request.uri, outputs, labels, self._top_k)
+        elif not detection_predictions.is_detection_export(list(outputs)):
+            detail = f"the model answers {sorted(outputs)}: neither probabilities nor detections"
+            yield _dead(request, messages.UNKNOWN_OUTPUTS, detail)
+            return
+        else:
+            try:
+                record = detection_predictions.image_record(
+                    request.uri, outputs, result.example, labels=labels
+                )
+            except ValueError as e:
+                yield _dead(request, UNDECODABLE_IMAGE, str(e))
+                return
         self._predicted.inc()
         seen = next(_PREDICTED_HERE)
         if seen % _PROGRESS_EVERY == 0:
@@ -226,7 +247,7 @@ def build_pipeline(
         endpoint: A deployed model to call instead (TF Serving REST URL or Vertex AI
             endpoint); exclusive with the two above.
         endpoint_labels: The endpoint's model's labels, in class-index order.
-        top_k: Classes listed per image.
+        top_k: A classifier's classes listed per image.
         batch_size: Most images per model call (per request to an endpoint).
         refresh_seconds: How often a worker looks for a newer model version.
         request_timeout_s: Longest wait for one answer of the endpoint.
@@ -386,7 +407,8 @@ def run(
             or a Vertex AI endpoint (``projects/<p>/locations/<l>/endpoints/<id>``).
         labels_uri: The endpoint's labels: a label file, one label a line in class-index
             order (e.g. the export's ``assets.extra/labels.txt``). Only with ``endpoint``.
-        top_k: Classes listed per image, most probable first.
+        top_k: A classifier's classes listed per image, most probable first (a detector's
+            message lists all its detections).
         batch_size: Most images per model call or request (a message never waits for a
             batch to fill).
         refresh_seconds: How often a worker looks for a newer version (0: never).

@@ -44,7 +44,8 @@ def stream_predict(
 
     Each input message is an image (its encoded bytes, or its URI as the data or in the
     ``image_uri`` attribute); each gets a JSON prediction message on ``output_topic``
-    with the input's attributes, or, when no prediction can be made, goes unchanged to
+    with the input's attributes (a classifier's classes, or a detector's detections as
+    batch_predict writes them), or, when no prediction can be made, goes unchanged to
     ``dead_letter_topic`` with ``error_reason`` and ``error_detail`` attributes. On
     Dataflow the step launches the job and returns its id (the job runs until drained or
     cancelled; given ``job_name``, a re-run replaces the running job of that name with
@@ -62,7 +63,7 @@ def stream_predict(
         endpoint: A deployed model to call instead of loading one: a TF Serving REST
             model URL (the local server, KServe) or a Vertex AI endpoint resource name.
         labels_uri: The endpoint's label file (one label a line, class-index order).
-        top_k: Classes listed per image, most probable first.
+        top_k: A classifier's classes listed per image, most probable first.
         batch_size: Most images per model call.
         refresh_seconds: How often a worker looks for a newer model version.
         request_timeout_s: Longest wait for one answer of the endpoint.

@@ -10,9 +10,16 @@ Data that is one line of UTF-8 text is taken for a URI: encoded images are never
 UTF-8 (JPEG starts with 0xFF, PNG with 0x89). Its attributes are the caller's: they come
 back on the prediction (e.g. an ``id`` to match answers to requests).
 
-A prediction message: JSON data ``{"message_id", "uri" (when one was given), "label",
-"probability", "top_k": [{"label", "probability"}], "model_version"}``, with the input's
-attributes plus ``source_message_id``, ``label`` and ``model_version``.
+A prediction message, a classifier's: JSON data ``{"message_id", "uri" (when one was
+given), "label", "probability", "top_k": [{"label", "probability"}], "model_version"}``,
+with the input's attributes plus ``source_message_id``, ``label`` and ``model_version``.
+
+A detector's: JSON data ``{"message_id", "uri" (when one was given), "detections":
+[{"label", "class", "score", "box", "bbox"}, ...], "model_version"}`` (batch prediction's
+record, ``components.detection.predictions``: ``box`` normalized ``[ymin, xmin, ymax,
+xmax]``, ``bbox`` COCO pixels, highest score first), with the input's attributes plus
+``source_message_id``, ``num_detections``, ``label`` (the top detection's; absent when
+nothing was found) and ``model_version``.
 
 A dead letter (a message no prediction could be made for): the input's data unchanged and
 its attributes plus ``error_reason``, ``error_detail``, ``error_stage`` and
@@ -29,6 +36,8 @@ URI_ATTRIBUTE = "image_uri"
 # Reasons a message gets no prediction, besides components.common.beam's missing_file,
 # unreadable_file and empty_file and the model handlers' undecodable_image and remote_*.
 EMPTY_MESSAGE = "empty_message"
+# A model whose outputs are neither a classifier's nor a detector's.
+UNKNOWN_OUTPUTS = "unknown_outputs"
 # Pub/Sub attribute values hold at most 1024 bytes.
 _MAX_ATTRIBUTE_BYTES = 1024
 _MAX_URI_CHARS = 2048
@@ -96,22 +105,27 @@ def prediction_message(
 
     Args:
         request: The input message.
-        record: The prediction (``label``, ``probability``, ``top_k``).
+        record: The prediction: a classifier's (``label``, ``probability``, ``top_k``)
+            or a detector's (``detections``).
         model_version: The version of the model that made it.
     """
     body: dict[str, Any] = {"message_id": request.message_id}
     if request.uri:
         body["uri"] = request.uri
-    body.update(
-        label=record["label"],
-        probability=record["probability"],
-        top_k=record["top_k"],
-        model_version=model_version,
-    )
+    if "detections" in record:
+        detections = record["detections"]
+        body["detections"] = detections
+        summary = {"num_detections": str(len(detections))}
+        if detections:
+            summary["label"] = detections[0]["label"]
+    else:
+        body.update(label=record["label"], probability=record["probability"], top_k=record["top_k"])
+        summary = {"label": record["label"]}
+    body["model_version"] = model_version
     attributes = {
         **request.attributes,
         "source_message_id": request.message_id,
-        "label": record["label"],
+        **summary,
         "model_version": model_version,
     }
     return json.dumps(body).encode(), attributes
