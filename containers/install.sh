@@ -14,10 +14,10 @@
 #       The named packages of requirements-no-deps.txt (copied beside it) at its versions,
 #       without their dependencies: the deploy image's tensorflow-serving-api, the export
 #       image's TF.js converter (tensorflowjs and what it imports), the train and export
-#       images' keras-hub and tensorflow-text, whose `tensorflow`
-#       requirement tensorflow-cpu meets under another name (see that file). `pip check`
-#       accepts those complaints, and those about what the converter never imports here
-#       (tensorflowjs' flax, TF-DF, importlib-resources and packaging pin; JAX's SciPy).
+#       images' keras-hub, whose `tensorflow` requirement tensorflow-cpu meets under another
+#       name (see that file). `pip check` accepts those complaints, and those about what is
+#       never imported here (tensorflowjs' flax, TF-DF, importlib-resources and packaging pin;
+#       JAX's SciPy; keras-hub's tensorflow-text, for its text tokenizers only).
 #   install.sh package
 #       The project's own code and README, copied in by then (its dependencies are in
 #       place), `pip check`, and the runtime user app (UID 1000). Its home and the folders
@@ -63,7 +63,8 @@ no-deps)
 package)
     pip install --no-cache-dir --no-deps --force-reinstall "$src"
     broken=$(pip check | grep -v -E -e '^No broken requirements found\.$' \
-        -e '^(tensorflow-serving-api|tensorflowjs|tf-keras|tensorflow-text) [0-9.]+ requires tensorflow, which is not installed\.$' \
+        -e '^(tensorflow-serving-api|tensorflowjs|tf-keras) [0-9.]+ requires tensorflow, which is not installed\.$' \
+        -e '^keras-hub [0-9.]+ requires tensorflow-text, which is not installed\.$' \
         -e '^tensorflowjs [0-9.]+ requires (flax|importlib[-_]resources|tensorflow[-_]decision[-_]forests), which is not installed\.$' \
         -e '^tensorflowjs [0-9.]+ has requirement packaging~=23\.1, but you have packaging [0-9.]+\.$' \
         -e '^(jax|jaxlib) [0-9.]+ requires scipy, which is not installed\.$' || true)

@@ -50,9 +50,8 @@ NO_DEPS = {
         "jax",
         "jaxlib",
         "keras-hub",
-        "tensorflow-text",
     ],
-    "train": ["keras-hub", "tensorflow-text"],
+    "train": ["keras-hub"],
 }
 
 
