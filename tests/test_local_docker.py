@@ -15,6 +15,7 @@ from components.images import BEAM_STAGES, STAGES, dataflow_worker_image, stage_
 from pipelines.build_images import image_builds
 from pipelines.local_docker import (
     covering_folders,
+    detection_input_folders,
     executor_output_file,
     input_folders,
     pipeline_images,
@@ -69,6 +70,40 @@ def test_input_folders_cover_a_folder_tree_and_every_path_a_csv_lists(tmp_path):
     folders = input_folders(csv_uri=str(listed / "*.csv"), labels_uri=str(labels))
     assert folders == sorted([str(listed), str(elsewhere), str(labels.parent)])
     assert input_folders(csv_uri="gs://b/x.csv", labels_uri="gs://b/dict.txt") == []
+
+
+def test_detection_input_folders_cover_each_annotation_format_and_the_images_they_name(tmp_path):
+    voc = tmp_path / "voc"
+    (voc / "JPEGImages").mkdir(parents=True)
+    assert detection_input_folders(voc_dir=str(voc)) == [str(voc)]
+
+    coco, images = tmp_path / "coco" / "ann.json", tmp_path / "pictures"
+    coco.parent.mkdir()
+    coco.write_text("{}")
+    images.mkdir()
+    assert detection_input_folders(coco_json=str(coco), image_dir=str(images)) == sorted(
+        [str(coco.parent), str(images)]
+    )
+
+    jsonl = tmp_path / "vertex" / "import.jsonl"
+    (jsonl.parent / "rel").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    jsonl.write_text(
+        "\n".join(
+            [
+                json.dumps({"imageGcsUri": "rel/a.jpg"}),
+                json.dumps({"imageGcsUri": f"{elsewhere}/b.jpg"}),
+                json.dumps({"imageGcsUri": "gs://bucket/c.jpg"}),
+                "not json",
+            ]
+        )
+    )
+    preset = tmp_path / "preset"
+    preset.mkdir()
+    folders = detection_input_folders(vertex_jsonl=str(jsonl), preset=str(preset))
+    assert folders == sorted([str(jsonl.parent), str(elsewhere), str(preset)])
+    assert detection_input_folders(voc_dir="gs://b/voc", preset="retinanet_resnet50_fpn_coco") == []
 
 
 def test_covering_folders_keep_the_outermost():
