@@ -60,9 +60,10 @@ when the share of errors passes ``max_error_fraction``.
 An endpoint answers what its model predicts (``remote_handler.inference_of``: the
 answer's ``detection_boxes`` make it a detector's), and each answer must be of the run's
 task: an endpoint serving a classifier to a detection run, or the reverse, stops the run
-(``TaskMismatch``) rather than write every image to ``errors.jsonl``. Neither TF Serving's
-``:predict`` nor Vertex AI says a model's outputs before it answers, and the lines' shape is
-fixed before the first one, so the task is the export's (``model_dir``) or ``task``'s.
+(``TaskMismatch``) rather than write every image to ``errors.jsonl``. Not every endpoint
+says its model's outputs before it answers (a Vertex AI endpoint never does), and the
+lines' shape is fixed before the first one, so the task is the export's (``model_dir``) or
+``task``'s.
 
 On Dataflow, pass ``runner="DataflowRunner"`` and ``dataflow`` settings (project, region,
 temp_location on gs://, the workers' image: the batch_predict stage's dataflow-worker
