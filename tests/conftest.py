@@ -94,3 +94,24 @@ def pipeline_run(sample_data, tiny_training, tmp_path_factory):
     return work, run_local(
         str(work), image_dir=sample_data.image_dir, accuracy_threshold=0.0, **tiny_training
     )
+
+
+@pytest.fixture(scope="session")
+def detection_export(tmp_path_factory) -> dict:
+    """A tiny detector's export (64 px, one epoch on 16 generated pictures: its
+    detections are arbitrary but well-formed), with a score threshold of 0, so that it
+    always detects something: ``{"dir": export dir, "labels": [...]}``."""
+    from components.detection import create_tfrecords, export, training
+    from pipelines import sample_detection_data
+
+    root = tmp_path_factory.mktemp("detector")
+    sample = sample_detection_data.generate(str(root / "sample"), images=16)
+    dataset = str(root / "dataset")
+    create_tfrecords.run(dataset, voc_dir=sample.voc_dir)
+    model_dir = str(root / "model")
+    training.train(
+        dataset, model_dir, image_size=64, batch_size=8, epochs=1, early_stopping_patience=0
+    )
+    export_dir = str(root / "export")
+    meta = export.export_detector(model_dir, export_dir, score_threshold=0.0)
+    return {"dir": export_dir, "labels": meta["labels"]}

@@ -986,9 +986,20 @@ def test_liveness_and_readiness_routes(server_url):
     assert _http(f"{server_url}/") == (200, {"status": "alive"})
     assert _http(f"{server_url}/v2/health/live") == (200, {"live": True})
     assert _http(f"{server_url}/v2/health/ready") == (200, {"ready": True})
+    # KServe v1's readiness, with TF Serving's model status beside it.
     assert _http(f"{server_url}/v1/models/{MODEL_NAME}") == (
         200,
-        {"name": MODEL_NAME, "ready": True},
+        {
+            "name": MODEL_NAME,
+            "ready": True,
+            "model_version_status": [
+                {
+                    "version": "1",
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
+            ],
+        },
     )
     assert _http(f"{server_url}/v2/models/{MODEL_NAME}/ready") == (
         200,

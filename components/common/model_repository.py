@@ -7,8 +7,8 @@ and evaluation finds the model serving now (the champion) in::
     <repository>/<model_name>/2/...
     <repository>/<model_name>/evaluations/2.json     the evaluation a version was deployed with
 
-Versions are positive integers; a server serves the highest one (TF Serving's default
-"latest" policy); other names (``evaluations``) are not versions. Local paths and
+Versions are positive integers; a server serves every one, and the highest to a request
+that names none (TF Serving's "latest"); other names (``evaluations``) are not versions. Local paths and
 ``gs://`` alike.
 """
 
@@ -54,7 +54,33 @@ def latest_version(repository: str, model_name: str) -> tuple[int, str]:
         path = io.join(base, str(version))
         if io.exists(io.join(path, SAVED_MODEL_FILE)):
             return version, path
-    raise FileNotFoundError(
+    raise _no_version(repository, model_name)
+
+
+def saved_model_versions(repository: str, model_name: str) -> dict[int, str]:
+    """Every version that holds a SavedModel, and its directory, ascending: what a
+    server serves.
+
+    Raises:
+        FileNotFoundError: when the repository holds no version of the model.
+    """
+    base = model_base(repository, model_name)
+    paths = {
+        version: io.join(base, str(version)) for version in list_versions(repository, model_name)
+    }
+    found = {
+        version: path
+        for version, path in paths.items()
+        if io.exists(io.join(path, SAVED_MODEL_FILE))
+    }
+    if not found:
+        raise _no_version(repository, model_name)
+    return found
+
+
+def _no_version(repository: str, model_name: str) -> FileNotFoundError:
+    base = model_base(repository, model_name)
+    return FileNotFoundError(
         f"no version of model {model_name!r} in the model repository {repository} "
         f"(expected {base}/<version>/{SAVED_MODEL_FILE}; publish an export first)"
     )

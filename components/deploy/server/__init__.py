@@ -46,11 +46,22 @@ The same body elsewhere:
   content type (``tritonclient.http`` sends none), and the binary tensor extension both
   ways: raw image bytes in (``binary_data_size``, ``Inference-Header-Content-Length``),
   binary outputs when asked (``binary_data_output``, tritonclient's default).
+* TF Serving's versions, labels, status and metadata (``tfserving_rest``)::
+
+    POST /v1/models/<name>/versions/<N>:predict, /v1/models/<name>/labels/<label>:predict
+    GET  /v1/models/<name>[/versions/<N>|/labels/<label>]     {"name", "ready",
+         "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": ...}]}
+    GET  /v1/models/<name>[/versions/<N>|/labels/<label>]/metadata   {"model_spec": ...,
+         "metadata": {"signature_def": {"signature_def": {"serving_default": ...}}}}
+
+  Every version in the repository is served (``--model-version N``: only N), the latest
+  to requests that name none; ``--version-label LABEL=N`` names versions (``stable``: the
+  latest unless given).
 * gRPC, on ``--grpc-port`` (default 8081; 0: none), the same host: KServe's v2
   ``inference.GRPCInferenceService`` (``tritonclient.grpc``: BYTES ``image_bytes`` of raw
   image bytes) and TensorFlow Serving's ``tensorflow.serving.PredictionService``
-  (``Predict`` with a DT_STRING ``image_bytes`` tensor, ``GetModelMetadata``); see
-  ``tfserving``. Status codes: INVALID_ARGUMENT (what REST answers with 400), NOT_FOUND,
+  (``Predict`` with a DT_STRING ``image_bytes`` tensor, ``GetModelMetadata``; a version or
+  label in ``model_spec``) and ``ModelService`` (``GetModelStatus``); see ``tfserving``. Status codes: INVALID_ARGUMENT (what REST answers with 400), NOT_FOUND,
   RESOURCE_EXHAUSTED (a message over ``--max-body-bytes``), UNAVAILABLE (over the in-flight
   bound, which REST and gRPC share, or not loaded yet).
 * SageMaker's container contract: ``POST /invocations`` (the TF Serving body) and
@@ -78,7 +89,8 @@ Health routes, for Kubernetes probes; none counts against the in-flight bound::
                run, while draining
     readiness  GET /v2/health/ready  200 {"ready": true}; 503 while the model loads and
                from SIGTERM on. Per model, the same: GET /v1/models/<name> (KServe v1,
-               {"name": ..., "ready": true}) and GET /v2/models/<name>/ready
+               {"name": ..., "ready": true}, with TF Serving's model_version_status)
+               and GET /v2/models/<name>/ready
     metrics    GET /metrics          Prometheus, with image_classifier_model_call_images
                (images per signature call) and image_classifier_rejected_requests_total
 
@@ -120,9 +132,12 @@ Its modules:
 ``protocol``     requests and answers: parsing, image checks, the answer in each format
 ``uris``         ``UriReader``: the files requests name, under the allowed prefixes only
 ``batching``     ``Batcher``, concurrent requests in one signature call
-``model``        ``ImageModel``, the ``kserve.Model`` that runs the signature (its input
-                 name and outputs read from the loaded signature)
-``tfserving``    TF Serving's gRPC ``PredictionService`` on the model
+``model``        ``ImageModel``, the ``kserve.Model`` that runs the signature of each
+                 served version (``ServedVersion``: its input name and outputs read
+                 from the loaded signature)
+``tfserving``    TF Serving's gRPC ``PredictionService`` and ``ModelService`` on the
+                 model, and the status and metadata protos its REST API answers too
+``tfserving_rest``  TF Serving's REST routes for versions, labels, status and metadata
 ``grpc_server``  the gRPC server: both services, the in-flight bound, message limits
 ``http``         the REST server: the limits middleware, JSON errors, readiness, draining,
                  SageMaker's and Vertex AI's routes, and ``serve``, which runs it all
@@ -134,12 +149,14 @@ Importing this package loads none of TensorFlow, KServe or uvicorn (only ``limit
 Usage::
 
     python -m components.deploy.server --model-repository DIR --model-name NAME \\
-        [--model-version N] [--http-port 8080] [--grpc-port 8081] [--host 127.0.0.1] \\
+        [--model-version N] [--version-label canary=2] [--http-port 8080] \\
+        [--grpc-port 8081] [--host 127.0.0.1] \\
         [--allow-uri-prefix gs://bucket/images/] [--max-inflight 32] \\
         [--max-body-bytes 16777216] [--batch-max-size 32] [--batch-timeout-ms 0] ...
     python -m components.deploy.server --model-dir DIR_OR_GS_URI ...   (one SavedModel)
 
-It serves the latest version in the repository at start-up (or ``--model-version``).
+It serves every version in the repository at start-up, the latest by default (or only
+``--model-version``); versions published later are served after a restart.
 """
 
 from components.deploy.server.limits import ServerLimits

@@ -47,7 +47,20 @@ def parse_args(
         f"(required with --model-repository; default with --model-dir: {DEFAULT_MODEL_NAME})",
     )
     parser.add_argument(
-        "--model-version", type=int, default=None, help="version to serve (default: the latest)"
+        "--model-version",
+        type=int,
+        default=None,
+        help="serve only this version (default: every version in the repository, the "
+        "latest answering requests that name none)",
+    )
+    parser.add_argument(
+        "--version-label",
+        action="append",
+        default=[],
+        metavar="LABEL=VERSION",
+        help="a TF Serving version label (/v1/models/NAME/labels/LABEL, gRPC "
+        "model_spec.version_label) for a served version; repeatable; stable is the "
+        "latest version unless given",
     )
     parser.add_argument(
         "--http-port",
@@ -82,6 +95,12 @@ def parse_args(
     if args.model_repository is not None and args.model_name is None:
         parser.error("--model-name is required with --model-repository")
     args.model_name = args.model_name or DEFAULT_MODEL_NAME
+    args.version_labels = {}
+    for option in args.version_label:
+        label, _, version = option.partition("=")
+        if not label or not version.isdecimal():
+            parser.error(f"--version-label {option!r}: expected LABEL=VERSION, e.g. canary=3")
+        args.version_labels[label] = int(version)
     args.predict_routes = ("/invocations", *_env_routes(environ, "AIP_PREDICT_ROUTE"))
     args.health_routes = ("/ping", *_env_routes(environ, "AIP_HEALTH_ROUTE"))
     return args
@@ -111,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             allow_uri_prefixes=tuple(args.allow_uri_prefix),
             predict_routes=args.predict_routes,
             health_routes=args.health_routes,
+            version_labels=args.version_labels,
         )
     # No such model, a bad option or prefix, a gRPC port in use.
     except (FileNotFoundError, ValueError, RuntimeError, ModelLoadError) as e:

@@ -1,5 +1,5 @@
 """The gRPC server: KServe's v2 ``GRPCInferenceService`` and TF Serving's
-``PredictionService`` on one port, with the REST server's bounds.
+``PredictionService`` and ``ModelService`` on one port, with the REST server's bounds.
 
 Both services share the REST server's in-flight bound (``InflightBound``: predict calls
 beyond it get UNAVAILABLE at once, as REST answers 503), its body bound as gRPC's
@@ -23,11 +23,11 @@ from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from prometheus_client import Counter
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from components.deploy.server.limits import InflightBound, ServerLimits
 from components.deploy.server.model import ImageModel
-from components.deploy.server.tfserving import PredictionService
+from components.deploy.server.tfserving import ModelService, PredictionService
 
 # The calls that run the model; metadata and health calls are never bounded.
 BOUNDED_METHODS = (
@@ -88,7 +88,7 @@ def build_grpc_server(
     limits: ServerLimits,
     inflight: InflightBound,
 ) -> aio.Server:
-    """The gRPC server with both services, bound to ``host:port`` (not started yet).
+    """The gRPC server with its three services, bound to ``host:port`` (not started yet).
 
     Raises:
         RuntimeError: when the port cannot be bound.
@@ -108,5 +108,6 @@ def build_grpc_server(
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(model), server
     )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(model), server)
     server.add_insecure_port(listen_address(host, port))
     return server

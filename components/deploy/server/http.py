@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.importer import import_from_string
 
 from components.deploy import DEFAULT_HTTP_PORT, LOOPBACK
+from components.deploy.server import tfserving_rest
 from components.deploy.server.grpc_server import build_grpc_server
 from components.deploy.server.limits import DEFAULT_LIMITS, InflightBound, ServerLimits
 from components.deploy.server.model import ImageModel
@@ -318,7 +319,8 @@ class LimitedRESTServer(RESTServer):
     JSON bodies for FastAPI's own errors (404, 405, validation, 403 for a file outside the
     allowed prefixes) and a ``DrainingServer`` (whose delay is ``limits.shutdown_delay_s``).
 
-    It also answers the TF Serving predict request of ``model_name`` on each of
+    It answers TF Serving's versioned routes, status and metadata (``tfserving_rest``),
+    and the TF Serving predict request of ``model_name`` on each of
     ``predict_routes`` and its readiness on each of ``health_routes``: SageMaker's
     (``POST /invocations``, ``GET /ping``) and Vertex AI's custom-container routes.
     """
@@ -355,6 +357,7 @@ class LimitedRESTServer(RESTServer):
         app.add_exception_handler(StarletteHTTPException, _http_error)
         app.add_exception_handler(RequestValidationError, _validation_error)
         app.add_exception_handler(ForbiddenUri, _forbidden_uri)
+        tfserving_rest.add_routes(app, self.dataplane)
         v1 = V1Endpoints(self.dataplane, self.model_repository_extension)
         name = self.model_name
 
@@ -495,17 +498,21 @@ def serve(
     allow_uri_prefixes: tuple[str, ...] = (),
     predict_routes: tuple[str, ...] = (SAGEMAKER_PREDICT_ROUTE,),
     health_routes: tuple[str, ...] = (SAGEMAKER_HEALTH_ROUTE,),
+    version_labels: dict[str, int] | None = None,
 ) -> None:
     """Serves the model until SIGTERM or SIGINT; it loads while the server listens.
 
-    The model is a version in ``model_repository_dir`` or, with an empty one, the
-    SavedModel in ``model_dir``. ``grpc_port`` 0 serves no gRPC; requests that name files
-    are read under ``allow_uri_prefixes`` only (none: 403).
+    The model is every version in ``model_repository_dir`` (only ``version`` when
+    given; the latest answers requests that name none) or, with an empty one, the
+    SavedModel in ``model_dir``. ``version_labels`` maps TF Serving's version labels to
+    versions (``stable``: the latest unless given). ``grpc_port`` 0 serves no gRPC;
+    requests that name files are read under ``allow_uri_prefixes`` only (none: 403).
 
     Raises:
         FileNotFoundError: when the repository holds no such model or version (before
             the server starts).
-        ValueError: for an allowed prefix that is neither an absolute path nor gs://.
+        ValueError: for an allowed prefix that is neither an absolute path nor gs://, or
+            a label of a version that is not served.
         ModelLoadError: when the model fails to load (the server stops).
     """
     model = ImageModel(
@@ -515,6 +522,7 @@ def serve(
         limits,
         model_dir=model_dir,
         uri_reader=UriReader(allow_uri_prefixes),
+        version_labels=version_labels,
     )
     model.resolve()
     LoopbackModelServer(

@@ -1,16 +1,18 @@
-"""The served model: one version of an exported image model, as a ``kserve.Model``.
+"""The served model: the versions of an exported image model, as one ``kserve.Model``.
 
 The server knows no task: what a request names its input, and what the answer holds,
 come from the export's ``serving_default`` signature once it is loaded
 (``structured_input_signature``: one string input of encoded images, whatever its name;
 ``structured_outputs``: every output, with its dtype and shape). A classifier's export
 (``image_bytes`` -> ``probabilities``, ``label``, ...) and a detector's (``inputs`` ->
-``detection_boxes``, ``detection_labels``, ...) are served alike.
+``detection_boxes``, ``detection_labels``, ...) are served alike, each version with
+its own signature (``ServedVersion``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -28,10 +30,11 @@ from components.deploy.server.protocol import (
 import kserve
 import numpy as np
 import tensorflow as tf
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.utils.numpy_codec import from_np_dtype
 from prometheus_client import Histogram
+from tensorflow.core.protobuf import saved_model_pb2
 
 from components.common import io, model_repository
 from components.common.serving import SIGNATURE
@@ -67,17 +70,61 @@ def image_input(signature) -> tuple[str, tf.TensorSpec]:
     )
 
 
+class VersionNotFound(ModelNotFound):
+    """A request names a version or label that is not served (404, NOT_FOUND)."""
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class ServedVersion:
+    """One version of the served model: its number and directory, and once loaded its
+    ``serving_default`` signature, the signature's input name and the version's batcher."""
+
+    number: int
+    directory: str
+    signature: Any = None
+    input_name: str | None = None
+    batcher: Batcher | None = None
+    # Keep the loaded object: its variables must outlive the signature function.
+    loaded: Any = None
+    _signature_defs: Any = None
+
+    @property
+    def available(self) -> bool:
+        """Whether the version is loaded and answers requests."""
+        return self.signature is not None
+
+    def signature_defs(self) -> dict:
+        """The SavedModel's own SignatureDefs by name (``saved_model.pb``, read once)."""
+        if self._signature_defs is None:
+            saved_model = saved_model_pb2.SavedModel()
+            saved_model.ParseFromString(io.read_bytes(io.join(self.directory, "saved_model.pb")))
+            self._signature_defs = saved_model.meta_graphs[0].signature_def
+        return self._signature_defs
+
+
 class ImageModel(kserve.Model):
-    """Serves one version of an exported image model (a classifier, a detector: any
+    """Serves the versions of an exported image model (a classifier, a detector: any
     whose ``serving_default`` takes encoded images) from a model repository, or the
     SavedModel directory ``model_dir`` (then ``repository`` is empty; Vertex AI's
     ``AIP_STORAGE_URI``, SageMaker's ``/opt/ml/model``).
 
-    ``input_name`` is the signature's input (None until loaded): requests name it.
+    Versions, as TF Serving's: every version the repository holds is loaded (only
+    ``version`` when given); a request that names none gets the latest (``version``
+    after ``resolve``), ``served`` finds the one a request names by number or by label.
+    ``version_labels`` maps labels to versions; ``stable`` is the latest unless given.
+    A lone ``model_dir`` is one version: its directory's number, or 1.
+
+    ``input_name`` is the latest version's signature input (None until loaded): requests
+    name it.
 
     ``limits`` gives the request checks (``max_instances``, ``max_image_bytes``) and the
-    batching (``batch_max_size``, 0 for none, and ``batch_timeout_ms``); ``uri_reader``
-    reads the files requests name (by default none: such requests get 403).
+    batching (``batch_max_size``, 0 for none, and ``batch_timeout_ms``, a batcher per
+    version); ``uri_reader`` reads the files requests name (by default none: such
+    requests get 403).
     """
 
     def __init__(
@@ -88,6 +135,7 @@ class ImageModel(kserve.Model):
         limits: ServerLimits = DEFAULT_LIMITS,
         model_dir: str | None = None,
         uri_reader: UriReader | None = None,
+        version_labels: dict[str, int] | None = None,
     ):
         super().__init__(name)
         if bool(repository) == bool(model_dir):
@@ -97,114 +145,184 @@ class ImageModel(kserve.Model):
         self.model_dir: str | None = model_dir
         self.limits = limits
         self.uri_reader = uri_reader or UriReader()
-        self._loaded = None
-        self._serve = None
-        self.input_name: str | None = None
-        self._batcher: Batcher | None = None
+        self.versions: dict[int, ServedVersion] = {}
+        self.version_labels: dict[str, int] = dict(version_labels or {})
 
     def resolve(self) -> str:
-        """Finds the version directory to serve (cheap: no TensorFlow); returns it.
+        """Finds the versions to serve (cheap: no TensorFlow), checks the labels; returns
+        the latest version's directory.
 
         Raises:
             FileNotFoundError: when the repository holds no such version, or
                 ``model_dir`` no SavedModel.
+            ValueError: for a label of a version that is not served.
         """
+        if self.versions:
+            return self.model_dir
         if not self.repository:
-            if not io.exists(io.join(self.model_dir, "saved_model.pb")):
+            if not io.exists(io.join(self.model_dir, model_repository.SAVED_MODEL_FILE)):
                 raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {self.model_dir}")
             if self.version is None:
-                self.version = model_repository.version_of(self.model_dir)
-        elif self.model_dir is None:
-            if self.version is None:
-                self.version, self.model_dir = model_repository.latest_version(
-                    self.repository, self.name
-                )
-            else:
-                self.model_dir = model_repository.version_dir(
-                    self.repository, self.name, self.version
-                )
+                self.version = model_repository.version_of(self.model_dir) or 1
+            directories = {self.version: self.model_dir}
+        elif self.version is not None:
+            directories = {
+                self.version: model_repository.version_dir(self.repository, self.name, self.version)
+            }
+        else:
+            directories = model_repository.saved_model_versions(self.repository, self.name)
+            self.version = max(directories)
+        self.model_dir = directories[self.version]
+        self.version_labels.setdefault("stable", self.version)
+        unserved = {
+            label: number
+            for label, number in self.version_labels.items()
+            if number not in directories
+        }
+        if unserved:
+            raise ValueError(
+                f"version labels {unserved} name versions that are not served; served: "
+                f"{sorted(directories)}"
+            )
+        self.versions = {
+            number: ServedVersion(number, directory)
+            for number, directory in sorted(directories.items())
+        }
         return self.model_dir
 
+    @property
+    def input_name(self) -> str | None:
+        """The latest version's signature input (None until loaded)."""
+        latest = self.versions.get(self.version)
+        return None if latest is None else latest.input_name
+
+    def served(self, version: int | None = None, label: str = "") -> ServedVersion:
+        """The version a request names by number or by label (a label wins; TF Serving's
+        ``ModelSpec`` holds one or the other); the latest when neither.
+
+        Raises:
+            ModelNotFound: (404, NOT_FOUND) for a version or label that is not served.
+        """
+        if label:
+            if label not in self.version_labels:
+                raise VersionNotFound(
+                    f"model {self.name!r} has no version label {label!r}; labels: "
+                    f"{dict(sorted(self.version_labels.items()))}"
+                )
+            version = self.version_labels[label]
+        number = self.version if version is None else version
+        if number not in self.versions:
+            raise VersionNotFound(
+                f"model {self.name!r} has no version {version} served; versions: "
+                f"{sorted(self.versions)}"
+            )
+        return self.versions[number]
+
     def load(self) -> bool:
-        """Loads the SavedModel (seconds); readiness turns true when it returns."""
-        model_dir = self.resolve()
-        # Keep the loaded object: its variables must outlive the signature function.
-        self._loaded = tf.saved_model.load(model_dir)
-        if SIGNATURE not in self._loaded.signatures:
-            raise ValueError(
-                f"the SavedModel in {model_dir} has no {SIGNATURE!r} signature, only "
-                f"{sorted(self._loaded.signatures)}"
-            )
-        serve = self._loaded.signatures[SIGNATURE]
-        self.input_name, _ = image_input(serve)
-        self._serve = serve
-        if self.limits.batch_max_size > 0:
-            self._batcher = Batcher(
-                self.run_signature,
-                self.limits.batch_max_size,
-                self.limits.batch_timeout_ms / 1000.0,
-            )
-        log.info(
-            "loaded model %s version %s from %s: input %r, outputs %s",
-            self.name,
-            self.version,
-            model_dir,
-            self.input_name,
-            sorted(self._serve.structured_outputs),
-        )
+        """Loads every served version's SavedModel, the latest first (seconds each);
+        readiness turns true when all are loaded."""
+        self.resolve()
+        for number in sorted(self.versions, key=lambda n: n != self.version):
+            self._load_version(self.versions[number])
         self.ready = True
         return self.ready
 
-    def run_signature(self, images: list[bytes]) -> dict[str, np.ndarray]:
-        """One call of the serving signature on encoded images (blocking)."""
+    def _load_version(self, served: ServedVersion) -> None:
+        loaded = tf.saved_model.load(served.directory)
+        if SIGNATURE not in loaded.signatures:
+            raise ValueError(
+                f"the SavedModel in {served.directory} has no {SIGNATURE!r} signature, only "
+                f"{sorted(loaded.signatures)}"
+            )
+        signature = loaded.signatures[SIGNATURE]
+        served.input_name, _ = image_input(signature)
+        served.loaded = loaded
+        if self.limits.batch_max_size > 0:
+            number = served.number
+            served.batcher = Batcher(
+                lambda images: self.run_signature(images, number),
+                self.limits.batch_max_size,
+                self.limits.batch_timeout_ms / 1000.0,
+            )
+        served.signature = signature
+        log.info(
+            "loaded model %s version %s from %s: input %r, outputs %s",
+            self.name,
+            served.number,
+            served.directory,
+            served.input_name,
+            sorted(signature.structured_outputs),
+        )
+
+    def run_signature(
+        self, images: list[bytes], version: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """One call of a version's serving signature (the latest's by default) on encoded
+        images (blocking)."""
+        served = self.served(version)
         MODEL_CALL_IMAGES.observe(len(images))
         try:
-            outputs = self._serve(**{self.input_name: tf.constant(images, tf.string)})
+            outputs = served.signature(**{served.input_name: tf.constant(images, tf.string)})
         except tf.errors.InvalidArgumentError as e:
             # The header looked right but the image does not decode (e.g. truncated).
             raise InvalidInput(decode_error_message(images, e)) from None
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
-    async def preprocess(
-        self, payload: Any, headers: dict[str, str] | None = None
-    ) -> PredictRequest:
+    async def read_request(self, payload: Any, version: int | None = None) -> PredictRequest:
+        """The checked images of a request to one version (the latest by default): a TF
+        Serving REST body or a KServe v2 ``InferRequest``; files it names are read."""
+        served = self.served(version)
         limits = self.limits
         if isinstance(payload, InferRequest):
-            return parse_v2_request(
-                payload, self.input_name, limits.max_instances, limits.max_image_bytes
+            request = parse_v2_request(
+                payload, served.input_name, limits.max_instances, limits.max_image_bytes
             )
-        request = parse_request(
-            payload, self.input_name, limits.max_instances, limits.max_image_bytes
-        )
+        else:
+            request = parse_request(
+                payload, served.input_name, limits.max_instances, limits.max_image_bytes
+            )
+        request.version = served.number
         if request.uris:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.uri_reader.read_request, request, self.limits.max_image_bytes
             )
         return request
 
-    async def predict_images(self, images: list[bytes]) -> dict[str, np.ndarray]:
-        """The signature's outputs for checked images, batched with other requests'."""
-        if self._batcher is not None:
-            return await self._batcher.predict(images)
+    async def preprocess(
+        self, payload: Any, headers: dict[str, str] | None = None
+    ) -> PredictRequest:
+        return await self.read_request(payload)
+
+    async def predict_images(
+        self, images: list[bytes], version: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """A version's signature outputs (the latest's by default) for checked images,
+        batched with other requests' to that version."""
+        served = self.served(version)
+        if served.batcher is not None:
+            return await served.batcher.predict(images)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.run_signature, images)
+        return await loop.run_in_executor(None, self.run_signature, images, served.number)
 
     async def predict(
         self, payload: PredictRequest, headers: dict[str, str] | None = None
     ) -> dict | InferResponse:
-        outputs = await self.predict_images(payload.images)
-        return format_answer(payload, outputs, self.name, self.version)
+        outputs = await self.predict_images(payload.images, payload.version)
+        version = self.version if payload.version is None else payload.version
+        return format_answer(payload, outputs, self.name, version)
 
     def get_input_types(self) -> list[dict]:
-        if self._serve is None:
+        served = self.versions.get(self.version)
+        if served is None or served.signature is None:
             return []
-        name, spec = image_input(self._serve)
+        name, spec = image_input(served.signature)
         return [_tensor_type(name, spec)]
 
     def get_output_types(self) -> list[dict]:
-        if self._serve is None:
+        served = self.versions.get(self.version)
+        if served is None or served.signature is None:
             return []
-        specs = self._serve.structured_outputs
+        specs = served.signature.structured_outputs
         return [_tensor_type(name, specs[name]) for name in sorted(specs)]
 
 

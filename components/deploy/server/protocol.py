@@ -72,13 +72,15 @@ class PredictRequest:
     ``form`` is ``"rows"`` (``instances``), ``"columns"`` (``inputs``) or ``"v2"``
     (KServe's v2 protocol, whose request ``v2_request`` is). ``uris`` maps the index of
     each instance that names a file (``{"filenames": ...}``) to its URI; its image is
-    ``b""`` until the file is read (``uris.UriReader.read_request``).
+    ``b""`` until the file is read (``uris.UriReader.read_request``). ``version`` is the
+    model version that answers it (None: the latest).
     """
 
     images: list[bytes]
     form: str = "rows"
     v2_request: InferRequest | None = None
     uris: dict[int, str] = dataclasses.field(default_factory=dict)
+    version: int | None = None
 
 
 def _describe(value: Any) -> str:
