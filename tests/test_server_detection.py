@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.deploy import local
+from components.deploy import DEFAULT_MODEL_NAME, local
 from components.deploy.model_repository import publish
 from components.deploy.server import ServerLimits
 
 MODEL_NAME = "detector"
 MAX_INSTANCES = 4
+MAX_BODY_BYTES = 200_000
 WAIT_S = 120.0
 OD_API_OUTPUTS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
 OUTPUTS = {*OD_API_OUTPUTS, "detection_multiclass_scores", "detection_labels"}
@@ -64,26 +65,6 @@ IMAGES = [_jpeg(seed) for seed in range(3)]
 
 
 @pytest.fixture(scope="module")
-def detection_export(tmp_path_factory) -> dict:
-    """A tiny detector's export (as tests/test_detection_model.py's ``trained``, smaller),
-    with its labels and a score threshold of 0, so that it always detects something."""
-    from components.detection import create_tfrecords, export, training
-    from pipelines import sample_detection_data
-
-    root = tmp_path_factory.mktemp("detector")
-    sample = sample_detection_data.generate(str(root / "sample"), images=16)
-    dataset = str(root / "dataset")
-    create_tfrecords.run(dataset, voc_dir=sample.voc_dir)
-    model_dir = str(root / "model")
-    training.train(
-        dataset, model_dir, image_size=64, batch_size=8, epochs=1, early_stopping_patience=0
-    )
-    export_dir = str(root / "export")
-    meta = export.export_detector(model_dir, export_dir, score_threshold=0.0)
-    return {"dir": export_dir, "labels": meta["labels"]}
-
-
-@pytest.fixture(scope="module")
 def direct(detection_export):
     """The SavedModel's own answer for some images: ``{output name: numpy array}``."""
     import tensorflow as tf
@@ -105,11 +86,18 @@ def files(tmp_path_factory):
     return root
 
 
+# Vertex AI's routes for a custom container, as it sets them (AIP_PREDICT_ROUTE, ...).
+VERTEX_PREDICT_ROUTE = "/v1/endpoints/123/deployedModels/456:predict"
+VERTEX_HEALTH_ROUTE = "/v1/endpoints/123/deployedModels/456"
+VERTEX_ROUTES = {"AIP_PREDICT_ROUTE": VERTEX_PREDICT_ROUTE, "AIP_HEALTH_ROUTE": VERTEX_HEALTH_ROUTE}
+
+
 @pytest.fixture(scope="module")
 def server(detection_export, files, tmp_path_factory):
     """The detector served from a repository: ``(base_url, grpc_target)``, batching on
-    (the default), at most ``MAX_INSTANCES`` images a request, files read under
-    ``files``. Checks at the end that SIGTERM stops it with 0."""
+    (the default), at most ``MAX_INSTANCES`` images a request and ``MAX_BODY_BYTES`` a
+    body, files read under ``files``, Vertex AI's routes set. Checks at the end that
+    SIGTERM stops it with 0."""
     repo = str(tmp_path_factory.mktemp("detection_served") / "repo")
     publish(detection_export["dir"], repo, MODEL_NAME)
     log_path = tmp_path_factory.mktemp("detection_log") / "server.log"
@@ -118,7 +106,7 @@ def server(detection_export, files, tmp_path_factory):
         repo,
         MODEL_NAME,
         port,
-        limits=ServerLimits(max_instances=MAX_INSTANCES),
+        limits=ServerLimits(max_instances=MAX_INSTANCES, max_body_bytes=MAX_BODY_BYTES),
         grpc_port=grpc_port,
     )
     with open(log_path, "wb") as log:
@@ -127,6 +115,7 @@ def server(detection_export, files, tmp_path_factory):
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **VERTEX_ROUTES},
         )
     try:
         local.wait_until_ready(process, MODEL_NAME, port, WAIT_S, str(log_path))
@@ -248,12 +237,96 @@ BAD_REQUESTS = {
 }
 
 
+# The routes a TF Serving body is predicted on: TF Serving's, SageMaker's and Vertex AI's.
+PREDICT_ROUTES = (f"/v1/models/{MODEL_NAME}:predict", "/invocations", VERTEX_PREDICT_ROUTE)
+
+
+@pytest.mark.parametrize("route", PREDICT_ROUTES, ids=["tf-serving", "sagemaker", "vertex"])
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
-def test_bad_requests_get_400_with_a_clear_message(server, case):
+def test_bad_requests_get_400_with_a_clear_message(server, case, route):
     body, message = BAD_REQUESTS[case]
-    status, response = _http(_predict_url(server), body)
+    status, response = _http(server[0] + route, body)
     assert status == 400, response
     assert set(response) == {"error"} and message in response["error"], response
+
+
+def test_an_oversized_body_gets_413_on_every_route(server):
+    image = {"inputs": {"b64": _b64(b"\xff" * MAX_BODY_BYTES)}}
+    for route in (*PREDICT_ROUTES, f"/v2/models/{MODEL_NAME}/infer"):
+        status, response = _http(server[0] + route, {"instances": [image]})
+        assert status == 413, (route, response)
+        assert f"limit of {MAX_BODY_BYTES} bytes" in response["error"]
+
+
+@pytest.fixture(scope="module")
+def rest_answer(server) -> dict[str, np.ndarray]:
+    """The REST (TF Serving row format) answer for ``IMAGES`` as columns: what every other
+    client must get too."""
+    body = {"instances": [{"inputs": {"b64": _b64(image)}} for image in IMAGES]}
+    status, response = _http(_predict_url(server), body)
+    assert status == 200, response
+    rows = response["predictions"]
+    return {name: np.asarray([row[name] for row in rows]) for name in OUTPUTS}
+
+
+def _same_as_rest(got: dict, rest: dict[str, np.ndarray]) -> None:
+    """Boxes, classes, scores and labels (bytes or text) as REST answered them."""
+    for name in ("detection_boxes", "detection_classes", "detection_scores", "num_detections"):
+        np.testing.assert_allclose(got[name], rest[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    labels = np.asarray(got["detection_labels"], dtype=object)
+    text = [v.decode() if isinstance(v, bytes) else v for v in labels.ravel()]
+    assert text == rest["detection_labels"].ravel().tolist()
+
+
+def test_sagemaker_and_vertex_routes(server, rest_answer):
+    # SageMaker's TF Serving container body, and Vertex AI's (with its parameters).
+    images = [{"inputs": {"b64": _b64(image)}} for image in IMAGES]
+    for route, body in {
+        "/invocations": {"signature_name": "serving_default", "instances": images},
+        VERTEX_PREDICT_ROUTE: {"instances": images, "parameters": {}},
+    }.items():
+        status, response = _http(server[0] + route, body)
+        assert status == 200, (route, response)
+        rows = response["predictions"]
+        _same_as_rest({name: [row[name] for row in rows] for name in OUTPUTS}, rest_answer)
+    for route in ("/ping", VERTEX_HEALTH_ROUTE):
+        assert _http(server[0] + route) == (200, {"status": "healthy"})
+
+
+def test_the_vertex_custom_container_contract_from_its_variables(
+    detection_export, rest_answer, tmp_path
+):
+    """Started as Vertex AI starts the deploy image: the detector, port and routes come
+    from the AIP_* variables alone."""
+    port = local.free_port()
+    env = {
+        **os.environ,
+        **VERTEX_ROUTES,
+        "AIP_STORAGE_URI": detection_export["dir"],
+        "AIP_HTTP_PORT": str(port),
+    }
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "components.deploy.server", "--grpc-port", "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        local.wait_until_ready(process, DEFAULT_MODEL_NAME, port, WAIT_S, str(log_path))
+        assert _http(url + VERTEX_HEALTH_ROUTE) == (200, {"status": "healthy"})
+        body = {"instances": [{"inputs": {"b64": _b64(image)}} for image in IMAGES]}
+        status, response = _http(url + VERTEX_PREDICT_ROUTE, body)
+        assert status == 200, response
+        rows = response["predictions"]
+        _same_as_rest({name: [row[name] for row in rows] for name in OUTPUTS}, rest_answer)
+        status, response = _http(url + VERTEX_PREDICT_ROUTE, BAD_REQUESTS["not an image"][0])
+        assert status == 400 and "not an image" in response["error"], response
+    finally:
+        code = local.stop_server(process, timeout_s=WAIT_S)
+    assert code == 0, log_path.read_text()[-3000:]
 
 
 # --- KServe v2, gRPC, health ----------------------------------------------------------------
@@ -290,7 +363,7 @@ def test_kserve_v2_infer_and_metadata_use_the_signature_names(server, direct, de
     assert status == 400 and "one input named 'inputs'" in response["error"], response
 
 
-def test_tensorflow_serving_grpc_predict_and_metadata(server, direct, detection_export):
+def test_tensorflow_serving_grpc_predict_and_metadata(server, direct, rest_answer):
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import (
@@ -299,11 +372,11 @@ def test_tensorflow_serving_grpc_predict_and_metadata(server, direct, detection_
         prediction_service_pb2_grpc,
     )
 
-    def predict_request(name: str = "inputs"):
+    def predict_request(name: str = "inputs", images=IMAGES, model: str = MODEL_NAME):
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = MODEL_NAME
+        request.model_spec.name = model
         request.model_spec.signature_name = "serving_default"
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(IMAGES))
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(images))
         return request
 
     with grpc.insecure_channel(server[1]) as channel:
@@ -315,11 +388,27 @@ def test_tensorflow_serving_grpc_predict_and_metadata(server, direct, detection_
         for name in OUTPUTS - {"detection_labels"}:
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-5)
         assert (got["detection_labels"] == expected["detection_labels"]).all()
+        _same_as_rest(got, rest_answer)
 
-        with pytest.raises(grpc.RpcError) as error:
-            stub.Predict(predict_request("image_bytes"), timeout=WAIT_S)
-        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "one input named 'inputs'" in error.value.details()
+        # What REST answers with 400, 404 and 413.
+        errors = {
+            "INVALID_ARGUMENT": [
+                (predict_request("image_bytes"), "one input named 'inputs'"),
+                (predict_request(images=[b"plain text"]), "instance 0: not an image"),
+                (
+                    predict_request(images=IMAGES[:1] * (MAX_INSTANCES + 1)),
+                    f"limit of {MAX_INSTANCES}",
+                ),
+            ],
+            "NOT_FOUND": [(predict_request(model="other"), "other")],
+            "RESOURCE_EXHAUSTED": [(predict_request(images=[b"\xff" * MAX_BODY_BYTES]), "")],
+        }
+        for code, requests in errors.items():
+            for request, message in requests:
+                with pytest.raises(grpc.RpcError) as error:
+                    stub.Predict(request, timeout=WAIT_S)
+                assert error.value.code().name == code, error.value.details()
+                assert message in error.value.details()
 
         metadata_request = get_model_metadata_pb2.GetModelMetadataRequest()
         metadata_request.model_spec.name = MODEL_NAME
@@ -333,38 +422,100 @@ def test_tensorflow_serving_grpc_predict_and_metadata(server, direct, detection_
         assert set(signature.outputs) == OUTPUTS
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_http(server, rest_answer, binary):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(server[0].removeprefix("http://"))
+    assert client.is_model_ready(MODEL_NAME)
+    metadata = client.get_model_metadata(MODEL_NAME)
+    assert [tensor["name"] for tensor in metadata["inputs"]] == ["inputs"]
+    tensor = httpclient.InferInput("inputs", [len(IMAGES)], "BYTES")
+    if binary:  # the client's defaults: raw image bytes in, binary outputs back
+        tensor.set_data_from_numpy(np.array(IMAGES, dtype=np.object_))
+        outputs = None
+    else:  # pure JSON
+        images = [_b64(image).encode() for image in IMAGES]
+        tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=False)
+        outputs = [httpclient.InferRequestedOutput(name, binary_data=False) for name in OUTPUTS]
+    result = client.infer(MODEL_NAME, [tensor], outputs=outputs)
+    _same_as_rest({name: result.as_numpy(name) for name in OUTPUTS}, rest_answer)
+    assert result.get_output("detection_labels")["datatype"] == "BYTES"
+    assert result.get_output("detection_boxes")["shape"] == [len(IMAGES), MAX_DETECTIONS, 4]
+
+    bad = httpclient.InferInput("inputs", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"plain text"], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(MODEL_NAME, [bad])
+    assert error.value.status() == "400" and "not an image" in error.value.message()
+    client.close()
+
+
 # Triton's gRPC client in its own process (its protos clash with KServe's in one process).
 TRITON_GRPC_CLIENT = """
 import json, sys
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
-target, model, path = sys.argv[1:]
+target, model, *paths = sys.argv[1:]
 client = grpcclient.InferenceServerClient(target)
-tensor = grpcclient.InferInput("inputs", [1], "BYTES")
-tensor.set_data_from_numpy(np.array([open(path, "rb").read()], dtype=np.object_))
-result = client.infer(model, [tensor])
-print(json.dumps({
-    "inputs": [t.name for t in client.get_model_metadata(model).inputs],
-    "boxes": result.as_numpy("detection_boxes").tolist(),
-    "labels": [v.decode() for v in result.as_numpy("detection_labels").ravel()],
-}))
+answer = {"inputs": [t.name for t in client.get_model_metadata(model).inputs]}
+
+def infer(images, name=model, input_name="inputs"):
+    tensor = grpcclient.InferInput(input_name, [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    try:
+        result = client.infer(name, [tensor])
+    except InferenceServerException as e:
+        return {"status": e.status(), "message": e.message()}
+    outputs = {o.name: o.datatype for o in result.get_response().outputs}
+    answer = {"datatypes": outputs}
+    for name in outputs:
+        values = result.as_numpy(name)
+        answer[name] = [v.decode() for v in values.ravel()] if values.dtype == object else (
+            values.tolist()
+        )
+    return answer
+
+images = [open(path, "rb").read() for path in paths]
+answer["good"] = infer(images)
+answer["bad"] = infer([b"plain text"])
+answer["too_many"] = infer(images[:1] * 5)
+answer["wrong_input"] = infer(images, input_name="image_bytes")
+answer["other_model"] = infer(images, "no-such-model")
+print(json.dumps(answer))
 """
 
 
-def test_kserve_v2_grpc(server, direct, files):
+def test_tritonclient_grpc(server, rest_answer, tmp_path):
+    paths = []
+    for i, image in enumerate(IMAGES):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(image)
     run = subprocess.run(
-        [sys.executable, "-c", TRITON_GRPC_CLIENT, server[1], MODEL_NAME, str(files / "a.jpg")],
+        [sys.executable, "-c", TRITON_GRPC_CLIENT, server[1], MODEL_NAME, *map(str, paths)],
         capture_output=True,
         text=True,
         timeout=WAIT_S,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     answer = json.loads(run.stdout.strip().splitlines()[-1])
-    expected = direct(IMAGES[:1])
     assert answer["inputs"] == ["inputs"]
-    np.testing.assert_allclose(answer["boxes"], expected["detection_boxes"], atol=1e-5)
-    assert answer["labels"] == [v.decode() for v in expected["detection_labels"].ravel()]
+    good = answer["good"]
+    assert good["datatypes"]["detection_labels"] == "BYTES"
+    assert good["datatypes"]["detection_boxes"] == "FP32"
+    shaped = {name: np.reshape(good[name], rest_answer[name].shape) for name in OUTPUTS}
+    _same_as_rest(shaped, rest_answer)
+    for case, (code, message) in {
+        "bad": ("INVALID_ARGUMENT", "instance 0: not an image"),
+        "too_many": ("INVALID_ARGUMENT", f"limit of {MAX_INSTANCES}"),
+        "wrong_input": ("INVALID_ARGUMENT", "one input named 'inputs'"),
+        "other_model": ("NOT_FOUND", "no-such-model"),
+    }.items():
+        assert answer[case]["status"] == f"StatusCode.{code}", answer[case]
+        assert message in answer[case]["message"]
 
 
 def test_health_routes(server):
@@ -372,7 +523,12 @@ def test_health_routes(server):
     assert _http(f"{base}/v2/health/live") == (200, {"live": True})
     assert _http(f"{base}/v2/health/ready") == (200, {"ready": True})
     ready = {"name": MODEL_NAME, "ready": True}
-    assert _http(f"{base}/v1/models/{MODEL_NAME}") == (200, ready)
+    status = {"version": "1", "state": "AVAILABLE"}
+    status["status"] = {"error_code": "OK", "error_message": ""}
+    assert _http(f"{base}/v1/models/{MODEL_NAME}") == (
+        200,
+        {**ready, "model_version_status": [status]},
+    )
     assert _http(f"{base}/v2/models/{MODEL_NAME}/ready") == (200, ready)
     assert _http(f"{base}/ping") == (200, {"status": "healthy"})
 
