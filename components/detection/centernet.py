@@ -220,22 +220,16 @@ LOSSES = {"heatmap": focal_loss, "size": masked_l1, "offset": masked_l1}
 LOSS_WEIGHTS = {"heatmap": 1.0, "size": 5.0, "offset": 1.0}
 
 
-def decode(
-    outputs: dict[str, tf.Tensor],
-    max_detections: int = 100,
-    score_threshold: float = 0.0,
-    iou_threshold: float = 0.6,
-    candidates: int = 100,
-) -> dict[str, tf.Tensor]:
-    """The detections of a batch of model outputs, the Object Detection API's way.
+def peak_candidates(outputs: dict[str, tf.Tensor], candidates: int = 100) -> dict[str, tf.Tensor]:
+    """The ``candidates`` best heatmap peaks of a batch of model outputs as boxes, before
+    the IoU suppression (3x3 max-pooling keeps each local peak: the method's own
+    non-maximum suppression).
 
     Returns:
-        ``boxes`` ``[batch, max_detections, 4]`` normalized ``[ymin, xmin, ymax, xmax]``
-        inside ``[0, 1]``; ``classes`` (int32, from 0) and ``scores`` ``[batch,
-        max_detections]``, highest score first; ``multiclass_scores`` ``[batch,
-        max_detections, classes]`` (every class's heatmap value at the detection's
-        centre); ``num_detections`` (int32 ``[batch]``): how many are real, the rest
-        being zeros.
+        ``boxes`` ``[batch, k, 4]`` normalized ``[ymin, xmin, ymax, xmax]`` (not yet
+        clipped), ``classes`` (int32, from 0), ``scores`` ``[batch, k]`` best first,
+        ``multiclass_scores`` ``[batch, k, classes]`` (every class's heatmap value at the
+        peak), as ``suppression.suppress`` takes them.
     """
     heatmap = tf.cast(outputs["heatmap"], tf.float32)
     size, offset = tf.cast(outputs["size"], tf.float32), tf.cast(outputs["offset"], tf.float32)
@@ -258,7 +252,35 @@ def decode(
     cx = (tf.cast(ix, tf.float32) + delta[..., 0]) / side_f
     cy = (tf.cast(iy, tf.float32) + delta[..., 1]) / side_f
     w, h = tf.maximum(wh[..., 0], 0.0), tf.maximum(wh[..., 1], 0.0)
-    boxes = tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], -1)
+    return {
+        "boxes": tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], -1),
+        "classes": class_index,
+        "scores": scores,
+        "multiclass_scores": at(heatmap),
+    }
+
+
+def decode(
+    outputs: dict[str, tf.Tensor],
+    max_detections: int = 100,
+    score_threshold: float = 0.0,
+    iou_threshold: float = 0.6,
+    candidates: int = 100,
+) -> dict[str, tf.Tensor]:
+    """The detections of a batch of model outputs, the Object Detection API's way: the
+    ``peak_candidates``, then ``suppression.suppress``.
+
+    Returns:
+        ``boxes`` ``[batch, max_detections, 4]`` normalized ``[ymin, xmin, ymax, xmax]``
+        inside ``[0, 1]``; ``classes`` (int32, from 0) and ``scores`` ``[batch,
+        max_detections]``, highest score first; ``multiclass_scores`` ``[batch,
+        max_detections, classes]`` (every class's heatmap value at the detection's
+        centre); ``num_detections`` (int32 ``[batch]``): how many are real, the rest
+        being zeros.
+    """
     return suppression.suppress(
-        boxes, class_index, scores, at(heatmap), max_detections, score_threshold, iou_threshold
+        **peak_candidates(outputs, candidates),
+        max_detections=max_detections,
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
     )

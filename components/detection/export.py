@@ -14,6 +14,10 @@ writes (``exporter_main_v2.py``), so a 2019 client keeps working:
 * ``image_tensor``: ``input_tensor``, uint8 ``[batch, height, width, 3]``.
 * ``tf_example``: ``input_tensor``, a string ``[batch]`` of serialized ``tf.train.Example``
   records with ``image/encoded`` (the records create_tfrecords writes).
+* ``edge_detect`` (not the Object Detection API's): ``images``, float32 ``[1, size, size,
+  3]``, one image already resized to the model's input (0-255): what the export_edge
+  stage's TFLite and TensorFlow.js models run after their own resize. It suppresses with
+  ``portable_suppression`` (the op both runtimes have) and has no ``detection_labels``.
 
 Every signature returns, float32 like the Object Detection API's: ``detection_boxes``
 ``[batch, max_detections, 4]`` normalized ``[ymin, xmin, ymax, xmax]`` of the input image,
@@ -34,13 +38,23 @@ import keras
 import tensorflow as tf
 
 from components.common import io, model_dir as model_dir_lib, preprocessing, serving
-from components.detection import centernet, keras_hub_detectors, schema, suppression
+from components.detection import (
+    centernet,
+    keras_hub_detectors,
+    portable_suppression,
+    schema,
+    suppression,
+)
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "inputs"
 IMAGE_TENSOR_SIGNATURE = "image_tensor"
 TF_EXAMPLE_SIGNATURE = "tf_example"
 TENSOR_INPUT_NAME = "input_tensor"
+EDGE_SIGNATURE = "edge_detect"
+EDGE_INPUT_NAME = "images"
+# The nodes of edge_detect after the model: export_edge keeps them out of int8.
+EDGE_POSTPROCESS_SCOPE = "edge_postprocess"
 OUTPUT_NAMES = (
     "detection_boxes",
     "detection_classes",
@@ -62,34 +76,31 @@ def build_archive(
     input_scale: Sequence[float] = (),
     input_offset: Sequence[float] = (),
 ) -> keras.export.ExportArchive:
-    """Wraps ``model`` in an ExportArchive with the three signatures of the module doc.
+    """Wraps ``model`` in an ExportArchive with the four signatures of the module doc.
     ``family`` says how its outputs become candidates (``centernet.decode``, or a
     KerasHub detector's anchors scaled by ``input_scale`` and ``input_offset``)."""
     label_table = tf.constant(["", *labels])  # index 0: padding past num_detections
     candidates = max(100, max_detections)
+    settings = {
+        "max_detections": max_detections,
+        "score_threshold": score_threshold,
+        "iou_threshold": iou_threshold,
+    }
 
-    def decode(images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def propose(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The best candidates of resized images, as ``suppression.suppress`` takes them;
+        the decoding after the model under ``EDGE_POSTPROCESS_SCOPE``."""
         if family == "centernet":
-            return centernet.decode(
-                model(images, training=False),
-                max_detections=max_detections,
-                score_threshold=score_threshold,
-                iou_threshold=iou_threshold,
-                candidates=candidates,
-            )
+            outputs = model(images, training=False)
+            with tf.name_scope(EDGE_POSTPROCESS_SCOPE):
+                return centernet.peak_candidates(outputs, candidates)
         boxes, probabilities = keras_hub_detectors.candidates(
             model, keras_hub_detectors.scale_images(images, input_scale, input_offset)
         )
-        best = suppression.top_candidates(boxes, probabilities, candidates)
-        return suppression.suppress(
-            **best,
-            max_detections=max_detections,
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-        )
+        with tf.name_scope(EDGE_POSTPROCESS_SCOPE):
+            return suppression.top_candidates(boxes, probabilities, candidates)
 
-    def detect(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        found = decode(images)
+    def numeric(found: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         real = tf.sequence_mask(found["num_detections"], max_detections)
         classes = tf.where(real, found["classes"] + 1, 0)
         return {
@@ -98,8 +109,17 @@ def build_archive(
             "detection_scores": found["scores"],
             "num_detections": tf.cast(found["num_detections"], tf.float32),
             "detection_multiclass_scores": found["multiclass_scores"],
-            "detection_labels": tf.gather(label_table, classes),
         }
+
+    def detect(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = numeric(suppression.suppress(**propose(images), **settings))
+        classes = tf.cast(outputs["detection_classes"], tf.int32)
+        return {**outputs, "detection_labels": tf.gather(label_table, classes)}
+
+    def edge_detect(images):
+        found = propose(images)
+        with tf.name_scope(EDGE_POSTPROCESS_SCOPE):
+            return numeric(portable_suppression.suppress_one(**found, **settings))
 
     def from_encoded(inputs):
         return detect(preprocessing.decode_batch(inputs, image_size))
@@ -134,6 +154,13 @@ def build_archive(
         name=TF_EXAMPLE_SIGNATURE,
         fn=from_examples,
         input_signature=[tf.TensorSpec([None], tf.string, name=TENSOR_INPUT_NAME)],
+    )
+    archive.add_endpoint(
+        name=EDGE_SIGNATURE,
+        fn=edge_detect,
+        input_signature=[
+            tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name=EDGE_INPUT_NAME)
+        ],
     )
     return archive
 
@@ -192,7 +219,7 @@ def export_detector(
         "family": family,
         "signature": SIGNATURE,
         "input": INPUT_NAME,
-        "signatures": [SIGNATURE, IMAGE_TENSOR_SIGNATURE, TF_EXAMPLE_SIGNATURE],
+        "signatures": [SIGNATURE, IMAGE_TENSOR_SIGNATURE, TF_EXAMPLE_SIGNATURE, EDGE_SIGNATURE],
         "outputs": list(OUTPUT_NAMES),
         "max_detections": max_detections,
         "score_threshold": score_threshold,
