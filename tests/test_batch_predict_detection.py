@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.batch_predict import beam_pipeline
+from components.batch_predict import beam_pipeline, records
 from components.common import io, model_handler
 from components.detection import create_tfrecords, export, training
 from components.detection.predictions import detection_record, image_size, is_detection_export
@@ -155,7 +155,7 @@ def test_image_size_reads_the_header(detector):
 def test_the_shared_handler_runs_the_detector_image_by_image_when_one_is_bad(detector, bad_files):
     export_dir = detector["export"]
     assert is_detection_export(model_handler.signature_outputs(export_dir))
-    assert beam_pipeline.export_task(export_dir) == beam_pipeline.DETECTION
+    assert records.export_task(export_dir) == records.DETECTION
     model = model_handler.load_saved_model(export_dir, num_classes=3)
     assert model.input_name == "inputs"  # read from the signature, not a constant
     assert model.num_classes == 3 and set(model.output_names) == set(export.OUTPUT_NAMES)

@@ -29,7 +29,7 @@ import json
 import logging
 import sys
 
-from components.batch_predict import beam_pipeline, vertex
+from components.batch_predict import beam_pipeline, records, vertex
 from components.common import cli
 from components.detection import predictions as detection_predictions
 
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     cli.add_function_arguments(source, run, SOURCES, fill_defaults=True)
     names = cli.parameter_names(run, leaving_out=(*SOURCES, *NOT_FLAGS))
     choices = {
-        "task": ("", *beam_pipeline.TASKS),
+        "task": ("", *records.TASKS),
         "detection_format": detection_predictions.DETECTION_FORMATS,
     }
     cli.add_function_arguments(parser, run, names, choices=choices, fill_defaults=True)

@@ -7,9 +7,7 @@ Two kinds of endpoint, told apart by ``endpoint_kind``:
   model server, KServe's TensorFlow predictor, TF Serving itself; ``.../versions/<n>`` or
   a URL ending in ``:predict`` also do): ``TFServingRESTHandler`` posts a batch of images
   as ``{"instances": [{"b64": ...}, ...]}`` to ``<endpoint>:predict`` and reads
-  ``{"predictions": [{"probabilities": [...], "class_index", "label", ...}, ...]}`` (a
-  classifier) or ``{"predictions": [{"detection_boxes", "detection_classes",
-  "detection_scores", "num_detections", "detection_labels", ...}, ...]}`` (a detector);
+  ``{"predictions": [{"probabilities": [...], "class_index", "label", ...}, ...]}``;
 * a Vertex AI endpoint, ``projects/<p>/locations/<l>/endpoints/<id>``:
   ``components.common.vertex_handler.VertexEndpointHandler``, Beam's
   ``VertexAIModelHandlerJSON`` with the same instances (imported only for such an endpoint:
@@ -33,20 +31,15 @@ predictions and only a bad one fails (``undecodable_image`` for a 400,
 ``image_too_large`` for a 413, with the server's message as the detail). Nothing is lost
 and the pipeline does not crash; the stage decides with its ``max_error_fraction``.
 
-The results have the in-worker handler's shape, and as there the answer's outputs say the
-task (``inference_of``): ``PredictionResult(image bytes, float32 probabilities in label
-order)`` for a classifier's answer, ``PredictionResult(image bytes, {output name: array})``
-for a detector's (one whose answer has ``detection_boxes``: the export's outputs, as
-``components.detection.predictions`` reads them), or ``PredictionResult(image bytes,
-InferenceFailure)``.
+The results have the in-worker handler's shape: ``PredictionResult(image bytes, float32
+probabilities in label order | a detector's outputs | InferenceFailure)`` (``inference_of``).
 
 Labels: neither TF Serving's REST API (its model metadata has the signature, not the label
 vocabulary) nor Vertex AI says what the classes are, so the caller passes the label list
 (the stage reads it from a label file or the exported model's ``assets.extra/labels.txt``).
 Each answer is checked against it: as many probabilities as labels, and the ``label`` the
-endpoint names for its ``class_index`` must be that label; a detector's classes within the
-labels and its ``detection_labels`` naming them (``detection.predictions.check_answer``,
-the deploy step's check); a mismatch (another model behind the endpoint) raises
+endpoint names for its ``class_index`` must be that label (a detector's: the deploy step's
+``check_answer``); a mismatch (another model behind the endpoint) raises
 ``LabelMismatch`` and stops the pipeline rather than write wrong labels.
 
 Counters, in the caller's namespace: ``remote_requests`` (every request sent, retries
@@ -226,42 +219,24 @@ def probabilities_of(prediction: Any, labels: Sequence[str]) -> np.ndarray:
     return probabilities
 
 
-def detection_outputs_of(prediction: Any, labels: Sequence[str]) -> dict[str, np.ndarray]:
-    """The outputs of one answered detection, checked against the labels, as the in-worker
-    handler gives a detector's: ``{output name: array}`` (``detection_boxes``,
-    ``detection_classes``, ``detection_scores``, ``num_detections``, ``detection_labels``
-    when answered, ...).
-
-    Args:
-        prediction: One row of the Object Detection API's outputs.
-        labels: The model's labels, in class order (class ``c`` is ``labels[c - 1]``).
+def inference_of(prediction: Any, labels: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
+    """One answer as the in-worker handler's inference, checked against the labels: a
+    detector's outputs (``detection.predictions.answer_outputs``) for an answer with
+    ``detection_boxes``, as an export's outputs say its task; else ``probabilities_of``.
 
     Raises:
-        RemoteError: when it is not a well-formed detection.
-        LabelMismatch: for classes outside the labels or ``detection_labels`` that do not
-            name them.
+        RemoteError: when it is neither probabilities nor a well-formed detection.
+        LabelMismatch: for the answer of a model with other labels.
     """
+    names = list(prediction) if isinstance(prediction, Mapping) else []
+    if not detection_predictions.is_detection_export(names):
+        return probabilities_of(prediction, labels)
     try:
-        detection_predictions.check_answer(prediction, labels)
+        return detection_predictions.answer_outputs(prediction, labels)
     except detection_predictions.LabelsDisagree as e:
-        raise LabelMismatch(
-            f"the endpoint's model answered {e}, with {len(labels)} labels given: the "
-            "endpoint serves a model with other labels"
-        ) from None
+        raise LabelMismatch(f"{e}: the endpoint serves a model with other labels") from None
     except ValueError as e:
         raise RemoteError(f"the answer is not a well-formed detection: {e}") from None
-    return {name: np.asarray(value) for name, value in prediction.items()}
-
-
-def inference_of(prediction: Any, labels: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
-    """One answered prediction as the in-worker handler's inference: a detector's outputs
-    (``detection_outputs_of``) when the answer has ``detection_boxes``, as an export's
-    outputs say its task; else a classifier's probabilities (``probabilities_of``)."""
-    if isinstance(prediction, Mapping) and detection_predictions.is_detection_export(
-        list(prediction)
-    ):
-        return detection_outputs_of(prediction, labels)
-    return probabilities_of(prediction, labels)
 
 
 # ----------------------------------------------------------- what the remote handlers share
@@ -328,8 +303,7 @@ def prediction_results(
     model_id: str | None = None,
 ) -> list[PredictionResult]:
     """The results of a batch from the predictions the endpoint answered for it: each
-    image with its inference (``inference_of``: a classifier's float32 probabilities in
-    label order, a detector's outputs).
+    image with its inference (``inference_of``).
 
     Args:
         batch: The encoded images sent.
@@ -428,8 +402,8 @@ def _error_message(response) -> str:
 
 class TFServingRESTHandler(RemoteModelHandler[bytes, PredictionResult, TFServingRESTClient]):
     """Encoded images to a TF Serving REST endpoint, one ``:predict`` request per batch;
-    each result's inference is the image's float32 class probabilities in label order, or
-    a detector's outputs (``inference_of``).
+    each result's inference is ``inference_of`` the image's answer (probabilities, or a
+    detector's outputs).
 
     Raises from ``run_inference`` (after Beam's retries): ``RemoteUnavailable``,
     ``RequestRejected``, ``RemoteError``, ``LabelMismatch``; ``RemoteImageHandler`` turns

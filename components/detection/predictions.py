@@ -264,6 +264,19 @@ def check_answer(prediction: Mapping[str, Any], labels: Sequence[str]) -> Mappin
     return prediction
 
 
+def answer_outputs(prediction: Mapping[str, Any], labels: Sequence[str]) -> dict[str, np.ndarray]:
+    """A served detector's answer for one image, checked (``check_answer``), as the
+    export's outputs for that image: ``{output name: array}``, what ``detection_record``
+    reads (an endpoint's answer where the in-worker handler has the signature's outputs).
+
+    Raises:
+        LabelsDisagree: for classes or labels that are not these labels'.
+        ValueError: when the answer is not a well-formed detection.
+    """
+    check_answer(prediction, labels)
+    return {name: np.asarray(value) for name, value in prediction.items()}
+
+
 def answer_summary(prediction: Mapping[str, Any]) -> dict[str, Any]:
     """A checked answer's top detection: ``{"num_detections", "label", "score"}`` (the
     label empty and the score 0 when the detector found nothing)."""
