@@ -23,7 +23,18 @@ table's last column is throughput relative to ``rest`` at the same level and con
 
 The model is built here, like the tests' ``exported_model``: an untrained MobileNetV3Small
 (``--backbone``, ``--image-size``; 96 px is what ``make demo`` trains), exported and
-published to a temporary repository; or pass ``--model-repository`` and ``--model-name``.
+published to a temporary repository; with ``--task detection`` an untrained detector
+instead (the default CenterNet-style head on the same backbone, at ``--image-size``,
+exported with the Object Detection API's signatures, up to 100 detections an image); or pass
+``--model-repository`` and ``--model-name``. The requests name the served signature's
+input (``image_bytes``, a detector's ``inputs``), read from ``GET /v2/models/<name>``.
+
+The model's own compute rate is measured in the same run, before the levels: its
+``serving_default`` signature called in this process on batches of 1, 8 and
+``--batch-max-size`` copies of the request image, for ``--compute-seconds`` each, with the
+servers idle. Each level's images per second are also shown as a fraction of the best of
+those rates ("vs compute"): how much of the model's own rate a server delivers to its
+clients.
 The request image is a generated ``--image-px`` square JPEG with noise, like the sample
 data. Client and server share the machine: on few cores the client's own CPU time is part
 of what is measured.
@@ -35,6 +46,7 @@ Usage::
     .venv/bin/python bench/serve.py --no-off --protocols rest,v2-binary,v2-grpc,tfs-grpc
     .venv/bin/python bench/serve.py --model-repository work/demo/model_repository \\
         --model-name image-classifier
+    .venv/bin/python bench/serve.py --task detection --no-off --concurrency 1,32
 """
 
 from __future__ import annotations
@@ -130,6 +142,77 @@ def build_model(work: str, backbone: str, image_size: int) -> tuple[str, str]:
     return repository, "bench"
 
 
+def build_detector(work: str, backbone: str, image_size: int) -> tuple[str, str]:
+    """An untrained 4-class detector exported and published; (repository, model name).
+
+    Untrained, its detections are arbitrary, but an image costs what a trained one's
+    does: decoding, the network, the top candidates and their suppression, all in the
+    exported graph (score threshold 0.05, the export's default).
+    """
+    from components.common import serving
+    from components.deploy.model_repository import publish
+    from components.detection import centernet, export
+    from components.train.backbones import build_backbone
+    from pipelines.sample_data import CLASSES
+
+    model = centernet.build_detector(build_backbone(backbone, image_size, "none"), len(CLASSES))
+    export_dir = os.path.join(work, "export")
+    archive = export.build_archive(model, list(CLASSES), image_size, score_threshold=0.05)
+    archive.write_out(export_dir, verbose=False)
+    serving.write_export_labels(export_dir, list(CLASSES))
+    repository = os.path.join(work, "repo")
+    publish(export_dir, repository, "bench")
+    return repository, "bench"
+
+
+@dataclasses.dataclass
+class Compute:
+    """The model's own rate: its serving signature called directly, at one batch size."""
+
+    batch: int
+    calls: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch * self.calls / self.seconds
+
+    @property
+    def ms_per_call(self) -> float:
+        return 1000.0 * self.seconds / self.calls
+
+
+def measure_compute(model_dir: str, jpeg: bytes, batches: list[int], seconds: float) -> list:
+    """The serving signature's rate on ``jpeg`` at each batch size, called in this
+    process (after a warm-up call) for ``seconds`` each."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(model_dir).signatures["serving_default"]
+    _, specs = signature.structured_input_signature
+    [input_name] = specs
+    rates = []
+    for batch in batches:
+        images = tf.constant([jpeg] * batch)
+        signature(**{input_name: images})
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            signature(**{input_name: images})
+            calls += 1
+        rates.append(Compute(batch, calls, time.perf_counter() - start))
+    return rates
+
+
+def served_input_name(port: int, model_name: str) -> str:
+    """The served signature's input, from KServe's v2 model metadata."""
+    connection = http.client.HTTPConnection(local.LOOPBACK, port, timeout=30)
+    try:
+        connection.request("GET", f"/v2/models/{model_name}")
+        [tensor] = json.loads(connection.getresponse().read())["inputs"]
+    finally:
+        connection.close()
+    return tensor["name"]
+
+
 def request_jpeg(px: int) -> bytes:
     rng = np.random.default_rng(0)
     base = np.linspace(0, 255, px * px * 3).reshape(px, px, 3)
@@ -186,13 +269,15 @@ class GrpcCaller:
         self.channel.close()
 
 
-def v2_binary_body(jpeg: bytes, images: int) -> tuple[bytes, dict[str, str]]:
+def v2_binary_body(
+    jpeg: bytes, images: int, input_name: str = "image_bytes"
+) -> tuple[bytes, dict[str, str]]:
     """A KServe v2 request with the binary tensor extension, both ways."""
     tensor = b"".join(len(jpeg).to_bytes(4, "little") + jpeg for _ in range(images))
     header = {
         "inputs": [
             {
-                "name": "image_bytes",
+                "name": input_name,
                 "datatype": "BYTES",
                 "shape": [images],
                 "parameters": {"binary_data_size": len(tensor)},
@@ -208,27 +293,31 @@ def v2_binary_body(jpeg: bytes, images: int) -> tuple[bytes, dict[str, str]]:
     return encoded + tensor, headers
 
 
-def v2_grpc_request(model_name: str, jpeg: bytes, images: int) -> bytes:
+def v2_grpc_request(
+    model_name: str, jpeg: bytes, images: int, input_name: str = "image_bytes"
+) -> bytes:
     """A serialized KServe v2 ModelInferRequest with raw input contents (Triton's protos,
     which a client imports; the server's are KServe's, the same messages)."""
     from tritonclient.grpc import service_pb2
 
     request = service_pb2.ModelInferRequest(model_name=model_name)
-    request.inputs.add(name="image_bytes", datatype="BYTES", shape=[images])  # data: raw
+    request.inputs.add(name=input_name, datatype="BYTES", shape=[images])  # data: raw
     request.raw_input_contents.append(
         b"".join(len(jpeg).to_bytes(4, "little") + jpeg for _ in range(images))
     )
     return request.SerializeToString()
 
 
-def tfs_grpc_request(model_name: str, jpeg: bytes, images: int) -> bytes:
+def tfs_grpc_request(
+    model_name: str, jpeg: bytes, images: int, input_name: str = "image_bytes"
+) -> bytes:
     """A serialized TF Serving PredictRequest."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
     from tensorflow_serving.apis import predict_pb2
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
-    request.inputs["image_bytes"].CopyFrom(
+    request.inputs[input_name].CopyFrom(
         tensor_pb2.TensorProto(
             dtype=types_pb2.DT_STRING,
             tensor_shape=tensor_shape_pb2.TensorShapeProto(
@@ -241,23 +330,30 @@ def tfs_grpc_request(model_name: str, jpeg: bytes, images: int) -> bytes:
 
 
 def caller_factory(
-    protocol: str, port: int, grpc_port: int, model_name: str, jpeg: bytes, images: int
+    protocol: str,
+    port: int,
+    grpc_port: int,
+    model_name: str,
+    jpeg: bytes,
+    images: int,
+    input_name: str = "image_bytes",
 ):
-    """A function that opens one client connection of ``protocol``."""
+    """A function that opens one client connection of ``protocol``, whose requests name
+    the signature's input ``input_name``."""
     if protocol == "rest":
         body = request_body(jpeg, images)
         path = f"/v1/models/{model_name}:predict"
         return lambda: HttpCaller(port, path, body, {"Content-Type": "application/json"})
     if protocol == "v2-binary":
-        body, headers = v2_binary_body(jpeg, images)
+        body, headers = v2_binary_body(jpeg, images, input_name)
         path = f"/v2/models/{model_name}/infer"
         return lambda: HttpCaller(port, path, body, headers)
     target = f"{local.LOOPBACK}:{grpc_port}"
     if protocol == "v2-grpc":
-        request = v2_grpc_request(model_name, jpeg, images)
+        request = v2_grpc_request(model_name, jpeg, images, input_name)
         return lambda: GrpcCaller(target, "/inference.GRPCInferenceService/ModelInfer", request)
     if protocol == "tfs-grpc":
-        request = tfs_grpc_request(model_name, jpeg, images)
+        request = tfs_grpc_request(model_name, jpeg, images, input_name)
         return lambda: GrpcCaller(target, "/tensorflow.serving.PredictionService/Predict", request)
     raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
 
@@ -371,11 +467,14 @@ def measure(
     levels: list[int],
     seconds: float,
     log_dir: str,
-) -> list[Level]:
+    compute_batches: list[int] = (),
+    compute_seconds: float = 0.0,
+) -> tuple[list[Level], list[Compute]]:
     """Runs every configuration's server at once, idle but for the one under load, and
     the levels in turn, each level against every configuration and protocol before the
     next level: the load of a shared machine drifts, and this spreads the drift over all
-    of them."""
+    of them. Before the levels, with every server ready and idle, the model's own rate
+    at ``compute_batches`` (``measure_compute``)."""
     servers = []
     try:
         for config, server_args in configs:
@@ -390,14 +489,25 @@ def measure(
         callers = {}
         for config, process, port, grpc_port, log_path in servers:
             local.wait_until_ready(process, model_name, port, 300, log_path)
+            input_name = served_input_name(port, model_name)
             for protocol in protocols:
                 callers[config, protocol] = caller_factory(
-                    protocol, port, grpc_port, model_name, jpeg, images
+                    protocol, port, grpc_port, model_name, jpeg, images, input_name
                 )
                 # Warm-up: the first calls, then a burst.
                 open_caller = callers[config, protocol]
                 run_level(config, protocol, port, open_caller, images, 1, 1.0)
                 run_level(config, protocol, port, open_caller, images, max(levels), 1.0)
+        from components.common.model_repository import latest_version
+
+        model_dir = latest_version(repository, model_name)[1]
+        compute = measure_compute(model_dir, jpeg, list(compute_batches), compute_seconds)
+        for rate in compute:
+            print(
+                f"[compute] batch {rate.batch}: {rate.images_per_s:.1f} images/s "
+                f"({rate.ms_per_call:.1f} ms a call, {rate.calls} calls)",
+                flush=True,
+            )
         results = []
         for clients in levels:
             for config, _, port, _, _ in servers:
@@ -410,13 +520,15 @@ def measure(
         order = [c for c, _ in configs]
         return sorted(
             results, key=lambda lv: (order.index(lv.config), protocols.index(lv.protocol))
-        )
+        ), compute
     finally:
         for _, process, _, _, _ in servers:
             local.stop_server(process)
 
 
-def row(level: Level, baseline: Level | None = None) -> str:
+def row(level: Level, baseline: Level | None = None, compute: Compute | None = None) -> str:
+    """A level as a Markdown table row; ratios to the REST ``baseline`` and the model's
+    batched ``compute`` rate where given."""
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(level.errors.items(), key=str)) or "0"
     per_call = "-" if level.images_per_call is None else f"{level.images_per_call:.1f}"
     ratio = (
@@ -424,10 +536,12 @@ def row(level: Level, baseline: Level | None = None) -> str:
         if baseline is not None and baseline.requests_per_s
         else "-"
     )
+    of_compute = f"{level.images_per_s / compute.images_per_s:.2f}" if compute else "-"
     return (
         f"| {level.config} | {level.protocol} | {level.clients} | {level.ok} | {errors} | "
         f"{level.percentile(50):.1f} | {level.percentile(99):.1f} | "
-        f"{level.requests_per_s:.1f} | {level.images_per_s:.1f} | {per_call} | {ratio} |"
+        f"{level.requests_per_s:.1f} | {level.images_per_s:.1f} | {per_call} | {ratio} | "
+        f"{of_compute} |"
     )
 
 
@@ -435,8 +549,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-repository", help="serve this repository's model")
     parser.add_argument("--model-name", help="the model's name in --model-repository")
+    parser.add_argument(
+        "--task",
+        choices=("classification", "detection"),
+        default="classification",
+        help="the model to build: a classifier or a detector (default: %(default)s)",
+    )
     parser.add_argument("--backbone", default="MobileNetV3Small", help="model to build")
-    parser.add_argument("--image-size", type=int, default=96, help="model input size (px)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="model input size (px; default: 96 for a classifier, 192 for a detector, "
+        "the train stages' defaults)",
+    )
     parser.add_argument("--image-px", type=int, default=224, help="request JPEG size (px)")
     parser.add_argument("--images-per-request", type=int, default=1)
     parser.add_argument("--concurrency", default="1,8,32", help="client counts, comma-separated")
@@ -449,6 +575,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-off", action="store_true", help="skip the batching-off run")
     parser.add_argument(
+        "--compute-seconds",
+        type=float,
+        default=8.0,
+        help="how long the model's own rate is measured at each batch size",
+    )
+    parser.add_argument(
         "--protocols",
         default="rest",
         help=f"comma-separated, of {', '.join(PROTOCOLS)}; rest is the ratio's baseline",
@@ -460,6 +592,8 @@ def main(argv: list[str] | None = None) -> None:
     if bool(args.model_repository) != bool(args.model_name):
         parser.error("--model-repository and --model-name go together")
     levels = [int(v) for v in args.concurrency.split(",")]
+    if args.image_size is None:
+        args.image_size = 192 if args.task == "detection" else 96
     configs = [] if args.no_off else [("off", ["--batch-max-size", "0"])]
     for timeout in args.batch_timeout_ms.split(","):
         configs.append(
@@ -479,6 +613,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.model_repository:
             repository, model_name = args.model_repository, args.model_name
             print(f"model: {model_name} in {repository}")
+        elif args.task == "detection":
+            repository, model_name = build_detector(work, args.backbone, args.image_size)
+            print(
+                f"model: untrained detector on {args.backbone} at {args.image_size} px, "
+                "4 classes, up to 100 detections an image"
+            )
         else:
             repository, model_name = build_model(work, args.backbone, args.image_size)
             print(f"model: untrained {args.backbone} at {args.image_size} px, 4 classes")
@@ -488,7 +628,7 @@ def main(argv: list[str] | None = None) -> None:
             f"request: {args.images_per_request} x {args.image_px} px JPEG ({len(jpeg)} bytes), "
             f"{len(body)} bytes as REST JSON; {args.seconds:g} s per level"
         )
-        results = measure(
+        results, compute = measure(
             configs,
             protocols,
             repository,
@@ -498,16 +638,27 @@ def main(argv: list[str] | None = None) -> None:
             levels,
             args.seconds,
             work,
+            compute_batches=sorted({1, 8, args.batch_max_size}),
+            compute_seconds=args.compute_seconds,
         )
     print(f"load average at the end: {load_average()}\n")
+    print("| model compute | batch | calls | ms/call | images/s |")
+    print("|---|---|---|---|---|")
+    for rate in compute:
+        print(
+            f"| signature in-process | {rate.batch} | {rate.calls} | {rate.ms_per_call:.1f} | "
+            f"{rate.images_per_s:.1f} |"
+        )
+    print()
     print(
         "| batching | protocol | clients | requests | errors | p50 ms | p99 ms | req/s | "
-        "images/s | images/call | req/s vs rest |"
+        "images/s | images/call | req/s vs rest | images/s vs compute |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     baselines = {(lv.config, lv.clients): lv for lv in results if lv.protocol == "rest"}
+    batched = max(compute, key=lambda rate: rate.images_per_s)
     for level in results:
-        print(row(level, baselines.get((level.config, level.clients))))
+        print(row(level, baselines.get((level.config, level.clients)), batched))
 
 
 if __name__ == "__main__":
