@@ -1,15 +1,17 @@
 """``suppression.suppress`` of one image, in the op TFLite and TensorFlow.js run natively.
 
 The serving export suppresses a batch with ``tf.image.non_max_suppression_padded``, which
-TensorFlow builds as a tiled ``while`` loop over the batch. It does convert (TFLite's
-``WHILE`` and TensorFlow.js' control-flow ops run it), but as a loop of some sixty ops:
-on TFLite's CPU runtime 2.8 ms for 50 candidates where the ``NonMaxSuppressionV5`` kernel
-(the builtin ``NON_MAX_SUPPRESSION_V5``; TensorFlow.js' ``NonMaxSuppressionV5``) takes
-0.01 ms, about 300 KB more flatbuffer, and a loop int8's quantizer would have to pass
-through. TFLite's own ``TFLite_Detection_PostProcess`` is no alternative: TensorFlow.js
-lacks it, and it decodes SSD anchor offsets, which CenterNet has none of.
+TensorFlow builds as a tiled ``while`` loop. It does convert (TFLite's ``WHILE`` and
+TensorFlow.js' control-flow ops run it), but as a loop of some sixty ops: on TFLite's CPU
+runtime 5 ms for 100 candidates where the ``NonMaxSuppressionV4`` kernel takes 0.02 ms,
+about 300 KB more flatbuffer, and a loop int8's quantizer would have to pass through.
+``NonMaxSuppressionV4`` is a builtin of both runtimes (TFLite's
+``NON_MAX_SUPPRESSION_V4``; TensorFlow.js' ``NonMaxSuppressionV4``, padded to the output
+size with its count of real detections). Not ``NonMaxSuppressionV5``: TensorFlow.js runs
+it without padding and without the count. Not TFLite's ``TFLite_Detection_PostProcess``:
+TensorFlow.js lacks it, and it decodes SSD anchor offsets, which CenterNet has none of.
 
-So the edge models suppress one image with ``NonMaxSuppressionV5``, class-aware the same
+So the edge models suppress one image with ``NonMaxSuppressionV4``, class-aware the same
 way as ``suppression.suppress`` (each class's boxes moved apart by twice the class index),
 with the same thresholds (both keep a score above ``score_threshold`` and drop a box
 overlapping a kept one by more than ``iou_threshold``) and, as the padded op, never a
