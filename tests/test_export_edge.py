@@ -187,28 +187,30 @@ def test_python_check_of_the_tfjs_files_matches_the_saved_model(edge_run, varied
     with open(os.path.join(tfjs_dir, "model.json")) as f:
         ops = {n["op"] for n in json.load(f)["modelTopology"]["node"]}
     assert ops & set(tfjs._FUSED), "no fused op: the test would not exercise defuse"
-    check = tfjs.PythonCheck(tfjs_dir)
+    check = tfjs.PythonCheck(tfjs_dir, ("class_index", "probabilities"))
     reference = serving.load_signature(varied_export)
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in ((40, 60), (90, 90))]
     for image in images:
         check.add(image[None])
-    classes, probabilities, runtime = check.results()
+    values, runtime = check.results()
     expected = [reference(image_bytes=tf.constant([_encoded(i)])) for i in images]
     np.testing.assert_allclose(
-        probabilities, np.concatenate([e["probabilities"].numpy() for e in expected]), atol=1e-5
+        np.array(values["probabilities"]),
+        np.concatenate([e["probabilities"].numpy() for e in expected]),
+        atol=1e-5,
     )
-    assert classes.tolist() == [int(e["class_index"][0]) for e in expected]
+    assert [int(c) for c in values["class_index"]] == [int(e["class_index"][0]) for e in expected]
     assert "TensorFlow" in runtime
 
 
 def test_auto_falls_back_to_python_without_node(edge_run, monkeypatch, tmp_path):
     _, _, tfjs_dir = edge_run
     monkeypatch.setattr(tfjs.shutil, "which", lambda name: None)
-    check, why = tfjs.make_check("auto", tfjs_dir, str(tmp_path))
+    check, why = tfjs.make_check("auto", tfjs_dir, str(tmp_path), ["class_index"])
     assert check.name == "python" and "no node executable" in why
     with pytest.raises(RuntimeError, match="tfjs_check='node' cannot run"):
-        tfjs.make_check("node", tfjs_dir, str(tmp_path))
+        tfjs.make_check("node", tfjs_dir, str(tmp_path), ["class_index"])
 
 
 def test_ops_and_fused_activations_tfjs_lacks_are_found(tmp_path):
@@ -230,7 +232,7 @@ def test_ops_and_fused_activations_tfjs_lacks_are_found(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"modelTopology": {"node": nodes}}))
     assert tfjs.unsupported(str(tmp_path)) == ["DecodeJpeg", "_FusedConv2D with _FusedHardSwish"]
     with pytest.raises(ValueError, match="TensorFlow.js lacks.*_FusedHardSwish"):
-        tfjs.make_check("python", str(tmp_path), str(tmp_path))
+        tfjs.make_check("python", str(tmp_path), str(tmp_path), ["class_index"])
 
 
 def test_a_bad_dataset_path_is_a_clear_error(exported_model, tmp_path):

@@ -1,18 +1,23 @@
 """Edge exports of the serving SavedModel: TFLite (float32, float16, int8) and a
-TensorFlow.js graph model, each checked against the SavedModel on the test split.
+TensorFlow.js graph model, each checked against the SavedModel on the test split. One
+stage for both tasks: the export's serving outputs say which (a detector answers
+``detection_boxes``: ``components.detection.predictions.is_detection_export``).
 
 Every edge model takes decoded RGB pixels (uint8 ``[batch, height, width, 3]``, any
-size: a camera frame, a decoded file, a canvas) and resizes them inside, as the
-SavedModel does after decoding (:mod:`components.export_edge.resize`); the outputs are
-the SavedModel's (TFLite: ``probabilities``, ``class_index``, ``label``, ``score``;
-TF.js the same without ``label``, whose labels are in model.json's metadata). Each
-artifact folder holds ``labels.txt``.
+size: a camera frame, a decoded file, a canvas; a detector's one image at a time) and
+resizes them inside, as the SavedModel does after decoding
+(:mod:`components.export_edge.resize`); the outputs are the SavedModel's (a classifier's
+``probabilities``, ``class_index``, ``label``, ``score``: ``edge_model``; a detector's
+Object Detection API outputs: ``edge_detector``), TF.js' without the string output,
+whose labels are in model.json's metadata. Each artifact folder holds ``labels.txt``.
 
 The check decodes each test image exactly as the SavedModel does (``tf.io.decode_image``,
 RGB), runs the SavedModel's ``serving_default`` on its encoded bytes and every edge
-model on the decoded pixels, and counts how often their top-1 classes agree. The step
-fails when a float model (float32, float16, TF.js) agrees on less than
-``float_min_agreement`` of the images, or int8 on less than ``int8_min_agreement``.
+model on the decoded pixels, and compares: a classifier's top-1 classes
+(``top1_agreement``), a detector's detections by class and IoU
+(``detection_agreement``). The step fails when a float model (float32, float16, TF.js)
+agrees on less than ``float_min_agreement``, or int8 on less than
+``int8_min_agreement``.
 """
 
 from __future__ import annotations
@@ -21,14 +26,22 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from components.classification import schema, signature
+from components.classification import signature
 from components.common import io, labels as label_io, schema as common_schema, serving
-from components.export_edge import edge_model, tfjs, tflite
+from components.detection import export as detection_export
+from components.detection.predictions import is_detection_export
+from components.export_edge import (
+    detection_agreement,
+    edge_detector,
+    edge_model,
+    tfjs,
+    tflite,
+)
+from components.export_edge.images import decoded_images
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +53,19 @@ FORMATS = (*tflite.FORMATS, "tfjs")
 RESOLUTION = {"int8": 1 / 256}
 
 
-def decoded_images(
-    dataset_dir: str, split: str, limit: int = 0
-) -> Iterator[tuple[bytes, np.ndarray]]:
-    """(encoded bytes, uint8 ``[1, height, width, 3]`` pixels) of a split's images, in
-    shard order, decoded as the SavedModel decodes them; at most ``limit`` (0: all)."""
-    records = common_schema.read_records(common_schema.shard_files(dataset_dir, split))
-    if limit:
-        records = records.take(limit)
-    for record in records:
-        encoded = schema.parse_examples(record)[schema.ENCODED]
-        pixels = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        yield encoded.numpy(), pixels.numpy()[None]
+def load_edge_model(export_dir: str) -> edge_model.EdgeModel | edge_detector.EdgeDetector:
+    """The edge model of an export: a detector's (``edge_detector``) when its serving
+    signature answers ``detection_boxes``, else a classifier's (``edge_model``). The
+    outputs are read from the loaded export, which the edge model keeps: the other reader
+    of them, ``model_handler.signature_outputs``, imports Beam, which the export image
+    does not hold."""
+    export = tf.saved_model.load(export_dir)
+    if serving.SIGNATURE not in export.signatures:
+        raise ValueError(f"the SavedModel {export_dir} has no {serving.SIGNATURE} signature")
+    outputs = list(export.signatures[serving.SIGNATURE].structured_outputs)
+    if is_detection_export(outputs):
+        return edge_detector.EdgeDetector(export_dir, export)
+    return edge_model.EdgeModel(export_dir, export)
 
 
 def _check_inputs(export_dir: str, dataset_dir: str, split: str) -> None:
@@ -62,12 +76,12 @@ def _check_inputs(export_dir: str, dataset_dir: str, split: str) -> None:
     common_schema.shard_files(dataset_dir, "train")
 
 
-def _agreement(
+def _classifier_agreement(
     reference, dataset_dir, split, max_examples, models: dict[str, bytes], tfjs_check
 ) -> dict:
-    """Runs the SavedModel and every edge model on the split: per format, the share of
-    images whose top-1 class agrees with the SavedModel's and the largest probability
-    difference."""
+    """Runs the SavedModel and every edge model of a classifier on the split: per format,
+    the share of images whose top-1 class agrees with the SavedModel's and the largest
+    probability difference."""
     runners = {kind: tflite.Runner(model) for kind, model in models.items()}
     expected, outputs = [], {kind: ([], []) for kind in runners}
     probabilities = []
@@ -80,10 +94,9 @@ def _agreement(
             outputs[kind][0].append(int(result["class_index"][0]))
             outputs[kind][1].append(result["probabilities"][0])
         tfjs_check.add(pixels)
-    if not expected:
-        raise ValueError(f"the {split} split of {dataset_dir} holds no images to compare on")
-    classes, tfjs_probabilities, runtime = tfjs_check.results()
-    outputs["tfjs"] = (classes, tfjs_probabilities)
+    _some_images(expected, dataset_dir, split)
+    values, runtime = tfjs_check.results()
+    outputs["tfjs"] = ([int(c) for c in values["class_index"]], values["probabilities"])
     expected, probabilities = np.array(expected), np.array(probabilities)
     report = {"examples": len(expected), "tfjs_runtime": runtime}
     for kind, (classes, probs) in outputs.items():
@@ -95,6 +108,35 @@ def _agreement(
             "unresolved_ties": ties,
             "max_probability_difference": float(np.abs(np.array(probs) - probabilities).max()),
         }
+    return report
+
+
+def _some_images(images: list, dataset_dir: str, split: str) -> None:
+    if not images:
+        raise ValueError(f"the {split} split of {dataset_dir} holds no images to compare on")
+
+
+def _detector_agreement(
+    reference, dataset_dir, split, max_examples, models: dict[str, bytes], tfjs_check, min_score
+) -> dict:
+    """Runs the SavedModel and every edge model of a detector on the split: per format,
+    ``detection_agreement`` of its detections with the SavedModel's."""
+    runners = {kind: tflite.Runner(model) for kind, model in models.items()}
+    expected, outputs = [], {kind: [] for kind in runners}
+    for encoded, pixels in decoded_images(dataset_dir, split, max_examples):
+        out = reference(**{detection_export.INPUT_NAME: tf.constant([encoded])})
+        expected.append({name: value[0].numpy() for name, value in out.items()})
+        for kind, run in runners.items():
+            outputs[kind].append({name: value[0] for name, value in run(pixels).items()})
+        tfjs_check.add(pixels)
+    _some_images(expected, dataset_dir, split)
+    values, runtime = tfjs_check.results()
+    outputs["tfjs"] = [{name: v[i] for name, v in values.items()} for i in range(len(expected))]
+    report = {"examples": len(expected), "tfjs_runtime": runtime}
+    for kind, images in outputs.items():
+        report[kind] = detection_agreement.detection_agreement(
+            zip(expected, images, strict=True), min_score
+        )
     return report
 
 
@@ -144,11 +186,14 @@ def export_edge(
     split: str = "test",
     max_examples: int = 0,
     tfjs_check: str = "auto",
+    min_score: float = 0.3,
 ) -> dict:
-    """Writes the TFLite and TensorFlow.js models of an export and checks them.
+    """Writes the TFLite and TensorFlow.js models of an export (a classifier's or a
+    detector's) and checks them.
 
     Args:
-        export_dir: SavedModel written by the export stage.
+        export_dir: SavedModel written by the export stage (classification) or
+            export_detector (detection).
         dataset_dir: Dataset written by create_tfrecords: its train split calibrates
             int8, the ``split`` split checks every model.
         tflite_dir: Where to write ``model_float32.tflite``, ``model_float16.tflite``,
@@ -157,29 +202,40 @@ def export_edge(
             and ``labels.txt``.
         representative_images: Train images that calibrate int8 (the first ones in
             shard order, which the split's URI hash already shuffles).
-        float_min_agreement: Share of the checked images on which each float model
-            (float32, float16, TF.js) must give the SavedModel's top-1 class.
+        float_min_agreement: Share on which each float model (float32, float16, TF.js)
+            must agree with the SavedModel: of the checked images, the same top-1 class
+            (classification); of the detections, the same class and a box of IoU >= 0.5
+            (detection).
         int8_min_agreement: The same for int8 (quantization moves close calls).
         split: The split the models are checked on.
         max_examples: Check on at most this many of its images; 0: all of them.
         tfjs_check: How the TF.js model runs in the check: ``node`` (the TensorFlow.js
             runtime in Node.js), ``python`` (its graph and weights in TensorFlow), or
             ``auto`` (node when Node.js is there).
+        min_score: Detection only: the detections (of either model) scoring at least
+            this are the ones compared.
 
     Returns:
-        ``agreement`` (per format: ``agreement``, ``max_probability_difference``),
-        ``examples``, ``tfjs_check`` (which check ran, and why when auto fell back),
-        ``tfjs_runtime``, file ``sizes`` (bytes), ``seconds`` per conversion, the
-        ``labels``, ``image_size``, the models' ``input`` and ``outputs``.
+        ``task`` (classification or detection), ``agreement`` (per format:
+        ``agreement`` and the task's figures: a classifier's
+        ``max_probability_difference`` and ``unresolved_ties``, a detector's counts and
+        largest differences, ``detection_agreement``), ``examples``, ``tfjs_check``
+        (which check ran, and why when auto fell back), ``tfjs_runtime``, file ``sizes``
+        (bytes), ``seconds`` per conversion, the ``labels``, ``image_size``, the models'
+        ``input`` and ``outputs``.
 
     Raises:
         ValueError: a model below its minimum agreement (the message has every figure);
             a bad argument.
         FileNotFoundError: no SavedModel, or a split missing from the dataset.
     """
-    for name, value in (("float", float_min_agreement), ("int8", int8_min_agreement)):
+    for name, value in (
+        ("float_min_agreement", float_min_agreement),
+        ("int8_min_agreement", int8_min_agreement),
+        ("min_score", min_score),
+    ):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name}_min_agreement must be between 0 and 1, got {value}")
+            raise ValueError(f"{name} must be between 0 and 1, got {value}")
     if representative_images < 1:
         raise ValueError(f"representative_images must be at least 1, got {representative_images}")
     if max_examples < 0:
@@ -190,31 +246,31 @@ def export_edge(
     seconds, sizes = {}, {}
     with tempfile.TemporaryDirectory(prefix="export-edge-") as work:
         start = time.monotonic()
-        model = edge_model.write_edge_saved_model(export_dir, os.path.join(work, "edge"))
+        model = load_edge_model(export_dir)
+        edge_model.write_edge_saved_model(model, os.path.join(work, "edge"))
         seconds["edge_saved_model"] = time.monotonic() - start
-        models = {}
-        for kind in tflite.FORMATS:
-            start = time.monotonic()
-            models[kind] = tflite.convert(
-                os.path.join(work, "edge"),
-                kind,
-                representative=lambda: (
-                    p for _, p in decoded_images(dataset_dir, "train", representative_images)
-                ),
-                float_model=models.get("float32"),
-            )
-            seconds[kind] = time.monotonic() - start
-            log.info("TFLite %s: %d bytes in %.1f s", kind, len(models[kind]), seconds[kind])
+        models = _convert_tflite(
+            os.path.join(work, "edge"), model, dataset_dir, representative_images, seconds
+        )
         start = time.monotonic()
         local_tfjs = os.path.join(work, "tfjs")
-        metadata = {"labels": model.labels, "image_size": model.size, "input": _INPUT}
+        metadata = {
+            "labels": model.labels,
+            "image_size": model.size,
+            "input": model.input_description,
+            "task": model.task,
+        }
         tfjs.convert(os.path.join(work, "edge"), local_tfjs, metadata)
         seconds["tfjs"] = time.monotonic() - start
         label_io.write_labels(os.path.join(local_tfjs, label_io.LABELS_FILE), model.labels)
-        check, fallback = tfjs.make_check(tfjs_check, local_tfjs, work)
+        check, fallback = tfjs.make_check(tfjs_check, local_tfjs, work, model.numeric_outputs)
         start = time.monotonic()
         reference = model.export.signatures[serving.SIGNATURE]  # the export, loaded once
-        report = _agreement(reference, dataset_dir, split, max_examples, models, check)
+        checked = (reference, dataset_dir, split, max_examples, models, check)
+        if model.task == "detection":
+            report = _detector_agreement(*checked, min_score)
+        else:
+            report = _classifier_agreement(*checked)
         seconds["check"] = time.monotonic() - start
         for kind, blob in models.items():
             io.write_bytes(io.join(tflite_dir, TFLITE_FILES[kind]), blob)
@@ -227,6 +283,7 @@ def export_edge(
             if f != label_io.LABELS_FILE
         )
     result = {
+        "task": model.task,
         "agreement": {kind: report[kind] for kind in FORMATS},
         "examples": report["examples"],
         "split": split,
@@ -236,17 +293,37 @@ def export_edge(
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "labels": model.labels,
         "image_size": model.size,
-        "input": _INPUT,
-        "outputs": {"tflite": [*_NUMERIC_OUTPUTS, "label"], "tfjs": list(_NUMERIC_OUTPUTS)},
+        "input": model.input_description,
+        "outputs": {"tflite": list(model.outputs), "tfjs": list(model.numeric_outputs)},
         "tflite_files": dict(TFLITE_FILES),
         "representative_images": representative_images,
     }
+    if model.task == "detection":
+        result["min_score"] = min_score
     _enforce(result, float_min_agreement, int8_min_agreement)
     return result
 
 
-_INPUT = "pixels: uint8 [batch, height, width, 3], RGB, any size (resized inside)"
-_NUMERIC_OUTPUTS = ("probabilities", "class_index", "score")
+def _convert_tflite(
+    edge_dir: str, model, dataset_dir: str, representative_images: int, seconds: dict
+) -> dict[str, bytes]:
+    """Every TFLite format of the edge SavedModel, int8 calibrated on the first
+    ``representative_images`` train images; the seconds each took go in ``seconds``."""
+    models = {}
+    for kind in tflite.FORMATS:
+        start = time.monotonic()
+        models[kind] = tflite.convert(
+            edge_dir,
+            kind,
+            representative=lambda: (
+                p for _, p in decoded_images(dataset_dir, "train", representative_images)
+            ),
+            float_model=models.get("float32"),
+            float_scopes=model.float_scopes,
+        )
+        seconds[kind] = time.monotonic() - start
+        log.info("TFLite %s: %d bytes in %.1f s", kind, len(models[kind]), seconds[kind])
+    return models
 
 
 def _enforce(result: dict, float_min: float, int8_min: float) -> None:

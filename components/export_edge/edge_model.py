@@ -34,11 +34,18 @@ def image_size(classifier) -> int:
 
 
 class EdgeModel(tf.Module):
-    """uint8 pixels of any size -> the serving outputs, on the export's classifier."""
+    """uint8 pixels of any size -> the serving outputs, on the export's classifier (``export``:
+    the export already loaded, else it is loaded from ``export_dir``)."""
 
-    def __init__(self, export_dir: str):
+    task = "classification"
+    input_description = "pixels: uint8 [batch, height, width, 3], RGB, any size (resized inside)"
+    numeric_outputs = ("probabilities", "class_index", "score")
+    outputs = (*numeric_outputs, "label")
+    float_scopes = (RESIZE_SCOPE,)
+
+    def __init__(self, export_dir: str, export=None):
         super().__init__()
-        self.export = tf.saved_model.load(export_dir)  # tracked: its variables are saved
+        self.export = export or tf.saved_model.load(export_dir)  # tracked: variables saved
         if signature.XAI_MODEL_SIGNATURE not in self.export.signatures:
             raise ValueError(
                 f"the SavedModel at {export_dir} has no {signature.XAI_MODEL_SIGNATURE!r} "
@@ -72,12 +79,11 @@ class EdgeModel(tf.Module):
         return self._outputs(pixels)
 
 
-def write_edge_saved_model(export_dir: str, edge_dir: str) -> EdgeModel:
-    """Writes the pixel-input SavedModel of an export to ``edge_dir`` (a local folder)."""
-    model = EdgeModel(export_dir)
+def write_edge_saved_model(model: tf.Module, edge_dir: str) -> None:
+    """Writes an edge model (this module's ``EdgeModel``, or ``edge_detector``'s) as the
+    pixel-input SavedModel both converters read, to ``edge_dir`` (a local folder)."""
     tf.saved_model.save(
         model,
         edge_dir,
         signatures={serving.SIGNATURE: model.serve, NUMERIC_SIGNATURE: model.numeric},
     )
-    return model

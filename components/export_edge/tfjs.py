@@ -38,6 +38,7 @@ import sys
 import tempfile
 import types
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -98,6 +99,35 @@ def _convert_here(edge_dir: str, output_dir: str, metadata: str) -> None:
         saved_model_tags="serve",
         metadata=json.loads(metadata),
     )
+    name_outputs(edge_dir, output_dir)
+
+
+def name_outputs(edge_dir: str, output_dir: str) -> None:
+    """Gives every output of model.json's signature its name in the edge SavedModel.
+
+    The converter (4.22) names a graph output by looking for the one signature output of
+    its dtype and shape; where two are alike (a detector's ``detection_classes`` and
+    ``detection_scores``, both float32 ``[1, 100]``) it keeps the graph's tensor name
+    (``Identity_1:0``). The signature's own order says which is which: its function's
+    outputs are its outputs flattened, in the order of their names."""
+    import tensorflow as tf
+
+    function = tf.saved_model.load(edge_dir).signatures[NUMERIC_SIGNATURE]
+    names = dict(
+        zip(
+            (t.name for t in function.outputs),
+            sorted(function.structured_outputs),
+            strict=True,
+        )
+    )
+    path = os.path.join(output_dir, "model.json")
+    with open(path) as f:
+        model = json.load(f)
+    outputs = model["signature"]["outputs"]
+    for key in [k for k in outputs if k in names]:
+        outputs[names[key]] = outputs.pop(key)
+    with open(path, "w") as f:
+        json.dump(model, f)
 
 
 def supported_ops() -> set[str]:
@@ -199,12 +229,14 @@ def node_runtime() -> tuple[str | None, str]:
 
 
 class NodeCheck:
-    """Collects images, then runs the graph model on them in Node.js (``check.cjs``)."""
+    """Collects images, then runs the graph model on them in Node.js (``check.cjs``),
+    fetching the ``outputs`` named."""
 
     name = "node"
 
-    def __init__(self, model_dir: str, runtime: str, work_dir: str):
+    def __init__(self, model_dir: str, runtime: str, work_dir: str, outputs: Sequence[str]):
         self.model_dir, self.runtime, self.work_dir = model_dir, runtime, work_dir
+        self.outputs = list(outputs)
         self.pixels_path = os.path.join(work_dir, "pixels.bin")
         self.count = 0
         self._file = open(self.pixels_path, "wb")  # noqa: SIM115 (closed in results)
@@ -217,8 +249,9 @@ class NodeCheck:
         self._file.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
         self.count += 1
 
-    def results(self, timeout: float = 3600) -> tuple[np.ndarray, np.ndarray, str]:
-        """(class indices, probabilities, runtime) of every image added, in order."""
+    def results(self, timeout: float = 3600) -> tuple[dict[str, list[np.ndarray]], str]:
+        """(each output's value per image added, in order, without the batch dimension;
+        the runtime)."""
         self._file.seek(0)
         self._file.write(struct.pack("<I", self.count))
         self._file.close()
@@ -229,6 +262,7 @@ class NodeCheck:
             os.path.join(self.model_dir, "model.json"),
             self.pixels_path,
             out,
+            ",".join(self.outputs),
         ]
         env = {**os.environ, "NODE_PATH": os.path.join(self.runtime, "node_modules")}
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
@@ -240,7 +274,11 @@ class NodeCheck:
         with open(out) as f:
             result = json.load(f)
         runtime = f"{result['runtime']} ({result['backend']} backend), Node.js"
-        return np.array(result["class_index"]), np.array(result["probabilities"]), runtime
+        values = {
+            name: [np.reshape(o["values"], o["shape"])[0] for o in result["outputs"][name]]
+            for name in self.outputs
+        }
+        return values, runtime
 
 
 # --- the Python check ---------------------------------------------------------------------
@@ -305,11 +343,11 @@ def defuse(graph_def):
 
 class PythonCheck:
     """Runs the graph model's topology and weights, read back from its files, in
-    TensorFlow, one image at a time."""
+    TensorFlow, one image at a time, fetching the ``outputs`` named."""
 
     name = "python"
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, outputs: Sequence[str]):
         import tensorflow as tf
         from google.protobuf import json_format
         from tensorflow.core.framework import graph_pb2
@@ -335,38 +373,43 @@ class PythonCheck:
         self._session = tf.compat.v1.Session(graph=graph)
         signature = model["signature"]
         self._input = signature["inputs"][PIXELS]["name"]
-        self._outputs = [signature["outputs"][k]["name"] for k in ("class_index", "probabilities")]
-        self._classes, self._probabilities = [], []
+        self._names = list(outputs)
+        self._tensors = [signature["outputs"][k]["name"] for k in self._names]
+        self._values = {name: [] for name in self._names}
 
     def add(self, pixels: np.ndarray) -> None:
-        classes, probabilities = self._session.run(self._outputs, {self._input: pixels})
-        self._classes.append(int(classes[0]))
-        self._probabilities.append(probabilities[0])
+        """``pixels``: uint8 ``[1, height, width, 3]``."""
+        for name, value in zip(
+            self._names, self._session.run(self._tensors, {self._input: pixels}), strict=True
+        ):
+            self._values[name].append(value[0])
 
-    def results(self) -> tuple[np.ndarray, np.ndarray, str]:
+    def results(self) -> tuple[dict[str, list[np.ndarray]], str]:
+        """(each output's value per image added, in order, without the batch dimension;
+        the runtime)."""
         import tensorflow as tf
 
         self._session.close()
         runtime = f"TensorFlow {tf.__version__} running model.json's graph and weights"
-        return np.array(self._classes), np.array(self._probabilities), runtime
+        return self._values, runtime
 
 
-def make_check(kind: str, model_dir: str, work_dir: str):
-    """The check ``kind`` (``auto``, ``node``, ``python``) asks for: (check, note), the
-    note saying why ``auto`` fell back to Python."""
+def make_check(kind: str, model_dir: str, work_dir: str, outputs: Sequence[str]):
+    """The check ``kind`` (``auto``, ``node``, ``python``) asks for, fetching the model's
+    ``outputs``: (check, note), the note saying why ``auto`` fell back to Python."""
     if kind not in CHECKS:
         raise ValueError(f"unknown tfjs_check {kind!r}; expected one of {CHECKS}")
     lacking = unsupported(model_dir)
     if lacking:
         raise ValueError(f"the TensorFlow.js model uses ops TensorFlow.js lacks: {lacking}")
     if kind == "python":
-        return PythonCheck(model_dir), ""
+        return PythonCheck(model_dir, outputs), ""
     runtime, why_not = node_runtime()
     if runtime:
-        return NodeCheck(model_dir, runtime, work_dir), ""
+        return NodeCheck(model_dir, runtime, work_dir, outputs), ""
     if kind == "node":
         raise RuntimeError(f"tfjs_check='node' cannot run: {why_not}")
-    return PythonCheck(model_dir), why_not
+    return PythonCheck(model_dir, outputs), why_not
 
 
 if __name__ == "__main__":  # convert(): the converter in a fresh Python

@@ -1,21 +1,26 @@
 """TFLite conversions of the edge SavedModel: float32, float16 weights, and int8.
 
 All three keep the edge model's ``serving_default`` signature (uint8 pixels of any size
-in; probabilities, class_index, label, score out) and run on TFLite's builtin ops only.
+in; a classifier's probabilities, class_index, label, score or a detector's Object
+Detection API outputs) and run on TFLite's builtin ops only.
 
 int8 is post-training full-integer quantization calibrated on a representative set of
-training images, with one exception: the resize stays float. Its tensors are pixel
+training images, with exceptions that stay float. The resize: its tensors are pixel
 coordinates and interpolation weights that depend on the input's size, so ranges
-calibrated on some sizes would be wrong for others. The resize's nodes (under the
-``edge_resize`` name scope) are kept out of quantization with TFLite's quantization
-debugger (``denylisted_nodes``, the documented way to quantize selectively); the
-classifier runs in int8 between one quantize and one dequantize op.
+calibrated on some sizes would be wrong for others. A detector's decoding after its
+network (peaks or anchors to boxes, top candidates, non-maximum suppression): box
+coordinates and the score ranking would lose the precision the matching needs, and TFLite
+suppresses in float only anyway. Their nodes (under the edge model's ``float_scopes``
+name scopes) are kept out of quantization with TFLite's quantization debugger
+(``denylisted_nodes``, the documented way to quantize selectively); the network runs in
+int8 between quantize and dequantize ops.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +56,7 @@ def convert(
     kind: str,
     representative: Callable[[], Iterable[np.ndarray]] | None = None,
     float_model: bytes | None = None,
+    float_scopes: Sequence[str] = (RESIZE_SCOPE,),
 ) -> bytes:
     """Converts the edge SavedModel in ``edge_dir`` to a TFLite flatbuffer.
 
@@ -61,7 +67,9 @@ def convert(
         representative: For int8: a function returning an iterable of uint8
             ``[1, height, width, 3]`` images (the calibration set).
         float_model: For int8: the float32 conversion, whose tensor names say which
-            nodes are the resize's (converted here when not given).
+            nodes are in ``float_scopes`` (converted here when not given).
+        float_scopes: For int8: the name scopes whose nodes stay float (the edge model's
+            ``float_scopes``; a scope used twice in a graph is also ``<scope>_1``).
     """
     converter = _converter(edge_dir)
     if kind == "float32":
@@ -80,12 +88,13 @@ def convert(
             yield {PIXELS: image}
 
     converter.representative_dataset = dataset
-    resize_nodes = [
+    scopes = re.compile(rf"(^|/)({'|'.join(map(re.escape, float_scopes))})(_\d+)?/")
+    float_nodes = [
         name
         for name in tensor_names(float_model or convert(edge_dir, "float32"))
-        if RESIZE_SCOPE + "/" in name
+        if scopes.search(name)
     ]
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=resize_nodes)
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_nodes)
     with warnings.catch_warnings():  # it makes a tf.lite.Interpreter too
         warnings.filterwarnings("ignore", message=_DEPRECATED)
         debugger = tf.lite.experimental.QuantizationDebugger(

@@ -1,9 +1,9 @@
 // Runs a TensorFlow.js graph model (model.json + weight shards) on decoded images with the
 // pure-JavaScript TensorFlow.js runtime (CPU backend), as a browser or Node.js app would,
-// and writes its top-1 class and probabilities per image. export_edge compares them with
-// the SavedModel's (components/export_edge/tfjs.py).
+// and writes the named outputs (each image's shape and values) per image. export_edge
+// compares them with the SavedModel's (components/export_edge/tfjs.py).
 //
-//   NODE_PATH=<folder with node_modules/@tensorflow/...> node check.cjs MODEL_JSON PIXELS OUT_JSON
+//   NODE_PATH=<folder with node_modules/@tensorflow/...> node check.cjs MODEL_JSON PIXELS OUT_JSON OUTPUT[,OUTPUT...]
 //
 // PIXELS: uint32 little-endian image count, then per image uint32 height, uint32 width and
 // height * width * 3 bytes of RGB pixels (uint8, row-major).
@@ -43,14 +43,16 @@ function readUint32(fd, position) {
 }
 
 async function main() {
-  const [modelJson, pixelsFile, outFile] = process.argv.slice(2);
+  const [modelJson, pixelsFile, outFile, names] = process.argv.slice(2);
   await tf.setBackend("cpu");
   const loaded = artifacts(modelJson);
   const model = await loadGraphModel({ load: async () => loaded });
   const tensorName = (spec) => spec.name.replace(/:0$/, "");
   const input = tensorName(loaded.signature.inputs.pixels);
-  const outputs = ["class_index", "probabilities"].map((k) => tensorName(loaded.signature.outputs[k]));
-  const result = { runtime: `@tensorflow/tfjs-core ${tf.version_core}`, backend: tf.getBackend(), class_index: [], probabilities: [] };
+  const keys = names.split(",");
+  const outputs = keys.map((k) => tensorName(loaded.signature.outputs[k]));
+  const result = { runtime: `@tensorflow/tfjs-core ${tf.version_core}`, backend: tf.getBackend(), outputs: {} };
+  for (const key of keys) result.outputs[key] = [];
   const fd = fs.openSync(pixelsFile, "r");
   const count = readUint32(fd, 0);
   let position = 4;
@@ -63,10 +65,12 @@ async function main() {
     position += pixels.length;
     // TensorFlow.js has no uint8 tensors: its graph models take uint8 inputs as int32.
     const image = tf.tensor4d(Int32Array.from(pixels), [1, height, width, 3], "int32");
-    const [classIndex, probabilities] = model.execute({ [input]: image }, outputs);
-    result.class_index.push((await classIndex.data())[0]);
-    result.probabilities.push(Array.from(await probabilities.data()));
-    tf.dispose([image, classIndex, probabilities]);
+    // executeAsync: non-maximum suppression is one of TensorFlow.js' asynchronous ops.
+    const tensors = await model.executeAsync({ [input]: image }, outputs);
+    for (const [i, key] of keys.entries()) {
+      result.outputs[key].push({ shape: tensors[i].shape, values: Array.from(await tensors[i].data()) });
+    }
+    tf.dispose([image, ...tensors]);
   }
   fs.closeSync(fd);
   fs.writeFileSync(outFile, JSON.stringify(result));
