@@ -206,13 +206,8 @@ def object_detection(
         precision=precision,
         backup_dir=backup_dir,
     )
-    if target == "vertex":
-        machine = (machine_type, accelerator_type, accelerator_count, replica_count)
-        model = vertex_target.train(training, *machine, project, location, train_detector)
-    else:
-        model = stage_task(train_detector, "train", gke.train if gke else None, **training).outputs[
-            "model"
-        ]
+    machine = (machine_type, accelerator_type, accelerator_count, replica_count)
+    model = _train(target, gke, training, machine, project, location)
     exported_model = stage_task(
         export_detector,
         "export",
@@ -221,15 +216,9 @@ def object_detection(
         score_threshold=score_threshold,
         iou_threshold=iou_threshold,
     ).outputs["exported_model"]
-    if target == "vertex":
-        champion = vertex_target.champion(project, location, model_name)
-    else:
-        champion = kfp_target.champion(
-            model_name,
-            model_repository,
-            deploy_target if target == "kfp" else "local",
-            kserve_namespace if target == "kfp" else "",
-        )
+    champion = _champion(
+        target, model_name, model_repository, deploy_target, kserve_namespace, project, location
+    )
     evaluation = stage_task(
         evaluate_detector,
         "evaluate",
@@ -281,6 +270,29 @@ def object_detection(
                 exported_model, evaluation, model_name, model_repository, serving_port
             )
         predict_on_beam()
+
+
+def _train(
+    target: str, gke: GkeResources | None, training: dict, machine: tuple, project, location
+):
+    """train_detector in the pipeline's pod (on the kfp target's GPU node), or as a Vertex
+    AI custom job on ``machine``; returns its model."""
+    if target == "vertex":
+        return vertex_target.train(training, *machine, project, location, train_detector)
+    task = stage_task(train_detector, "train", gke.train if gke else None, **training)
+    return task.outputs["model"]
+
+
+def _champion(
+    target: str, model_name, model_repository, deploy_target, kserve_namespace, project, location
+):
+    """The detector the target serves now, which evaluate compares the new one with ("" before
+    the first deployment)."""
+    if target == "vertex":
+        return vertex_target.champion(project, location, model_name)
+    if target == "kfp":
+        return kfp_target.champion(model_name, model_repository, deploy_target, kserve_namespace)
+    return kfp_target.champion(model_name, model_repository, "local", "")
 
 
 def build_pipeline(target: str = "local", gke: GkeResources | None = None):

@@ -329,10 +329,8 @@ def _pipeline_file(
 ) -> str:
     if pipeline_file is not None:
         return os.fspath(pipeline_file)
-    from pipelines.compile import PIPELINES, compile_pipeline, default_output
+    from pipelines.compile import compile_pipeline, default_output
 
-    if pipeline not in PIPELINES:
-        raise SubmitError(f"unknown pipeline {pipeline!r}; choose one of {tuple(PIPELINES)}")
     output = os.path.join(BUILD_DIR, os.path.basename(default_output(target, pipeline)))
     return compile_pipeline(target, output, pipeline=pipeline)
 
@@ -362,8 +360,7 @@ def submit_kfp(
     Args:
         host: KFP API endpoint (default: the ``KFPHOST`` environment variable).
         pipeline_file: Compiled YAML (default: compile the kfp target into build/).
-        pipeline: The task's pipeline compiled without ``pipeline_file``:
-            ``classification`` or ``detection``.
+        pipeline: What to compile without ``pipeline_file``: classification, detection.
         params: Parameter values, or a YAML/JSON file of them.
         experiment: Experiment the run belongs to (created if missing).
         run_name: Run name (default: the pipeline name and a timestamp).
@@ -434,8 +431,7 @@ def submit_vertex(
         service_account: Service account the job runs as (default: Vertex's).
         params: Parameter values, or a YAML/JSON file of them.
         pipeline_file: Compiled YAML (default: compile the vertex target into build/).
-        pipeline: The task's pipeline compiled without ``pipeline_file``:
-            ``classification`` or ``detection``.
+        pipeline: What to compile without ``pipeline_file``: classification, detection.
         enable_caching: True/False override every task's cache setting; None keeps the
             compiled ones.
         display_name: The job's display name (default: the pipeline name).
@@ -506,17 +502,8 @@ def submit_vertex(
 
 
 def _add_common(p: argparse.ArgumentParser, target: str) -> None:
-    p.add_argument(
-        "--pipeline-file",
-        help=f"compiled pipeline YAML (default: compile the {target} target of --pipeline "
-        f"into {BUILD_DIR}/)",
-    )
-    p.add_argument(
-        "--pipeline",
-        choices=("classification", "detection"),
-        default="classification",
-        help="the task's pipeline to compile without --pipeline-file (default: %(default)s)",
-    )
+    p.add_argument("--pipeline-file", help=f"compiled YAML (default: compile {target}'s)")
+    p.add_argument("--pipeline", choices=("classification", "detection"), default="classification")
     p.add_argument("--params", metavar="FILE", help="YAML or JSON mapping of pipeline parameters")
     caching = p.add_mutually_exclusive_group()
     caching.add_argument(

@@ -209,9 +209,9 @@ def test_kfp_defaults_compile_the_kfp_target_into_build(tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGE_REGISTRY", REGISTRY)
     compiled_targets = []
 
-    def fake_compile(target, output):
-        compiled_targets.append((target, output))
-        return compile_pipeline(target, output)
+    def fake_compile(target, output, pipeline):
+        compiled_targets.append((target, output, pipeline))
+        return compile_pipeline(target, output, pipeline=pipeline)
 
     monkeypatch.setattr("pipelines.compile.compile_pipeline", fake_compile)
     result = submit_kfp(
@@ -220,7 +220,9 @@ def test_kfp_defaults_compile_the_kfp_target_into_build(tmp_path, monkeypatch):
         preflight=None,
         allow_local_images=True,
     )
-    assert compiled_targets == [("kfp", os.path.join("build", "pipeline-kfp.yaml"))]
+    assert compiled_targets == [
+        ("kfp", os.path.join("build", "pipeline-kfp.yaml"), "classification")
+    ]
     (run,) = FakeClient.last.runs
     assert run["pipeline_file"] == result.pipeline_file == "build/pipeline-kfp.yaml"
     assert (tmp_path / "build" / "pipeline-kfp.yaml").is_file()
@@ -228,6 +230,21 @@ def test_kfp_defaults_compile_the_kfp_target_into_build(tmp_path, monkeypatch):
     assert run["experiment_name"] == "image-classification"
     assert run["arguments"] == {} and run["enable_caching"] is None
     assert FakeClient.last.kwargs == {"host": "http://kfp.example"}
+
+    detection = submit_kfp(
+        "http://kfp.example",
+        pipeline="detection",
+        client_factory=FakeClient,
+        preflight=None,
+        allow_local_images=True,
+    )
+    assert compiled_targets[-1] == (
+        "kfp",
+        os.path.join("build", "detection-pipeline-kfp.yaml"),
+        "detection",
+    )
+    assert detection.pipeline_file == "build/detection-pipeline-kfp.yaml"
+    assert re.fullmatch(r"object-detection-\d{8}-\d{6}", FakeClient.last.runs[-1]["run_name"])
 
 
 def test_kfp_cli_caching_flags(compiled, monkeypatch):
