@@ -36,19 +36,19 @@ from components.detection.components import (
 from components.images import dataflow_worker_image
 from pipelines import kfp_target, vertex_target
 from pipelines.tasks import (
-    STREAM_PARAMETERS,
     GkeResources,
     batch_predict_on_beam,
     beam_settings,
     stage_task,
+    stream_predict_on_dataflow,
     target_pipeline,
 )
 
 PIPELINE_NAME = "object-detection"
 TARGET_PARAMETERS = {
     "local": kfp_target.LOCAL_PARAMETERS,
-    "kfp": tuple(p for p in kfp_target.KFP_PARAMETERS if p not in STREAM_PARAMETERS),
-    "vertex": tuple(p for p in vertex_target.VERTEX_PARAMETERS if p not in STREAM_PARAMETERS),
+    "kfp": kfp_target.KFP_PARAMETERS,
+    "vertex": vertex_target.VERTEX_PARAMETERS,
 }
 TARGETS = tuple(TARGET_PARAMETERS)
 
@@ -104,6 +104,11 @@ def object_detection(
     kserve_namespace: str = "kubeflow-user-example-com",
     # kfp and vertex
     traffic_percent: int = 100,
+    stream_subscription: str = "",
+    stream_output_topic: str = "",
+    stream_dead_letter_topic: str = "",
+    stream_job_name: str = "object-detector-stream",
+    stream_output_dir: str = "",
     # vertex (vertex_target)
     machine_type: str = "g2-standard-8",
     accelerator_type: str = "NVIDIA_L4",
@@ -153,6 +158,11 @@ def object_detection(
         kserve_namespace: Namespace of the KServe InferenceService.
         traffic_percent: Share of traffic the new model gets on a KServe service or a
             Vertex AI endpoint that already serves one (canary); 100 replaces it.
+        stream_subscription: Pub/Sub subscription of images to detect objects in as
+            they arrive: given, a passing detector is also launched as a streaming
+            Dataflow job (stream_predict: one message of detections per image). The
+            stream_* parameters are the classification pipeline's (``pipelines.pipeline``
+            documents each). kfp and vertex targets.
         machine_type: The vertex target's parameters, machine_type to
             batch_max_replicas, are the classification pipeline's
             (``pipelines.pipeline`` documents each): the train custom job's machines,
@@ -229,10 +239,10 @@ def object_detection(
         champion_margin=champion_margin,
         page_examples=page_examples,
     )
-    # kfp local resolves a condition on a task's single return value ("Output").
     predict_on_beam = functools.partial(
         batch_predict_on_beam, gke, dataflow, exported_model, dataset, 1
     )
+    # kfp local resolves a condition on a task's single return value ("Output").
     with dsl.If(evaluation.outputs["Output"] == True, name="quality-gate"):  # noqa: E712
         if target == "vertex":
             vertex_target.deploy_and_predict(
@@ -253,8 +263,7 @@ def object_detection(
                 batch_machine_type,
                 batch_max_replicas,
             )
-            return
-        if target == "kfp":
+        elif target == "kfp":
             kfp_target.deploy(
                 exported_model,
                 evaluation,
@@ -269,7 +278,13 @@ def object_detection(
             kfp_target.deploy_local(
                 exported_model, evaluation, model_name, model_repository, serving_port
             )
-        predict_on_beam()
+        if target != "vertex":  # on vertex, deploy_and_predict picks the batch engine
+            predict_on_beam()
+        if target != "local":  # a streaming job runs on Dataflow, never under kfp local
+            stream = (stream_subscription, stream_output_topic, stream_dead_letter_topic)
+            stream_predict_on_dataflow(
+                gke, dataflow, exported_model, 1, *stream, stream_job_name, stream_output_dir
+            )
 
 
 def _train(

@@ -33,7 +33,6 @@ from components.evaluate.component import evaluate
 from components.export.component import export
 from components.export_edge.component import export_edge
 from components.images import dataflow_worker_image
-from components.stream_predict.component import stream_predict
 from components.tune.component import tune
 from components.tune.space import TUNED
 from pipelines import kfp_target, vertex_target, vertex_tuning
@@ -42,6 +41,7 @@ from pipelines.tasks import (
     batch_predict_on_beam,
     beam_settings,
     stage_task,
+    stream_predict_on_dataflow,
     target_pipeline,
 )
 
@@ -395,7 +395,7 @@ def image_classification(
             )
             predict_on_beam()
         if target != "local":  # a streaming job runs on Dataflow, never under kfp local
-            _stream_predict(gke, dataflow, exported_model, top_k, *stream)
+            stream_predict_on_dataflow(gke, dataflow, exported_model, top_k, *stream)
 
 
 def _train(
@@ -471,38 +471,6 @@ def _tfrecords(gke: GkeResources | None, dataflow: dict, **arguments):
     # It reads the images by URI, and their content may change under the same URI.
     task.set_caching_options(False)
     return task.outputs["dataset"]
-
-
-def _stream_predict(
-    gke: GkeResources | None,
-    dataflow: dict,
-    exported_model,
-    top_k,
-    subscription,
-    output_topic,
-    dead_letter_topic,
-    job_name,
-    output_dir,
-) -> None:
-    """When ``subscription`` is set, the stream_predict task: launches the exported model
-    as a streaming Dataflow job (whatever ``beam_runner`` says: a streaming job does not
-    end, so it never runs in the pipeline's pod); the task outputs the job's id."""
-    with dsl.If(subscription != "", name="streaming-predictions"):
-        task = stage_task(
-            stream_predict,
-            "batch_predict",
-            gke.beam if gke else None,
-            input_subscription=subscription,
-            output_topic=output_topic,
-            dead_letter_topic=dead_letter_topic,
-            model=exported_model,
-            top_k=top_k,
-            job_name=job_name,
-            output_dir=output_dir,
-            sdk_container_image=dataflow_worker_image("batch_predict"),
-            **dict(dataflow, runner="DataflowRunner"),
-        )
-        task.set_caching_options(False)  # a launch is a side effect
 
 
 def build_pipeline(target: str = "local", gke: GkeResources | None = None):

@@ -12,6 +12,7 @@ from kfp.dsl import PipelineTask
 
 from components.batch_predict.component import batch_predict
 from components.images import dataflow_worker_image, stage_image
+from components.stream_predict.component import stream_predict
 
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 # The pipeline parameters of the streaming job both cloud targets launch (pipeline.py).
@@ -165,3 +166,35 @@ def beam_settings(
         worker_machine_type=worker_machine_type,
         max_num_workers=max_num_workers,
     )
+
+
+def stream_predict_on_dataflow(
+    gke: GkeResources | None,
+    dataflow: dict,
+    exported_model,
+    top_k,
+    subscription,
+    output_topic,
+    dead_letter_topic,
+    job_name,
+    output_dir,
+) -> None:
+    """When ``subscription`` is set, the stream_predict task: launches the exported model
+    as a streaming Dataflow job (whatever ``beam_runner`` says: a streaming job does not
+    end, so it never runs in the pipeline's pod); the task outputs the job's id."""
+    with dsl.If(subscription != "", name="streaming-predictions"):
+        task = stage_task(
+            stream_predict,
+            "batch_predict",
+            gke.beam if gke else None,
+            input_subscription=subscription,
+            output_topic=output_topic,
+            dead_letter_topic=dead_letter_topic,
+            model=exported_model,
+            top_k=top_k,
+            job_name=job_name,
+            output_dir=output_dir,
+            sdk_container_image=dataflow_worker_image("batch_predict"),
+            **dict(dataflow, runner="DataflowRunner"),
+        )
+        task.set_caching_options(False)  # a launch is a side effect

@@ -113,3 +113,26 @@ def test_vertex_deploys_with_the_evaluation_and_batch_predicts_behind_the_gate(c
     assert {"batch-predict", "batch-predict-vertex", "find-vertex-champion"} <= set(tasks)
     champion = tasks["evaluate-detector"][1]["inputs"]["parameters"]["champion_dir"]
     assert champion["taskOutputParameter"]["producerTask"] == "find-vertex-champion"
+
+
+@pytest.mark.parametrize("target", ["kfp", "vertex"])
+def test_cloud_targets_stream_detections_on_dataflow_given_a_subscription(compiled, target):
+    c = compiled[target]
+    parent, task = c.tasks()["stream-predict"]
+    assert c.executor("stream-predict", parent)["container"]["image"] == _image("batch_predict")
+    (condition,) = [
+        spec["triggerPolicy"]["condition"]
+        for _, spec in c.tasks().values()
+        if spec["taskInfo"]["name"] == "streaming-predictions"
+    ]
+    assert condition == "inputs.parameter_values['pipelinechannel--stream_subscription'] != ''"
+    model = task["inputs"]["artifacts"]["model"]["componentInputArtifact"]
+    assert model == "pipelinechannel--export-detector-exported_model"
+    runner = task["inputs"]["parameters"]["runner"]["runtimeValue"]["constant"]
+    assert runner == "DataflowRunner"
+
+
+def test_the_local_detection_pipeline_has_no_streaming_job(tmp_path):
+    from pipelines.detection_pipeline import object_detection_pipeline
+
+    assert "stream_subscription" not in object_detection_pipeline.component_spec.inputs
