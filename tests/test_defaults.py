@@ -222,9 +222,9 @@ def _pipeline_pairs(pipeline):
                     )
 
 
-# The detection pipeline names its model itself; the shared deploy components default
-# to the classifier's name.
-PIPELINE_ON_PURPOSE = {("detection", "model_name")}
+# The detection pipeline names its model and its streaming job itself; the shared deploy
+# and stream_predict components default to the classifier's names.
+PIPELINE_ON_PURPOSE = {("detection", "model_name"), ("detection", "stream_job_name")}
 PIPELINES = [("classification", t) for t in TARGETS] + [
     ("detection", t) for t in detection_pipeline.TARGETS
 ]
