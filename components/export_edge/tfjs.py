@@ -230,13 +230,15 @@ def node_runtime() -> tuple[str | None, str]:
 
 class NodeCheck:
     """Collects images, then runs the graph model on them in Node.js (``check.cjs``),
-    fetching the ``outputs`` named."""
+    fetching the ``outputs`` named; ``milliseconds``: what the model took per image
+    (its outputs read back included), once ``results`` ran."""
 
     name = "node"
 
     def __init__(self, model_dir: str, runtime: str, work_dir: str, outputs: Sequence[str]):
         self.model_dir, self.runtime, self.work_dir = model_dir, runtime, work_dir
         self.outputs = list(outputs)
+        self.milliseconds: list[float] = []
         self.pixels_path = os.path.join(work_dir, "pixels.bin")
         self.count = 0
         self._file = open(self.pixels_path, "wb")  # noqa: SIM115 (closed in results)
@@ -274,6 +276,7 @@ class NodeCheck:
         with open(out) as f:
             result = json.load(f)
         runtime = f"{result['runtime']} ({result['backend']} backend), Node.js"
+        self.milliseconds = result["milliseconds"]
         values = {
             name: [np.reshape(o["values"], o["shape"])[0] for o in result["outputs"][name]]
             for name in self.outputs

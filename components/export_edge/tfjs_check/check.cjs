@@ -1,7 +1,7 @@
 // Runs a TensorFlow.js graph model (model.json + weight shards) on decoded images with the
 // pure-JavaScript TensorFlow.js runtime (CPU backend), as a browser or Node.js app would,
-// and writes the named outputs (each image's shape and values) per image. export_edge
-// compares them with the SavedModel's (components/export_edge/tfjs.py).
+// and writes the named outputs (each image's shape and values) and the milliseconds the model
+// took per image. export_edge compares them with the SavedModel's (components/export_edge/tfjs.py).
 //
 //   NODE_PATH=<folder with node_modules/@tensorflow/...> node check.cjs MODEL_JSON PIXELS OUT_JSON OUTPUT[,OUTPUT...]
 //
@@ -51,7 +51,7 @@ async function main() {
   const input = tensorName(loaded.signature.inputs.pixels);
   const keys = names.split(",");
   const outputs = keys.map((k) => tensorName(loaded.signature.outputs[k]));
-  const result = { runtime: `@tensorflow/tfjs-core ${tf.version_core}`, backend: tf.getBackend(), outputs: {} };
+  const result = { runtime: `@tensorflow/tfjs-core ${tf.version_core}`, backend: tf.getBackend(), outputs: {}, milliseconds: [] };
   for (const key of keys) result.outputs[key] = [];
   const fd = fs.openSync(pixelsFile, "r");
   const count = readUint32(fd, 0);
@@ -66,9 +66,13 @@ async function main() {
     // TensorFlow.js has no uint8 tensors: its graph models take uint8 inputs as int32.
     const image = tf.tensor4d(Int32Array.from(pixels), [1, height, width, 3], "int32");
     // executeAsync: non-maximum suppression is one of TensorFlow.js' asynchronous ops.
-    const tensors = await model.executeAsync({ [input]: image }, outputs);
+    const start = performance.now();
+    const fetched = await model.executeAsync({ [input]: image }, outputs);
+    const tensors = Array.isArray(fetched) ? fetched : [fetched]; // one output: not an array
+    const values = await Promise.all(tensors.map((t) => t.data()));
+    result.milliseconds.push(performance.now() - start);
     for (const [i, key] of keys.entries()) {
-      result.outputs[key].push({ shape: tensors[i].shape, values: Array.from(await tensors[i].data()) });
+      result.outputs[key].push({ shape: tensors[i].shape, values: Array.from(values[i]) });
     }
     tf.dispose([image, ...tensors]);
   }
