@@ -18,7 +18,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components.common import schema as common_schema
-from components.detection import create_tfrecords as detection, schema
+from components.detection import coco, create_tfrecords as detection, schema
 from pipelines import sample_detection_data
 
 IMAGES = 30
@@ -119,7 +119,7 @@ def test_coco_ground_truth_and_manifests_match_the_records(runs):
     out, stats = runs["coco"]
     records = read_records(out)
     for split in common_schema.SPLITS:
-        truth = json.loads(Path(detection.coco_path(out, split)).read_text())
+        truth = json.loads(Path(coco.coco_path(out, split)).read_text())
         in_split = {uri: r for uri, r in records.items() if r["split"] == split}
         assert sorted(i["file_name"] for i in truth["images"]) == sorted(in_split)
         assert len(truth["annotations"]) == stats["objects"][split]

@@ -91,3 +91,18 @@ outputs = model.run_signature([open({image!r}, "rb").read()])
 assert outputs["detection_boxes"].shape == (1, 100, 4), outputs["detection_boxes"].shape
 """
     assert [m for m in loaded_after(code) if m.startswith("components.")] == []
+
+
+def test_evaluating_a_detector_needs_no_beam(detector_export):
+    """The evaluate image has no Apache Beam: scoring an export on a dataset reads the
+    split's COCO ground truth without create_tfrecords' Beam pipeline."""
+    export_dir, _ = detector_export
+    dataset_dir = export_dir.rsplit("/", 1)[0] + "/dataset"
+    code = f"""
+import sys
+from components.detection.evaluation import evaluate_detector
+metrics = evaluate_detector({export_dir!r}, {dataset_dir!r}, split="train")
+assert metrics["images"] > 0, metrics
+assert "apache_beam" not in sys.modules, "evaluation loaded Apache Beam"
+"""
+    assert [m for m in loaded_after(code) if m.startswith("components.")] == []

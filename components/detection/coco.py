@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from components.common import io
 from components.detection.boxes import Box, area
 from components.detection.schema import class_ids
+
+COCO_DIR = "coco"
+
+
+def coco_path(dataset_dir: str, split: str) -> str:
+    """Where create_tfrecords writes a split's ground truth: ``<dataset>/coco/<split>.json``."""
+    return io.join(dataset_dir, COCO_DIR, f"{split}.json")
 
 
 def ground_truth(

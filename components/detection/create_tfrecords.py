@@ -68,8 +68,6 @@ from components.detection import coco, listing, schema
 from components.detection.annotations import ImageAnnotation
 from components.detection.boxes import Box, ImageBoxesRejected, image_boxes
 
-COCO_DIR = "coco"
-
 _log = logging.getLogger(__name__)
 
 
@@ -96,11 +94,6 @@ def annotation_text(boxes: Iterable[Box]) -> str:
     """An image's boxes as one line of text, the same for the same annotation."""
     parts = sorted(f"{b.label} {b.xmin:.4f} {b.ymin:.4f} {b.xmax:.4f} {b.ymax:.4f}" for b in boxes)
     return "; ".join(parts) or "(no objects)"
-
-
-def coco_path(output_dir: str, split: str) -> str:
-    """A split's ground truth, as COCO JSON."""
-    return io.join(output_dir, COCO_DIR, f"{split}.json")
 
 
 # --------------------------------------------------------------------------- images
@@ -218,7 +211,7 @@ def build_pipeline(
     )
     records = written["ok"]
 
-    truths = {split: coco_path(output_dir, split) for split in common_schema.SPLITS}
+    truths = {split: coco.coco_path(output_dir, split) for split in common_schema.SPLITS}
     _ = (
         records
         | "GroundTruth"

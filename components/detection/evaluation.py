@@ -135,7 +135,7 @@ def evaluate_detector(
     """
     import tensorflow as tf
 
-    from components.detection import create_tfrecords
+    from components.detection import coco
 
     model_labels = serving.read_export_labels(export_dir)
     data_labels = labels_lib.read_labels(io.join(dataset_dir, labels_lib.LABELS_FILE))
@@ -146,7 +146,7 @@ def evaluate_detector(
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
     if "detection_boxes" not in serve.structured_outputs:
         raise ValueError(f"{export_dir} is not a detector's export (no detection_boxes)")
-    truth = io.read_json(create_tfrecords.coco_path(dataset_dir, split))
+    truth = io.read_json(coco.coco_path(dataset_dir, split))
     if not truth["images"]:
         raise ValueError(
             f"the {split} split of {dataset_dir} holds no image: nothing to evaluate "
