@@ -397,9 +397,7 @@ def test_detection_pipeline_runs_every_stage_in_its_image(detection_runs):
     assert abs(docker["test_metrics"]["map_50"] - here["test_metrics"]["map_50"]) <= 0.05
     assert docker["deployed"] and docker["serving"]["serve_command"].startswith("docker run")
     assert docker["batch_predictions"]["rows"] == docker["splits"]["test"]
-    rows = list(
-        read_jsonl(glob.glob(os.path.join(docker["batch_predictions"]["path"], "*.jsonl")))
-    )
+    rows = list(read_jsonl(glob.glob(os.path.join(docker["batch_predictions"]["path"], "*.jsonl"))))
     assert len(rows) == docker["splits"]["test"]
     assert all({"uri", "detections", "true_classes"} <= set(row) for row in rows)
 

@@ -23,8 +23,7 @@ CLASSIFICATION_METRICS_SCHEMA = (
     "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
 )
 DETECTION_METRICS_SCHEMA = (
-    "gs://google-cloud-aiplatform/schema/modelevaluation/"
-    "image_object_detection_metrics_1.0.0.yaml"
+    "gs://google-cloud-aiplatform/schema/modelevaluation/image_object_detection_metrics_1.0.0.yaml"
 )
 EVALUATION_DISPLAY_NAME = "test-split-evaluation"
 
