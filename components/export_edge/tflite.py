@@ -13,7 +13,9 @@ coordinates and the score ranking would lose the precision the matching needs, a
 suppresses in float only anyway. Their nodes (under the edge model's ``float_scopes``
 name scopes) are kept out of quantization with TFLite's quantization debugger
 (``denylisted_nodes``, the documented way to quantize selectively); the network runs in
-int8 between quantize and dequantize ops.
+int8 between quantize and dequantize ops. Ops that only move values (a reshape, top-k, a
+gather of the network's int8 outputs) still take int8 there, losing nothing; the arithmetic
+and the suppression stay float.
 """
 
 from __future__ import annotations
