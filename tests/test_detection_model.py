@@ -148,7 +148,12 @@ def test_the_export_answers_with_the_object_detection_apis_signatures(trained):
     sample, dataset, _, _, export_dir, meta = trained
     labels = list(sample.labels)
     loaded = tf.saved_model.load(export_dir)
-    assert set(loaded.signatures) == {"serving_default", "image_tensor", "tf_example"}
+    assert set(loaded.signatures) == {
+        "serving_default",
+        "image_tensor",
+        "tf_example",
+        "edge_detect",
+    }
     serving = loaded.signatures["serving_default"]
     assert list(serving.structured_input_signature[1]) == ["inputs"]
     images = sorted(sample.boxes)[:2]  # two sizes in one batch
@@ -392,7 +397,12 @@ def test_retinanet_exports_the_object_detection_apis_contract(retinanet):
     sample, dataset, _, _, export_dir, _ = retinanet
     labels = list(sample.labels)
     loaded = tf.saved_model.load(export_dir)
-    assert set(loaded.signatures) == {"serving_default", "image_tensor", "tf_example"}
+    assert set(loaded.signatures) == {
+        "serving_default",
+        "image_tensor",
+        "tf_example",
+        "edge_detect",
+    }
     images = sorted(sample.boxes)[:2]
     encoded = tf.constant([Path(p).read_bytes() for p in images])
     from_bytes = loaded.signatures["serving_default"](inputs=encoded)
