@@ -86,7 +86,7 @@ def test_precision_jit_and_steps_per_execution_follow_the_hardware():
 
 
 def test_mixed_float16_scales_the_loss_and_keeps_float32_probabilities():
-    with training._dtype_policy("mixed_float16"):
+    with hardware.dtype_policy("mixed_float16"):
         model, base = backbones.build_classifier("MobileNetV3Small", 3, 32, "none")
         phases.compile_model(model, 1e-3, jit_compile=False, steps_per_execution=1)
     assert keras.config.dtype_policy().name == "float32"
