@@ -76,10 +76,9 @@ def build(family: str, num_classes: int, image_size: int, preset: str = "") -> k
         return _small_retinanet(num_classes, image_size)
     import keras_hub
 
-    model = keras_hub.models.RetinaNetObjectDetector.from_preset(
+    return keras_hub.models.RetinaNetObjectDetector.from_preset(
         preset, num_classes=num_classes, bounding_box_format=BOX_FORMAT
     )
-    return model
 
 
 def input_scaling(model: keras.Model) -> tuple[list[float], list[float]]:
