@@ -2,6 +2,7 @@
 
     create_detection_tfrecords -> train_detector -> export_detector -> evaluate_detector
         --(gate: AP50)--> deploy -> batch_predict
+    export_detector -> export_edge (TFLite and TF.js, beside evaluate)
 
 The detection task's own components (``components.detection.components``) and the
 shared ones (deploy, batch_predict) in the classification pipeline's shape
@@ -39,6 +40,7 @@ from pipelines.tasks import (
     GkeResources,
     batch_predict_on_beam,
     beam_settings,
+    edge_exports_task,
     stage_task,
     stream_predict_on_dataflow,
     target_pipeline,
@@ -84,6 +86,8 @@ def object_detection(
     max_detections: int = 100,
     score_threshold: float = 0.05,
     iou_threshold: float = 0.6,
+    edge_exports: bool = True,
+    edge_representative_images: int = 100,
     map50_threshold: float = 0.5,
     champion_margin: float = 0.0,
     page_examples: int = 12,
@@ -140,6 +144,12 @@ def object_detection(
 
     Args:
         target: "local", "kfp" or "vertex".
+        edge_exports: Also convert the export to TFLite (float32, float16, int8) and
+            TensorFlow.js, each checked against it on the test split (export_edge, beside
+            evaluate; it fails when a float model agrees on less than 99% of the
+            SavedModel's detections scoring at least 0.3, int8 on less than 90%).
+        edge_representative_images: Training images that calibrate the int8 TFLite
+            model.
         gke: Kubernetes resources of the kfp target's tasks; None elsewhere.
         model_name: Name the model is served under.
         beam_runner: Beam runner of both Beam stages (DirectRunner, DataflowRunner).
@@ -226,6 +236,7 @@ def object_detection(
         score_threshold=score_threshold,
         iou_threshold=iou_threshold,
     ).outputs["exported_model"]
+    edge_exports_task(exported_model, dataset, edge_exports, edge_representative_images)
     champion = _champion(
         target, model_name, model_repository, deploy_target, kserve_namespace, project, location
     )

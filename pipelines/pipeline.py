@@ -31,7 +31,6 @@ from kfp import dsl
 from components.create_tfrecords.component import create_tfrecords
 from components.evaluate.component import evaluate
 from components.export.component import export
-from components.export_edge.component import export_edge
 from components.images import dataflow_worker_image
 from components.tune.component import tune
 from components.tune.space import TUNED
@@ -40,6 +39,7 @@ from pipelines.tasks import (
     GkeResources,
     batch_predict_on_beam,
     beam_settings,
+    edge_exports_task,
     stage_task,
     stream_predict_on_dataflow,
     target_pipeline,
@@ -433,17 +433,10 @@ def _train(
 
 
 def _export(model, dataset, edge_exports, edge_representative_images):
-    """The export task and, when ``edge_exports``, export_edge's (TFLite and TF.js models
-    of the export, on the export image) beside evaluate; returns the SavedModel."""
+    """The export task and, when ``edge_exports``, export_edge's beside evaluate; returns
+    the SavedModel."""
     exported_model = stage_task(export, "export", model=model).outputs["exported_model"]
-    with dsl.If(edge_exports == True, name="edge-exports"):  # noqa: E712
-        stage_task(
-            export_edge,
-            "export",
-            exported_model=exported_model,
-            dataset=dataset,
-            representative_images=edge_representative_images,
-        )
+    edge_exports_task(exported_model, dataset, edge_exports, edge_representative_images)
     return exported_model
 
 

@@ -11,6 +11,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
 from components.batch_predict.component import batch_predict
+from components.export_edge.component import export_edge
 from components.images import dataflow_worker_image, stage_image
 from components.stream_predict.component import stream_predict
 
@@ -105,6 +106,20 @@ def batch_predict_on_beam(
     )
     task.set_caching_options(False)  # it too reads images by URI
     return task
+
+
+def edge_exports_task(exported_model, dataset, edge_exports, representative_images) -> None:
+    """export_edge's task (TFLite and TF.js models of ``exported_model``, on the export
+    image, which holds the converters) when the pipeline parameter ``edge_exports`` is
+    true; it runs beside evaluate and a failed check fails the run."""
+    with dsl.If(edge_exports == True, name="edge-exports"):  # noqa: E712
+        stage_task(
+            export_edge,
+            "export",
+            exported_model=exported_model,
+            dataset=dataset,
+            representative_images=representative_images,
+        )
 
 
 def with_parameters(function, names: list[str], **fixed):

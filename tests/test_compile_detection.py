@@ -17,6 +17,7 @@ STAGE_TASKS = {
     "create-detection-tfrecords": "create_tfrecords",
     "train-detector": "train",
     "export-detector": "export",
+    "export-edge": "export",  # the export image holds the TFLite and TF.js converters
     "evaluate-detector": "evaluate",
     "deploy": "deploy",
     "deploy-kserve": "deploy",
@@ -65,8 +66,28 @@ def test_every_task_runs_on_the_configured_image_of_its_stage(compiled, target):
         if task in STAGE_TASKS and task not in jobs
     }
     assert images == {task: _image(STAGE_TASKS[task]) for task in images}
-    assert {"create-detection-tfrecords", "export-detector", "evaluate-detector"} <= set(images)
+    assert {
+        "create-detection-tfrecords",
+        "export-detector",
+        "export-edge",
+        "evaluate-detector",
+    } <= set(images)
     assert f"{REGISTRY}/" in c.text and f":{TAG}" in c.text
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_edge_exports_convert_the_detector_behind_their_switch(compiled, target):
+    c = compiled[target]
+    parent, task = c.tasks()["export-edge"]
+    assert parent != "root" and parent.startswith("comp-condition")
+    condition = c.spec["root"]["dag"]["tasks"][parent.removeprefix("comp-")]["triggerPolicy"][
+        "condition"
+    ]
+    assert "pipelinechannel--edge_exports" in condition
+    model = task["inputs"]["artifacts"]["exported_model"]["componentInputArtifact"]
+    assert model == "pipelinechannel--export-detector-exported_model"
+    defaults = c.spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["edge_exports"]["defaultValue"] is True
 
 
 def test_kfp_trains_the_detector_on_a_gpu_node(compiled):

@@ -17,7 +17,8 @@ from components.detection.evaluation import METRIC_NAMES
 from pipelines import sample_detection_data
 from pipelines.run_local import detection_parser, run_local
 
-TINY = dict(image_size=64, batch_size=8, epochs=1, early_stopping_patience=0)
+# export_edge's detector in the pipeline: test_stage_images (its image), test_export_edge_detection.
+TINY = dict(image_size=64, batch_size=8, epochs=1, early_stopping_patience=0, edge_exports=False)
 
 
 @pytest.fixture(scope="module")

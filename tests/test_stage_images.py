@@ -381,6 +381,8 @@ def detection_runs(stage_images, tmp_path_factory):
             voc_dir=sample.voc_dir,
             runner=runner,
             map50_threshold=0.0,
+            # export_edge in its image; here its figures would add nothing to the comparison
+            edge_exports=runner == "docker",
             **DETECTION_TINY,
         )
     return sample, runs
@@ -397,6 +399,13 @@ def test_detection_pipeline_runs_every_stage_in_its_image(detection_runs):
     assert abs(docker["test_metrics"]["map_50"] - here["test_metrics"]["map_50"]) <= 0.05
     assert docker["deployed"] and docker["serving"]["serve_command"].startswith("docker run")
     assert docker["batch_predictions"]["rows"] == docker["splits"]["test"]
+    edge = docker["edge_exports"]  # the export image converts a detector too
+    assert set(edge["agreement"]) == {"float32", "float16", "int8", "tfjs"}
+    assert edge["examples"] == docker["splits"]["test"]
+    for name in ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite"):
+        assert os.path.getsize(os.path.join(edge["tflite_dir"], name)) > 0
+    assert os.path.exists(os.path.join(edge["tfjs_dir"], "model.json"))
+    assert here["edge_exports"] is None  # switched off
     rows = list(read_jsonl(glob.glob(os.path.join(docker["batch_predictions"]["path"], "*.jsonl"))))
     assert len(rows) == docker["splits"]["test"]
     assert all({"uri", "detections", "true_classes"} <= set(row) for row in rows)
