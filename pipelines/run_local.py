@@ -348,8 +348,9 @@ def format_summary(summary: dict) -> str:
     if s.get("edge_exports"):
         e = s["edge_exports"]
         agree = ", ".join(f"{kind} {value:.3f}" for kind, value in e["agreement"].items())
+        what = "detection" if "map_50" in test else "top-1"  # a detector's: class and IoU >= 0.5
         lines += [
-            f"  Edge:       top-1 agreement with the SavedModel on {e['examples']} test images: "
+            f"  Edge:       {what} agreement with the SavedModel on {e['examples']} test images: "
             f"{agree} (TF.js check: {e['tfjs_check']})",
             f"              TFLite in {e['tflite_dir']}, TF.js in {e['tfjs_dir']}",
         ]
