@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 
+from kfp import dsl
+from kfp.dsl.python_component import PythonComponent
+
 DEFAULT_REGISTRY = "localhost/kfp-image-classification"
 DEFAULT_TAG = "dev"
 STAGES = ("create_tfrecords", "train", "export", "evaluate", "deploy", "batch_predict")
@@ -37,3 +40,16 @@ def dataflow_worker_image(stage: str) -> str:
     if stage not in BEAM_STAGES:
         raise ValueError(f"{stage!r} is not a Beam stage; expected one of {BEAM_STAGES}")
     return _image(stage.replace("_", "-") + "-dataflow")
+
+
+def on_stage_image(component: PythonComponent, stage: str) -> PythonComponent:
+    """``component`` made again from its Python function with ``stage``'s image as
+    configured now as its base image.
+
+    A component takes its image when its module is imported; a pipeline task can be moved
+    to another with ``set_container_image``, but a component compiled or shared on its own
+    carries its base image, so it is rebuilt here on the one ``IMAGE_REGISTRY`` and
+    ``IMAGE_TAG`` name at the time of the call.
+    """
+    on_image = dsl.component(base_image=stage_image(stage), install_kfp_package=False)
+    return on_image(component.python_func)

@@ -487,3 +487,58 @@ def test_containers_run_as_any_uid_given(stage_images, tmp_path):
     assert worker_replicas(replica_count=3).output == 2
     outputs = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files]
     assert outputs and {os.stat(p).st_uid for p in outputs} == {4321}
+
+
+def test_a_components_yaml_loaded_from_its_file_runs_in_its_stage_image(stage_images, tmp_path):
+    """create_tfrecords as another pipeline takes it: compiled to its own YAML
+    (``make components``), loaded from the file and run in the image the file names; the
+    records hold every image in the split its URI gives, with its label."""
+    import tensorflow as tf
+    from kfp import components, local
+
+    from components.classification import schema
+    from components.create_tfrecords.splits import assign_split
+    from pipelines.compile_components import compile_components
+    from pipelines.local_docker import docker_runner, input_folders
+
+    data = generate(str(tmp_path / "sample"), per_class=5)
+    compile_components(str(tmp_path / "components"))
+    create_tfrecords = components.load_component_from_file(
+        str(tmp_path / "components" / "create_tfrecords.yaml")
+    )
+    executor = create_tfrecords.pipeline_spec.deployment_spec["executors"]
+    (image,) = [e["container"]["image"] for e in executor.values()]
+    assert image == stage_images["create_tfrecords"]
+
+    local.init(
+        runner=docker_runner(read_only=input_folders(image_dir=data.image_dir)),
+        pipeline_root=str(tmp_path / "root"),
+    )
+    dataset = create_tfrecords(image_dir=data.image_dir).outputs["dataset"]
+
+    labels = read_text_lines(os.path.join(dataset.path, "labels.txt"))
+    records = {}
+    for split in ("train", "valid", "test"):
+        files = sorted(glob.glob(os.path.join(dataset.path, split, "*.tfrecord")))
+        for serialized in tf.data.TFRecordDataset(files):
+            example = tf.train.Example.FromString(serialized.numpy()).features.feature
+            text = example[schema.TEXT].bytes_list.value[0].decode()
+            assert labels[example[schema.LABEL].int64_list.value[0]] == text
+            records[example[schema.FILENAME].bytes_list.value[0].decode()] = (split, text)
+    images = sorted(glob.glob(os.path.join(data.image_dir, "*", "*.jpg")))
+    assert len(images) == 20 and labels == sorted(
+        {os.path.basename(os.path.dirname(p)) for p in images}
+    )
+    assert records == {
+        path: (assign_split(path, 0.8, 0.1), os.path.basename(os.path.dirname(path)))
+        for path in images
+    }
+    counts = {
+        s: sum(split == s for split, _ in records.values()) for s in ("train", "valid", "test")
+    }
+    assert dataset.metadata["splits"] == counts
+
+
+def read_text_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
