@@ -4,7 +4,13 @@ Usage::
 
     python -m pipelines.submit kfp --host https://<kfp-host> [--params params.yaml]
     python -m pipelines.submit vertex --project <project> --region us-central1 \\
-        --bucket <bucket> [--params params.yaml] [--service-account <sa-email>]
+        --bucket <bucket> [--params params.yaml] [--service-account <sa-email>] \\
+        [--encryption-key projects/.../cryptoKeys/<key>] \\
+        [--network projects/<number>/global/networks/<name>]
+
+With ``--schedule "0 3 * * *"`` either target creates a schedule instead of one run: a
+Vertex AI PipelineJobSchedule, or a KFP recurring run (KFP's cron has a seconds field
+first: a five-field expression gets second 0).
 
 Without ``--pipeline-file`` the pipeline (``--pipeline classification``, the default, or
 ``detection``) is compiled for the target first, into ``build/pipeline-<target>.yaml``
@@ -17,7 +23,8 @@ YAML or JSON mapping) against the names and types the compiled pipeline declares
 failed check raises ``SubmitError`` with a one-line message; the command line prints it
 and exits with status 2. ``submit_kfp`` and ``submit_vertex`` are plain functions for
 notebooks; they return a ``Submitted`` whose ``handle`` is the KFP run result or the
-Vertex ``PipelineJob`` (to wait on).
+Vertex ``PipelineJob`` (to wait on), or for a schedule the KFP recurring run or the
+Vertex ``PipelineJobSchedule``.
 """
 
 from __future__ import annotations
@@ -56,6 +63,23 @@ _REGION_RE = re.compile(r"^[a-z]+(-[a-z]+)+[0-9]+$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
+_KMS_KEY_RE = re.compile(
+    r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+    r"/keyRings/[A-Za-z0-9_-]{1,63}/cryptoKeys/[A-Za-z0-9_-]{1,63}$"
+)
+_NETWORK_RE = re.compile(r"^projects/[0-9]+/global/networks/[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_CRON_TZ_RE = re.compile(r"^(CRON_TZ|TZ)=(\S+)$")
+# Bounds of the numbers in each cron field (names such as MON or JAN are left to the server).
+_CRON_FIELDS = {
+    "second": (0, 59),
+    "minute": (0, 59),
+    "hour": (0, 23),
+    "day of month": (1, 31),
+    "month": (1, 12),
+    "day of week": (0, 7),
+}
+FAILURE_POLICIES = ("slow", "fast")
+KFP_MAX_CONCURRENCY = 10  # the KFP API server refuses more concurrent runs per recurring run
 
 
 class SubmitError(Exception):
@@ -64,13 +88,15 @@ class SubmitError(Exception):
 
 @dataclass
 class Submitted:
-    """What a submission returns: the run or job id, its UI URL, and the client's handle."""
+    """What a submission returns: the run or job id (None for a schedule), the UI URL of the
+    run or schedule, the client's handle, and the schedule's id when one was created."""
 
-    run_id: str
+    run_id: str | None
     url: str
     pipeline_file: str
     arguments: dict[str, Any] = field(default_factory=dict)
     handle: Any = None
+    schedule_id: str | None = None
 
 
 # --- pure checks -------------------------------------------------------------------------
@@ -302,10 +328,213 @@ def parse_labels(labels: str | Mapping[str, str] | None) -> dict[str, str]:
     return dict(labels)
 
 
+def check_encryption_key(key: str, region: str) -> str:
+    """A Cloud KMS key name for Vertex AI's CMEK, in the job's region.
+
+    Vertex AI requires the key to be in the same region as the resource it protects, so
+    a key in another location (``global`` included) is refused here, not by the API.
+    """
+    key = key.strip()
+    match = _KMS_KEY_RE.match(key)
+    if not match:
+        raise SubmitError(
+            "--encryption-key takes a Cloud KMS key name "
+            f"projects/<project>/locations/{region}/keyRings/<ring>/cryptoKeys/<key>"
+            f"{' (the key, not one of its versions)' if '/cryptoKeyVersions/' in key else ''}, "
+            f"got {key!r}"
+        )
+    if match["location"] != region:
+        raise SubmitError(
+            f"--encryption-key is in location {match['location']!r} but the job runs in "
+            f"{region!r}: Vertex AI needs a key in the same region as the job"
+        )
+    return key
+
+
+def check_network(network: str) -> str:
+    """A VPC network name for Vertex AI peering: ``projects/<number>/global/networks/<name>``."""
+    network = network.strip()
+    if not _NETWORK_RE.match(network):
+        raise SubmitError(
+            "--network takes projects/<project number>/global/networks/<name> (the number, "
+            "not the project id: gcloud projects describe <id> --format='value(projectNumber)'), "
+            f"got {network!r}"
+        )
+    return network
+
+
+def check_failure_policy(policy: str) -> str:
+    """``slow`` (run every task that can still run) or ``fast`` (stop scheduling tasks
+    after the first failure)."""
+    if policy not in FAILURE_POLICIES:
+        raise SubmitError(f"--failure-policy takes slow or fast, got {policy!r}")
+    return policy
+
+
+def _check_cron_fields(cron: str, fields: list[str], names: list[str], symbols: str) -> None:
+    for name, value in zip(names, fields, strict=True):
+        if not re.fullmatch(rf"[0-9A-Za-z{re.escape(symbols)}]+", value):
+            raise SubmitError(
+                f"invalid schedule {cron!r}: the {name} field {value!r} may only hold digits, "
+                f"names (MON, JAN) and {' '.join(symbols)}"
+            )
+        low, high = _CRON_FIELDS[name]
+        for item in value.split(","):  # a step (*/15) or an nth weekday (5#3) is no value
+            numbers = re.findall(r"[0-9]+", item.split("/")[0].split("#")[0])
+            if any(not low <= int(number) <= high for number in numbers):
+                raise SubmitError(
+                    f"invalid schedule {cron!r}: the {name} field {value!r} is outside {low}-{high}"
+                )
+
+
+def _split_cron(cron: str) -> tuple[str | None, list[str]]:
+    parts = cron.split()
+    match = _CRON_TZ_RE.match(parts[0]) if parts else None
+    return (match[0] if match else None), parts[1:] if match else parts
+
+
+def vertex_cron(cron: str) -> str:
+    """The cron of a Vertex AI schedule: five fields (minute hour day-of-month month
+    day-of-week), optionally after ``TZ=<IANA time zone>`` (or ``CRON_TZ=``), checked."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    zone, fields = _split_cron(cron)
+    if len(fields) != 5:
+        raise SubmitError(
+            f"invalid schedule {cron!r}: a Vertex AI schedule takes 5 cron fields (minute hour "
+            "day-of-month month day-of-week, e.g. '0 3 * * *'), optionally after "
+            f"TZ=<time zone>; got {len(fields)}"
+        )
+    _check_cron_fields(cron, fields, list(_CRON_FIELDS)[1:], "*/,-")
+    if zone:
+        name = zone.split("=", 1)[1]
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise SubmitError(
+                f"invalid schedule {cron!r}: {name!r} is not an IANA time zone "
+                "(e.g. TZ=America/New_York, TZ=Europe/Berlin, TZ=UTC)"
+            ) from None
+    return " ".join([zone, *fields] if zone else fields)
+
+
+def kfp_cron(cron: str) -> str:
+    """The cron of a KFP recurring run: six fields, seconds first. The usual five-field
+    form (minute hour day-of-month month day-of-week) gets second 0; six are taken as given.
+    """
+    zone, fields = _split_cron(cron)
+    if zone:
+        raise SubmitError(
+            f"invalid schedule {cron!r}: KFP evaluates a recurring run's cron in the time zone "
+            "of its scheduledworkflow controller (its CRON_SCHEDULE_TIMEZONE, UTC unless set); "
+            "drop the TZ= prefix and give the time in that zone"
+        )
+    if len(fields) == 5:
+        fields = ["0", *fields]
+    if len(fields) != 6:
+        raise SubmitError(
+            f"invalid schedule {cron!r}: give 5 cron fields (minute hour day-of-month month "
+            "day-of-week, e.g. '0 3 * * *') or KFP's 6 with seconds first ('0 0 3 * * *'); "
+            f"got {len(fields)}"
+        )
+    _check_cron_fields(cron, fields, list(_CRON_FIELDS), "*/,-?#")
+    return " ".join(fields)
+
+
+def parse_time(value: str, flag: str) -> datetime.datetime:
+    """An RFC 3339 time with its offset (``2030-01-31T03:00:00Z``), for a schedule's bounds."""
+    try:
+        parsed = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise SubmitError(
+            f"{flag} takes an RFC 3339 time such as 2030-01-31T03:00:00Z, got {value!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        raise SubmitError(f"{flag} {value!r} has no time zone: end it with Z or an offset (+01:00)")
+    return parsed
+
+
+def _schedule_times(
+    start_time: str | None, end_time: str | None
+) -> tuple[datetime.datetime | None, datetime.datetime | None]:
+    start = parse_time(start_time, "--start-time") if start_time else None
+    end = parse_time(end_time, "--end-time") if end_time else None
+    if end is not None and (
+        end <= datetime.datetime.now(datetime.UTC) or (start is not None and end <= start)
+    ):
+        raise SubmitError(
+            f"--end-time {end_time} is not after now and --start-time: nothing would run"
+        )
+    return start, end
+
+
+def _check_schedule_options(
+    schedule: str | None, schedule_only: Mapping[str, Any], one_run_only: Mapping[str, Any]
+) -> None:
+    """Options that mean nothing without --schedule, or that a schedule would ignore."""
+    if not schedule:
+        given = [flag for flag, value in schedule_only.items() if value is not None]
+        if given:
+            raise SubmitError(f"{', '.join(given)} only apply with --schedule")
+        return
+    given = [flag for flag, value in one_run_only.items() if value]
+    if given:
+        raise SubmitError(
+            f"{', '.join(given)} names one run; a schedule's runs are named after --schedule-name"
+        )
+
+
+def _check_max_concurrent_runs(value: int | None, most: int | None = None) -> int:
+    value = 1 if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SubmitError(f"--max-concurrent-runs takes a whole number from 1, got {value!r}")
+    if most is not None and value > most:
+        raise SubmitError(f"--max-concurrent-runs is at most {most} on KFP, got {value}")
+    return value
+
+
+def _settings_into_params(
+    values: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+    settings: Mapping[str, tuple[str, str | None]],
+) -> dict[str, Any]:
+    """Job settings also given to the pipeline's parameters of the same name.
+
+    The pipeline passes them on to the jobs it starts (Vertex custom jobs, batch
+    predictions, endpoints), which would otherwise run without them.
+
+    Args:
+        values: The user's parameter values.
+        parameters: The compiled pipeline's parameters.
+        settings: Parameter name -> (flag, the flag's value or None).
+
+    Raises:
+        SubmitError: A parameter set to a value other than its flag's.
+    """
+    values = dict(values)
+    for name, (flag, value) in settings.items():
+        if not value or name not in parameters:
+            continue
+        if name in values and values[name] != value:
+            raise SubmitError(
+                f"{flag} is {value!r} but the pipeline parameter {name} is {values[name]!r}: "
+                f"leave {name} out of the parameters (the flag sets it) or give both the same value"
+            )
+        values[name] = value
+    return values
+
+
 def vertex_run_url(region: str, job_id: str, project: str) -> str:
     return (
         f"https://console.cloud.google.com/vertex-ai/locations/{region}"
         f"/pipelines/runs/{job_id}?project={project}"
+    )
+
+
+def vertex_schedule_url(region: str, schedule_id: str, project: str) -> str:
+    return (
+        f"https://console.cloud.google.com/vertex-ai/locations/{region}"
+        f"/pipelines/schedules/{schedule_id}?project={project}"
     )
 
 
@@ -350,12 +579,17 @@ def submit_kfp(
     namespace: str | None = None,
     enable_caching: bool | None = None,
     pipeline_root: str | None = None,
+    schedule: str | None = None,
+    schedule_name: str | None = None,
+    max_concurrent_runs: int | None = None,
+    start_time: str | None = None,
+    end_time: str | None = None,
     allow_local_images: bool = False,
     timeout: float = 5.0,
     client_factory: Callable[..., Any] | None = None,
     preflight: Callable[[str, float], None] | None = check_kfp_host,
 ) -> Submitted:
-    """Submits the pipeline as a run on a Kubeflow Pipelines host.
+    """Submits the pipeline as a run on a Kubeflow Pipelines host, or creates a recurring run.
 
     Args:
         host: KFP API endpoint (default: the ``KFPHOST`` environment variable).
@@ -368,28 +602,72 @@ def submit_kfp(
         enable_caching: True/False override every task's cache setting; None keeps the
             compiled ones (deploy never caches).
         pipeline_root: Where the run's artifacts go (default: the host's).
+        schedule: A cron expression: create a recurring run instead of one run. Five
+            fields (minute hour day-of-month month day-of-week) get second 0 for KFP's
+            six; six are taken as given. Of the runs missed while it was disabled (or
+            the scheduler down), only the latest starts.
+        schedule_name: The recurring run's name (default: ``<pipeline name>-schedule``).
+        max_concurrent_runs: Runs of the schedule at once, 1 (default) to 10.
+        start_time: RFC 3339 time before which the schedule starts no run.
+        end_time: RFC 3339 time after which it starts no run.
         allow_local_images: Submit even if the pipeline names ``localhost/`` images.
         timeout: Seconds the reachability pre-flight waits.
         client_factory: Makes the client (default ``kfp.Client``).
         preflight: Reachability check of the host (None skips it).
 
     Returns:
-        The run's id and UI URL (``<host>/#/runs/details/<run id>``).
+        The run's id and UI URL (``<host>/#/runs/details/<run id>``); for a schedule, the
+        recurring run's id and URL (``<host>/#/recurringrun/details/<id>``).
     """
     host = check_host_url(host)
+    _check_schedule_options(
+        schedule,
+        {
+            "--schedule-name": schedule_name,
+            "--max-concurrent-runs": max_concurrent_runs,
+            "--start-time": start_time,
+            "--end-time": end_time,
+        },
+        {"--run-name": run_name},
+    )
+    if schedule:
+        cron = kfp_cron(schedule)
+        max_concurrent_runs = _check_max_concurrent_runs(max_concurrent_runs, KFP_MAX_CONCURRENCY)
+        start, end = _schedule_times(start_time, end_time)
     values = _resolve_params(params)
     pipeline_file = _pipeline_file("kfp", pipeline_file, pipeline)
     spec = load_pipeline_spec(pipeline_file)
     arguments = validate_params(values, pipeline_parameters(spec))
     if not allow_local_images:
         _check_images(spec, pipeline_file)
-    run_name = run_name or f"{spec['pipelineInfo']['name']}-{_timestamp()}"
+    name = spec["pipelineInfo"]["name"]
     if preflight is not None:
         preflight(host, timeout)
 
     if client_factory is None:
         from kfp import Client as client_factory
     client = client_factory(host=host, **({"namespace": namespace} if namespace else {}))
+    if schedule:
+        schedule_name = schedule_name or f"{name}-schedule"
+        experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+        recurring = client.create_recurring_run(
+            experiment_id=experiment_id,
+            job_name=schedule_name,
+            cron_expression=cron,
+            max_concurrency=max_concurrent_runs,
+            # Back from a pause or an outage, start the latest missed run, not one per miss.
+            no_catchup=True,
+            start_time=start,
+            end_time=end,
+            params=arguments,
+            pipeline_package_path=pipeline_file,
+            enable_caching=enable_caching,
+            pipeline_root=pipeline_root,
+        )
+        url = f"{host}/#/recurringrun/details/{recurring.recurring_run_id}"
+        print(f"Created recurring run {schedule_name} ({cron}) on {host}: {url}")
+        return Submitted(None, url, pipeline_file, arguments, recurring, recurring.recurring_run_id)
+    run_name = run_name or f"{name}-{_timestamp()}"
     result = client.create_run_from_pipeline_package(
         pipeline_file=pipeline_file,
         arguments=arguments,
@@ -411,17 +689,31 @@ def submit_vertex(
     *,
     pipeline_root: str | None = None,
     service_account: str | None = None,
+    encryption_key: str | None = None,
+    network: str | None = None,
+    failure_policy: str | None = None,
     params: Mapping[str, Any] | str | os.PathLike | None = None,
     pipeline_file: str | os.PathLike | None = None,
     pipeline: str = "classification",
     enable_caching: bool | None = None,
     display_name: str | None = None,
     labels: str | Mapping[str, str] | None = None,
+    schedule: str | None = None,
+    schedule_name: str | None = None,
+    max_concurrent_runs: int | None = None,
+    max_runs: int | None = None,
+    start_time: str | None = None,
+    end_time: str | None = None,
     allow_local_images: bool = False,
     job_factory: Callable[..., Any] | None = None,
     credentials_check: Callable[[], Any] | None = check_gcp_credentials,
 ) -> Submitted:
-    """Submits the pipeline as a Vertex AI PipelineJob.
+    """Submits the pipeline as a Vertex AI PipelineJob, or creates a PipelineJobSchedule.
+
+    ``service_account``, ``encryption_key`` and ``network`` also set the pipeline's
+    parameters ``service_account``, ``encryption_spec_key_name`` and ``network`` where the
+    compiled pipeline declares them and ``params`` leaves them out, so the jobs the
+    pipeline starts run with them too; ``params`` giving one a different value is an error.
 
     Args:
         project: Google Cloud project id.
@@ -429,6 +721,14 @@ def submit_vertex(
         bucket: Bucket for the pipeline root ``gs://<bucket>/pipeline_root``.
         pipeline_root: A gs:// pipeline root instead of the bucket's.
         service_account: Service account the job runs as (default: Vertex's).
+        encryption_key: Cloud KMS key (CMEK) of the job and what it creates:
+            ``projects/<p>/locations/<region>/keyRings/<ring>/cryptoKeys/<key>``, in the
+            job's region.
+        network: VPC network the job is peered with,
+            ``projects/<project number>/global/networks/<name>`` (private services access
+            configured).
+        failure_policy: ``slow`` (Vertex's default: run every task that still can) or
+            ``fast`` (schedule no new task after a failure).
         params: Parameter values, or a YAML/JSON file of them.
         pipeline_file: Compiled YAML (default: compile the vertex target into build/).
         pipeline: What to compile without ``pipeline_file``: classification, detection.
@@ -436,13 +736,21 @@ def submit_vertex(
             compiled ones.
         display_name: The job's display name (default: the pipeline name).
         labels: Job labels, ``key=value,...`` or a mapping.
+        schedule: A cron expression (5 fields, optionally ``TZ=<zone> `` first): create a
+            PipelineJobSchedule instead of one job.
+        schedule_name: The schedule's display name (default: ``<pipeline name>-schedule``).
+        max_concurrent_runs: Runs of the schedule at once (default 1).
+        max_runs: The schedule completes after this many runs (default: no limit).
+        start_time: RFC 3339 time before which the schedule starts no run.
+        end_time: RFC 3339 time after which it starts no run.
         allow_local_images: Submit even if the pipeline names ``localhost/`` images.
         job_factory: Makes the job (default ``google.cloud.aiplatform.PipelineJob``).
         credentials_check: Returns credentials or raises SubmitError (None skips it and
             leaves credentials to the Vertex SDK).
 
     Returns:
-        The job's id and its Google Cloud console URL.
+        The job's id and its Google Cloud console URL; for a schedule, the schedule's id
+        and console URL.
     """
     project, region = (project or "").strip(), (region or "").strip()
     missing = [
@@ -470,35 +778,92 @@ def submit_vertex(
         raise SubmitError(
             f"--service-account takes a service account email, got {service_account!r}"
         )
+    encryption_key = check_encryption_key(encryption_key, region) if encryption_key else None
+    network = check_network(network) if network else None
+    failure_policy = check_failure_policy(failure_policy) if failure_policy else None
     label_values = parse_labels(labels)
+    _check_schedule_options(
+        schedule,
+        {
+            "--schedule-name": schedule_name,
+            "--max-concurrent-runs": max_concurrent_runs,
+            "--max-runs": max_runs,
+            "--start-time": start_time,
+            "--end-time": end_time,
+        },
+        {"--display-name": display_name},
+    )
+    if schedule:
+        cron = vertex_cron(schedule)
+        max_concurrent_runs = _check_max_concurrent_runs(max_concurrent_runs)
+        if max_runs is not None and (
+            isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1
+        ):
+            raise SubmitError(f"--max-runs takes a whole number from 1, got {max_runs!r}")
+        start, end = _schedule_times(start_time, end_time)
     values = _resolve_params(params)
     pipeline_file = _pipeline_file("vertex", pipeline_file, pipeline)
     spec = load_pipeline_spec(pipeline_file)
-    parameter_values = validate_params(values, pipeline_parameters(spec))
+    parameters = pipeline_parameters(spec)
+    values = _settings_into_params(
+        values,
+        parameters,
+        {
+            "service_account": ("--service-account", service_account),
+            "encryption_spec_key_name": ("--encryption-key", encryption_key),
+            "network": ("--network", network),
+        },
+    )
+    parameter_values = validate_params(values, parameters)
     if not allow_local_images:
         _check_images(spec, pipeline_file)
     credentials = credentials_check() if credentials_check is not None else None
 
     if job_factory is None:
         from google.cloud.aiplatform import PipelineJob as job_factory
+    name = spec["pipelineInfo"]["name"]
     job = job_factory(
-        display_name=display_name or spec["pipelineInfo"]["name"],
+        display_name=display_name or name,
         template_path=pipeline_file,
         pipeline_root=pipeline_root,
         parameter_values=parameter_values,
         enable_caching=enable_caching,
+        encryption_spec_key_name=encryption_key,
         labels=label_values or None,
         credentials=credentials,
         project=project,
         location=region,
+        failure_policy=failure_policy,
     )
-    job.submit(service_account=service_account)
+    if schedule:
+        schedule_name = schedule_name or f"{name}-schedule"
+        created = job.create_schedule(
+            cron=cron,
+            display_name=schedule_name,
+            start_time=start,
+            end_time=end,
+            max_run_count=max_runs,
+            max_concurrent_run_count=max_concurrent_runs,
+            service_account=service_account,
+            network=network,
+        )
+        schedule_id = created.resource_name.rsplit("/", 1)[-1]
+        url = vertex_schedule_url(region, schedule_id, project)
+        print(f"Created Vertex AI pipeline schedule {schedule_name} ({cron}): {url}")
+        return Submitted(None, url, pipeline_file, parameter_values, created, schedule_id)
+    job.submit(service_account=service_account, network=network)
     url = vertex_run_url(region, job.job_id, project)
     print(f"Submitted Vertex AI pipeline job {job.job_id}: {url}")
     return Submitted(job.job_id, url, pipeline_file, parameter_values, job)
 
 
 # --- command line ------------------------------------------------------------------------
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"takes on or off, got {value!r}")
+    return value == "on"
 
 
 def _add_common(p: argparse.ArgumentParser, target: str) -> None:
@@ -520,11 +885,40 @@ def _add_common(p: argparse.ArgumentParser, target: str) -> None:
         const=False,
         help="run every task afresh",
     )
+    caching.add_argument(
+        "--cache",
+        dest="enable_caching",
+        type=_on_off,
+        metavar="on|off",
+        help="--cache on is --enable-caching, --cache off is --no-cache (make's CACHE=)",
+    )
     p.add_argument(
         "--allow-local-images",
         action="store_true",
         help="submit even if the pipeline names localhost/ images (e.g. a kind cluster)",
     )
+    s = p.add_argument_group("schedule (instead of one run)")
+    s.add_argument(
+        "--schedule",
+        metavar="CRON",
+        help="cron, e.g. '0 3 * * *' (minute hour day month weekday)"
+        + (
+            "; KFP's six fields with seconds first are taken as given"
+            if target == "kfp"
+            else "; 'TZ=America/New_York 0 3 * * *' for a time zone"
+        ),
+    )
+    s.add_argument("--schedule-name", help="default: <pipeline name>-schedule")
+    s.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        help="runs of the schedule at once (default 1"
+        + (", at most 10)" if target == "kfp" else ")"),
+    )
+    s.add_argument("--start-time", help="RFC 3339, e.g. 2030-01-31T03:00:00Z (default: now)")
+    s.add_argument("--end-time", help="RFC 3339 (default: none)")
+    if target == "vertex":
+        s.add_argument("--max-runs", type=int, help="complete after this many runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -548,6 +942,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--bucket", help="bucket of the pipeline root gs://<bucket>/pipeline_root")
     v.add_argument("--pipeline-root", help="gs:// pipeline root (instead of --bucket's)")
     v.add_argument("--service-account", help="service account email the job runs as")
+    v.add_argument(
+        "--encryption-key",
+        metavar="KMS_KEY",
+        help="CMEK: projects/P/locations/<region>/keyRings/R/cryptoKeys/K",
+    )
+    v.add_argument(
+        "--network", help="VPC to peer with: projects/<project number>/global/networks/<name>"
+    )
+    v.add_argument(
+        "--failure-policy",
+        choices=FAILURE_POLICIES,
+        help="slow (Vertex's default): run what still can after a failure; fast: stop",
+    )
     _add_common(v, "vertex")
     v.add_argument("--display-name", help="default: the pipeline name")
     v.add_argument("--labels", help="job labels: key=value,key2=value2")
@@ -556,6 +963,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    schedule = {
+        "schedule": args.schedule,
+        "schedule_name": args.schedule_name,
+        "max_concurrent_runs": args.max_concurrent_runs,
+        "start_time": args.start_time,
+        "end_time": args.end_time,
+    }
     try:
         if args.command == "kfp":
             submit_kfp(
@@ -570,6 +984,7 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline_root=args.pipeline_root,
                 allow_local_images=args.allow_local_images,
                 timeout=args.timeout,
+                **schedule,
             )
         else:
             submit_vertex(
@@ -578,13 +993,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.bucket,
                 pipeline_root=args.pipeline_root,
                 service_account=args.service_account,
+                encryption_key=args.encryption_key,
+                network=args.network,
+                failure_policy=args.failure_policy,
                 params=args.params,
                 pipeline_file=args.pipeline_file,
                 pipeline=args.pipeline,
                 enable_caching=args.enable_caching,
                 display_name=args.display_name,
                 labels=args.labels,
+                max_runs=args.max_runs,
                 allow_local_images=args.allow_local_images,
+                **schedule,
             )
     except SubmitError as e:
         print(f"error: {e}", file=sys.stderr)

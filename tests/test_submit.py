@@ -7,10 +7,13 @@ clients are fakes or real classes whose network call is replaced.
 
 from __future__ import annotations
 
+import datetime
+import email.parser
 import itertools
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -498,6 +501,8 @@ def test_the_detection_example_params_fit_the_detection_pipeline(target, tmp_pat
 # --- Vertex AI ---------------------------------------------------------------------------
 
 VERTEX = ["vertex", "--project", "my-proj", "--region", "us-central1", "--bucket", "my-bucket"]
+KEY = "projects/kms-proj/locations/{region}/keyRings/ml/cryptoKeys/pipelines"
+NETWORK = "projects/123456789012/global/networks/ml-vpc"
 
 
 @pytest.mark.parametrize(
@@ -555,11 +560,19 @@ def test_missing_credentials_name_the_fix(compiled, monkeypatch, capsys):
 def test_vertex_job_gets_exactly_these_arguments(compiled, tmp_path, capsys):
     params = _write(tmp_path / "p.json", '{"epochs": 5, "image_dir": "gs://b/img"}')
     credentials = object()
+    settings = {
+        "service_account": "runner@my-proj.iam.gserviceaccount.com",
+        "encryption_spec_key_name": KEY.format(region="europe-west4"),
+        "network": NETWORK,
+    }
     result = submit_vertex(
         "my-proj",
         "europe-west4",
         "gs://my-bucket",
-        service_account="runner@my-proj.iam.gserviceaccount.com",
+        service_account=settings["service_account"],
+        encryption_key=settings["encryption_spec_key_name"],
+        network=NETWORK,
+        failure_policy="fast",
         params=params,
         pipeline_file=compiled["vertex"],
         enable_caching=True,
@@ -568,19 +581,31 @@ def test_vertex_job_gets_exactly_these_arguments(compiled, tmp_path, capsys):
         job_factory=FakeJob,
         credentials_check=lambda: credentials,
     )
+    # The flags also set the pipeline's parameters of the same name, where it has them.
+    declared = submit.pipeline_parameters(submit.load_pipeline_spec(compiled["vertex"]))
     job = FakeJob.last
     assert job.kwargs == {
         "display_name": "nightly",
         "template_path": compiled["vertex"],
         "pipeline_root": "gs://my-bucket/pipeline_root",
-        "parameter_values": {"epochs": 5, "image_dir": "gs://b/img"},
+        "parameter_values": {
+            "epochs": 5,
+            "image_dir": "gs://b/img",
+            **{name: value for name, value in settings.items() if name in declared},
+        },
         "enable_caching": True,
+        "encryption_spec_key_name": settings["encryption_spec_key_name"],
         "labels": {"team": "vision", "env": "dev"},
         "credentials": credentials,
         "project": "my-proj",
         "location": "europe-west4",
+        "failure_policy": "fast",
     }
-    assert job.submitted == {"service_account": "runner@my-proj.iam.gserviceaccount.com"}
+    assert job.submitted == {
+        "service_account": "runner@my-proj.iam.gserviceaccount.com",
+        "network": NETWORK,
+    }
+    assert result.run_id == job.job_id and result.schedule_id is None
     url = (
         "https://console.cloud.google.com/vertex-ai/locations/europe-west4/pipelines/runs/"
         "image-classification-20250101000000?project=my-proj"
@@ -603,7 +628,8 @@ def test_vertex_defaults_and_pipeline_root(compiled):
     assert job.kwargs["pipeline_root"] == "gs://other/root"
     assert job.kwargs["parameter_values"] == {}
     assert job.kwargs["enable_caching"] is None and job.kwargs["labels"] is None
-    assert job.submitted == {"service_account": None}
+    assert job.kwargs["encryption_spec_key_name"] is None and job.kwargs["failure_policy"] is None
+    assert job.submitted == {"service_account": None, "network": None}
 
 
 @pytest.mark.parametrize(
@@ -644,13 +670,766 @@ def test_the_real_pipeline_job_accepts_the_arguments(compiled, monkeypatch):
         credentials_check=AnonymousCredentials,
     )
     job = result.handle
-    assert job.submitted == {"service_account": None}
+    assert job.submitted == {"service_account": None, "network": None}
     assert job.project == "my-proj" and job.location == "us-central1"
     config = job._gca_resource.runtime_config
     assert config.gcs_output_directory == "gs://my-bucket/pipeline_root"
     assert dict(config.parameter_values)["epochs"] == 2
     assert list(dict(config.parameter_values)["beam_args"]) == ["--a=b"]
     assert result.url == submit.vertex_run_url("us-central1", job.job_id, "my-proj")
+
+
+# --- Vertex AI: service account, CMEK, network, failure policy ---------------------------
+
+SA = "pipelines@my-proj.iam.gserviceaccount.com"
+SETTINGS = ("service_account", "encryption_spec_key_name", "network")
+
+
+@pytest.fixture(scope="module")
+def settings_pipeline(tmp_path_factory) -> str:
+    """A small compiled pipeline that, like the vertex target's, declares the parameters
+    service_account, encryption_spec_key_name and network for the jobs it starts."""
+    from kfp import compiler, dsl
+
+    def job(epochs, service_account, encryption_spec_key_name, network):
+        return dsl.ContainerSpec(
+            image=f"{REGISTRY}/train:abc123",
+            command=["echo"],
+            args=[epochs, service_account, encryption_spec_key_name, network],
+        )
+
+    def job_settings(epochs=1, service_account="", encryption_spec_key_name="", network=""):
+        job_component(
+            epochs=epochs,
+            service_account=service_account,
+            encryption_spec_key_name=encryption_spec_key_name,
+            network=network,
+        )
+
+    # Real types, not the strings this module's `from __future__ import annotations` makes.
+    types = {"epochs": int, **dict.fromkeys(SETTINGS, str)}
+    job.__annotations__ = {**types, "return": dsl.ContainerSpec}
+    job_settings.__annotations__ = types
+    job_component = dsl.container_component(job)
+    path = tmp_path_factory.mktemp("settings") / "job-settings.yaml"
+    compiler.Compiler().compile(dsl.pipeline(name="job-settings")(job_settings), str(path))
+    return str(path)
+
+
+def test_the_flags_fill_the_pipeline_parameters_of_the_same_name(settings_pipeline):
+    key = KEY.format(region="us-central1")
+    common = {"pipeline_file": settings_pipeline, "job_factory": FakeJob, "credentials_check": None}
+    submit_vertex(
+        "my-proj",
+        "us-central1",
+        "my-bucket",
+        service_account=SA,
+        encryption_key=key,
+        network=NETWORK,
+        params={"epochs": 2},
+        **common,
+    )
+    job = FakeJob.last
+    assert job.kwargs["parameter_values"] == {
+        "epochs": 2,
+        "service_account": SA,
+        "encryption_spec_key_name": key,
+        "network": NETWORK,
+    }
+    assert job.kwargs["encryption_spec_key_name"] == key
+    assert job.submitted == {"service_account": SA, "network": NETWORK}
+
+    # The same value twice is no conflict; a parameter without its flag is the user's alone.
+    submit_vertex(
+        "my-proj",
+        "us-central1",
+        "my-bucket",
+        service_account=SA,
+        params={"service_account": SA, "network": NETWORK},
+        **common,
+    )
+    job = FakeJob.last
+    assert job.kwargs["parameter_values"] == {"service_account": SA, "network": NETWORK}
+    assert job.kwargs["encryption_spec_key_name"] is None
+    assert job.submitted == {"service_account": SA, "network": None}
+
+
+@pytest.mark.parametrize(
+    "flag, name, value",
+    [
+        ("--service-account", "service_account", SA),
+        ("--encryption-key", "encryption_spec_key_name", KEY.format(region="us-central1")),
+        ("--network", "network", NETWORK),
+    ],
+)
+def test_a_parameter_that_differs_from_its_flag_is_refused(
+    flag, name, value, settings_pipeline, tmp_path, capsys
+):
+    params = _write(tmp_path / "p.yaml", f"{name}: other\n")
+    FakeJob.last = None
+    args = [*VERTEX, "--pipeline-file", settings_pipeline, "--params", params, flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {flag} is {value!r} but the pipeline parameter {name} is 'other': leave "
+        f"{name} out of the parameters (the flag sets it) or give both the same value\n"
+    )
+
+
+def _vertex_api(monkeypatch) -> list:
+    """Stands in for the Vertex AI API at the GAPIC clients the SDK calls: the real
+    PipelineJob and PipelineJobSchedule build the requests, which are recorded."""
+    from google.cloud.aiplatform.compat.services import (
+        pipeline_service_client,
+        schedule_service_client,
+    )
+    from google.cloud.aiplatform.compat.types import (
+        pipeline_job as gca_pipeline_job,
+        schedule as gca_schedule,
+    )
+    from google.cloud.aiplatform.utils import gcs_utils
+
+    sent = []
+
+    def create_pipeline_job(self, *, parent, pipeline_job, pipeline_job_id, **kwargs):
+        sent.append(("create_pipeline_job", parent, pipeline_job))
+        created = gca_pipeline_job.PipelineJob(pipeline_job)
+        created.name = f"{parent}/pipelineJobs/{pipeline_job_id}"
+        return created
+
+    def create_schedule(self, *, parent, schedule, **kwargs):
+        sent.append(("create_schedule", parent, schedule))
+        created = gca_schedule.Schedule(schedule)
+        created.name = f"{parent}/schedules/4242"
+        return created
+
+    monkeypatch.setattr(
+        pipeline_service_client.PipelineServiceClient, "create_pipeline_job", create_pipeline_job
+    )
+    monkeypatch.setattr(
+        schedule_service_client.ScheduleServiceClient, "create_schedule", create_schedule
+    )
+    # PipelineJob.submit would otherwise look for the pipeline root's bucket in Cloud Storage.
+    monkeypatch.setattr(
+        gcs_utils,
+        "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist",
+        lambda **kwargs: None,
+    )
+    return sent
+
+
+def _assert_job_settings(job, key: str) -> None:
+    """The request's PipelineJob carries what a production project relies on."""
+    from google.cloud.aiplatform.compat.types import pipeline_failure_policy
+
+    assert job.service_account == SA and job.network == NETWORK
+    assert job.encryption_spec.kms_key_name == key
+    assert dict(job.labels) == {"team": "vision"}
+    config = job.runtime_config
+    assert config.gcs_output_directory == "gs://my-bucket/pipeline_root"
+    assert (
+        config.failure_policy
+        == pipeline_failure_policy.PipelineFailurePolicy.PIPELINE_FAILURE_POLICY_FAIL_FAST
+    )
+    assert dict(config.parameter_values) == {
+        "epochs": 4,
+        "service_account": SA,
+        "encryption_spec_key_name": key,
+        "network": NETWORK,
+    }
+    tasks = job.pipeline_spec["root"]["dag"]["tasks"]
+    assert [task["cachingOptions"]["enableCache"] for task in tasks.values()] == [False]
+
+
+def test_the_real_pipeline_job_request_carries_the_settings(settings_pipeline, monkeypatch):
+    from google.auth.credentials import AnonymousCredentials
+
+    sent = _vertex_api(monkeypatch)
+    key = KEY.format(region="us-central1")
+    result = submit_vertex(
+        "my-proj",
+        "us-central1",
+        "my-bucket",
+        service_account=SA,
+        encryption_key=key,
+        network=NETWORK,
+        failure_policy="fast",
+        labels="team=vision",
+        enable_caching=False,
+        params={"epochs": 4},
+        pipeline_file=settings_pipeline,
+        credentials_check=AnonymousCredentials,
+    )
+    ((call, parent, job),) = sent
+    assert call == "create_pipeline_job" and parent == "projects/my-proj/locations/us-central1"
+    _assert_job_settings(job, key)
+    assert result.run_id == result.handle.job_id and result.schedule_id is None
+
+
+def test_a_vertex_schedule_carries_the_settings_to_its_runs(
+    settings_pipeline, tmp_path, monkeypatch, capsys
+):
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+
+    sent = _vertex_api(monkeypatch)
+    monkeypatch.setattr(google.auth, "default", lambda **kwargs: (AnonymousCredentials(), None))
+    key = KEY.format(region="us-central1")
+    params = _write(tmp_path / "p.yaml", "epochs: 4\n")
+    args = [
+        *VERTEX,
+        "--pipeline-file", settings_pipeline,
+        "--params", params,
+        "--service-account", SA,
+        "--encryption-key", key,
+        "--network", NETWORK,
+        "--failure-policy", "fast",
+        "--labels", "team=vision",
+        "--cache", "off",
+        "--schedule", "TZ=America/New_York 0 3 * * 1-5",
+        "--schedule-name", "nightly",
+        "--max-concurrent-runs", "2",
+        "--max-runs", "30",
+        "--start-time", "2030-01-01T00:00:00Z",
+        "--end-time", "2031-01-01T06:00:00+01:00",
+    ]  # fmt: skip
+    assert main(args) == 0
+    ((call, parent, schedule),) = sent  # a schedule, and no job of its own
+    assert call == "create_schedule" and parent == "projects/my-proj/locations/us-central1"
+    assert schedule.display_name == "nightly"
+    assert schedule.cron == "TZ=America/New_York 0 3 * * 1-5"
+    assert schedule.max_concurrent_run_count == 2 and schedule.max_run_count == 30
+    utc = datetime.UTC
+    assert schedule.start_time == datetime.datetime(2030, 1, 1, tzinfo=utc)
+    assert schedule.end_time == datetime.datetime(2031, 1, 1, 5, tzinfo=utc)
+    request = schedule.create_pipeline_job_request
+    assert request.parent == parent
+    _assert_job_settings(request.pipeline_job, key)
+    url = (
+        "https://console.cloud.google.com/vertex-ai/locations/us-central1/pipelines/"
+        "schedules/4242?project=my-proj"
+    )
+    assert url in capsys.readouterr().out
+
+
+def test_a_vertex_schedule_returns_its_id_and_url(compiled):
+    class ScheduledJob(FakeJob):
+        def create_schedule(self, **kwargs):
+            self.scheduled = kwargs
+            return SimpleNamespace(resource_name="projects/1/locations/us-central1/schedules/77")
+
+    result = submit_vertex(
+        "my-proj",
+        "us-central1",
+        "my-bucket",
+        pipeline_file=compiled["vertex"],
+        schedule="0 3 * * *",
+        job_factory=ScheduledJob,
+        credentials_check=None,
+    )
+    job = ScheduledJob.last
+    assert job.submitted is None  # no run now
+    assert job.scheduled == {
+        "cron": "0 3 * * *",
+        "display_name": "image-classification-schedule",
+        "start_time": None,
+        "end_time": None,
+        "max_run_count": None,
+        "max_concurrent_run_count": 1,
+        "service_account": None,
+        "network": None,
+    }
+    assert result.run_id is None and result.schedule_id == "77"
+    assert result.url == submit.vertex_schedule_url("us-central1", "77", "my-proj")
+
+
+# --- schedules: cron and options ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cron, vertex, kfp",
+    [
+        ("0 3 * * *", "0 3 * * *", "0 0 3 * * *"),
+        ("  */15  9-17 * * MON-FRI ", "*/15 9-17 * * MON-FRI", "0 */15 9-17 * * MON-FRI"),
+        ("0 3 1,15 JAN,JUL 0", "0 3 1,15 JAN,JUL 0", "0 0 3 1,15 JAN,JUL 0"),
+        ("TZ=America/New_York 0 3 * * *", "TZ=America/New_York 0 3 * * *", None),
+        ("CRON_TZ=Europe/Berlin 30 6 * * 1", "CRON_TZ=Europe/Berlin 30 6 * * 1", None),
+        ("30 0 3 * * 1-5", None, "30 0 3 * * 1-5"),
+        ("0 0/30 * * * ?", None, "0 0/30 * * * ?"),
+    ],
+)
+def test_cron_as_each_host_takes_it(cron, vertex, kfp):
+    for convert, expected in ((submit.vertex_cron, vertex), (submit.kfp_cron, kfp)):
+        if expected is None:
+            with pytest.raises(SubmitError, match=re.escape(f"invalid schedule {cron!r}")):
+                convert(cron)
+        else:
+            assert convert(cron) == expected
+
+
+@pytest.mark.parametrize(
+    "convert, cron, message",
+    [
+        (submit.vertex_cron, "0 3 * *", "a Vertex AI schedule takes 5 cron fields"),
+        (submit.vertex_cron, "0 0 3 * * *", "optionally after TZ=<time zone>; got 6"),
+        (submit.vertex_cron, "TZ=Mars/Olympus 0 3 * * *", "'Mars/Olympus' is not an IANA"),
+        (submit.vertex_cron, "0 3 * * ?", "the day of week field '?' may only hold"),
+        (submit.vertex_cron, "0 24 * * *", "the hour field '24' is outside 0-23"),
+        (submit.vertex_cron, "60 3 * * *", "the minute field '60' is outside 0-59"),
+        (submit.vertex_cron, "0 3 0 * *", "the day of month field '0' is outside 1-31"),
+        (submit.vertex_cron, "0 3 * 13 *", "the month field '13' is outside 1-12"),
+        (submit.kfp_cron, "0 3 * *", "give 5 cron fields"),
+        (submit.kfp_cron, "0 0 0 3 * * *", "or KFP's 6 with seconds first"),
+        (submit.kfp_cron, "@daily", "got 1"),
+        (submit.kfp_cron, "0 3 * * $", "the day of week field '$' may only hold"),
+        (submit.kfp_cron, "61 0 3 * * *", "the second field '61' is outside 0-59"),
+        (submit.kfp_cron, "TZ=UTC 0 3 * * *", "drop the TZ= prefix"),
+    ],
+)
+def test_a_cron_a_host_would_refuse_is_refused(convert, cron, message):
+    with pytest.raises(SubmitError, match=re.escape(message)):
+        convert(cron)
+
+
+VERTEX_SCHEDULE = {"schedule": "0 3 * * *"}
+KFP_SCHEDULE = {"schedule": "0 3 * * *"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"schedule_name": "nightly"}, "--schedule-name only apply with --schedule"),
+        (
+            {"max_concurrent_runs": 2, "start_time": "2030-01-01T00:00:00Z"},
+            "--max-concurrent-runs, --start-time only apply with --schedule",
+        ),
+        ({"max_runs": 3}, "--max-runs only apply with --schedule"),
+        (
+            {**VERTEX_SCHEDULE, "display_name": "x"},
+            "--display-name names one run; a schedule's runs are named after --schedule-name",
+        ),
+        ({**VERTEX_SCHEDULE, "max_concurrent_runs": 0}, "--max-concurrent-runs takes a whole"),
+        ({**VERTEX_SCHEDULE, "max_runs": 0}, "--max-runs takes a whole number from 1"),
+        ({**VERTEX_SCHEDULE, "start_time": "tomorrow"}, "--start-time takes an RFC 3339 time"),
+        ({**VERTEX_SCHEDULE, "start_time": "2030-01-01T03:00:00"}, "has no time zone"),
+        ({**VERTEX_SCHEDULE, "end_time": "2001-01-01T00:00:00Z"}, "is not after now"),
+        (
+            {
+                **VERTEX_SCHEDULE,
+                "start_time": "2031-01-01T00:00:00Z",
+                "end_time": "2030-01-01T00:00:00Z",
+            },
+            "--end-time 2030-01-01T00:00:00Z is not after now and --start-time",
+        ),
+        ({"encryption_key": "projects/p/locations/global/keyRings/r/cryptoKeys/k"},
+         "--encryption-key is in location 'global' but the job runs in 'us-central1'"),
+        ({"encryption_key": KEY.format(region="europe-west4")},
+         "Vertex AI needs a key in the same region as the job"),
+        ({"encryption_key": KEY.format(region="us-central1") + "/cryptoKeyVersions/1"},
+         "(the key, not one of its versions)"),
+        ({"encryption_key": "pipelines-key"}, "--encryption-key takes a Cloud KMS key name"),
+        ({"network": "projects/my-proj/global/networks/ml-vpc"}, "the number, not the project id"),
+        ({"network": "ml-vpc"}, "--network takes projects/<project number>/global/networks/"),
+        ({"failure_policy": "quick"}, "--failure-policy takes slow or fast, got 'quick'"),
+    ],
+)  # fmt: skip
+def test_vertex_options_are_checked_before_anything_is_sent(kwargs, message, compiled):
+    FakeJob.last = None
+    with pytest.raises(SubmitError, match=re.escape(message)):
+        submit_vertex(
+            "my-proj",
+            "us-central1",
+            "my-bucket",
+            pipeline_file=compiled["vertex"],
+            job_factory=FakeJob,
+            credentials_check=None,
+            **kwargs,
+        )
+    assert FakeJob.last is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"schedule_name": "nightly"}, "--schedule-name only apply with --schedule"),
+        ({**KFP_SCHEDULE, "run_name": "r"}, "--run-name names one run"),
+        ({**KFP_SCHEDULE, "max_concurrent_runs": 11}, "--max-concurrent-runs is at most 10"),
+        ({"schedule": "TZ=UTC 0 3 * * *"}, "CRON_SCHEDULE_TIMEZONE"),
+        ({**KFP_SCHEDULE, "end_time": "2001-01-01T00:00:00Z"}, "is not after now"),
+    ],
+)
+def test_kfp_schedule_options_are_checked_before_anything_is_sent(kwargs, message, compiled):
+    FakeClient.last = None
+    with pytest.raises(SubmitError, match=re.escape(message)):
+        submit_kfp(
+            "http://h",
+            pipeline_file=compiled["kfp"],
+            client_factory=FakeClient,
+            preflight=None,
+            **kwargs,
+        )
+    assert FakeClient.last is None
+
+
+def test_cache_on_off_on_the_command_line(compiled, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(submit, "submit_kfp", lambda host, **kw: calls.append(kw))
+    monkeypatch.setattr(submit, "submit_vertex", lambda *args, **kw: calls.append(kw))
+    for target in (["kfp", "--host", "http://h"], VERTEX):
+        for value in ("on", "off"):
+            assert main([*target, "--cache", value]) == 0
+        with pytest.raises(SystemExit) as e:
+            main([*target, "--cache", "yes"])
+        assert (
+            e.value.code == 2 and "--cache: takes on or off, got 'yes'" in capsys.readouterr().err
+        )
+        with pytest.raises(SystemExit):
+            main([*target, "--cache", "on", "--no-cache"])
+    assert [c["enable_caching"] for c in calls] == [True, False, True, False]
+
+
+# --- KFP: recurring runs ------------------------------------------------------------------
+
+CREATED = "2030-01-01T00:00:00Z"
+
+
+class _KfpV2Api(BaseHTTPRequestHandler):
+    """The KFP v2beta1 endpoints kfp.Client and the kfp CLI call, recording each request as
+    (method, path, query, body): JSON, or for an upload the form's file and its bytes."""
+
+    def _json(self, body, status=200):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self):
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body = None
+        if self.headers.get("Content-Type", "").startswith("multipart/form-data"):
+            message = email.parser.BytesParser().parsebytes(
+                f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + raw
+            )
+            body = {
+                part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+                for part in message.get_payload()
+            }
+        elif raw:
+            body = json.loads(raw)
+        self.server.requests.append((self.command, url.path, parse_qs(url.query), body))
+        return url.path, body
+
+    def _recurring_run(self, body=None):
+        return {
+            "recurring_run_id": "rr-1",
+            "display_name": (body or {}).get("display_name", "nightly"),
+            "created_at": CREATED,
+            "experiment_id": "exp-1",
+            "status": "ENABLED",
+        }
+
+    def do_GET(self):
+        path, _ = self._record()
+        if path == "/apis/v2beta1/healthz":
+            self._json({"multi_user": False})
+        elif path == "/apis/v2beta1/experiments":
+            self._json({})  # none yet: the client creates it
+        elif path.startswith("/apis/v2beta1/runs/"):
+            run_id = path.rsplit("/", 1)[-1]
+            self._json({"run_id": run_id, "display_name": "by-hand", "created_at": CREATED})
+        elif path == "/apis/v2beta1/recurringruns":
+            self._json({"recurringRuns": [self._recurring_run()], "total_size": 1})
+        elif path.startswith("/apis/v2beta1/recurringruns/"):
+            self._json(self._recurring_run())
+        else:
+            self._json({"error": f"no {path}"}, 404)
+
+    def do_POST(self):
+        path, body = self._record()
+        if path == "/apis/v2beta1/experiments":
+            self._json({"experiment_id": "exp-1", **body, "created_at": CREATED})
+        elif path == "/apis/v2beta1/pipelines/upload":
+            name = parse_qs(urlsplit(self.path).query)["name"][0]
+            self._json({"pipeline_id": "pl-1", "display_name": name, "created_at": CREATED})
+        elif path == "/apis/v2beta1/runs":
+            self._json(
+                {"run_id": "run-1", "display_name": body["display_name"], "created_at": CREATED}
+            )
+        elif path == "/apis/v2beta1/recurringruns":
+            self._json(self._recurring_run(body))
+        elif path.endswith((":enable", ":disable")):
+            self._json({})
+        else:
+            self._json({"error": f"no {path}"}, 404)
+
+    def do_DELETE(self):
+        self._record()
+        self._json({})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def kfp_api(tmp_path, monkeypatch):
+    """A local KFP API (see _KfpV2Api): ``.url``, and ``.requests`` as they came."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # no kfp context file of the user's
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpV2Api)
+    server.requests = []
+    server.url = f"http://127.0.0.1:{server.server_port}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _sent(kfp_api, method: str, path: str) -> list:
+    return [body for m, p, _, body in kfp_api.requests if (m, p) == (method, path)]
+
+
+def _spec(body: dict) -> dict:
+    sent = body["pipeline_spec"]  # with a platform spec: {pipeline_spec, platform_spec}
+    return sent.get("pipeline_spec", sent)
+
+
+def test_the_real_kfp_client_creates_the_recurring_run(compiled, kfp_api, capsys):
+    result = submit_kfp(
+        kfp_api.url,
+        pipeline_file=compiled["kfp"],
+        params={"epochs": 2, "image_dir": "gs://b/images"},
+        experiment="exp",
+        enable_caching=False,
+        schedule="0 3 * * 1-5",
+        schedule_name="nightly",
+        max_concurrent_runs=2,
+        start_time="2030-01-01T00:00:00Z",
+    )
+    assert _sent(kfp_api, "POST", "/apis/v2beta1/runs") == []  # no run now
+    ((experiment,),) = [_sent(kfp_api, "POST", "/apis/v2beta1/experiments")]
+    assert experiment["display_name"] == "exp"
+    (body,) = _sent(kfp_api, "POST", "/apis/v2beta1/recurringruns")
+    assert body["display_name"] == "nightly" and body["experiment_id"] == "exp-1"
+    assert body["trigger"] == {
+        "cron_schedule": {"cron": "0 0 3 * * 1-5", "start_time": "2030-01-01T00:00:00+00:00"}
+    }
+    assert int(body["max_concurrency"]) == 2
+    assert body["no_catchup"] is True and body["mode"] == "ENABLE"
+    assert body["runtime_config"]["parameters"] == {"epochs": 2, "image_dir": "gs://b/images"}
+    spec = _spec(body)
+    assert spec["pipelineInfo"]["name"] == "image-classification"
+    caching = [t["cachingOptions"] for t in spec["root"]["dag"]["tasks"].values()]
+    assert caching and all(c == {} or c.get("enableCache") is False for c in caching)
+    url = f"{kfp_api.url}/#/recurringrun/details/rr-1"
+    assert result.url == url and result.schedule_id == "rr-1" and result.run_id is None
+    assert url in capsys.readouterr().out
+
+
+# --- README: the kfp CLI, Vertex schedules, the make commands -----------------------------
+
+
+def _readme_block(marker: str, language: str) -> list[str]:
+    """The code blocks after each ``<!-- marker`` comment, as commands (a continued line
+    joined, comments and blank lines dropped) or, for python, as source."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(
+        rf"<!-- {re.escape(marker)}\b[^>]*-->\n```{language}\n(.*?)\n```", text, re.DOTALL
+    )
+    assert blocks, f"no {language} block after <!-- {marker} in README.md"
+    if language == "python":
+        return blocks
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _kfp_cli(args: list[str], input: str = "") -> str:
+    from click.testing import CliRunner
+    from kfp.cli.cli import cli
+
+    result = CliRunner().invoke(cli, args, obj={}, input=input, auto_envvar_prefix="KFP")
+    assert result.exit_code == 0, (args, result.output, result.exception)
+    return result.output
+
+
+def test_the_readme_kfp_cli_commands(compiled, kfp_api, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build").mkdir()
+    yaml_text = Path(compiled["kfp"]).read_text()
+    (tmp_path / "build" / "pipeline-kfp.yaml").write_text(yaml_text)
+    monkeypatch.setenv("KFPHOST", kfp_api.url)
+    monkeypatch.setenv("RECURRING_RUN_ID", "rr-1")
+    lines = _readme_block("kfp-cli", "bash")
+    commands = [shlex.split(os.path.expandvars(line), comments=True) for line in lines]
+    subcommands = [tuple(c[3:5]) for c in commands]
+    assert subcommands == [
+        ("pipeline", "create"),
+        ("run", "create"),
+        ("recurring-run", "create"),
+        ("recurring-run", "list"),
+        ("recurring-run", "disable"),
+        ("recurring-run", "enable"),
+        ("recurring-run", "delete"),
+    ]
+    for command in commands:
+        assert command[:3] == ["kfp", "--endpoint", kfp_api.url]
+        kfp_api.requests.clear()
+        output = _kfp_cli(command[1:], input="y\n")
+        sent = {(m, p): body for m, p, _, body in kfp_api.requests if p != "/apis/v2beta1/healthz"}
+        if command[3:5] == ["pipeline", "create"]:
+            ((method, path, query, upload),) = [r for r in kfp_api.requests if "upload" in r[1]]
+            assert query["name"] == ["image-classification"]
+            assert upload["uploadfile"].decode() == yaml_text
+        elif command[3:5] == ["run", "create"]:
+            run = sent[("POST", "/apis/v2beta1/runs")]
+            assert run["display_name"] == "by-hand" and run["experiment_id"] == "exp-1"
+            assert _spec(run) == next(yaml.safe_load_all(yaml_text))
+            parameters = run["runtime_config"]["parameters"]
+            assert parameters == {
+                "image_dir": "gs://my-bucket/images",
+                "epochs": 3,
+                "backbone": "B0",
+            }
+            # ... and of the types the compiled pipeline declares.
+            declared = submit.pipeline_parameters(next(yaml.safe_load_all(yaml_text)))
+            assert validate_params(parameters, declared) == parameters
+        elif command[3:5] == ["recurring-run", "create"]:
+            recurring = sent[("POST", "/apis/v2beta1/recurringruns")]
+            assert recurring["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+            assert recurring["display_name"] == "nightly"
+            assert int(recurring["max_concurrency"]) == 1 and recurring["no_catchup"] is True
+            assert recurring["runtime_config"]["parameters"] == {
+                "image_dir": "gs://my-bucket/images"
+            }
+            assert _spec(recurring) == next(yaml.safe_load_all(yaml_text))
+        elif command[4] == "list":
+            assert ("GET", "/apis/v2beta1/recurringruns") in sent and "rr-1" in output
+        elif command[4] in ("disable", "enable"):
+            assert ("POST", f"/apis/v2beta1/recurringruns/rr-1:{command[4]}") in sent
+        else:
+            assert ("DELETE", "/apis/v2beta1/recurringruns/rr-1") in sent
+
+    # What the README says of the CLI: `run submit` is `run create`, with a warning; and
+    # recurring-run create sends its values as strings.
+    run_create = commands[1]
+    kfp_api.requests.clear()
+    output = _kfp_cli([*run_create[1:4], "submit", *run_create[5:]])
+    assert "'submit' is deprecated, use 'create' instead" in output
+    (run,) = _sent(kfp_api, "POST", "/apis/v2beta1/runs")
+    assert run["runtime_config"]["parameters"]["epochs"] == 3
+    kfp_api.requests.clear()
+    _kfp_cli([*commands[2][1:], "epochs=3"])
+    (recurring,) = _sent(kfp_api, "POST", "/apis/v2beta1/recurringruns")
+    assert recurring["runtime_config"]["parameters"]["epochs"] == "3"
+
+
+def test_the_readme_vertex_schedule_commands(monkeypatch, capsys):
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.aiplatform import initializer
+    from google.cloud.aiplatform.compat.services import schedule_service_client
+    from google.cloud.aiplatform.compat.types import schedule as gca_schedule
+
+    name = "projects/my-project/locations/us-central1/schedules/4242"
+    active, paused = gca_schedule.Schedule.State.ACTIVE, gca_schedule.Schedule.State.PAUSED
+    stored = {
+        name: gca_schedule.Schedule(
+            name=name, display_name="nightly", cron="0 3 * * *", state=active
+        )
+    }
+    calls = []
+
+    def list_schedules(self, request, **kwargs):
+        calls.append(("list", request["parent"], request.get("filter")))
+        return [
+            s
+            for s in stored.values()
+            if f'display_name="{s.display_name}"' == request.get("filter")
+        ]
+
+    def get_schedule(self, name, **kwargs):
+        return stored[name]
+
+    def state_setter(verb, state):
+        def set_state(self, name, **kwargs):
+            calls.append((verb, name))
+            stored[name].state = state
+
+        return set_state
+
+    def delete_schedule(self, name, **kwargs):
+        calls.append(("delete", name))
+        del stored[name]
+        return SimpleNamespace(
+            result=lambda *args, **kwargs: None,
+            operation=SimpleNamespace(name=f"{name}/operations/1"),
+        )
+
+    client = schedule_service_client.ScheduleServiceClient
+    monkeypatch.setattr(client, "list_schedules", list_schedules)
+    monkeypatch.setattr(client, "get_schedule", get_schedule)
+    monkeypatch.setattr(client, "pause_schedule", state_setter("pause", paused))
+    monkeypatch.setattr(client, "resume_schedule", state_setter("resume", active))
+    monkeypatch.setattr(client, "delete_schedule", delete_schedule)
+    monkeypatch.setattr(google.auth, "default", lambda **kwargs: (AnonymousCredentials(), None))
+    (source,) = _readme_block("vertex-schedules", "python")
+    config = vars(initializer.global_config)  # what aiplatform.init sets, for later tests
+    saved = dict(config)
+    try:
+        exec(compile(source, "README.md", "exec"), {})
+    finally:
+        config.clear()
+        config.update(saved)
+    assert f"{name} ACTIVE 0 3 * * *" in capsys.readouterr().out
+    assert calls == [
+        ("list", "projects/my-project/locations/us-central1", 'display_name="nightly"'),
+        ("pause", name),
+        ("resume", name),
+        ("delete", name),
+    ]
+    assert stored == {}
+
+
+def _make_command(line: str) -> list[str]:
+    """The python -m pipelines.submit arguments ``make -n`` prints for a README make line."""
+    args = shlex.split(line)
+    assert args[0] == "make"
+    out = _make("-n", *args[1:])
+    command = shlex.split(out.replace("\\\n", " "))
+    return command[command.index("pipelines.submit") + 1 :]
+
+
+def test_the_readme_make_commands_reach_the_command_line():
+    (kfp,) = _readme_block("make-schedules", "bash")
+    args = submit.build_parser().parse_args(_make_command(kfp))
+    assert (args.command, args.host, args.params) == (
+        "kfp",
+        "https://<your-kfp-host>",
+        "my-params.yaml",
+    )
+    assert (args.schedule, args.schedule_name, args.max_concurrent_runs) == (
+        "0 3 * * *",
+        "nightly",
+        1,
+    )
+    assert args.enable_caching is False
+    assert submit.kfp_cron(args.schedule) == "0 0 3 * * *"
+
+    settings, scheduled = _readme_block("make-vertex", "bash")
+    args = submit.build_parser().parse_args(_make_command(settings))
+    assert args.service_account == "pipelines@my-project.iam.gserviceaccount.com"
+    assert submit.check_encryption_key(args.encryption_key, args.region) == args.encryption_key
+    assert submit.check_network(args.network) == args.network
+    assert args.failure_policy == "fast" and args.enable_caching is False
+    assert submit.parse_labels(args.labels) == {"team": "vision", "env": "prod"}
+    assert args.schedule is None
+
+    args = submit.build_parser().parse_args(_make_command(scheduled))
+    assert args.schedule == "TZ=America/New_York 0 3 * * *"
+    assert submit.vertex_cron(args.schedule) == args.schedule
+    assert (args.schedule_name, args.max_concurrent_runs) == ("nightly", 1)
 
 
 # --- Makefile ----------------------------------------------------------------------------
@@ -704,6 +1483,42 @@ def test_make_submit_commands():
     ) in " ".join(vertex.replace("\\\n", " ").split())
     phony = " ".join(re.findall(r"^\.PHONY:(.*)$", (ROOT / "Makefile").read_text(), re.M))
     assert {"submit", "submit-vertex"} <= set(phony.split())
+
+
+def test_make_passes_the_new_submit_variables_only_when_set():
+    bare = _make_command("make submit KFPHOST=http://kfp:8080")
+    assert not {"--cache", "--schedule", "--schedule-name", "--max-concurrent-runs"} & set(bare)
+    kfp = submit.build_parser().parse_args(
+        _make_command(
+            "make submit KFPHOST=http://kfp:8080 CACHE=on SCHEDULE='0 3 * * 1,3' "
+            "SCHEDULE_NAME=nightly MAX_CONCURRENT_RUNS=3"
+        )
+    )
+    assert (kfp.enable_caching, kfp.schedule) == (True, "0 3 * * 1,3")
+    assert (kfp.schedule_name, kfp.max_concurrent_runs) == ("nightly", 3)
+
+    base = "make submit-vertex PROJECT=p REGION=us-central1 BUCKET=b"
+    bare = _make_command(base)
+    flags = {"--encryption-key", "--network", "--failure-policy", "--labels", "--cache"}
+    assert not (flags | {"--schedule", "--schedule-name", "--max-concurrent-runs"}) & set(bare)
+    key = KEY.format(region="us-central1")
+    vertex = submit.build_parser().parse_args(
+        _make_command(
+            f"{base} ENCRYPTION_KEY={key} NETWORK={NETWORK} FAILURE_POLICY=fast "
+            "LABELS=team=vision,env=prod CACHE=off SCHEDULE='TZ=Europe/Berlin 0 3 * * 1,3' "
+            "SCHEDULE_NAME=nightly MAX_CONCURRENT_RUNS=2"
+        )
+    )
+    assert (vertex.encryption_key, vertex.network, vertex.failure_policy) == (key, NETWORK, "fast")
+    assert (vertex.labels, vertex.enable_caching) == ("team=vision,env=prod", False)
+    assert vertex.schedule == "TZ=Europe/Berlin 0 3 * * 1,3"
+    assert (vertex.schedule_name, vertex.max_concurrent_runs) == ("nightly", 2)
+
+    help_lines = {line.split()[1]: line for line in _make("help").splitlines()}
+    for name in ("CACHE", "SCHEDULE", "SCHEDULE_NAME", "MAX_CONCURRENT_RUNS"):
+        assert f"{name}=" in help_lines["submit"] and f"{name}=" in help_lines["submit-vertex"]
+    for name in ("ENCRYPTION_KEY", "NETWORK", "FAILURE_POLICY", "LABELS"):
+        assert f"{name}=" in help_lines["submit-vertex"]
 
 
 # --- cloudbuild.yaml ---------------------------------------------------------------------
