@@ -128,6 +128,10 @@ def object_detection(
     batch_predict_engine: str = "beam",
     batch_machine_type: str = "n1-standard-4",
     batch_max_replicas: int = 1,
+    service_account: str = "",
+    encryption_spec_key_name: str = "",
+    network: str = "",
+    private_endpoint: bool = False,
 ):
     """Box-annotated images (Pascal VOC, COCO JSON or Vertex AI JSON Lines) to the
     Object Detection API's TFRecords, a trained and exported detector, its COCO
@@ -178,6 +182,22 @@ def object_detection(
             (``pipelines.pipeline`` documents each): the train custom job's machines,
             the endpoint's serving container and replicas, and the batch prediction
             engine.
+        service_account: Email of the service account every job of the run runs as: the
+            train custom job, the batch prediction job, the deployed model and, with
+            DataflowRunner, the Dataflow workers; empty: Vertex AI's default agents
+            (Dataflow: the Compute Engine default service account).
+        encryption_spec_key_name: Cloud KMS key
+            (projects/P/locations/L/keyRings/R/cryptoKeys/K, in the pipeline's region)
+            those jobs, the uploaded Model version, a created Endpoint and the Dataflow
+            jobs' state are encrypted with; empty: Google-managed encryption.
+        network: Full name of the VPC network the train custom job peers with,
+            projects/<project number>/global/networks/<name> (Private Service Access set
+            up), and that of a private endpoint; empty: none. Dataflow takes its network
+            in beam_args (--subnetwork=..., --no_use_public_ips).
+        private_endpoint: Deploy to a private endpoint on network: reached over HTTP
+            from that network only; it holds one deployment without a traffic split
+            (traffic_percent must be 100), so a new version replaces the serving one
+            after a gap of the minutes its deployment takes.
     """
     dataflow = beam_settings(
         beam_runner,
@@ -187,7 +207,10 @@ def object_detection(
         dataflow_temp_location,
         dataflow_machine_type,
         dataflow_max_workers,
+        service_account,
+        encryption_spec_key_name,
     )
+    rules = vertex_target.job_rules(service_account, encryption_spec_key_name, network)
     records = stage_task(
         create_detection_tfrecords,
         "create_tfrecords",
@@ -227,7 +250,7 @@ def object_detection(
         backup_dir=backup_dir,
     )
     machine = (machine_type, accelerator_type, accelerator_count, replica_count)
-    model = _train(target, gke, training, machine, project, location)
+    model = _train(target, gke, training, machine, project, location, rules)
     exported_model = stage_task(
         export_detector,
         "export",
@@ -273,6 +296,8 @@ def object_detection(
                 batch_predict_engine,
                 batch_machine_type,
                 batch_max_replicas,
+                rules,
+                private_endpoint,
             )
         elif target == "kfp":
             kfp_target.deploy(
@@ -299,12 +324,18 @@ def object_detection(
 
 
 def _train(
-    target: str, gke: GkeResources | None, training: dict, machine: tuple, project, location
+    target: str,
+    gke: GkeResources | None,
+    training: dict,
+    machine: tuple,
+    project,
+    location,
+    rules: dict,
 ):
     """train_detector in the pipeline's pod (on the kfp target's GPU node), or as a Vertex
-    AI custom job on ``machine``; returns its model."""
+    AI custom job on ``machine`` under the project's ``rules``; returns its model."""
     if target == "vertex":
-        return vertex_target.train(training, *machine, project, location, train_detector)
+        return vertex_target.train(training, *machine, project, location, rules, train_detector)
     task = stage_task(train_detector, "train", gke.train if gke else None, **training)
     return task.outputs["model"]
 

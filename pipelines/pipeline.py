@@ -137,6 +137,10 @@ def image_classification(
     batch_predict_engine: str = "beam",
     batch_machine_type: str = "n1-standard-4",
     batch_max_replicas: int = 1,
+    service_account: str = "",
+    encryption_spec_key_name: str = "",
+    network: str = "",
+    private_endpoint: bool = False,
 ):
     """Labelled images to TFRecords, a trained and exported classifier, its test-split
     evaluation and, when it passes the gate, a deployment and batch predictions.
@@ -278,6 +282,22 @@ def image_classification(
             (a Vertex AI batch prediction job with the deployed Model version).
         batch_machine_type: Machine type of a Vertex AI batch prediction job's workers.
         batch_max_replicas: Most workers of a Vertex AI batch prediction job.
+        service_account: Email of the service account every job of the run runs as: the
+            train custom job, the tuning job, the batch prediction job, the deployed
+            model and, with DataflowRunner, the Dataflow workers; empty: Vertex AI's
+            default agents (Dataflow: the Compute Engine default service account).
+        encryption_spec_key_name: Cloud KMS key
+            (projects/P/locations/L/keyRings/R/cryptoKeys/K, in the pipeline's region)
+            those jobs, the uploaded Model version, a created Endpoint and the Dataflow
+            jobs' state are encrypted with; empty: Google-managed encryption.
+        network: Full name of the VPC network the train custom job and the tuning job
+            peer with, projects/<project number>/global/networks/<name> (Private Service
+            Access set up), and that of a private endpoint; empty: none. Dataflow takes
+            its network in beam_args (--subnetwork=..., --no_use_public_ips).
+        private_endpoint: Deploy to a private endpoint on network: reached over HTTP
+            from that network only; it holds one deployment without a traffic split
+            (traffic_percent must be 100), so a new version replaces the serving one
+            after a gap of the minutes its deployment takes.
     """
     dataflow = beam_settings(
         beam_runner,
@@ -287,7 +307,10 @@ def image_classification(
         dataflow_temp_location,
         dataflow_machine_type,
         dataflow_max_workers,
+        service_account,
+        encryption_spec_key_name,
     )
+    rules = vertex_target.job_rules(service_account, encryption_spec_key_name, network)
     dataset = _tfrecords(
         gke,
         dataflow,
@@ -331,7 +354,7 @@ def image_classification(
     )
     machine = (machine_type, accelerator_type, accelerator_count, replica_count)
     model = _train(
-        target, gke, dataset, training, tune_trials, backup_dir, machine, project, location
+        target, gke, dataset, training, tune_trials, backup_dir, machine, project, location, rules
     )
     exported_model = _export(model, dataset, edge_exports, edge_representative_images)
     champion = _champion(
@@ -376,6 +399,8 @@ def image_classification(
                 batch_predict_engine,
                 batch_machine_type,
                 batch_max_replicas,
+                rules,
+                private_endpoint,
             )
         elif target == "kfp":
             kfp_target.deploy(
@@ -408,17 +433,21 @@ def _train(
     machine: tuple,
     project,
     location,
+    rules: dict,
 ):
     """The tune task, whose values (the given ones with no trials) train gets, and the
-    train task; returns train's model.
+    train task; returns train's model. On vertex both run under the project's ``rules``
+    (``vertex_target.job_rules``).
 
     On kfp a search trains on the GPU node train asks for; with no trials the tune task
     only passes the values on, so it asks for nothing."""
     tuning = dict(training, trials=tune_trials)
     if target == "vertex":
-        tuned = vertex_tuning.tune_on_vertex(dataset, tuning, *machine[:3], project, location)
+        tuned = vertex_tuning.tune_on_vertex(
+            dataset, tuning, *machine[:3], project, location, rules=rules
+        )
         settings = dict(training, **tuned, dataset=dataset, backup_dir=backup_dir)
-        return vertex_target.train(settings, *machine, project, location)
+        return vertex_target.train(settings, *machine, project, location, rules)
     if target == "kfp":
         with dsl.If(tune_trials > 0, name="hyperparameter-tuning"):
             searched = stage_task(tune, "train", gke.train, dataset=dataset, **tuning)

@@ -168,10 +168,37 @@ def target_pipeline(
 
 
 def beam_settings(
-    runner, beam_args, project, region, temp_location, worker_machine_type, max_num_workers
+    runner,
+    beam_args,
+    project,
+    region,
+    temp_location,
+    worker_machine_type,
+    max_num_workers,
+    service_account_email,
+    dataflow_kms_key,
 ) -> dict:
     """The Beam stages' runner and Dataflow arguments, from the pipeline's ``beam_*`` and
-    ``dataflow_*`` parameters (both Beam stages of both tasks take the same)."""
+    ``dataflow_*`` parameters (both Beam stages of both tasks take the same).
+
+    Args:
+        runner: The pipeline's beam_runner.
+        beam_args: Its beam_args, the other Beam options.
+        project: dataflow_project.
+        region: dataflow_region.
+        temp_location: dataflow_temp_location.
+        worker_machine_type: dataflow_machine_type.
+        max_num_workers: dataflow_max_workers.
+        service_account_email: The service account Dataflow's workers run as: the vertex
+            target's service_account; "" on the other targets, whose users set
+            ``--service_account_email=...`` in beam_args.
+        dataflow_kms_key: The Cloud KMS key of the Dataflow job: the vertex target's
+            encryption_spec_key_name; "" on the other targets (``--dataflow_kms_key=...``
+            in beam_args there).
+
+    Returns:
+        The Beam components' arguments of those names.
+    """
     return dict(
         runner=runner,
         beam_args=beam_args,
@@ -180,6 +207,8 @@ def beam_settings(
         temp_location=temp_location,
         worker_machine_type=worker_machine_type,
         max_num_workers=max_num_workers,
+        service_account_email=service_account_email,
+        dataflow_kms_key=dataflow_kms_key,
     )
 
 

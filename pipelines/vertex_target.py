@@ -1,7 +1,13 @@
 """What only the vertex target (Vertex AI Pipelines) does: train as a Vertex AI custom job
 (one machine, or a primary and workers for multi-worker training, as ``replica_count``
 says at run time), deploy to a Vertex AI endpoint, and batch-predict with a Vertex AI
-batch prediction job or on Beam (``batch_predict_engine``)."""
+batch prediction job or on Beam (``batch_predict_engine``).
+
+Every job it starts runs under the project's rules (``job_rules``): the pipeline
+parameters ``service_account``, ``encryption_spec_key_name`` and ``network`` reach the
+train custom job and the tuning job (all three), the batch prediction job (the first
+two), the deployment (the first two, and ``network`` with ``private_endpoint``) and, on
+Dataflow, the Beam stages (``tasks.beam_settings``: the first two)."""
 
 import copy
 from collections.abc import Callable
@@ -36,6 +42,10 @@ VERTEX_PARAMETERS = (
     "batch_predict_engine",
     "batch_machine_type",
     "batch_max_replicas",
+    "service_account",
+    "encryption_spec_key_name",
+    "network",
+    "private_endpoint",
 )
 BATCH_PREDICT_ENGINES = ("beam", "vertex")
 
@@ -70,6 +80,28 @@ def _train_job(train_task=train_component):
     return job, two_pools.component_spec.inputs["worker_pool_specs"].default
 
 
+def job_rules(service_account, encryption_spec_key_name, network) -> dict:
+    """The project's rules for the Vertex AI jobs the pipeline starts, as the arguments
+    GCPC's custom job and hyperparameter tuning job take them.
+
+    Args:
+        service_account: The service account every job runs as; "" for Vertex AI's
+            default agent.
+        encryption_spec_key_name: Cloud KMS key the jobs' resources are encrypted with;
+            "" for Google-managed encryption.
+        network: Full name of the VPC network the jobs peer with
+            (projects/<project number>/global/networks/<name>); "" for none.
+
+    Returns:
+        ``service_account``, ``encryption_spec_key_name`` and ``network``.
+    """
+    return dict(
+        service_account=service_account,
+        encryption_spec_key_name=encryption_spec_key_name,
+        network=network,
+    )
+
+
 def _with_machine(
     worker_pools: list, machine_type, accelerator_type, accelerator_count, workers=None
 ) -> list:
@@ -96,17 +128,20 @@ def train(
     replica_count,
     project,
     location,
+    rules: dict,
     train_task=train_component,
 ):
-    """Train (``train_task``, the classifier's by default) as a custom job: two worker
-    pools when ``replica_count`` > 1 (the primary and replica_count - 1 workers), else
-    one; returns the model of the branch that ran."""
+    """Train (``train_task``, the classifier's by default) as a custom job under the
+    project's ``rules`` (``job_rules``): two worker pools when ``replica_count`` > 1 (the
+    primary and replica_count - 1 workers), else one; returns the model of the branch
+    that ran."""
     job, worker_pools = _train_job(train_task)
     machine = (worker_pools, machine_type, accelerator_type, accelerator_count)
     with dsl.If(replica_count > 1, name="multi-worker-training"):
         workers = stage_task(worker_replicas, "export", replica_count=replica_count)
         multi = job(
             **settings,
+            **rules,
             worker_pool_specs=_with_machine(*machine, workers=workers.output),
             project=project,
             location=location,
@@ -114,6 +149,7 @@ def train(
     with dsl.Else(name="single-worker-training"):
         single = job(
             **settings,
+            **rules,
             worker_pool_specs=_with_machine(*machine),
             project=project,
             location=location,
@@ -152,13 +188,17 @@ def deploy_and_predict(
     batch_predict_engine,
     batch_machine_type,
     batch_max_replicas,
+    rules: dict,
+    private_endpoint,
 ) -> None:
     """Deploys the export to a Vertex AI endpoint, with ``evaluation`` (the evaluate task)
     imported to the Model Registry, on the serving container ``serving_container`` picks
     (a custom container runs the deploy image this pipeline is compiled with), then
     batch-predicts the test split with the deployed Model version in a Vertex AI batch
     prediction job, or on Beam (``predict_on_beam`` makes that task), as
-    ``batch_predict_engine`` says."""
+    ``batch_predict_engine`` says. The deployed model and the batch prediction job run as
+    the ``rules``' service account, encrypted with their key; the endpoint is private on
+    their network when ``private_endpoint``."""
     deployed = stage_task(
         deploy_vertex,
         "deploy",
@@ -174,6 +214,10 @@ def deploy_and_predict(
         min_replica_count=serving_min_replicas,
         max_replica_count=serving_max_replicas,
         traffic_percent=traffic_percent,
+        service_account=rules["service_account"],
+        encryption_spec_key_name=rules["encryption_spec_key_name"],
+        network=rules["network"],
+        private_endpoint=private_endpoint,
         # A classifier's evaluate outputs its confusion matrix; a detector's does not.
         **{k: v for k, v in evaluation.outputs.items() if k == "confusion_matrix"},
     )
@@ -188,6 +232,8 @@ def deploy_and_predict(
             dataset=dataset,
             machine_type=batch_machine_type,
             max_replica_count=batch_max_replicas,
+            service_account=rules["service_account"],
+            encryption_spec_key_name=rules["encryption_spec_key_name"],
         )
         job.set_caching_options(False)  # it reads the images by URI
     with dsl.Else(name="beam-batch-prediction"):

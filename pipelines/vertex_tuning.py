@@ -33,6 +33,7 @@ def _tuning_job(
     location,
     parallel_trials,
     algorithm: str,
+    rules: dict,
 ) -> dsl.PipelineTask:
     """The tuning job and the steps around it; returns the step with the best values."""
     spec = stage_task(
@@ -56,6 +57,7 @@ def _tuning_job(
         study_spec_algorithm=algorithm,
         project=project,
         location=location,
+        **rules,
     )
     return stage_task(
         best_vertex_trial,
@@ -76,13 +78,15 @@ def tune_on_vertex(
     location,
     parallel_trials=1,
     algorithm: str = "ALGORITHM_UNSPECIFIED",
+    *,
+    rules: dict,
 ) -> dict:
     """The tune stage on Vertex AI; returns the values for train's arguments.
 
     Call it in the pipeline's body and pass what it returns to train::
 
         tuned = tune_on_vertex(dataset, tuning, machine_type, accelerator_type,
-                               accelerator_count, project, location)
+                               accelerator_count, project, location, rules=rules)
         train(..., **tuned)   # learning_rate, dropout, crop_area_min, fine_tune_layers
 
     Args:
@@ -102,6 +106,8 @@ def tune_on_vertex(
             optimisation learn from more finished trials).
         algorithm: The study's algorithm: "ALGORITHM_UNSPECIFIED" (Vertex AI's
             default, Bayesian optimisation), "RANDOM_SEARCH" or "GRID_SEARCH".
+        rules: The project's rules the tuning job runs under
+            (``vertex_target.job_rules``: its service account, KMS key and network).
 
     Returns:
         ``learning_rate``, ``dropout``, ``crop_area_min`` and ``fine_tune_layers``:
@@ -117,6 +123,7 @@ def tune_on_vertex(
         location,
         parallel_trials,
         algorithm,
+        rules,
     )
     trials = tuning.get("trials", 0)
     if not isinstance(trials, PipelineChannel):

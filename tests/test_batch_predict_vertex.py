@@ -28,6 +28,8 @@ FILE_LIST = "gs://bucket/inputs/images.txt"
 OUTPUT_PREFIX = "gs://bucket/predictions"
 OUTPUT_DIR = f"{OUTPUT_PREFIX}/prediction-image-classifier-2026_01_01T00_00_00_000Z"
 S = v1.JobState
+ACCOUNT = "pipelines@my-project.iam.gserviceaccount.com"
+KEY = f"projects/{PROJECT}/locations/{REGION}/keyRings/ml/cryptoKeys/vertex"
 
 
 class FakeJobService:
@@ -196,6 +198,60 @@ def test_a_job_with_the_export_itself_on_a_gpu():
     assert job.service_account == "batch@my-project.iam.gserviceaccount.com"
 
 
+def test_a_job_under_the_projects_rules_runs_as_its_account_encrypted_with_its_key():
+    jobs = FakeJobService(states=[S.JOB_STATE_SUCCEEDED])
+    _run(jobs, service_account=ACCOUNT, encryption_spec_key_name=f" {KEY} ")
+
+    [request, _] = jobs.requests
+    assert request == v1.CreateBatchPredictionJobRequest(
+        parent=PARENT,
+        batch_prediction_job=v1.BatchPredictionJob(
+            display_name="predict-test",
+            model=MODEL,
+            input_config=v1.BatchPredictionJob.InputConfig(
+                instances_format="file-list", gcs_source=v1.GcsSource(uris=[FILE_LIST])
+            ),
+            output_config=v1.BatchPredictionJob.OutputConfig(
+                predictions_format="jsonl",
+                gcs_destination=v1.GcsDestination(output_uri_prefix=OUTPUT_PREFIX),
+            ),
+            dedicated_resources=v1.BatchDedicatedResources(
+                machine_spec=v1.MachineSpec(machine_type="n1-standard-4"),
+                starting_replica_count=1,
+                max_replica_count=1,
+            ),
+            service_account=ACCOUNT,
+            encryption_spec=v1.EncryptionSpec(kms_key_name=KEY),
+        ),
+    )
+
+
+def test_the_component_passes_the_key_to_the_job(monkeypatch, tmp_path):
+    """The component's body (``python_func``, in process) hands the key on."""
+    from google_cloud_pipeline_components.types.artifact_types import (
+        VertexBatchPredictionJob,
+        VertexModel,
+    )
+
+    from components.batch_predict.component import batch_predict_vertex
+
+    jobs = FakeJobService(states=[S.JOB_STATE_SUCCEEDED])
+    monkeypatch.setattr(vertex, "job_service_client", lambda region: jobs)
+    batch_predict_vertex.python_func(
+        batch_prediction_job=VertexBatchPredictionJob(uri=str(tmp_path / "job"), metadata={}),
+        project=PROJECT,
+        location=REGION,
+        gcs_destination_prefix=OUTPUT_PREFIX,
+        vertex_model=VertexModel(uri=str(tmp_path / "m"), metadata={"resourceName": MODEL}),
+        gcs_source_uris=[FILE_LIST],
+        service_account=ACCOUNT,
+        encryption_spec_key_name=KEY,
+    )
+    job = jobs.requests[0].batch_prediction_job
+    assert job.encryption_spec == v1.EncryptionSpec(kms_key_name=KEY)
+    assert job.service_account == ACCOUNT
+
+
 def test_without_waiting_it_returns_once_created():
     jobs = FakeJobService()
     info = _run(jobs, wait=False)
@@ -254,6 +310,8 @@ def test_a_job_past_its_timeout_is_cancelled():
         ({"model_resource_name": ""}, "exactly one model"),
         ({"starting_replica_count": 3, "max_replica_count": 2}, "replicas"),
         ({"max_error_fraction": 2}, "max_error_fraction"),
+        # A key version, not a key: the job would be refused only once created.
+        ({"encryption_spec_key_name": f"{KEY}/cryptoKeyVersions/1"}, "Cloud KMS key"),
     ],
 )
 def test_invalid_arguments_fail_before_any_request(kwargs, error):
@@ -426,3 +484,13 @@ def test_cli_vertex_target(monkeypatch, capsys):
     assert printed["job"] == JOB and printed["state"] == "JOB_STATE_SUCCEEDED"
     job = jobs.requests[0].batch_prediction_job
     assert job.model == MODEL and job.dedicated_resources.max_replica_count == 3
+    assert "encryption_spec" not in job  # no key: Google-managed encryption
+
+    main(
+        ["--target", "vertex", "--project", PROJECT, "--region", REGION, "--model", MODEL,
+         "--gcs-source-uris", FILE_LIST, "--gcs-destination-prefix", OUTPUT_PREFIX,
+         "--encryption-spec-key-name", KEY, "--service-account", ACCOUNT]
+    )  # fmt: skip
+    job = [r for r in jobs.requests if isinstance(r, v1.CreateBatchPredictionJobRequest)][-1]
+    assert job.batch_prediction_job.encryption_spec.kms_key_name == KEY
+    assert job.batch_prediction_job.service_account == ACCOUNT

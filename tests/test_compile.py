@@ -417,6 +417,91 @@ def test_vertex_deploy_gets_its_serving_container_and_the_compiled_deploy_image(
     assert parameters["deploy_image"]["runtimeValue"]["constant"] == _image("deploy")
 
 
+# A project's rules on the vertex target: the pipeline parameters every job gets, and the
+# Dataflow options of each Beam stage (component parameter -> pipeline parameter).
+RULES = ("service_account", "encryption_spec_key_name", "network")
+DATAFLOW_RULES = {
+    "service_account_email": "service_account",
+    "dataflow_kms_key": "encryption_spec_key_name",
+}
+
+
+def _fed(c: Compiled, task: str, fed: dict[str, str]) -> None:
+    """Asserts each of ``task``'s parameters in ``fed`` is the pipeline parameter it maps
+    to, followed up through the condition components."""
+    parent, spec = c.tasks()[task]
+    parameters = spec["inputs"]["parameters"]
+    for parameter, pipeline_parameter in fed.items():
+        source = c.source(parent, parameters[parameter])
+        assert source == {"componentInputParameter": pipeline_parameter}, (task, parameter)
+
+
+def assert_the_rules_reach_every_vertex_job(c: Compiled, beam_tasks: tuple, tuning: bool):
+    """The vertex target's service account, key and network reach each job it starts: the
+    train custom jobs of both branches and the tuning job (in the payload GCPC's launcher
+    sends), the batch prediction job, the deployment and every Beam stage."""
+    defaults = c.spec["root"]["inputDefinitions"]["parameters"]
+    assert {name: defaults[name]["defaultValue"] for name in (*RULES, "private_endpoint")} == {
+        "service_account": "",
+        "encryption_spec_key_name": "",
+        "network": "",
+        "private_endpoint": False,
+    }
+    same = {name: name for name in RULES}
+    jobs = c.custom_jobs()
+    assert len(jobs) == 2  # one worker pool, or a primary and workers
+    tuner = ["hyperparameter-tuning-job"] if tuning else []
+    assert ("hyperparameter-tuning-job" in c.tasks()) == tuning
+    for task in (*jobs, *tuner):
+        _fed(c, task, same)
+        payload = " ".join(c.executor(task, c.tasks()[task][0])["container"]["args"])
+        for name in RULES:
+            assert f"{{{{$.inputs.parameters['{name}']}}}}" in payload, (task, name)
+    _fed(c, "batch-predict-vertex", {n: n for n in ("service_account", "encryption_spec_key_name")})
+    _fed(c, "deploy-vertex", {**same, "private_endpoint": "private_endpoint"})
+    for task in beam_tasks:
+        _fed(c, task, DATAFLOW_RULES)
+
+
+def test_every_vertex_job_runs_under_the_projects_rules(compiled):
+    beam = ("create-tfrecords", "batch-predict", "stream-predict")
+    assert_the_rules_reach_every_vertex_job(compiled["vertex"], beam, tuning=True)
+
+
+def test_the_kfp_target_has_no_rules_parameters_and_its_beam_stages_no_dataflow_identity(
+    compiled,
+):
+    c = compiled["kfp"]
+    assert not {*RULES, "private_endpoint"} & set(c.spec["root"]["inputDefinitions"]["parameters"])
+    for task in ("create-tfrecords", "batch-predict", "stream-predict"):
+        parameters = c.tasks()[task][1]["inputs"]["parameters"]
+        for name in DATAFLOW_RULES:  # set in beam_args there, if at all
+            assert parameters[name] == {"runtimeValue": {"constant": ""}}, (task, name)
+
+
+# The vertex-only parameters in the example params files: indented under their comment,
+# apart from the "# name: value" lines every target takes.
+VERTEX_EXAMPLE = re.compile(r"^#   ([a-z_]+: .*)$", re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    "example, task",
+    [("params.example.yaml", "classification"), ("params.detection.example.yaml", "detection")],
+)
+def test_the_example_params_show_the_vertex_rules_with_their_types(example, task):
+    from pipelines import detection_pipeline
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / example
+    shown = yaml.safe_load("\n".join(VERTEX_EXAMPLE.findall(path.read_text())))
+    assert set(shown) == {*RULES, "private_endpoint"}
+    build = detection_pipeline.build_pipeline if task == "detection" else build_pipeline
+    inputs = build("vertex").component_spec.inputs
+    kinds = {"String": str, "Boolean": bool}
+    for name, value in shown.items():
+        assert isinstance(value, kinds[inputs[name].type]), (name, value)
+    assert not set(shown) & set(build("kfp").component_spec.inputs)
+
+
 # Component parameter -> the pipeline parameter every Beam stage takes it from.
 DATAFLOW_SETTINGS = (
     ("beam_args", "beam_args"),

@@ -7,7 +7,15 @@ import pytest
 from google.protobuf import json_format
 from kfp import components
 from kfp.pipeline_spec import pipeline_spec_pb2
-from test_compile import GPU_LABEL, REGISTRY, TAG, Compiled, _compile, _image
+from test_compile import (
+    GPU_LABEL,
+    REGISTRY,
+    TAG,
+    Compiled,
+    _compile,
+    _image,
+    assert_the_rules_reach_every_vertex_job,
+)
 
 from pipelines.compile import TARGETS
 from pipelines.detection_pipeline import PIPELINE_NAME, TARGET_PARAMETERS
@@ -134,6 +142,12 @@ def test_vertex_deploys_with_the_evaluation_and_batch_predicts_behind_the_gate(c
     assert {"batch-predict", "batch-predict-vertex", "find-vertex-champion"} <= set(tasks)
     champion = tasks["evaluate-detector"][1]["inputs"]["parameters"]["champion_dir"]
     assert champion["taskOutputParameter"]["producerTask"] == "find-vertex-champion"
+
+
+def test_every_vertex_job_runs_under_the_projects_rules(compiled):
+    beam = ("create-detection-tfrecords", "batch-predict", "stream-predict")
+    # The detector's pipeline has no tuning job.
+    assert_the_rules_reach_every_vertex_job(compiled["vertex"], beam, tuning=False)
 
 
 @pytest.mark.parametrize("target", ["kfp", "vertex"])

@@ -312,6 +312,47 @@ def test_dataflow_parameters_become_beam_options():
         beam_utils.pipeline_options("DirectRunner", direct_num_workers=-2)
 
 
+def test_the_service_account_and_kms_key_become_dataflow_options():
+    Dataflow = beam_utils.DataflowSettings
+    account = "pipelines@my-project.iam.gserviceaccount.com"
+    key = "projects/my-project/locations/europe-west4/keyRings/ml/cryptoKeys/dataflow"
+    settings = Dataflow(
+        project="my-project",
+        region="europe-west4",
+        sdk_container_image="img:v1",
+        service_account_email=account,
+        dataflow_kms_key=f" {key} ",
+    )
+    assert settings.args() == [
+        "--project=my-project",
+        "--region=europe-west4",
+        f"--service_account_email={account}",
+        f"--dataflow_kms_key={key}",
+        "--sdk_container_image=img:v1",
+        "--sdk_location=container",
+    ]
+    options = beam_utils.pipeline_options("DataflowRunner", dataflow=settings)
+    chosen = options.get_all_options(drop_default=True)
+    assert (chosen["service_account_email"], chosen["dataflow_kms_key"]) == (account, key)
+    # Dataflow's own, like the worker image: the vertex target passes them whatever the
+    # runner, and the DirectRunner leaves them out.
+    assert settings.args("DirectRunner") == ["--project=my-project", "--region=europe-west4"]
+    # Given in beam_args too, they must agree with the parameters.
+    with pytest.raises(ValueError, match="--service_account_email is set twice"):
+        beam_utils.pipeline_options(
+            "DataflowRunner", ["--service_account_email=other@p.iam.gserviceaccount.com"],
+            dataflow=settings,
+        )  # fmt: skip
+    same = beam_utils.pipeline_options(
+        "DataflowRunner", [f"--dataflow_kms_key={key}"], dataflow=settings
+    )
+    assert same.get_all_options(drop_default=True)["dataflow_kms_key"] == key
+    # A key version or a key ring is no key: refused before a job is launched with it.
+    for wrong in (f"{key}/cryptoKeyVersions/1", "projects/p/locations/l/keyRings/ml"):
+        with pytest.raises(ValueError, match="Cloud KMS key is named"):
+            Dataflow(dataflow_kms_key=wrong).args()
+
+
 def test_multi_process_direct_runner_writes_the_same_dataset(sample_data, dir_run, tmp_path):
     """direct_num_workers=0: a worker process per core, the same records and splits."""
     out = str(tmp_path / "dataset")

@@ -249,6 +249,15 @@ class FakeEndpointService:
             model_version_id=version,
             create_time=self.cloud._tick(),
         )
+        if endpoint.network:  # Private Service Access: one deployment, no traffic split
+            assert not request.traffic_split, "a private endpoint takes no traffic split"
+            if endpoint.deployed_models:
+                raise RuntimeError("FAILED_PRECONDITION: a private endpoint holds one model")
+            deployed.private_endpoints = v1.PrivateEndpoints(
+                predict_http_uri=private_predict_uri(endpoint.name, deployed.id)
+            )
+            endpoint.deployed_models.append(deployed)
+            return self.cloud.operation(v1.DeployModelResponse(deployed_model=deployed))
         split = dict(request.traffic_split)
         if split:
             assert sum(split.values()) == 100, f"traffic split {split} does not sum to 100"
@@ -276,6 +285,12 @@ class FakeEndpointService:
             k: p for k, p in endpoint.traffic_split.items() if k != request.deployed_model_id
         }
         return self.cloud.operation(v1.UndeployModelResponse())
+
+
+def private_predict_uri(endpoint: str, deployed_model_id: str) -> str:
+    """A private endpoint's address for one deployment, on the peered network (plain HTTP)."""
+    endpoint_id = endpoint.rsplit("/", 1)[-1]
+    return f"http://{endpoint_id}.aiplatform.googleapis.com/v1/models/{deployed_model_id}:predict"
 
 
 def install_fakes():
@@ -380,6 +395,8 @@ def test_first_deploy_uploads_creates_the_endpoint_and_deploys(cloud):
         "deployed_model_id": "1003",
         "traffic_split": {"1003": 100},
         "predict_url": f"https://us-central1-aiplatform.googleapis.com/v1/{endpoint}:predict",
+        "private_endpoint": False,
+        "network": "",
     }
 
 
@@ -660,6 +677,230 @@ def test_display_names_are_quoted_in_filters(cloud):
     ],
 )
 def test_invalid_arguments_fail_before_any_request(cloud, kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        _deploy(cloud, **kwargs)
+    assert cloud.requests == []
+
+
+# --- a project's rules: its key and its private network --------------------------------
+
+KEY = f"projects/{PROJECT}/locations/{REGION}/keyRings/ml/cryptoKeys/vertex"
+NETWORK = f"projects/{PROJECT_NUMBER}/global/networks/ml-vpc"
+ACCOUNT = "pipelines@my-project.iam.gserviceaccount.com"
+
+
+def test_a_key_encrypts_the_uploaded_version_and_the_created_endpoint(cloud):
+    info = _deploy(cloud, encryption_spec_key_name=KEY, service_account=ACCOUNT)
+
+    model, endpoint = _model("1001"), f"projects/{PROJECT_NUMBER}/locations/{REGION}/endpoints/1002"
+    assert cloud.requests[2:4] == [
+        v1.UploadModelRequest(
+            parent=PARENT,
+            model=v1.Model(
+                display_name=MODEL_NAME,
+                artifact_uri=EXPORT_1,
+                container_spec=v1.ModelContainerSpec(image_uri=IMAGE),
+                version_aliases=["default"],
+                encryption_spec=v1.EncryptionSpec(kms_key_name=KEY),
+            ),
+        ),
+        v1.CreateEndpointRequest(
+            parent=PARENT,
+            endpoint=v1.Endpoint(
+                display_name=ENDPOINT_NAME, encryption_spec=v1.EncryptionSpec(kms_key_name=KEY)
+            ),
+        ),
+    ]
+    [deploy] = cloud.requests_of(v1.DeployModelRequest)
+    assert deploy.deployed_model.service_account == ACCOUNT
+    assert dict(deploy.traffic_split) == {"0": 100}  # a public endpoint, as by default
+    assert info["model_version_name"] == f"{model}@1" and info["endpoint"] == endpoint
+    assert info["private_endpoint"] is False and info["network"] == ""
+
+
+def test_a_version_uploaded_without_the_key_is_not_reused_with_it(cloud):
+    first = _deploy(cloud)
+    keyed = _deploy(cloud, encryption_spec_key_name=KEY, endpoint_display_name="keyed")
+    assert keyed["uploaded"] and keyed["model_version_id"] == "2"
+    assert keyed["model"] == first["model"]
+    [_, upload] = cloud.requests_of(v1.UploadModelRequest)
+    assert upload.model.encryption_spec.kms_key_name == KEY
+    # With the key again: the keyed version is found, nothing is done.
+    again = _deploy(cloud, encryption_spec_key_name=KEY, endpoint_display_name="keyed")
+    assert again["already_deployed"] and again["model_version_id"] == "2"
+
+
+def test_an_endpoint_encrypted_otherwise_is_an_error_before_any_change(cloud):
+    _deploy(cloud)  # the endpoint of this name, with Google-managed encryption
+    before = len(cloud.requests)
+    with pytest.raises(vertex.VertexDeployError, match="Google-managed encryption, not with"):
+        _deploy(cloud, EXPORT_2, encryption_spec_key_name=KEY)
+    assert [type(r) for r in cloud.requests[before:]] == [
+        v1.ListModelsRequest,
+        v1.ListModelVersionsRequest,
+        v1.ListEndpointsRequest,
+    ]
+
+
+def test_a_private_endpoint_is_created_on_the_network_and_deployed_without_a_split(cloud):
+    info = _deploy(
+        cloud,
+        private_endpoint=True,
+        network=NETWORK,
+        encryption_spec_key_name=KEY,
+        service_account=ACCOUNT,
+    )
+
+    model, endpoint = _model("1001"), f"projects/{PROJECT_NUMBER}/locations/{REGION}/endpoints/1002"
+    assert cloud.requests[3:] == [
+        v1.CreateEndpointRequest(
+            parent=PARENT,
+            endpoint=v1.Endpoint(
+                display_name=ENDPOINT_NAME,
+                network=NETWORK,
+                encryption_spec=v1.EncryptionSpec(kms_key_name=KEY),
+            ),
+        ),
+        v1.DeployModelRequest(
+            endpoint=endpoint,
+            deployed_model=v1.DeployedModel(
+                model=f"{model}@1",
+                display_name="image-classifier-v1",
+                dedicated_resources=v1.DedicatedResources(
+                    machine_spec=v1.MachineSpec(machine_type="n1-standard-4"),
+                    min_replica_count=1,
+                    max_replica_count=1,
+                ),
+                service_account=ACCOUNT,
+            ),
+        ),
+        v1.GetEndpointRequest(name=endpoint),
+    ]
+    assert info["private_endpoint"] is True and info["network"] == NETWORK
+    # Reached on the network at the deployment's own address, not the public API's.
+    assert info["predict_url"] == private_predict_uri(endpoint, info["deployed_model_id"])
+    assert info["traffic_split"] == {}
+
+
+def test_a_new_version_replaces_the_one_a_private_endpoint_serves(cloud):
+    private = {"private_endpoint": True, "network": NETWORK}
+    first = _deploy(cloud, **private)
+    before = len(cloud.requests)
+
+    second = _deploy(cloud, EXPORT_2, **private)
+
+    requests = cloud.requests[before:]
+    assert [type(r) for r in requests] == [
+        v1.ListModelsRequest,
+        v1.ListModelVersionsRequest,
+        v1.ListEndpointsRequest,
+        v1.UploadModelRequest,
+        v1.UndeployModelRequest,  # after the upload, before the deployment
+        v1.GetEndpointRequest,
+        v1.DeployModelRequest,
+        v1.GetEndpointRequest,
+    ]
+    assert requests[4] == v1.UndeployModelRequest(
+        endpoint=first["endpoint"], deployed_model_id=first["deployed_model_id"]
+    )
+    assert second["endpoint"] == first["endpoint"] and second["model_version_id"] == "2"
+    assert second["undeployed"] == [first["deployed_model_id"]]
+    deployed = cloud.endpoints[first["endpoint"]].deployed_models
+    assert [dm.id for dm in deployed] == [second["deployed_model_id"]]
+    # The same export again: nothing to do there either.
+    assert _deploy(cloud, EXPORT_2, **private)["already_deployed"]
+
+
+def test_a_private_endpoint_serving_another_model_is_an_error_before_any_change(cloud):
+    private = {"private_endpoint": True, "network": NETWORK}
+    _deploy(cloud, model_display_name="other-model", endpoint_display_name=ENDPOINT_NAME, **private)
+    before = len(cloud.requests)
+    with pytest.raises(vertex.VertexDeployError, match="serves another Model"):
+        _deploy(cloud, **private)
+    assert not [r for r in cloud.requests[before:] if not type(r).__name__.startswith("List")]
+
+
+@pytest.mark.parametrize(
+    "first, then, error",
+    [
+        ({}, {"private_endpoint": True, "network": NETWORK}, "is public, but a private on"),
+        (
+            {"private_endpoint": True, "network": NETWORK},
+            {},
+            f"is private on {NETWORK}, but a public",
+        ),
+        (
+            {"private_endpoint": True, "network": NETWORK},
+            {"private_endpoint": True, "network": NETWORK.replace("ml-vpc", "other")},
+            "but a private on projects/123456789/global/networks/other endpoint",
+        ),
+        # The network alone (for the training jobs) asks for a public endpoint.
+        ({"private_endpoint": True, "network": NETWORK}, {"network": NETWORK}, "but a public"),
+    ],
+)
+def test_public_and_private_endpoints_of_one_name_do_not_mix(cloud, first, then, error):
+    _deploy(cloud, **first)
+    before = len(cloud.requests)
+    with pytest.raises(vertex.VertexDeployError, match=re.escape(error)):
+        _deploy(cloud, EXPORT_2, **then)
+    assert not [r for r in cloud.requests[before:] if not type(r).__name__.startswith("List")]
+
+
+def test_the_component_passes_the_key_and_the_private_network(cloud, monkeypatch, tmp_path):
+    """The component's body (``python_func``, in process) with the project's rules."""
+    from google_cloud_pipeline_components.types.artifact_types import (
+        VertexEndpoint,
+        VertexModel,
+    )
+    from kfp import dsl
+
+    from components.deploy.component import deploy_vertex
+
+    monkeypatch.setattr(vertex, "model_service_client", lambda region: FakeModelService(cloud))
+    monkeypatch.setattr(
+        vertex, "endpoint_service_client", lambda region: FakeEndpointService(cloud)
+    )
+    vertex_endpoint = VertexEndpoint(uri=str(tmp_path / "e"), metadata={})
+    deploy_vertex.python_func(
+        model=dsl.Model(uri=EXPORT_1, metadata={}),
+        vertex_model=VertexModel(uri=str(tmp_path / "m"), metadata={}),
+        vertex_endpoint=vertex_endpoint,
+        project=PROJECT,
+        location=REGION,
+        serving_image=IMAGE,
+        service_account=ACCOUNT,
+        encryption_spec_key_name=KEY,
+        network=NETWORK,
+        private_endpoint=True,
+    )
+    [create] = cloud.requests_of(v1.CreateEndpointRequest)
+    assert create.endpoint.network == NETWORK
+    assert create.endpoint.encryption_spec.kms_key_name == KEY
+    [upload] = cloud.requests_of(v1.UploadModelRequest)
+    assert upload.model.encryption_spec.kms_key_name == KEY
+    [deploy] = cloud.requests_of(v1.DeployModelRequest)
+    assert deploy.deployed_model.service_account == ACCOUNT
+    metadata = vertex_endpoint.metadata
+    assert metadata["private_endpoint"] is True and metadata["network"] == NETWORK
+    assert metadata["predict_url"].startswith("http://")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"private_endpoint": True}, "needs the VPC network"),
+        # Vertex AI names the network by the project's number, not its ID.
+        (
+            {"private_endpoint": True, "network": f"projects/{PROJECT}/global/networks/v"},
+            "project number",
+        ),
+        ({"private_endpoint": True, "network": "ml-vpc"}, "project number"),
+        ({"private_endpoint": True, "network": NETWORK, "traffic_percent": 10}, "must be 100"),
+        ({"encryption_spec_key_name": f"{KEY}/cryptoKeyVersions/3"}, "Cloud KMS key"),
+        ({"encryption_spec_key_name": "vertex"}, "Cloud KMS key"),
+    ],
+)
+def test_invalid_rules_fail_before_any_request(cloud, kwargs, error):
     with pytest.raises(ValueError, match=error):
         _deploy(cloud, **kwargs)
     assert cloud.requests == []
@@ -1047,6 +1288,17 @@ def test_cli_vertex_target(cloud, monkeypatch, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["serving_container"] == "custom"
     assert _upload_spec(cloud, EXPORT_2) == CUSTOM_SPEC
+
+    main(
+        ["--target", "vertex", "--export-dir", EXPORT_3, "--project", PROJECT,
+         "--region", REGION, "--serving-image", IMAGE, "--endpoint-display-name", "private",
+         "--private-endpoint", "--network", NETWORK, "--encryption-spec-key-name", KEY]
+    )  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["private_endpoint"] is True and printed["network"] == NETWORK
+    create = cloud.requests_of(v1.CreateEndpointRequest)[-1]
+    assert create.endpoint.network == NETWORK
+    assert create.endpoint.encryption_spec.kms_key_name == KEY
 
 
 def test_cli_checks_each_targets_arguments():

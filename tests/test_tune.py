@@ -21,6 +21,7 @@ from components.tune import trial as trial_cli, tuning, vertex
 from components.tune.component import best_vertex_trial, tune as tune_component
 from components.tune.space import TUNED, SearchSpace
 from pipelines.run_local import output_artifact, run_pipeline, task_outputs
+from pipelines.vertex_target import job_rules
 from pipelines.vertex_tuning import tune_on_vertex
 
 TINY = {
@@ -433,13 +434,27 @@ def _tasks(spec: dict) -> dict:
     return {name: t for d in dags for name, t in d.get("dag", {}).get("tasks", {}).items()}
 
 
+RULES = {
+    "service_account": "tuner@my-project.iam.gserviceaccount.com",
+    "encryption_spec_key_name": "projects/my-project/locations/europe-west4/keyRings/r/cryptoKeys/k",
+    "network": "projects/123456789/global/networks/ml-vpc",
+}
+
+
 def test_vertex_tuning_compiles_with_the_trials_chosen_at_run_time(tmp_path):
     @dsl.pipeline(name="tune-on-vertex")
     def pipeline(dataset_uri: str, trials: int = 0, learning_rate: float = 0.001):
         dataset = dsl.importer(artifact_uri=dataset_uri, artifact_class=dsl.Dataset)
         tuning = {"trials": trials, "learning_rate": learning_rate, **TINY}
         tuned = tune_on_vertex(
-            dataset.output, tuning, "g2-standard-8", "NVIDIA_L4", 1, "my-project", "europe-west4"
+            dataset.output,
+            tuning,
+            "g2-standard-8",
+            "NVIDIA_L4",
+            1,
+            "my-project",
+            "europe-west4",
+            rules=job_rules(*RULES.values()),
         )
         train_component(dataset=dataset.output, **tuned)
 
@@ -454,6 +469,8 @@ def test_vertex_tuning_compiles_with_the_trials_chosen_at_run_time(tmp_path):
         }
     assert job["max_trial_count"] == {"componentInputParameter": "pipelinechannel--trials"}
     assert job["location"]["runtimeValue"]["constant"] == "europe-west4"
+    # The job runs under the project's rules: its service account, key and network.
+    assert {name: job[name]["runtimeValue"]["constant"] for name in RULES} == RULES
     # train takes each value from whichever branch ran.
     train_inputs = tasks["train"]["inputs"]["parameters"]
     branches = spec["components"]["comp-condition-branches-1"]["dag"]["outputs"]["parameters"]
@@ -478,7 +495,14 @@ def test_vertex_tuning_compiles_with_the_trials_fixed_at_compile_time(tmp_path, 
     def pipeline(dataset_uri: str):
         dataset = dsl.importer(artifact_uri=dataset_uri, artifact_class=dsl.Dataset)
         tuned = tune_on_vertex(
-            dataset.output, {"trials": trials}, "n1-standard-8", "NVIDIA_L4", 1, "p", "l"
+            dataset.output,
+            {"trials": trials},
+            "n1-standard-8",
+            "NVIDIA_L4",
+            1,
+            "p",
+            "l",
+            rules=job_rules("", "", ""),
         )
         train_component(dataset=dataset.output, **tuned)
 

@@ -36,6 +36,8 @@ def batch_predict(
     worker_machine_type: str = "",
     max_num_workers: int = 0,
     sdk_container_image: str = "",
+    service_account_email: str = "",
+    dataflow_kms_key: str = "",
     endpoint: str = "",
     labels_uri: str = "",
     request_timeout_s: float = 30.0,
@@ -78,6 +80,11 @@ def batch_predict(
             default.
         sdk_container_image: Image the Dataflow workers run: this stage's dataflow-worker
             image (containers/batch_predict/Dockerfile); other runners ignore it.
+        service_account_email: Service account the Dataflow workers run as; empty: the
+            Compute Engine default service account. Other runners ignore it.
+        dataflow_kms_key: Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K)
+            of the Dataflow job's state and temporary data; empty: Google-managed
+            encryption. Other runners ignore it.
         endpoint: A deployed model to call instead of loading ``model`` in the workers: a
             TF Serving REST URL (``http://host:8080/v1/models/<name>``: the local model
             server, a KServe InferenceService) or a Vertex AI endpoint
@@ -133,6 +140,8 @@ def batch_predict(
             worker_machine_type=worker_machine_type,
             max_num_workers=max_num_workers,
             sdk_container_image=sdk_container_image,
+            service_account_email=service_account_email,
+            dataflow_kms_key=dataflow_kms_key,
         ),
         endpoint=endpoint,
         labels_uri=labels_uri,
@@ -164,6 +173,7 @@ def batch_predict_vertex(
     max_replica_count: int = 1,
     batch_size: int = 0,
     service_account: str = "",
+    encryption_spec_key_name: str = "",
     max_error_fraction: float = 0.1,
     wait: bool = True,
     timeout_s: float = 86400.0,
@@ -201,6 +211,9 @@ def batch_predict_vertex(
         max_replica_count: Most workers.
         batch_size: Instances per request to the container; 0 for Vertex AI's default.
         service_account: Service account of the job; empty for the default.
+        encryption_spec_key_name: Cloud KMS key
+            (projects/P/locations/L/keyRings/R/cryptoKeys/K) the job and what it creates
+            are encrypted with; empty: Google-managed encryption.
         max_error_fraction: Largest tolerated share of failed instances.
         wait: Wait for the job to end.
         timeout_s: How long to wait; past it the job is cancelled and the step fails.
@@ -234,6 +247,7 @@ def batch_predict_vertex(
         max_replica_count=max_replica_count,
         batch_size=batch_size,
         service_account=service_account,
+        encryption_spec_key_name=encryption_spec_key_name,
         max_error_fraction=max_error_fraction,
         wait=wait,
         timeout_s=timeout_s,

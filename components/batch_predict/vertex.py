@@ -39,6 +39,7 @@ from components.common import io, schema
 from components.deploy.vertex_serving import (
     DEFAULT_MACHINE_TYPE,
     api_endpoint,
+    encryption_spec,
     machine_spec,
     serving_image_for,
 )
@@ -104,6 +105,7 @@ def batch_prediction_job(
     max_replica_count: int = 1,
     batch_size: int = 0,
     service_account: str = "",
+    encryption_spec_key_name: str = "",
     labels: Mapping[str, str] | None = None,
 ) -> aiplatform_v1.BatchPredictionJob:
     """The BatchPredictionJob resource to create; see ``run_batch_prediction``."""
@@ -145,6 +147,7 @@ def batch_prediction_job(
             max_replica_count=max_replica_count,
         ),
         service_account=service_account,
+        encryption_spec=encryption_spec(encryption_spec_key_name),
         labels=dict(labels or {}),
     )
     if model:
@@ -234,6 +237,7 @@ def run_batch_prediction(
     max_replica_count: int = 1,
     batch_size: int = 0,
     service_account: str = "",
+    encryption_spec_key_name: str = "",
     labels: Mapping[str, str] | None = None,
     max_error_fraction: float = 0.1,
     wait: bool = True,
@@ -275,6 +279,10 @@ def run_batch_prediction(
         max_replica_count: Most workers the job scales to.
         batch_size: Instances per request to the container; 0 leaves Vertex AI's default.
         service_account: Service account the job runs as; empty for Vertex AI's default.
+        encryption_spec_key_name: Cloud KMS key
+            (``projects/P/locations/L/keyRings/R/cryptoKeys/K``, in ``location``) the job
+            and the resources it creates are encrypted with; empty: Google-managed
+            encryption.
         labels: Labels of the job.
         max_error_fraction: Largest tolerated share of failed instances.
         wait: Wait for the job's end (and fail when it fails); otherwise return once it
@@ -292,7 +300,7 @@ def run_batch_prediction(
         and ``region``.
 
     Raises:
-        ValueError: on invalid arguments (no model or two, no input).
+        ValueError: on invalid arguments (no model or two, no input, a malformed key).
         BatchPredictionError: when the job fails or too many instances fail.
         TimeoutError: when it does not end within ``timeout_s`` (it is then cancelled).
     """
@@ -333,6 +341,7 @@ def run_batch_prediction(
         max_replica_count=max_replica_count,
         batch_size=batch_size,
         service_account=service_account,
+        encryption_spec_key_name=encryption_spec_key_name,
         labels=labels,
     )
     job_client = job_client or job_service_client(location)

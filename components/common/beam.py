@@ -17,6 +17,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from components.common.gcp_names import kms_key_name
+
 _log = logging.getLogger(__name__)
 
 # Beam's own spellings of the same option (argparse aliases of one destination).
@@ -37,6 +39,11 @@ class DataflowSettings:
         max_num_workers: Most workers autoscaling may start (``--max_num_workers``).
         sdk_container_image: Image the workers run (``--sdk_container_image``): the
             stage's ``dataflow-worker`` image.
+        service_account_email: Service account the workers run as
+            (``--service_account_email``); empty: the Compute Engine default one.
+        dataflow_kms_key: Cloud KMS key of the job's state and temporary data
+            (``--dataflow_kms_key``), ``projects/P/locations/L/keyRings/R/cryptoKeys/K``;
+            empty: Google-managed encryption.
     """
 
     project: str = ""
@@ -45,32 +52,39 @@ class DataflowSettings:
     worker_machine_type: str = ""
     max_num_workers: int = 0
     sdk_container_image: str = ""
+    service_account_email: str = ""
+    dataflow_kms_key: str = ""
 
     def args(self, runner: str = "DataflowRunner") -> list[str]:
         """The Beam pipeline arguments of these settings for ``runner``.
 
         A worker image also sets ``--sdk_location=container``: the workers use the Beam
-        SDK installed in that image instead of staging one. Only Dataflow runs workers in
-        an image, so with another runner the image is left out (a pipeline can name each
-        Beam stage's worker image whatever runner it is run with).
+        SDK installed in that image instead of staging one. The worker image, service
+        account and KMS key are Dataflow's own, so with another runner they are left out
+        (a pipeline can name each Beam stage's worker image, and the vertex target its
+        service account and key, whatever runner the stage is run with).
 
         Returns:
             Arguments such as ``["--project=p", "--region=r"]``, in a fixed order.
 
         Raises:
-            ValueError: when ``max_num_workers`` is negative.
+            ValueError: when ``max_num_workers`` is negative, or ``dataflow_kms_key`` is
+                not a Cloud KMS key's resource name.
         """
         if self.max_num_workers < 0:
             raise ValueError(
                 f"max_num_workers must be >= 0 (0 = unset), got {self.max_num_workers}"
             )
-        image = self.sdk_container_image.strip() if runner == "DataflowRunner" else ""
+        on_dataflow = runner == "DataflowRunner"
+        image = self.sdk_container_image.strip() if on_dataflow else ""
         named = [
             ("project", self.project.strip()),
             ("region", self.region.strip()),
             ("temp_location", self.temp_location.strip()),
             ("machine_type", self.worker_machine_type.strip()),
             ("max_num_workers", str(self.max_num_workers) if self.max_num_workers else ""),
+            ("service_account_email", self.service_account_email.strip() if on_dataflow else ""),
+            ("dataflow_kms_key", kms_key_name(self.dataflow_kms_key) if on_dataflow else ""),
             ("sdk_container_image", image),
             ("sdk_location", "container" if image else ""),
         ]

@@ -4,6 +4,7 @@ PATH | --image-dir ROOT) [options] [Beam pipeline args]``.
 Arguments this command does not know are passed to Beam as pipeline arguments: for
 Dataflow, ``--runner DataflowRunner --project=p --region=r --temp_location=gs://b/tmp``
 and optionally ``--machine_type=n2-standard-4 --max_num_workers=20
+--service_account_email=<workers' service account> --dataflow_kms_key=<Cloud KMS key>
 --sdk_container_image=<the stage's dataflow-worker image> --sdk_location=container``.
 Prints the counts (``stats.json``) as JSON (the Markdown summary is ``report.md`` in the
 output directory); exits with status 1 and a message when the run fails on its input (too

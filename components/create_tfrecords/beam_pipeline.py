@@ -32,8 +32,9 @@ to ``errors.jsonl``; the run fails after the pipeline only when the rejected sha
 documents.
 
 On Dataflow, pass ``runner="DataflowRunner"`` with ``dataflow`` settings (``project``,
-``region``, ``temp_location`` on ``gs://``, optionally ``worker_machine_type`` and
-``max_num_workers``, and ``sdk_container_image``: the stage's ``dataflow-worker`` image
+``region``, ``temp_location`` on ``gs://``, optionally ``worker_machine_type``,
+``max_num_workers``, ``service_account_email`` and ``dataflow_kms_key``, and
+``sdk_container_image``: the stage's ``dataflow-worker`` image
 (containers/create_tfrecords/Dockerfile), which holds this package; inputs and output on
 ``gs://``.
 """

@@ -27,6 +27,8 @@ def create_tfrecords(
     worker_machine_type: str = "",
     max_num_workers: int = 0,
     sdk_container_image: str = "",
+    service_account_email: str = "",
+    dataflow_kms_key: str = "",
     beam_args: list = [],  # noqa: B006
 ):
     """Turns labelled images into sharded TFRecords with an Apache Beam
@@ -61,6 +63,11 @@ def create_tfrecords(
             default.
         sdk_container_image: Image the Dataflow workers run: this stage's dataflow-worker
             image (containers/create_tfrecords/Dockerfile); other runners ignore it.
+        service_account_email: Service account the Dataflow workers run as; empty: the
+            Compute Engine default service account. Other runners ignore it.
+        dataflow_kms_key: Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K)
+            of the Dataflow job's state and temporary data; empty: Google-managed
+            encryption. Other runners ignore it.
         beam_args: Other Beam pipeline arguments, e.g. ["--job_name=j"]; an option also
             given by a parameter above must agree with it.
 
@@ -101,6 +108,8 @@ def create_tfrecords(
             worker_machine_type=worker_machine_type,
             max_num_workers=max_num_workers,
             sdk_container_image=sdk_container_image,
+            service_account_email=service_account_email,
+            dataflow_kms_key=dataflow_kms_key,
         ),
     )
     dataset.metadata.update(stats)  # The counts show in the KFP and Vertex UIs.

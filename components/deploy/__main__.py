@@ -8,7 +8,8 @@ Usage::
     # Vertex AI: a Model version deployed to an endpoint (the export on gs://)
     python -m components.deploy --target vertex --export-dir gs://.../exported_model \\
         --project P --region us-central1 [--traffic-percent 10] [--machine-type ...] \\
-        [--serving-container auto|prebuilt|custom] [--deploy-image IMAGE]
+        [--serving-container auto|prebuilt|custom] [--deploy-image IMAGE] \\
+        [--encryption-spec-key-name KEY] [--private-endpoint --network projects/N/global/networks/V]
     # KServe: an InferenceService in the current kubeconfig context's cluster
     python -m components.deploy --target kserve --export-dir EXPORT \\
         --model-repository gs://bucket/models --namespace NS [--traffic-percent 10]
@@ -42,6 +43,9 @@ VERTEX_OPTIONS = (
     "accelerator_count",
     "keep_versions",
     "service_account",
+    "encryption_spec_key_name",
+    "network",
+    "private_endpoint",
     "enable_explanations",
 )
 KSERVE_OPTIONS = ("runtime_version", "cpu", "memory", "gpu_count", "service_account_name")
@@ -118,6 +122,9 @@ def deploy(args: argparse.Namespace) -> dict:
             accelerator_count=args.accelerator_count,
             keep_versions=args.keep_versions,
             service_account=args.service_account,
+            encryption_spec_key_name=args.encryption_spec_key_name,
+            network=args.network,
+            private_endpoint=args.private_endpoint,
             enable_explanations=args.enable_explanations,
             **_given(
                 min_replica_count=args.min_replicas,

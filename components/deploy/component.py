@@ -95,6 +95,9 @@ def deploy_vertex(
     traffic_percent: int = 100,
     keep_versions: int = 1,
     service_account: str = "",
+    encryption_spec_key_name: str = "",
+    network: str = "",
+    private_endpoint: bool = False,
     enable_explanations: bool = False,
     explanation_metadata: dict = {},  # noqa: B006 (KFP parameter default)
     explanation_parameters: dict = {},  # noqa: B006
@@ -144,6 +147,19 @@ def deploy_vertex(
         keep_versions: Most deployments of this Model left on the endpoint, the new one
             included; deployments with traffic always stay.
         service_account: Service account of the serving container; empty for the default.
+        encryption_spec_key_name: Cloud KMS key
+            (projects/P/locations/L/keyRings/R/cryptoKeys/K, in location) the uploaded
+            Model version and a created Endpoint are encrypted with; empty:
+            Google-managed encryption. An existing Endpoint encrypted otherwise fails the
+            step.
+        network: VPC network of a private endpoint
+            (projects/<project number>/global/networks/<name>, Private Service Access set
+            up); used with private_endpoint only.
+        private_endpoint: Deploy to a private endpoint on network (created so when
+            missing): reached over HTTP from that network only, one deployment without a
+            traffic split (traffic_percent must be 100), so a new version replaces the
+            serving one after a gap of the deployment's minutes. An existing endpoint of
+            the name that is public (or private while this is false) fails the step.
         enable_explanations: Upload with an explanation spec: the two explanation
             arguments when given, else the one the export stage wrote with the model.
         explanation_metadata: Vertex AI ExplanationMetadata as REST JSON; with
@@ -156,8 +172,9 @@ def deploy_vertex(
         vertex_model: google.VertexModel: the deployed Model version
             (``resourceName`` ``projects/.../models/ID@VERSION``).
         vertex_endpoint: google.VertexEndpoint: the Endpoint (``resourceName``), with
-            ``deployed_model_id``, ``traffic_split``, ``predict_url``, ``undeployed`` and
-            ``already_deployed`` in its metadata.
+            ``deployed_model_id``, ``traffic_split``, ``predict_url`` (a private
+            endpoint's HTTP address on its network), ``undeployed``,
+            ``already_deployed``, ``private_endpoint`` and ``network`` in its metadata.
     """
     from components.deploy import vertex
     from components.deploy.vertex_serving import resource_uri
@@ -179,6 +196,9 @@ def deploy_vertex(
         traffic_percent=traffic_percent,
         keep_versions=keep_versions,
         service_account=service_account,
+        encryption_spec_key_name=encryption_spec_key_name,
+        network=network,
+        private_endpoint=private_endpoint,
         enable_explanations=enable_explanations,
         explanation_metadata=explanation_metadata,
         explanation_parameters=explanation_parameters,
@@ -211,6 +231,8 @@ def deploy_vertex(
             "undeployed": info["undeployed"],
             "already_deployed": info["already_deployed"],
             "endpoint_created": info["endpoint_created"],
+            "private_endpoint": info["private_endpoint"],
+            "network": info["network"],
         }
     )
 

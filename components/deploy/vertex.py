@@ -23,6 +23,22 @@ Pipelines artifact URI names one task's output of one run) does nothing and repo
 serves it. Failures leave nothing half-done that a re-run would duplicate: an uploaded
 version is found again in step 2, a created endpoint in step 3.
 
+A project's rules: with a Cloud KMS key the uploaded version and a created Endpoint are
+encrypted with it (``encryption_spec``), and a version uploaded without that key is not
+reused. With ``private_endpoint`` the Endpoint is created on the VPC network ``network``
+(Private Service Access: VPC Network Peering, which must be set up for it), reached over
+plain HTTP from that network only, at the deployed model's ``predict_http_uri``. Vertex
+AI lets such an endpoint hold one deployment, without a traffic split, so there is no
+canary there (``traffic_percent`` must be 100) and a new version replaces the one serving:
+that one is undeployed after the upload and before the new deployment, and the endpoint
+answers nothing for the minutes that deployment takes (a failure then leaves it empty
+until a re-run deploys). An endpoint of the same name that is public where a private one
+is asked for, or the other way, or encrypted with another key, or private and serving
+another Model, is an error before anything changes: its network and key are fixed when it
+is created. The deploy step checks the deployment through the
+Vertex AI API (``GetEndpoint``), which answers from anywhere, not through the endpoint, so
+the check works from a pipeline that is not on the network.
+
 The clients are parameters, built from the region by default, so tests and callers can
 pass their own. What serves the export (the container: Vertex AI's prebuilt TensorFlow
 one for the export's TensorFlow version when there is one, else the suite's deploy image
@@ -39,9 +55,11 @@ from typing import Any
 
 from google.cloud import aiplatform_v1
 
+from components.common.gcp_names import kms_key_name, vpc_network
 from components.deploy.vertex_evaluation import add_aliases, import_evaluation
 from components.deploy.vertex_resources import (
     VertexDeployError,
+    check_endpoint,
     deployment_of,
     find_endpoint,
     find_model,
@@ -54,6 +72,7 @@ from components.deploy.vertex_serving import (
     DEFAULT_MACHINE_TYPE,
     api_endpoint,
     dedicated_resources,
+    encryption_spec,
     export_explanation_spec,
     predict_url,
     serving_container_for,
@@ -91,13 +110,15 @@ def upload_model_request(
     labels: Mapping[str, str] | None = None,
     explanation_metadata: aiplatform_v1.ExplanationMetadata | None = None,
     explanation_parameters: aiplatform_v1.ExplanationParameters | None = None,
+    encryption_spec_key_name: str = "",
 ) -> aiplatform_v1.UploadModelRequest:
     """The UploadModel request of an exported SavedModel on its serving container.
 
     ``container`` is the ModelContainerSpec (``vertex_serving.serving_container_for``), or
     an image URI alone, run with its own entry point (a prebuilt container). With
     ``parent_model`` the upload is a new version of that Model, made its default version
-    (the SDK's ``is_default_version``); without, a new Model.
+    (the SDK's ``is_default_version``); without, a new Model. With
+    ``encryption_spec_key_name`` (a Cloud KMS key) the version is encrypted with that key.
     """
     if (explanation_metadata is None) != (explanation_parameters is None):
         raise ValueError("explanation_metadata and explanation_parameters go together")
@@ -110,6 +131,7 @@ def upload_model_request(
         container_spec=container,
         labels=dict(labels or {}),
         version_aliases=["default"],
+        encryption_spec=encryption_spec(encryption_spec_key_name),
     )
     if explanation_metadata is not None:
         model.explanation_spec = aiplatform_v1.ExplanationSpec(
@@ -138,6 +160,9 @@ def deploy_to_vertex(
     traffic_percent: int = 100,
     keep_versions: int = 1,
     service_account: str = "",
+    encryption_spec_key_name: str = "",
+    network: str = "",
+    private_endpoint: bool = False,
     enable_explanations: bool = False,
     explanation_metadata: Mapping[str, Any] | None = None,
     explanation_parameters: Mapping[str, Any] | None = None,
@@ -192,6 +217,19 @@ def deploy_to_vertex(
             traffic always stay.
         service_account: Service account the serving container runs as; empty for
             Vertex AI's default.
+        encryption_spec_key_name: Cloud KMS key
+            (``projects/P/locations/L/keyRings/R/cryptoKeys/K``, in ``location``) the
+            uploaded Model version and a created Endpoint are encrypted with; empty:
+            Google-managed encryption. An existing Endpoint encrypted otherwise is an
+            error.
+        network: The VPC network of a private endpoint,
+            ``projects/<project number>/global/networks/<name>``, with Private Service
+            Access set up; used with ``private_endpoint`` only.
+        private_endpoint: Deploy to a private endpoint on ``network`` (created so when
+            there is none): one deployment, no traffic split (``traffic_percent`` 100),
+            a new version replaces the serving one, reached over HTTP from that network
+            only. An existing public endpoint of the same name is an error, as is an
+            existing private one when this is False.
         enable_explanations: Upload with an explanation spec (Vertex Explainable AI):
             ``explanation_metadata`` and ``explanation_parameters`` when given, else the
             one the export stage wrote.
@@ -220,15 +258,20 @@ def deploy_to_vertex(
         ``undeployed`` (deployed model IDs removed), ``serving_image``,
         ``serving_container`` (``"prebuilt"`` or ``"custom"``), ``artifact_uri``,
         ``uploaded``, ``endpoint_created``, ``already_deployed`` (True when nothing
-        was done: this export already served there), ``predict_url``, ``region`` and,
-        with ``evaluation``, ``model_evaluation`` (its resource name) and
+        was done: this export already served there), ``predict_url`` (a private
+        endpoint's is the deployed model's HTTP address on the network),
+        ``private_endpoint``, ``network`` (the endpoint's; empty for a public one),
+        ``region`` and, with ``evaluation``, ``model_evaluation`` (its resource name) and
         ``version_aliases``.
 
     Raises:
         ValueError: on invalid arguments (e.g. an artifact not on Cloud Storage, a custom
-            container on a local image).
-        VertexDeployError: when display names are ambiguous, or the deployment is not
-            on the endpoint after DeployModel.
+            container on a local image, a malformed key or network, a private endpoint
+            without a network or with traffic_percent below 100).
+        VertexDeployError: when display names are ambiguous, the endpoint of that name
+            is not the one asked for (public or private, its network, its key; a private
+            one serving another Model), or the deployment is not on the endpoint after
+            DeployModel.
     """
     if not artifact_uri.startswith("gs://"):
         raise ValueError(
@@ -243,6 +286,15 @@ def deploy_to_vertex(
         raise ValueError(f"keep_versions must be >= 1 (the new version), got {keep_versions}")
     if not 0 <= traffic_percent <= 100:
         raise ValueError(f"traffic_percent must be in [0, 100], got {traffic_percent}")
+    key = kms_key_name(encryption_spec_key_name)
+    endpoint_network = vpc_network(network) if private_endpoint else ""
+    if private_endpoint and not endpoint_network:
+        raise ValueError("private_endpoint needs the VPC network it is reached on (network)")
+    if private_endpoint and traffic_percent != 100:
+        raise ValueError(
+            "a private endpoint holds one deployment, without a traffic split: a new version "
+            f"replaces the serving one, so traffic_percent must be 100, got {traffic_percent}"
+        )
     endpoint_display_name = endpoint_display_name or f"{model_display_name}-endpoint"
     resources = dedicated_resources(
         machine_type, accelerator_type, accelerator_count, min_replica_count, max_replica_count
@@ -279,8 +331,12 @@ def deploy_to_vertex(
     }
 
     model = find_model(model_client, parent, model_display_name)
-    version = find_version(model_client, model.name, artifact_uri, serving_image) if model else None
+    version = (
+        find_version(model_client, model.name, artifact_uri, serving_image, key) if model else None
+    )
     endpoint = find_endpoint(endpoint_client, parent, endpoint_display_name)
+    if endpoint is not None:
+        check_endpoint(endpoint, endpoint_network, key, model.name if model else "")
 
     if version is not None and endpoint is not None:
         deployed = deployment_of(endpoint, model.name, version.version_id)
@@ -311,6 +367,7 @@ def deploy_to_vertex(
             labels=labels,
             explanation_metadata=explanation_metadata,
             explanation_parameters=explanation_parameters,
+            encryption_spec_key_name=key,
         )
         uploaded = model_client.upload_model(request=request).result(timeout=operation_timeout_s)
         model_name, version_id = uploaded.model, uploaded.model_version_id
@@ -322,9 +379,24 @@ def deploy_to_vertex(
 
     if endpoint is None:
         endpoint = _create_endpoint(
-            endpoint_client, parent, endpoint_display_name, labels, operation_timeout_s
+            endpoint_client,
+            aiplatform_v1.CreateEndpointRequest(
+                parent=parent,
+                endpoint=aiplatform_v1.Endpoint(
+                    display_name=endpoint_display_name,
+                    labels=dict(labels or {}),
+                    network=endpoint_network,
+                    encryption_spec=encryption_spec(key),
+                ),
+            ),
+            operation_timeout_s,
         )
         result["endpoint_created"] = True
+    replaced = []
+    if endpoint.network:
+        endpoint, replaced = _make_way_on_private_endpoint(
+            endpoint_client, endpoint, operation_timeout_s
+        )
 
     deployed_model = aiplatform_v1.DeployedModel(
         model=f"{model_name}@{version_id}",
@@ -339,7 +411,7 @@ def deploy_to_vertex(
         endpoint_client, endpoint, model_name, deployed_model_id, keep_versions,
         operation_timeout_s,
     )  # fmt: skip
-    result["undeployed"] = undeployed
+    result["undeployed"] = replaced + undeployed
     if evaluation is not None:
         version = model_client.get_model(
             request=aiplatform_v1.GetModelRequest(name=f"{model_name}@{version_id}")
@@ -365,18 +437,38 @@ def _record_evaluation(
 
 def _create_endpoint(
     endpoint_client: aiplatform_v1.EndpointServiceClient,
-    parent: str,
-    display_name: str,
-    labels: Mapping[str, str] | None,
+    request: aiplatform_v1.CreateEndpointRequest,
     timeout_s: float,
 ) -> aiplatform_v1.Endpoint:
-    request = aiplatform_v1.CreateEndpointRequest(
-        parent=parent,
-        endpoint=aiplatform_v1.Endpoint(display_name=display_name, labels=dict(labels or {})),
-    )
     endpoint = endpoint_client.create_endpoint(request=request).result(timeout=timeout_s)
-    log.info("created endpoint %s (%s)", endpoint.name, display_name)
+    log.info("created endpoint %s (%s)", endpoint.name, request.endpoint.display_name)
     return endpoint
+
+
+def _make_way_on_private_endpoint(
+    endpoint_client: aiplatform_v1.EndpointServiceClient,
+    endpoint: aiplatform_v1.Endpoint,
+    timeout_s: float,
+) -> tuple[aiplatform_v1.Endpoint, list[str]]:
+    """Undeploys what a private endpoint serves (this Model's older version:
+    ``check_endpoint`` refused another Model's), as it holds one deployment; returns the
+    endpoint as it is then and the deployed model IDs removed."""
+    removed = [dm.id for dm in endpoint.deployed_models]
+    if not removed:
+        return endpoint, []
+    for dm in endpoint.deployed_models:
+        log.warning(
+            "private endpoint %s holds one deployment: undeploying %s (version %s) for the "
+            "new version; the endpoint answers nothing until that one is deployed",
+            endpoint.name,
+            dm.id,
+            dm.model_version_id,
+        )
+        request = aiplatform_v1.UndeployModelRequest(
+            endpoint=endpoint.name, deployed_model_id=dm.id
+        )
+        endpoint_client.undeploy_model(request=request).result(timeout=timeout_s)
+    return get_endpoint(endpoint_client, endpoint.name), removed
 
 
 def _deploy(
@@ -386,12 +478,15 @@ def _deploy(
     traffic_percent: int,
     timeout_s: float,
 ) -> tuple[aiplatform_v1.Endpoint, str]:
-    """Deploys a model version with its share of the traffic; returns the endpoint as it
-    is then and the deployed model's ID, once the endpoint lists it."""
+    """Deploys a model version with its share of the traffic (a private endpoint takes
+    no traffic split: its one deployment serves all); returns the endpoint as it is then
+    and the deployed model's ID, once the endpoint lists it."""
     request = aiplatform_v1.DeployModelRequest(
         endpoint=endpoint.name,
         deployed_model=deployed_model,
-        traffic_split=split_traffic(endpoint.traffic_split, traffic_percent),
+        traffic_split={}
+        if endpoint.network
+        else split_traffic(endpoint.traffic_split, traffic_percent),
     )
     response = endpoint_client.deploy_model(request=request).result(timeout=timeout_s)
     deployed_model_id = response.deployed_model.id
@@ -457,6 +552,10 @@ def _report(
     deployed_model_id: str,
 ) -> dict:
     model_name = model_name.split("@", 1)[0]
+    url = predict_url(result["region"], endpoint.name)
+    if endpoint.network:  # reached on the network, at the deployment's own address
+        (deployed,) = [dm for dm in endpoint.deployed_models if dm.id == deployed_model_id]
+        url = deployed.private_endpoints.predict_http_uri
     return result | {
         "model": model_name,
         "model_version_id": version_id,
@@ -464,5 +563,7 @@ def _report(
         "endpoint": endpoint.name,
         "deployed_model_id": deployed_model_id,
         "traffic_split": {k: int(v) for k, v in sorted(endpoint.traffic_split.items())},
-        "predict_url": predict_url(result["region"], endpoint.name),
+        "predict_url": url,
+        "private_endpoint": bool(endpoint.network),
+        "network": endpoint.network,
     }

@@ -127,14 +127,18 @@ def find_version(
     model_name: str,
     artifact_uri: str,
     serving_image: str,
+    kms_key_name: str = "",
 ) -> aiplatform_v1.Model | None:
-    """The newest version of a Model serving ``artifact_uri`` with ``serving_image``."""
+    """The newest version of a Model serving ``artifact_uri`` with ``serving_image``,
+    encrypted with the Cloud KMS key ``kms_key_name`` ("": Google-managed encryption), so
+    that a version uploaded without the key asked for now is not deployed as if it had it."""
     request = aiplatform_v1.ListModelVersionsRequest(name=model_name)
     matches = [
         version
         for version in model_client.list_model_versions(request=request)
         if _same_uri(version.artifact_uri, artifact_uri)
         and version.container_spec.image_uri == serving_image
+        and version.encryption_spec.kms_key_name == kms_key_name
     ]
     matches.sort(key=lambda v: int(v.version_id) if v.version_id.isdigit() else 0)
     return matches[-1] if matches else None
@@ -173,3 +177,66 @@ def deployment_of(
         if _model_id(dm.model) == _model_id(model_name) and dm.model_version_id == version_id:
             return dm
     return None
+
+
+# --------------------------------------------------------------------------- access
+
+
+def endpoint_access(endpoint: aiplatform_v1.Endpoint) -> str:
+    """How an endpoint is reached, for a person: "public", "private on <network>" (Private
+    Service Access: VPC Network Peering) or "Private Service Connect"."""
+    if endpoint.network:
+        return f"private on {endpoint.network}"
+    if (
+        endpoint.enable_private_service_connect
+        or endpoint.private_service_connect_config.enable_private_service_connect
+    ):
+        return "Private Service Connect"
+    return "public"
+
+
+def check_endpoint(
+    endpoint: aiplatform_v1.Endpoint, network: str, kms_key_name: str, model_name: str
+) -> None:
+    """Checks that an existing endpoint is the one this deployment asks for.
+
+    An endpoint's network and key are fixed when it is created, so one of the same display
+    name that differs is an error, not something to deploy to as if it were the one asked
+    for: the team's rules would be silently broken, or its clients cut off.
+
+    Args:
+        endpoint: The endpoint found by display name.
+        network: The VPC network of the private endpoint asked for; "" for a public one.
+        kms_key_name: The Cloud KMS key asked for; "" asks for none.
+        model_name: This deployment's Model ("" when there is none yet).
+
+    Raises:
+        VertexDeployError: when the endpoint is public and a private one is asked for, or
+            the other way, or private on another network; when it is not encrypted with
+            the key asked for; or when, private (one deployment only), it serves another
+            Model.
+    """
+    wanted = f"private on {network}" if network else "public"
+    found = endpoint_access(endpoint)
+    if found != wanted:
+        raise VertexDeployError(
+            f"endpoint {endpoint.name} ({endpoint.display_name!r}) is {found}, but a {wanted} "
+            "endpoint is asked for (private_endpoint, network); an endpoint's network is set "
+            "when it is created: deploy under another endpoint display name, or delete it"
+        )
+    if kms_key_name and endpoint.encryption_spec.kms_key_name != kms_key_name:
+        current = endpoint.encryption_spec.kms_key_name or "Google-managed encryption"
+        raise VertexDeployError(
+            f"endpoint {endpoint.name} ({endpoint.display_name!r}) is encrypted with "
+            f"{current}, not with the key asked for, {kms_key_name}; an endpoint's key is set "
+            "when it is created: deploy under another endpoint display name, or delete it"
+        )
+    if network:
+        ours = _model_id(model_name) if model_name else None
+        others = [dm.id for dm in endpoint.deployed_models if _model_id(dm.model) != ours]
+        if others:
+            raise VertexDeployError(
+                f"private endpoint {endpoint.name} serves another Model (deployed model(s) "
+                f"{', '.join(others)}) and a private endpoint holds one deployment only: "
+                "deploy under another endpoint display name"
+            )

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from google.cloud import aiplatform_v1
 
+from components.common.gcp_names import kms_key_name
 from components.deploy import DEFAULT_HTTP_PORT, DEFAULT_MODEL_NAME
 from components.images import stage_image
 
@@ -69,6 +70,18 @@ def resource_uri(region: str, resource_name: str) -> str:
 def predict_url(region: str, endpoint_name: str) -> str:
     """The online prediction URL of an endpoint (POST ``{"instances": [...]}``)."""
     return f"{resource_uri(region, endpoint_name)}:predict"
+
+
+def encryption_spec(key_name: str) -> aiplatform_v1.EncryptionSpec | None:
+    """The encryption spec of a resource encrypted with the Cloud KMS key ``key_name``
+    (``projects/P/locations/L/keyRings/R/cryptoKeys/K``, in the resource's region); None
+    for an empty name: Google-managed encryption.
+
+    Raises:
+        ValueError: when ``key_name`` is not a Cloud KMS key's resource name.
+    """
+    key_name = kms_key_name(key_name)
+    return aiplatform_v1.EncryptionSpec(kms_key_name=key_name) if key_name else None
 
 
 def _registry(region: str) -> str:

@@ -39,6 +39,8 @@ def stream_predict(
     worker_machine_type: str = "",
     max_num_workers: int = 0,
     sdk_container_image: str = "",
+    service_account_email: str = "",
+    dataflow_kms_key: str = "",
 ) -> str:
     """Predicts images as they arrive on Pub/Sub, with a streaming Apache Beam job.
 
@@ -88,6 +90,11 @@ def stream_predict(
         max_num_workers: Most Dataflow workers; 0: Dataflow's default.
         sdk_container_image: Image the Dataflow workers run: the batch_predict stage's
             dataflow-worker image.
+        service_account_email: Service account the Dataflow workers run as; empty: the
+            Compute Engine default service account.
+        dataflow_kms_key: Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K)
+            of the Dataflow job's state and temporary data; empty: Google-managed
+            encryption.
 
     Returns:
         stats: Counters of a run here (messages, predicted, dead_letters, model_refreshes).
@@ -129,6 +136,8 @@ def stream_predict(
             worker_machine_type=worker_machine_type,
             max_num_workers=max_num_workers,
             sdk_container_image=sdk_container_image,
+            service_account_email=service_account_email,
+            dataflow_kms_key=dataflow_kms_key,
         ),
     )
     for name, value in summary["counters"].items():
