@@ -9,9 +9,10 @@ builds.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from kfp import dsl
-from kfp.dsl.python_component import PythonComponent
+if TYPE_CHECKING:
+    from kfp.dsl.python_component import PythonComponent
 
 DEFAULT_REGISTRY = "localhost/kfp-image-classification"
 DEFAULT_TAG = "dev"
@@ -51,5 +52,9 @@ def on_stage_image(component: PythonComponent, stage: str) -> PythonComponent:
     carries its base image, so it is rebuilt here on the one ``IMAGE_REGISTRY`` and
     ``IMAGE_TAG`` name at the time of the call.
     """
+    # Imported here: a component's module imports this one while kfp's executor is still
+    # importing kfp.dsl in a kfp local task (a top-level import is circular there).
+    from kfp import dsl
+
     on_image = dsl.component(base_image=stage_image(stage), install_kfp_package=False)
     return on_image(component.python_func)

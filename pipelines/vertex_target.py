@@ -20,7 +20,7 @@ from kfp.dsl.pipeline_channel import PipelineChannel
 
 from components.batch_predict.component import batch_predict_vertex
 from components.deploy.component import deploy_vertex, find_vertex_champion
-from components.images import stage_image
+from components.images import on_stage_image, stage_image
 from components.train.component import train as train_component
 from pipelines.tasks import STREAM_PARAMETERS, stage_task
 
@@ -73,8 +73,7 @@ def _train_job(train_task=train_component):
     The component is made again from its function so that the worker pools name the
     train image as configured now, like every other task.
     """
-    on_image = dsl.component(base_image=stage_image("train"), install_kfp_package=False)
-    component = on_image(train_task.python_func)
+    component = on_stage_image(train_task, "train")
     job = create_custom_training_job_from_component(component, display_name="train")
     two_pools = create_custom_training_job_from_component(component, replica_count=2)
     return job, two_pools.component_spec.inputs["worker_pool_specs"].default
