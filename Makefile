@@ -18,7 +18,7 @@ TARGET ?= kfp
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup sample-data images demo demo-detection demo-stream serve query test lint compile lock clean
+.PHONY: help setup sample-data images demo demo-detection demo-stream serve query test lint compile components lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -82,19 +82,29 @@ PIPELINE_YAML = build/$(if $(filter detection,$(PIPELINE)),detection-)pipeline-$
 compile: setup ## Compile a pipeline to build/: TARGET=kfp|vertex, PIPELINE=classification|detection
 	$(PY) -m pipelines.compile --pipeline $(PIPELINE) --target $(TARGET) --output $(PIPELINE_YAML)
 
+components: setup ## Compile each stage's component to build/components/<name>.yaml (on the IMAGE_REGISTRY, IMAGE_TAG images)
+	$(PY) -m pipelines.compile_components --output-dir build/components
+
 # Cloud runs (pipelines/submit.py): the target is compiled into build/ first, against the
 # images IMAGE_REGISTRY and IMAGE_TAG name. PARAMS: a YAML or JSON file of pipeline
 # parameters (see pipelines/params.example.yaml).
 EXPERIMENT ?= $(if $(filter detection,$(PIPELINE)),object-detection,image-classification)
 .PHONY: submit submit-vertex
 
-submit: setup ## Run the pipeline on Kubeflow Pipelines: KFPHOST=url [PIPELINE=detection] [PARAMS=file] [EXPERIMENT=name]
+submit: setup ## Run the pipeline on Kubeflow Pipelines: KFPHOST=url [PIPELINE=detection] [PARAMS=file] [EXPERIMENT=name] [CACHE=on|off] [SCHEDULE="0 3 * * *" [SCHEDULE_NAME=] [MAX_CONCURRENT_RUNS=]]: a recurring run
 	$(PY) -m pipelines.submit kfp --pipeline $(PIPELINE) --host "$(KFPHOST)" --experiment "$(EXPERIMENT)" \
-		$(if $(PARAMS),--params "$(PARAMS)")
+		$(if $(PARAMS),--params "$(PARAMS)") $(if $(CACHE),--cache "$(CACHE)") \
+		$(if $(SCHEDULE),--schedule "$(SCHEDULE)") $(if $(SCHEDULE_NAME),--schedule-name "$(SCHEDULE_NAME)") \
+		$(if $(MAX_CONCURRENT_RUNS),--max-concurrent-runs "$(MAX_CONCURRENT_RUNS)")
 
-submit-vertex: setup ## Run it on Vertex AI: PROJECT= REGION= BUCKET= [PIPELINE=detection] [PARAMS=file] [SERVICE_ACCOUNT=email]
+submit-vertex: setup ## Run it on Vertex AI: PROJECT= REGION= BUCKET= [PIPELINE=detection] [PARAMS=file] [SERVICE_ACCOUNT=email] [ENCRYPTION_KEY=kms key] [NETWORK=projects/num/global/networks/name] [FAILURE_POLICY=slow|fast] [LABELS=k=v,...] [CACHE=on|off] [SCHEDULE="0 3 * * *" [SCHEDULE_NAME=] [MAX_CONCURRENT_RUNS=]]: a schedule
 	$(PY) -m pipelines.submit vertex --pipeline $(PIPELINE) --project "$(PROJECT)" --region "$(REGION)" --bucket "$(BUCKET)" \
-		$(if $(PARAMS),--params "$(PARAMS)") $(if $(SERVICE_ACCOUNT),--service-account "$(SERVICE_ACCOUNT)")
+		$(if $(PARAMS),--params "$(PARAMS)") $(if $(SERVICE_ACCOUNT),--service-account "$(SERVICE_ACCOUNT)") \
+		$(if $(ENCRYPTION_KEY),--encryption-key "$(ENCRYPTION_KEY)") $(if $(NETWORK),--network "$(NETWORK)") \
+		$(if $(FAILURE_POLICY),--failure-policy "$(FAILURE_POLICY)") $(if $(LABELS),--labels "$(LABELS)") \
+		$(if $(CACHE),--cache "$(CACHE)") $(if $(SCHEDULE),--schedule "$(SCHEDULE)") \
+		$(if $(SCHEDULE_NAME),--schedule-name "$(SCHEDULE_NAME)") \
+		$(if $(MAX_CONCURRENT_RUNS),--max-concurrent-runs "$(MAX_CONCURRENT_RUNS)")
 
 lock: ## Re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra all --extra dev --python-version 3.11 \
