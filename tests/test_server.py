@@ -1245,6 +1245,32 @@ def test_batcher_fails_only_the_request_with_a_bad_image():
     assert isinstance(bad, InvalidInput) and "does not decode" in str(bad)
 
 
+def test_a_closed_batcher_answers_what_was_queued_then_ends():
+    from components.deploy.server.batching import Batcher
+
+    calls: list = []
+    gate = threading.Event()
+
+    async def scenario():
+        batcher = Batcher(_echo_model(calls, gate), max_size=1)
+        first = asyncio.create_task(batcher.predict([b"a0"]))
+        await asyncio.to_thread(_poll, lambda: len(calls) == 1, "the first call")
+        queued = asyncio.create_task(batcher.predict([b"b0"]))
+        while batcher.queued < 1:
+            await asyncio.sleep(0.01)
+        batcher.close()  # a version no longer served: what was queued is still answered
+        worker = batcher._worker
+        gate.set()
+        answers = await asyncio.gather(first, queued)
+        await asyncio.wait_for(worker, WAIT_S)  # then its worker ends
+        return answers, await batcher.predict([b"c0"])  # and a later request starts one
+
+    (first, queued), later = asyncio.run(scenario())
+    assert calls == [[b"a0"], [b"b0"], [b"c0"]]
+    assert [first["echo"].tolist(), queued["echo"].tolist()] == [[b"a0"], [b"b0"]]
+    assert later["echo"].tolist() == [b"c0"]
+
+
 def test_cli_defaults_and_options():
     from components.deploy.server.__main__ import parse_args
 
@@ -1272,6 +1298,7 @@ def test_cli_defaults_and_options():
     assert (args.max_instances, args.max_body_bytes, args.max_inflight) == (64, 16 << 20, 32)
     assert (args.batch_max_size, args.batch_timeout_ms) == (32, 0.0)
     assert (args.shutdown_delay_s, args.grace_period_s) == (0.0, 10)
+    assert args.file_system_poll_wait_seconds == 30.0
     assert ServerLimits.from_args(args) == ServerLimits()
     # The per-request limit has one name: --max-batch-size, its old alias, sat beside
     # --batch-max-size (the server-side batching size) and is gone.
@@ -1280,9 +1307,12 @@ def test_cli_defaults_and_options():
     with pytest.raises(SystemExit):
         parse_args(["--model-repository", "r", "--model-name", "m", "--max-inflight", "-1"])
 
-    limits = ServerLimits(max_instances=8, max_inflight=3, batch_max_size=0)
+    limits = ServerLimits(
+        max_instances=8, max_inflight=3, batch_max_size=0, file_system_poll_wait_seconds=0.5
+    )
     command = local.server_command("r", "m", 9000, limits=limits)
     options = parse_args(command[3:])
     assert (options.max_inflight, options.batch_max_size, options.http_port) == (3, 0, 9000)
+    assert options.file_system_poll_wait_seconds == 0.5
     assert ServerLimits.from_args(options) == limits
     assert "--shutdown-delay-s" not in command  # default limits keep the server's defaults

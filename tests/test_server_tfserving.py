@@ -1,5 +1,7 @@
-"""The model server's TF Serving API, complete: versions and labels, model status and
-metadata, over REST (plain HTTP) and gRPC (TF Serving's own client objects and stubs).
+"""The model server's versions: TF Serving's API, complete (versions and labels, model
+status and metadata, over REST and gRPC, with TF Serving's own client objects and
+stubs), KServe v2's versioned routes (Triton's clients), and versions published and
+removed while the server runs (its repository poll).
 
 One model name holds two exports: version 1 a classifier (``image_bytes`` ->
 ``probabilities``, ``label``, ...), version 2 a detector (``inputs`` ->
@@ -11,10 +13,14 @@ is the latest (2) by default.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io as bytes_io
 import json
+import os
 import shutil
 import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -23,6 +29,7 @@ import pytest
 from PIL import Image
 
 from components.deploy import local
+from components.deploy.model_repository import publish
 
 MODEL_NAME = "mixed"
 WAIT_S = 120.0
@@ -67,16 +74,15 @@ def repository(exported_model, detection_export, tmp_path_factory) -> str:
     return str(repo)
 
 
-@pytest.fixture(scope="module")
-def server(repository, tmp_path_factory):
-    """``(base_url, grpc_target)`` of the server on both versions; checks at the end that
-    SIGTERM stops it with 0."""
-    log_path = tmp_path_factory.mktemp("tfserving_log") / "server.log"
+@contextlib.contextmanager
+def _serving(repository: str, log_path, *options: str):
+    """``(base_url, grpc_target)`` of a server on ``repository`` run with ``options``,
+    its output in ``log_path``; checks at the end that SIGTERM stops it with 0."""
     port, grpc_port = local.free_port(), local.free_port()
     command = local.server_command(repository, MODEL_NAME, port, grpc_port=grpc_port)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [*command, "--version-label", "canary=1"],
+            [*command, *options],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -87,6 +93,14 @@ def server(repository, tmp_path_factory):
     finally:
         code = local.stop_server(process, timeout_s=WAIT_S)
     assert code == 0, log_path.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(repository, tmp_path_factory):
+    """``(base_url, grpc_target)`` of the server on both versions."""
+    log_path = tmp_path_factory.mktemp("tfserving_log") / "server.log"
+    with _serving(repository, log_path, "--version-label", "canary=1") as addresses:
+        yield addresses
 
 
 @pytest.fixture(scope="module")
@@ -330,6 +344,219 @@ def test_grpc_errors(channel):
             method(request, timeout=WAIT_S)
         assert error.value.code().name == code, error.value.details()
         assert message in error.value.details()
+
+
+# --- KServe v2's versions: Triton's clients -------------------------------------------------
+
+V2_VERSIONS = {"1": 1, "2": 2, "": 2}  # tritonclient's model_version, the version answering
+
+
+def _input_name(version: int) -> str:
+    return "image_bytes" if version == 1 else "inputs"
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_http_by_version(server, direct, binary):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(server[0].removeprefix("http://"))
+    for model_version, version in V2_VERSIONS.items():
+        expected = direct[version](IMAGES)
+        tensor = httpclient.InferInput(_input_name(version), [len(IMAGES)], "BYTES")
+        if binary:  # the client's defaults: raw image bytes in, binary outputs back
+            tensor.set_data_from_numpy(np.array(IMAGES, dtype=np.object_))
+            outputs = None
+        else:  # pure JSON
+            images = [base64.b64encode(image) for image in IMAGES]
+            tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=False)
+            outputs = [
+                httpclient.InferRequestedOutput(name, binary_data=False) for name in expected
+            ]
+        result = client.infer(MODEL_NAME, [tensor], model_version=model_version, outputs=outputs)
+        assert result.get_response()["model_version"] == str(version)
+        _same_as_direct({name: result.as_numpy(name) for name in expected}, expected)
+
+        metadata = client.get_model_metadata(MODEL_NAME, model_version)
+        assert metadata["versions"] == ([model_version] if model_version else ["1", "2"])
+        assert [t["name"] for t in metadata["inputs"]] == [_input_name(version)]
+        assert {t["name"] for t in metadata["outputs"]} == set(expected)
+        assert client.is_model_ready(MODEL_NAME, model_version)
+
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(MODEL_NAME, [tensor], model_version="3")
+    assert error.value.status() == "404"
+    assert "has no version 3 served; versions: [1, 2]" in error.value.message()
+    assert not client.is_model_ready(MODEL_NAME, "3")
+    client.close()
+
+
+def test_v2_routes_of_versions_that_are_not_served(server):
+    base = f"{server[0]}/v2/models/{MODEL_NAME}"
+    body = {"inputs": [{"name": "inputs", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}
+    for path, request, message in (
+        ("/versions/3/infer", body, "has no version 3 served"),
+        ("/versions/3", None, "has no version 3 served"),
+        ("/versions/3/ready", None, "has no version 3 served"),
+        ("/versions/latest/infer", body, "version 'latest' is not a version number"),
+    ):
+        status, response = _http(base + path, request)
+        assert status == 404 and message in response["error"], (path, response)
+
+
+# Triton's gRPC client runs in its own process: its protos and KServe's define the same
+# messages (package inference), which one process's protobuf pool refuses to hold twice.
+TRITON_GRPC_VERSIONS = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+target, model, *paths = sys.argv[1:]
+client = grpcclient.InferenceServerClient(target)
+images = [open(path, "rb").read() for path in paths]
+
+def call(method, *args, **kwargs):
+    try:
+        return method(*args, **kwargs)
+    except InferenceServerException as e:
+        return {"status": e.status(), "message": e.message()}
+
+def infer(version, input_name):
+    tensor = grpcclient.InferInput(input_name, [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    result = call(client.infer, model, [tensor], model_version=version)
+    if isinstance(result, dict):
+        return result
+    response = result.get_response()
+    outputs = {o.name: result.as_numpy(o.name) for o in response.outputs}
+    return {"version": response.model_version, "outputs": {
+        name: [v.decode() for v in a.ravel()] if a.dtype == object else a.tolist()
+        for name, a in outputs.items()
+    }}
+
+def metadata(version):
+    answer = call(client.get_model_metadata, model, model_version=version)
+    if isinstance(answer, dict):
+        return answer
+    return {"versions": list(answer.versions), "inputs": [t.name for t in answer.inputs]}
+
+answer = {
+    version: {
+        "infer": infer(version, input_name),
+        "metadata": metadata(version),
+        "ready": call(client.is_model_ready, model, model_version=version),
+    }
+    for version, input_name in (("1", "image_bytes"), ("2", "inputs"), ("", "inputs"),
+                                ("3", "inputs"))
+}
+print(json.dumps(answer))
+"""
+
+
+def test_tritonclient_grpc_by_version(server, direct, tmp_path):
+    paths = []
+    for i, image in enumerate(IMAGES):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(image)
+    run = subprocess.run(
+        [sys.executable, "-c", TRITON_GRPC_VERSIONS, server[1], MODEL_NAME, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    answer = json.loads(run.stdout.strip().splitlines()[-1])
+    for model_version, version in V2_VERSIONS.items():
+        got = answer[model_version]
+        assert got["infer"]["version"] == str(version), got["infer"]
+        _same_as_direct(got["infer"]["outputs"], direct[version](IMAGES))
+        versions = [model_version] if model_version else ["1", "2"]
+        assert got["metadata"] == {"versions": versions, "inputs": [_input_name(version)]}
+        assert got["ready"] is True
+    for call in ("infer", "metadata", "ready"):
+        error = answer["3"][call]
+        assert error["status"] == "StatusCode.NOT_FOUND", (call, error)
+        assert "has no version 3 served" in error["message"]
+
+
+# --- versions published and removed while the server runs -----------------------------------
+
+
+def _wait_for(check, what: str) -> None:
+    """Calls ``check`` until it returns True, for at most ``WAIT_S``."""
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {WAIT_S:.0f} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def _versions(base: str) -> list[tuple[str, str]]:
+    """The versions the status route lists, with their states."""
+    status, response = _http(f"{base}/v1/models/{MODEL_NAME}")
+    assert status == 200, response
+    return [(s["version"], s["state"]) for s in response["model_version_status"]]
+
+
+def _available(*versions: int) -> list[tuple[str, str]]:
+    return [(str(version), "AVAILABLE") for version in versions]
+
+
+def _predict(base: str, route: str, export: int) -> tuple[int, dict]:
+    """A TF Serving row-format request of ``IMAGES`` to ``route``, with the input name of
+    the export first published as version ``export`` (1: the classifier, 2: the detector)."""
+    name = _input_name(export)
+    body = {"instances": [{name: {"b64": base64.b64encode(data).decode()}} for data in IMAGES]}
+    return _http(f"{base}/v1/models/{MODEL_NAME}{route}:predict", body)
+
+
+def _answers_as(base: str, route: str, export: int, direct) -> None:
+    """``route`` answers as the export first published as version ``export`` does."""
+    status, response = _predict(base, route, export)
+    assert status == 200, response
+    _same_as_direct(_rows_to_columns(response["predictions"]), direct[export](IMAGES))
+
+
+def test_versions_published_and_removed_while_serving(
+    exported_model, detection_export, direct, tmp_path
+):
+    repo = str(tmp_path / "repo")
+    publish(exported_model, repo, MODEL_NAME)
+    log_path = tmp_path / "server.log"
+    with _serving(repo, log_path, "--file-system-poll-wait-seconds", "0.2") as (base, _):
+        assert _versions(base) == _available(1)
+        # The deploy stage publishes a version while the server serves.
+        assert publish(detection_export["dir"], repo, MODEL_NAME)["version"] == 2
+        _wait_for(lambda: _versions(base) == _available(1, 2), "version 2 served")
+        _answers_as(base, "", 2, direct)  # the latest
+        _answers_as(base, "/labels/stable", 2, direct)
+        _answers_as(base, "/versions/1", 1, direct)
+
+        shutil.rmtree(os.path.join(repo, MODEL_NAME, "1"))
+        _wait_for(lambda: _versions(base) == _available(2), "version 1 no longer served")
+        status, response = _predict(base, "/versions/1", 1)
+        assert status == 404 and "has no version 1 served; versions: [2]" in response["error"]
+
+        # A version that does not load is logged and not served, and the server serves
+        # on; once its files change, it is tried again.
+        broken = tmp_path / "broken"
+        shutil.copytree(exported_model, broken)
+        (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+        os.rename(broken, os.path.join(repo, MODEL_NAME, "3"))
+        _wait_for(
+            lambda: (
+                "version 3 of 'mixed'" in log_path.read_text(errors="replace")
+                and "failed to load, not served" in log_path.read_text(errors="replace")
+            ),
+            "version 3's failed load in the log",
+        )
+        assert _versions(base) == _available(2)
+        _answers_as(base, "", 2, direct)
+        repaired = tmp_path / "saved_model.pb"
+        shutil.copy(os.path.join(exported_model, "saved_model.pb"), repaired)
+        os.replace(repaired, os.path.join(repo, MODEL_NAME, "3", "saved_model.pb"))
+        _wait_for(lambda: _versions(base) == _available(2, 3), "version 3 served once repaired")
+        _answers_as(base, "", 1, direct)  # version 3 is version 1's export again
 
 
 # --- versions and labels, without a server ---------------------------------------------------

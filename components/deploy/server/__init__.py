@@ -45,7 +45,13 @@ The same body elsewhere:
   ``class_index`` INT64 [N], ``label`` BYTES [N], ``score`` FP32 [N]). JSON whatever its
   content type (``tritonclient.http`` sends none), and the binary tensor extension both
   ways: raw image bytes in (``binary_data_size``, ``Inference-Header-Content-Length``),
-  binary outputs when asked (``binary_data_output``, tritonclient's default).
+  binary outputs when asked (``binary_data_output``, tritonclient's default). A version
+  as Triton's clients name it (``model_version="1"``), answered by that version the same
+  way, or 404 (``v2_rest``)::
+
+    POST /v2/models/<name>/versions/<N>/infer
+    GET  /v2/models/<name>/versions/<N>            {"name", "versions": ["N"], "inputs", ...}
+    GET  /v2/models/<name>/versions/<N>/ready
 * TF Serving's versions, labels, status and metadata (``tfserving_rest``)::
 
     POST /v1/models/<name>/versions/<N>:predict, /v1/models/<name>/labels/<label>:predict
@@ -56,10 +62,14 @@ The same body elsewhere:
 
   Every version in the repository is served (``--model-version N``: only N), the latest
   to requests that name none; ``--version-label LABEL=N`` names versions (``stable``: the
-  latest unless given).
+  latest unless given). The repository is polled, as TF Serving does: versions published
+  while the server runs are loaded in the background and served once loaded (the latest
+  and ``stable`` move to the newest), removed ones are no longer served; a version that
+  fails to load is logged and skipped (``repository_poll``).
 * gRPC, on ``--grpc-port`` (default 8081; 0: none), the same host: KServe's v2
   ``inference.GRPCInferenceService`` (``tritonclient.grpc``: BYTES ``image_bytes`` of raw
-  image bytes) and TensorFlow Serving's ``tensorflow.serving.PredictionService``
+  image bytes; a version in ``model_version``, or ``version`` for ModelReady and
+  ModelMetadata) and TensorFlow Serving's ``tensorflow.serving.PredictionService``
   (``Predict`` with a DT_STRING ``image_bytes`` tensor, ``GetModelMetadata``; a version or
   label in ``model_spec``) and ``ModelService`` (``GetModelStatus``); see ``tfserving``. Status codes: INVALID_ARGUMENT (what REST answers with 400), NOT_FOUND,
   RESOURCE_EXHAUSTED (a message over ``--max-body-bytes``), UNAVAILABLE (over the in-flight
@@ -77,8 +87,8 @@ Errors are JSON, ``{"error": "<why>"}``:
   unsupported format, too many instances or too large an image, an unknown
   ``signature_name``.
 * 403: a file outside the allowed prefixes (or none allowed).
-* 404: unknown model or route. 413: a body over ``--max-body-bytes``, refused from its
-  Content-Length before it is read, or while a chunked body is read.
+* 404: unknown model, version, label or route. 413: a body over ``--max-body-bytes``,
+  refused from its Content-Length before it is read, or while a chunked body is read.
 * 503 with ``Retry-After: 1``: more than ``--max-inflight`` predict requests at once
   (refused at once, nothing queues beyond the bound), or the model is not loaded yet.
 
@@ -138,6 +148,9 @@ Its modules:
 ``tfserving``    TF Serving's gRPC ``PredictionService`` and ``ModelService`` on the
                  model, and the status and metadata protos its REST API answers too
 ``tfserving_rest``  TF Serving's REST routes for versions, labels, status and metadata
+``v2_rest``      KServe v2's REST model routes (metadata, readiness, infer), with versions
+``repository_poll``  the model repository's poll: versions published and removed while
+                 the server runs
 ``grpc_server``  the gRPC server: both services, the in-flight bound, message limits
 ``http``         the REST server: the limits middleware, JSON errors, readiness, draining,
                  SageMaker's and Vertex AI's routes, and ``serve``, which runs it all
@@ -152,11 +165,15 @@ Usage::
         [--model-version N] [--version-label canary=2] [--http-port 8080] \\
         [--grpc-port 8081] [--host 127.0.0.1] \\
         [--allow-uri-prefix gs://bucket/images/] [--max-inflight 32] \\
-        [--max-body-bytes 16777216] [--batch-max-size 32] [--batch-timeout-ms 0] ...
+        [--max-body-bytes 16777216] [--batch-max-size 32] [--batch-timeout-ms 0] \\
+        [--file-system-poll-wait-seconds 30] ...
     python -m components.deploy.server --model-dir DIR_OR_GS_URI ...   (one SavedModel)
 
-It serves every version in the repository at start-up, the latest by default (or only
-``--model-version``); versions published later are served after a restart.
+It serves every version in the repository, the latest by default (or only
+``--model-version``), and looks for versions published or removed every
+``--file-system-poll-wait-seconds`` (30 by default, where TF Serving's is 1: versions
+come at the pace of pipeline runs, and each look at a gs:// repository is a listing and
+a stat per version; 0: versions are read at start-up only).
 """
 
 from components.deploy.server.limits import ServerLimits

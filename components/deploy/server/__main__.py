@@ -51,7 +51,8 @@ def parse_args(
         type=int,
         default=None,
         help="serve only this version (default: every version in the repository, the "
-        "latest answering requests that name none)",
+        "latest answering requests that name none, and those published later: see "
+        "--file-system-poll-wait-seconds)",
     )
     parser.add_argument(
         "--version-label",

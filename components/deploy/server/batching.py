@@ -12,6 +12,8 @@ import numpy as np
 from components.deploy.server.protocol import InvalidInput
 
 ModelCall = Callable[[list[bytes]], dict[str, np.ndarray]]
+# Queued by ``Batcher.close``: the worker ends once the requests queued before it are run.
+_CLOSE = object()
 
 
 @dataclasses.dataclass
@@ -30,6 +32,7 @@ class Batcher:
     with load; ``timeout_s`` is how long the first request of a batch waits for more
     when none is queued. When a batch fails with ``InvalidInput`` (an image that does not
     decode), its requests run again one by one, so that only the bad request fails.
+    ``close`` ends the worker (a version no longer served).
     """
 
     def __init__(self, run: ModelCall, max_size: int, timeout_s: float = 0.0):
@@ -40,7 +43,7 @@ class Batcher:
         self.timeout_s = timeout_s
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
-        self._next: _Pending | None = None
+        self._next: _Pending | object | None = None
 
     @property
     def queued(self) -> int:
@@ -57,9 +60,20 @@ class Batcher:
         self._queue.put_nowait(pending)
         return await pending.future
 
+    def close(self) -> None:
+        """Ends the worker once the requests queued so far have their answers (it goes on
+        while requests keep coming)."""
+        if self._worker is not None and not self._worker.done():
+            self._queue.put_nowait(_CLOSE)
+
     async def _collect(self) -> list[_Pending]:
+        """The next batch; empty once ``close`` was called."""
         first = self._next or await self._queue.get()
         self._next = None
+        while first is _CLOSE:
+            if self._queue.empty():
+                return []
+            first = self._queue.get_nowait()  # queued after the close: keep working
         batch, size = [first], len(first.images)
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while size < self.max_size:
@@ -73,7 +87,7 @@ class Batcher:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
-            if size + len(item.images) > self.max_size:
+            if item is _CLOSE or size + len(item.images) > self.max_size:
                 self._next = item
                 break
             batch.append(item)
@@ -82,8 +96,7 @@ class Batcher:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
+        while batch := await self._collect():
             images = [image for item in batch for image in item.images]
             try:
                 outputs = await loop.run_in_executor(None, self.run, images)

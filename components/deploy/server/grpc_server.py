@@ -7,6 +7,11 @@ largest message (RESOURCE_EXHAUSTED beyond it, from gRPC itself), and the model'
 and batching. KServe's exception interceptor maps errors to status codes
 (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE). The server runs in the REST server's event
 loop, and starts listening before the model loads (calls get UNAVAILABLE meanwhile).
+
+KServe's v2 calls take a model version as Triton's clients send it: ``ModelInfer``'s
+``model_version`` (the model reads it from the request), ``ModelReady``'s and
+``ModelMetadata``'s ``version`` (``VersionedInferenceServicer``); NOT_FOUND for a version
+that is not served.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from components.deploy.server import protocol  # noqa: F401
 import grpc
 from grpc import aio
 from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as v2_pb, grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
@@ -74,6 +79,19 @@ class InflightInterceptor(aio.ServerInterceptor):
         )
 
 
+class VersionedInferenceServicer(InferenceServicer):
+    """KServe's v2 gRPC service, whose ModelReady and ModelMetadata answer the version
+    the request names (``ServingDataPlane``), or the latest when none."""
+
+    async def ModelReady(self, request, context):  # noqa: N802 (the gRPC method's name)
+        ready = await self._data_plane.model_ready(request.name, model_version=request.version)
+        return v2_pb.ModelReadyResponse(ready=ready)
+
+    async def ModelMetadata(self, request, context):  # noqa: N802
+        metadata = await self._data_plane.model_metadata(request.name, request.version)
+        return v2_pb.ModelMetadataResponse(**metadata)
+
+
 def listen_address(host: str, port: int) -> str:
     """``host:port`` as gRPC takes it (an IPv6 host in brackets)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -103,7 +121,7 @@ def build_grpc_server(
         ],
     )
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, model_repository_extension), server
+        VersionedInferenceServicer(dataplane, model_repository_extension), server
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(model), server

@@ -35,10 +35,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.importer import import_from_string
 
 from components.deploy import DEFAULT_HTTP_PORT, LOOPBACK
-from components.deploy.server import tfserving_rest
+from components.deploy.server import tfserving_rest, v2_rest
 from components.deploy.server.grpc_server import build_grpc_server
 from components.deploy.server.limits import DEFAULT_LIMITS, InflightBound, ServerLimits
-from components.deploy.server.model import ImageModel
+from components.deploy.server.model import ImageModel, parse_version
+from components.deploy.server.repository_poll import RepositoryPoll
 from components.deploy.server.uris import ForbiddenUri, UriReader
 
 # SageMaker's serving contract (what its TensorFlow Serving container answers on 8080).
@@ -256,6 +257,8 @@ class ServingDataPlane(DataPlane):
     would load it in the event loop): ModelNotReady, 503 or UNAVAILABLE. v2 bodies that
     arrive as bytes (JSON of another content type, or the binary tensor extension) are
     read by ``protocol.parse_v2_body``: KServe decodes binary BYTES tensors as UTF-8 text.
+    KServe v2's model readiness and metadata take a version (``model_version``, the
+    text of a path's ``versions/<N>`` or of gRPC's ``version``), which KServe's ignore.
     """
 
     def __init__(self, model_registry):
@@ -268,9 +271,42 @@ class ServingDataPlane(DataPlane):
         models = list(self.model_registry.get_models().values())
         return bool(models) and all([await model.healthy() for model in models])
 
-    async def model_ready(self, model_name: str, disable_predictor_health_check: bool = False):
+    async def model_ready(
+        self,
+        model_name: str,
+        disable_predictor_health_check: bool = False,
+        model_version: str | None = None,
+    ) -> bool:
+        """Whether the model (or the one version ``model_version`` names) answers.
+
+        Raises:
+            ModelNotFound: for another model, or a version that is not served.
+        """
         ready = await super().model_ready(model_name, disable_predictor_health_check)
+        version = parse_version(model_name, model_version)
+        if version is not None:
+            model: ImageModel = self._model_registry.get_model(model_name)
+            ready = model.served(version).available
         return ready and (disable_predictor_health_check or not self.draining)
+
+    async def model_metadata(self, model_name: str, model_version: str | None = None) -> dict:
+        """KServe v2's model metadata of the latest version, or of the one
+        ``model_version`` names: ``versions`` (every served version, or that one) and
+        that version's ``inputs`` and ``outputs`` (none until it is loaded).
+
+        Raises:
+            ModelNotFound: for another model, or a version that is not served.
+        """
+        model: ImageModel = self.get_model_from_registry(model_name)
+        served = model.served(parse_version(model_name, model_version))
+        versions = [served.number] if model_version else list(model.versions)
+        return {
+            "name": model_name,
+            "versions": [str(number) for number in versions],
+            "platform": "",
+            "inputs": model.get_input_types(served.number),
+            "outputs": model.get_output_types(served.number),
+        }
 
     async def get_model(self, name: str):
         model = self._model_registry.get_model(name)
@@ -320,9 +356,10 @@ class LimitedRESTServer(RESTServer):
     allowed prefixes) and a ``DrainingServer`` (whose delay is ``limits.shutdown_delay_s``).
 
     It answers TF Serving's versioned routes, status and metadata (``tfserving_rest``),
-    and the TF Serving predict request of ``model_name`` on each of
-    ``predict_routes`` and its readiness on each of ``health_routes``: SageMaker's
-    (``POST /invocations``, ``GET /ping``) and Vertex AI's custom-container routes.
+    KServe v2's model routes with their versions (``v2_rest``), and the TF Serving
+    predict request of ``model_name`` on each of ``predict_routes`` and its readiness on
+    each of ``health_routes``: SageMaker's (``POST /invocations``, ``GET /ping``) and
+    Vertex AI's custom-container routes.
     """
 
     def __init__(
@@ -358,6 +395,7 @@ class LimitedRESTServer(RESTServer):
         app.add_exception_handler(RequestValidationError, _validation_error)
         app.add_exception_handler(ForbiddenUri, _forbidden_uri)
         tfserving_rest.add_routes(app, self.dataplane)
+        v2_rest.add_routes(app, self.dataplane)
         v1 = V1Endpoints(self.dataplane, self.model_repository_extension)
         name = self.model_name
 
@@ -383,7 +421,9 @@ class LoopbackModelServer(kserve.ModelServer):
     """kserve's ModelServer on one REST server bound to ``host`` (kserve binds 0.0.0.0),
     that listens before its models load: liveness answers at once, readiness once loaded.
 
-    ``limits`` gives the REST server's bounds and ``grace_period`` (``grace_period_s``).
+    ``limits`` gives the REST server's bounds, ``grace_period`` (``grace_period_s``) and
+    how often a model that serves its repository's every version looks there for new
+    and removed ones (``file_system_poll_wait_seconds``, 0: never; ``repository_poll``).
     With a ``grpc_port`` (0: none) it also serves gRPC (``grpc_server``) on the same host,
     in the same event loop, with the same in-flight bound; ``predict_routes`` and
     ``health_routes`` are the REST server's.
@@ -484,6 +524,11 @@ class LoopbackModelServer(kserve.ModelServer):
             log.exception("model failed to load: stopping the server")
             self._load_error = e
             server.should_exit = True
+            return
+        wait_s = self.limits.file_system_poll_wait_seconds
+        if wait_s > 0:
+            polled = [model for model in models if model.follows_repository]
+            await asyncio.gather(*(RepositoryPoll(model).run(wait_s) for model in polled))
 
 
 def serve(
@@ -503,9 +548,10 @@ def serve(
     """Serves the model until SIGTERM or SIGINT; it loads while the server listens.
 
     The model is every version in ``model_repository_dir`` (only ``version`` when
-    given; the latest answers requests that name none) or, with an empty one, the
-    SavedModel in ``model_dir``. ``version_labels`` maps TF Serving's version labels to
-    versions (``stable``: the latest unless given). ``grpc_port`` 0 serves no gRPC;
+    given; the latest answers requests that name none), which it polls for versions
+    published and removed (``limits.file_system_poll_wait_seconds``), or, with an empty
+    one, the SavedModel in ``model_dir``. ``version_labels`` maps TF Serving's version
+    labels to versions (``stable``: the latest unless given). ``grpc_port`` 0 serves no gRPC;
     requests that name files are read under ``allow_uri_prefixes`` only (none: 403).
 
     Raises:

@@ -20,6 +20,12 @@ BATCH_TIMEOUT_MS = 0.0
 SHUTDOWN_DELAY_S = 0.0
 # Seconds the server gives open requests to finish after SIGTERM.
 GRACE_PERIOD_S = 10
+# Seconds between two looks at the model repository for new and removed versions (TF
+# Serving's --file_system_poll_wait_seconds, whose default is 1). Versions arrive at the
+# pace of pipeline runs and take seconds to load, so 30 s delays one by little, while on
+# a gs:// repository each look is a listing plus a stat per version: 2,880 a day instead
+# of 86,400 per server.
+FILE_SYSTEM_POLL_WAIT_SECONDS = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,7 @@ class ServerLimits:
     batch_timeout_ms: float = BATCH_TIMEOUT_MS
     shutdown_delay_s: float = SHUTDOWN_DELAY_S
     grace_period_s: int = GRACE_PERIOD_S
+    file_system_poll_wait_seconds: float = FILE_SYSTEM_POLL_WAIT_SECONDS
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServerLimits:
@@ -152,4 +159,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=GRACE_PERIOD_S,
         help="seconds the requests in flight get to finish once the server stops accepting "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--file-system-poll-wait-seconds",
+        type=_seconds,
+        default=FILE_SYSTEM_POLL_WAIT_SECONDS,
+        help="seconds between looks at the model repository for versions published or "
+        "removed since (when serving every version: not with --model-version or --model-dir); "
+        "0: versions are read at start-up only (default: %(default)s)",
     )

@@ -6,7 +6,9 @@ come from the export's ``serving_default`` signature once it is loaded
 ``structured_outputs``: every output, with its dtype and shape). A classifier's export
 (``image_bytes`` -> ``probabilities``, ``label``, ...) and a detector's (``inputs`` ->
 ``detection_boxes``, ``detection_labels``, ...) are served alike, each version with
-its own signature (``ServedVersion``).
+its own signature (``ServedVersion``). The versions served change while the server
+runs when it polls its repository (``repository_poll``): ``add_version`` and
+``remove_version``, which move the latest.
 """
 
 from __future__ import annotations
@@ -78,6 +80,20 @@ class VersionNotFound(ModelNotFound):
         self.reason = reason
 
 
+def parse_version(model_name: str, text: str | None) -> int | None:
+    """The version number a request names as text (a path's ``versions/<N>``, KServe v2's
+    ``model_version``); None when it names none (absent or empty: the latest).
+
+    Raises:
+        VersionNotFound: (404, NOT_FOUND) for text that is not a version number.
+    """
+    if not text:
+        return None
+    if not text.isdecimal():
+        raise VersionNotFound(f"model {model_name!r}: version {text!r} is not a version number")
+    return int(text)
+
+
 @dataclasses.dataclass
 class ServedVersion:
     """One version of the served model: its number and directory, and once loaded its
@@ -116,7 +132,9 @@ class ImageModel(kserve.Model):
     ``version`` when given); a request that names none gets the latest (``version``
     after ``resolve``), ``served`` finds the one a request names by number or by label.
     ``version_labels`` maps labels to versions; ``stable`` is the latest unless given.
-    A lone ``model_dir`` is one version: its directory's number, or 1.
+    A lone ``model_dir`` is one version: its directory's number, or 1. Only a model that
+    serves every version of a repository (``follows_repository``) takes versions
+    published later (``add_version``) and drops removed ones (``remove_version``).
 
     ``input_name`` is the latest version's signature input (None until loaded): requests
     name it.
@@ -145,8 +163,11 @@ class ImageModel(kserve.Model):
         self.model_dir: str | None = model_dir
         self.limits = limits
         self.uri_reader = uri_reader or UriReader()
+        # Replaced, never changed in place: threads read it while the event loop swaps it.
         self.versions: dict[int, ServedVersion] = {}
         self.version_labels: dict[str, int] = dict(version_labels or {})
+        self.follows_repository = bool(repository) and version is None
+        self._stable_given = "stable" in self.version_labels
 
     def resolve(self) -> str:
         """Finds the versions to serve (cheap: no TensorFlow), checks the labels; returns
@@ -223,11 +244,18 @@ class ImageModel(kserve.Model):
         readiness turns true when all are loaded."""
         self.resolve()
         for number in sorted(self.versions, key=lambda n: n != self.version):
-            self._load_version(self.versions[number])
+            self.load_version(self.versions[number])
         self.ready = True
         return self.ready
 
-    def _load_version(self, served: ServedVersion) -> None:
+    def load_version(self, served: ServedVersion) -> None:
+        """Loads one version's SavedModel into ``served`` (blocking, seconds), ready to
+        answer once served.
+
+        Raises:
+            ValueError: for a SavedModel without a ``serving_default`` signature of
+                encoded images; TensorFlow's errors for one that does not load.
+        """
         loaded = tf.saved_model.load(served.directory)
         if SIGNATURE not in loaded.signatures:
             raise ValueError(
@@ -238,9 +266,8 @@ class ImageModel(kserve.Model):
         served.input_name, _ = image_input(signature)
         served.loaded = loaded
         if self.limits.batch_max_size > 0:
-            number = served.number
             served.batcher = Batcher(
-                lambda images: self.run_signature(images, number),
+                lambda images: self.run_signature(images, served),
                 self.limits.batch_max_size,
                 self.limits.batch_timeout_ms / 1000.0,
             )
@@ -254,12 +281,41 @@ class ImageModel(kserve.Model):
             sorted(signature.structured_outputs),
         )
 
+    def add_version(self, served: ServedVersion) -> None:
+        """Serves a loaded version besides the others; the latest (and ``stable``, unless
+        it was given) moves to the newest."""
+        self.versions = dict(sorted({**self.versions, served.number: served}.items()))
+        self._move_latest()
+
+    def remove_version(self, number: int) -> None:
+        """Stops serving a version (requests already given it still finish); the latest
+        (and ``stable``, unless it was given) moves to the newest left.
+
+        Raises:
+            ValueError: for the last version served: a model serves at least one.
+        """
+        if set(self.versions) == {number}:
+            raise ValueError(f"version {number} is the only version of {self.name!r} served")
+        versions = dict(self.versions)
+        removed = versions.pop(number)
+        self.versions = versions
+        self._move_latest()
+        if removed.batcher is not None:
+            removed.batcher.close()
+
+    def _move_latest(self) -> None:
+        self.version = max(self.versions)
+        self.model_dir = self.versions[self.version].directory
+        if not self._stable_given:
+            self.version_labels = {**self.version_labels, "stable": self.version}
+
     def run_signature(
-        self, images: list[bytes], version: int | None = None
+        self, images: list[bytes], version: int | ServedVersion | None = None
     ) -> dict[str, np.ndarray]:
-        """One call of a version's serving signature (the latest's by default) on encoded
-        images (blocking)."""
-        served = self.served(version)
+        """One call of a version's serving signature (the latest's by default; a version
+        by number, or the ``ServedVersion`` itself, which answers even once removed) on
+        encoded images (blocking)."""
+        served = version if isinstance(version, ServedVersion) else self.served(version)
         MODEL_CALL_IMAGES.observe(len(images))
         try:
             outputs = served.signature(**{served.input_name: tf.constant(images, tf.string)})
@@ -291,7 +347,12 @@ class ImageModel(kserve.Model):
     async def preprocess(
         self, payload: Any, headers: dict[str, str] | None = None
     ) -> PredictRequest:
-        return await self.read_request(payload)
+        # KServe v2 names a version in the request (gRPC's model_version; the REST
+        # route's /versions/<N>, which v2_rest copies there).
+        version = None
+        if isinstance(payload, InferRequest):
+            version = parse_version(self.name, payload.model_version)
+        return await self.read_request(payload, version)
 
     async def predict_images(
         self, images: list[bytes], version: int | None = None
@@ -302,7 +363,7 @@ class ImageModel(kserve.Model):
         if served.batcher is not None:
             return await served.batcher.predict(images)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.run_signature, images, served.number)
+        return await loop.run_in_executor(None, self.run_signature, images, served)
 
     async def predict(
         self, payload: PredictRequest, headers: dict[str, str] | None = None
@@ -311,15 +372,19 @@ class ImageModel(kserve.Model):
         version = self.version if payload.version is None else payload.version
         return format_answer(payload, outputs, self.name, version)
 
-    def get_input_types(self) -> list[dict]:
-        served = self.versions.get(self.version)
+    def get_input_types(self, version: int | None = None) -> list[dict]:
+        """A version's input (the latest's by default) as KServe's v2 metadata describes
+        it; none until it is loaded."""
+        served = self.versions.get(self.version if version is None else version)
         if served is None or served.signature is None:
             return []
         name, spec = image_input(served.signature)
         return [_tensor_type(name, spec)]
 
-    def get_output_types(self) -> list[dict]:
-        served = self.versions.get(self.version)
+    def get_output_types(self, version: int | None = None) -> list[dict]:
+        """A version's outputs (the latest's by default) as KServe's v2 metadata describes
+        them; none until it is loaded."""
+        served = self.versions.get(self.version if version is None else version)
         if served is None or served.signature is None:
             return []
         specs = served.signature.structured_outputs

@@ -21,7 +21,8 @@ those ``output_filter`` names), with the version that answered in ``model_spec``
 (``metadata_response``). ``ModelService.GetModelStatus`` answers each served version's
 state (``status_response``: every version, or the one the spec names). Classify, Regress,
 MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED (the export has a
-predict signature only; versions are read at start-up). Errors raise KServe's
+predict signature only; versions come from the repository, read at start-up and
+polled, ``repository_poll``). Errors raise KServe's
 exceptions, which its gRPC interceptor turns into status codes: INVALID_ARGUMENT,
 NOT_FOUND (another model, version or label), UNAVAILABLE (not loaded yet).
 

@@ -30,7 +30,7 @@ from kserve.errors import ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from components.deploy.server.model import ImageModel, VersionNotFound
+from components.deploy.server.model import ImageModel, parse_version
 from components.deploy.server.tfserving import metadata_response, rest_json, status_response
 
 MODEL_ROUTE = "/v1/models/{model_name}"
@@ -41,10 +41,8 @@ SELECTORS = ("", "/versions/{version}", "/labels/{label}")
 def _selection(request: Request) -> tuple[str, int | None, str]:
     """The model name, version number and label a route's path names."""
     params = request.path_params
-    name, version = params["model_name"], params.get("version")
-    if version is not None and not version.isdecimal():
-        raise VersionNotFound(f"model {name!r}: version {version!r} is not a version number")
-    return name, None if version is None else int(version), params.get("label", "")
+    name = params["model_name"]
+    return name, parse_version(name, params.get("version")), params.get("label", "")
 
 
 def add_routes(app: FastAPI, dataplane: DataPlane) -> None:
