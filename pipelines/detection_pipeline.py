@@ -23,10 +23,7 @@ from random initialisation at 192 px); on a GPU raise ``image_size``, pick a lar
   (``pipelines.vertex_target``, shared with classification).
 """
 
-import functools
-
 from google_cloud_pipeline_components import _placeholders
-from kfp import dsl
 
 from components.detection.components import (
     create_detection_tfrecords,
@@ -36,13 +33,12 @@ from components.detection.components import (
 )
 from components.images import dataflow_worker_image
 from pipelines import kfp_target, vertex_target
+from pipelines.deployment import deploy_behind_gate
 from pipelines.tasks import (
     GkeResources,
-    batch_predict_on_beam,
     beam_settings,
     edge_exports_task,
     stage_task,
-    stream_predict_on_dataflow,
     target_pipeline,
 )
 
@@ -273,54 +269,40 @@ def object_detection(
         champion_margin=champion_margin,
         page_examples=page_examples,
     )
-    predict_on_beam = functools.partial(
-        batch_predict_on_beam, gke, dataflow, exported_model, dataset, 1
+    deploy_behind_gate(
+        target,
+        gke,
+        dataflow,
+        exported_model,
+        evaluation,
+        dataset,
+        1,
+        model_name=model_name,
+        model_repository=model_repository,
+        serving_port=serving_port,
+        deploy_target=deploy_target,
+        kserve_namespace=kserve_namespace,
+        traffic_percent=traffic_percent,
+        project=project,
+        location=location,
+        serving_image=serving_image,
+        serving_container=serving_container,
+        serving_machine_type=serving_machine_type,
+        serving_min_replicas=serving_min_replicas,
+        serving_max_replicas=serving_max_replicas,
+        batch_predict_engine=batch_predict_engine,
+        batch_machine_type=batch_machine_type,
+        batch_max_replicas=batch_max_replicas,
+        rules=rules,
+        private_endpoint=private_endpoint,
+        stream=(
+            stream_subscription,
+            stream_output_topic,
+            stream_dead_letter_topic,
+            stream_job_name,
+            stream_output_dir,
+        ),
     )
-    # kfp local resolves a condition on a task's single return value ("Output").
-    with dsl.If(evaluation.outputs["Output"] == True, name="quality-gate"):  # noqa: E712
-        if target == "vertex":
-            vertex_target.deploy_and_predict(
-                exported_model,
-                evaluation,
-                dataset,
-                predict_on_beam,
-                model_name,
-                project,
-                location,
-                serving_image,
-                serving_container,
-                serving_machine_type,
-                serving_min_replicas,
-                serving_max_replicas,
-                traffic_percent,
-                batch_predict_engine,
-                batch_machine_type,
-                batch_max_replicas,
-                rules,
-                private_endpoint,
-            )
-        elif target == "kfp":
-            kfp_target.deploy(
-                exported_model,
-                evaluation,
-                model_name,
-                model_repository,
-                serving_port,
-                deploy_target,
-                kserve_namespace,
-                traffic_percent,
-            )
-        else:
-            kfp_target.deploy_local(
-                exported_model, evaluation, model_name, model_repository, serving_port
-            )
-        if target != "vertex":  # on vertex, deploy_and_predict picks the batch engine
-            predict_on_beam()
-        if target != "local":  # a streaming job runs on Dataflow, never under kfp local
-            stream = (stream_subscription, stream_output_topic, stream_dead_letter_topic)
-            stream_predict_on_dataflow(
-                gke, dataflow, exported_model, 1, *stream, stream_job_name, stream_output_dir
-            )
 
 
 def _train(

@@ -23,8 +23,6 @@ images. Every task runs on its stage's image as configured when the pipeline is 
 (``IMAGE_REGISTRY``/``IMAGE_TAG``, see components.images).
 """
 
-import functools
-
 from google_cloud_pipeline_components import _placeholders
 from kfp import dsl
 
@@ -35,13 +33,12 @@ from components.images import dataflow_worker_image
 from components.tune.component import tune
 from components.tune.space import TUNED
 from pipelines import kfp_target, vertex_target, vertex_tuning
+from pipelines.deployment import deploy_behind_gate
 from pipelines.tasks import (
     GkeResources,
-    batch_predict_on_beam,
     beam_settings,
     edge_exports_task,
     stage_task,
-    stream_predict_on_dataflow,
     target_pipeline,
 )
 
@@ -372,55 +369,40 @@ def image_classification(
         ig_steps=ig_steps,
     )
 
-    stream = (stream_subscription, stream_output_topic, stream_dead_letter_topic)
-    stream += (stream_job_name, stream_output_dir)
-    predict_on_beam = functools.partial(
-        batch_predict_on_beam, gke, dataflow, exported_model, dataset, top_k
+    deploy_behind_gate(
+        target,
+        gke,
+        dataflow,
+        exported_model,
+        evaluation,
+        dataset,
+        top_k,
+        model_name=model_name,
+        model_repository=model_repository,
+        serving_port=serving_port,
+        deploy_target=deploy_target,
+        kserve_namespace=kserve_namespace,
+        traffic_percent=traffic_percent,
+        project=project,
+        location=location,
+        serving_image=serving_image,
+        serving_container=serving_container,
+        serving_machine_type=serving_machine_type,
+        serving_min_replicas=serving_min_replicas,
+        serving_max_replicas=serving_max_replicas,
+        batch_predict_engine=batch_predict_engine,
+        batch_machine_type=batch_machine_type,
+        batch_max_replicas=batch_max_replicas,
+        rules=rules,
+        private_endpoint=private_endpoint,
+        stream=(
+            stream_subscription,
+            stream_output_topic,
+            stream_dead_letter_topic,
+            stream_job_name,
+            stream_output_dir,
+        ),
     )
-
-    # kfp local resolves a condition on a task's single return value ("Output"), so the
-    # gate is evaluate's return value rather than a named output.
-    with dsl.If(evaluation.outputs["Output"] == True, name="quality-gate"):  # noqa: E712
-        if target == "vertex":
-            vertex_target.deploy_and_predict(
-                exported_model,
-                evaluation,
-                dataset,
-                predict_on_beam,
-                model_name,
-                project,
-                location,
-                serving_image,
-                serving_container,
-                serving_machine_type,
-                serving_min_replicas,
-                serving_max_replicas,
-                traffic_percent,
-                batch_predict_engine,
-                batch_machine_type,
-                batch_max_replicas,
-                rules,
-                private_endpoint,
-            )
-        elif target == "kfp":
-            kfp_target.deploy(
-                exported_model,
-                evaluation,
-                model_name,
-                model_repository,
-                serving_port,
-                deploy_target,
-                kserve_namespace,
-                traffic_percent,
-            )
-            predict_on_beam()
-        else:
-            kfp_target.deploy_local(
-                exported_model, evaluation, model_name, model_repository, serving_port
-            )
-            predict_on_beam()
-        if target != "local":  # a streaming job runs on Dataflow, never under kfp local
-            stream_predict_on_dataflow(gke, dataflow, exported_model, top_k, *stream)
 
 
 def _train(
