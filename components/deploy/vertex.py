@@ -43,8 +43,9 @@ The clients are parameters, built from the region by default, so tests and calle
 pass their own. What serves the export (the container: Vertex AI's prebuilt TensorFlow
 one for the export's TensorFlow version when there is one, else the suite's deploy image
 as a custom container; the machines; the explanation spec) is
-``components.deploy.vertex_serving``'s. ``deploy_to_vertex`` is the stage: the KFP component
-and ``python -m components.deploy --target vertex`` both call it.
+``components.deploy.vertex_serving``'s; the look-ups are ``vertex_resources``'s, the changes
+to the Endpoint (steps 5 to 7) ``vertex_endpoint``'s. ``deploy_to_vertex`` is the stage: the
+KFP component and ``python -m components.deploy --target vertex`` both call it.
 """
 
 from __future__ import annotations
@@ -56,20 +57,25 @@ from typing import Any
 from google.cloud import aiplatform_v1
 
 from components.common.gcp_names import kms_key_name, vpc_network
+from components.deploy.vertex_endpoint import (
+    create_endpoint,
+    deploy_version,
+    make_way_on_private_endpoint,
+    undeploy_idle_versions,
+)
 from components.deploy.vertex_evaluation import add_aliases, import_evaluation
 from components.deploy.vertex_resources import (
-    VertexDeployError,
+    VertexDeployError as VertexDeployError,  # re-exported: deploy_to_vertex raises it
     check_endpoint,
     deployment_of,
     find_endpoint,
     find_model,
     find_version,
-    get_endpoint,
-    split_traffic,
-    versions_to_undeploy,
+    split_traffic as split_traffic,  # re-exported: the traffic rule of deploy_to_vertex
 )
 from components.deploy.vertex_serving import (
     DEFAULT_MACHINE_TYPE,
+    ServingContainer,
     api_endpoint,
     dedicated_resources,
     encryption_spec,
@@ -273,6 +279,112 @@ def deploy_to_vertex(
             one serving another Model), or the deployment is not on the endpoint after
             DeployModel.
     """
+    # The arguments, what serves the export, the clients, the report so far.
+    _check_arguments(artifact_uri, project, model_display_name, keep_versions, traffic_percent)
+    key = kms_key_name(encryption_spec_key_name)
+    endpoint_network = _private_network(network, private_endpoint, traffic_percent)
+    endpoint_display_name = endpoint_display_name or f"{model_display_name}-endpoint"
+    resources = dedicated_resources(
+        machine_type, accelerator_type, accelerator_count, min_replica_count, max_replica_count
+    )
+    recorded = dict(export_metadata or {})
+    explanation_metadata, explanation_parameters = _explanation_spec(
+        artifact_uri, enable_explanations, explanation_metadata, explanation_parameters, recorded
+    )
+    container = serving_container_for(
+        artifact_uri, location, accelerator_type, accelerator_count, serving_image,
+        recorded.get("framework_version", ""), serving_container, model_name=model_display_name,
+        deploy_image=deploy_image, explained=explanation_metadata is not None,
+    )  # fmt: skip
+    model_client = model_client or model_service_client(location)
+    endpoint_client = endpoint_client or endpoint_service_client(location)
+    parent = f"projects/{project}/locations/{location}"
+    result = _initial_result(location, artifact_uri, container)
+
+    # 1-3: the Model, this export's version and the Endpoint, where there are.
+    model, version, endpoint = _find_existing(
+        model_client, endpoint_client, parent, model_display_name, endpoint_display_name,
+        artifact_uri, container.spec.image_uri, key, endpoint_network,
+    )  # fmt: skip
+    deployed = _deployed_already(endpoint, model, version, artifact_uri)
+    if deployed is not None:
+        result["already_deployed"] = True
+        if evaluation is not None:
+            result |= _record_evaluation(
+                model_client, version, evaluation, confusion_matrix, version_alias
+            )
+        return _report(result, model.name, version.version_id, endpoint, deployed.id)
+
+    # 4: a new version, unless 2 found one.
+    if version is None:
+        request = upload_model_request(
+            parent, model_display_name, artifact_uri, container.spec,
+            parent_model=model.name if model else "", labels=labels,
+            explanation_metadata=explanation_metadata,
+            explanation_parameters=explanation_parameters, encryption_spec_key_name=key,
+        )  # fmt: skip
+        model_name, version_id = _upload_version(model_client, request, operation_timeout_s)
+        result["uploaded"] = True
+    else:
+        model_name, version_id = model.name, version.version_id
+        log.info("reusing version %s of %s (same artifact and image)", version_id, model_name)
+
+    # 5: the Endpoint, unless 3 found it; on a private one the serving version makes way.
+    if endpoint is None:
+        endpoint = create_endpoint(
+            endpoint_client, parent, endpoint_display_name, labels, endpoint_network, key,
+            operation_timeout_s,
+        )  # fmt: skip
+        result["endpoint_created"] = True
+    replaced = []
+    if endpoint.network:
+        endpoint, replaced = make_way_on_private_endpoint(
+            endpoint_client, endpoint, operation_timeout_s
+        )
+
+    # 6-7: deploy with the traffic share; undeploy this Model's idle older versions.
+    deployed_model = aiplatform_v1.DeployedModel(
+        model=f"{model_name}@{version_id}",
+        display_name=f"{model_display_name}-v{version_id}",
+        dedicated_resources=resources,
+        service_account=service_account,
+    )
+    endpoint, deployed_model_id = deploy_version(
+        endpoint_client, endpoint, deployed_model, traffic_percent, operation_timeout_s
+    )
+    endpoint, undeployed = undeploy_idle_versions(
+        endpoint_client, endpoint, model_name, deployed_model_id, keep_versions,
+        operation_timeout_s,
+    )  # fmt: skip
+    result["undeployed"] = replaced + undeployed
+
+    # The evaluation, recorded with the version deployed.
+    if evaluation is not None:
+        version = model_client.get_model(
+            request=aiplatform_v1.GetModelRequest(name=f"{model_name}@{version_id}")
+        )
+        result |= _record_evaluation(
+            model_client, version, evaluation, confusion_matrix, version_alias
+        )
+    return _report(result, model_name, version_id, endpoint, deployed_model_id)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _check_arguments(
+    artifact_uri: str,
+    project: str,
+    model_display_name: str,
+    keep_versions: int,
+    traffic_percent: int,
+) -> None:
+    """Checks ``deploy_to_vertex``'s arguments before anything is asked of Vertex AI.
+
+    Raises:
+        ValueError: on an artifact not on Cloud Storage, no project or Model display name,
+            ``keep_versions`` below 1 or ``traffic_percent`` outside [0, 100].
+    """
     if not artifact_uri.startswith("gs://"):
         raise ValueError(
             f"Vertex AI serves a model from Cloud Storage; the artifact is at {artifact_uri!r}"
@@ -286,7 +398,16 @@ def deploy_to_vertex(
         raise ValueError(f"keep_versions must be >= 1 (the new version), got {keep_versions}")
     if not 0 <= traffic_percent <= 100:
         raise ValueError(f"traffic_percent must be in [0, 100], got {traffic_percent}")
-    key = kms_key_name(encryption_spec_key_name)
+
+
+def _private_network(network: str, private_endpoint: bool, traffic_percent: int) -> str:
+    """The VPC network of the private endpoint asked for (its full name); "" for a public
+    one.
+
+    Raises:
+        ValueError: on a malformed network, or a private endpoint without a network or
+            with ``traffic_percent`` below 100 (it holds one deployment, without a split).
+    """
     endpoint_network = vpc_network(network) if private_endpoint else ""
     if private_endpoint and not endpoint_network:
         raise ValueError("private_endpoint needs the VPC network it is reached on (network)")
@@ -295,34 +416,15 @@ def deploy_to_vertex(
             "a private endpoint holds one deployment, without a traffic split: a new version "
             f"replaces the serving one, so traffic_percent must be 100, got {traffic_percent}"
         )
-    endpoint_display_name = endpoint_display_name or f"{model_display_name}-endpoint"
-    resources = dedicated_resources(
-        machine_type, accelerator_type, accelerator_count, min_replica_count, max_replica_count
-    )
-    recorded = dict(export_metadata or {})
-    explanation_metadata, explanation_parameters = _explanation_spec(
-        artifact_uri, enable_explanations, explanation_metadata, explanation_parameters, recorded
-    )
-    container = serving_container_for(
-        artifact_uri,
-        location,
-        accelerator_type,
-        accelerator_count,
-        serving_image,
-        recorded.get("framework_version", ""),
-        serving_container,
-        model_name=model_display_name,
-        deploy_image=deploy_image,
-        explained=explanation_metadata is not None,
-    )
-    serving_image = container.spec.image_uri
-    model_client = model_client or model_service_client(location)
-    endpoint_client = endpoint_client or endpoint_service_client(location)
-    parent = f"projects/{project}/locations/{location}"
-    result = {
+    return endpoint_network
+
+
+def _initial_result(location: str, artifact_uri: str, container: ServingContainer) -> dict:
+    """``deploy_to_vertex``'s report before anything is done: what is deployed, on what."""
+    return {
         "region": location,
         "artifact_uri": artifact_uri,
-        "serving_image": serving_image,
+        "serving_image": container.spec.image_uri,
         "serving_container": container.kind,
         "uploaded": False,
         "endpoint_created": False,
@@ -330,96 +432,75 @@ def deploy_to_vertex(
         "undeployed": [],
     }
 
+
+def _find_existing(
+    model_client: aiplatform_v1.ModelServiceClient,
+    endpoint_client: aiplatform_v1.EndpointServiceClient,
+    parent: str,
+    model_display_name: str,
+    endpoint_display_name: str,
+    artifact_uri: str,
+    serving_image: str,
+    kms_key_name: str,
+    endpoint_network: str,
+) -> tuple[aiplatform_v1.Model | None, aiplatform_v1.Model | None, aiplatform_v1.Endpoint | None]:
+    """The Model of that display name, its version of this export on ``serving_image``
+    with ``kms_key_name``, and the Endpoint of that display name; None for each not there.
+
+    Raises:
+        VertexDeployError: when a display name is ambiguous, or the Endpoint found is not
+            the one asked for (``vertex_resources.check_endpoint``).
+    """
     model = find_model(model_client, parent, model_display_name)
     version = (
-        find_version(model_client, model.name, artifact_uri, serving_image, key) if model else None
+        find_version(model_client, model.name, artifact_uri, serving_image, kms_key_name)
+        if model
+        else None
     )
     endpoint = find_endpoint(endpoint_client, parent, endpoint_display_name)
     if endpoint is not None:
-        check_endpoint(endpoint, endpoint_network, key, model.name if model else "")
+        check_endpoint(endpoint, endpoint_network, kms_key_name, model.name if model else "")
+    return model, version, endpoint
 
-    if version is not None and endpoint is not None:
-        deployed = deployment_of(endpoint, model.name, version.version_id)
-        if deployed is not None:
-            log.info(
-                "%s is already deployed as version %s of %s on %s (deployed model %s): "
-                "nothing to do",
-                artifact_uri,
-                version.version_id,
-                model.name,
-                endpoint.name,
-                deployed.id,
-            )
-            result["already_deployed"] = True
-            if evaluation is not None:
-                result |= _record_evaluation(
-                    model_client, version, evaluation, confusion_matrix, version_alias
-                )
-            return _report(result, model.name, version.version_id, endpoint, deployed.id)
 
-    if version is None:
-        request = upload_model_request(
-            parent,
-            model_display_name,
+def _deployed_already(
+    endpoint: aiplatform_v1.Endpoint | None,
+    model: aiplatform_v1.Model | None,
+    version: aiplatform_v1.Model | None,
+    artifact_uri: str,
+) -> aiplatform_v1.DeployedModel | None:
+    """The deployment of the version found on the endpoint found, None unless both were
+    found and the version is deployed there (then there is nothing to do)."""
+    if version is None or endpoint is None:
+        return None
+    deployed = deployment_of(endpoint, model.name, version.version_id)
+    if deployed is not None:
+        log.info(
+            "%s is already deployed as version %s of %s on %s (deployed model %s): nothing to do",
             artifact_uri,
-            container.spec,
-            parent_model=model.name if model else "",
-            labels=labels,
-            explanation_metadata=explanation_metadata,
-            explanation_parameters=explanation_parameters,
-            encryption_spec_key_name=key,
+            version.version_id,
+            model.name,
+            endpoint.name,
+            deployed.id,
         )
-        uploaded = model_client.upload_model(request=request).result(timeout=operation_timeout_s)
-        model_name, version_id = uploaded.model, uploaded.model_version_id
-        result["uploaded"] = True
-        log.info("uploaded %s as version %s of %s", artifact_uri, version_id, model_name)
-    else:
-        model_name, version_id = model.name, version.version_id
-        log.info("reusing version %s of %s (same artifact and image)", version_id, model_name)
+    return deployed
 
-    if endpoint is None:
-        endpoint = _create_endpoint(
-            endpoint_client,
-            aiplatform_v1.CreateEndpointRequest(
-                parent=parent,
-                endpoint=aiplatform_v1.Endpoint(
-                    display_name=endpoint_display_name,
-                    labels=dict(labels or {}),
-                    network=endpoint_network,
-                    encryption_spec=encryption_spec(key),
-                ),
-            ),
-            operation_timeout_s,
-        )
-        result["endpoint_created"] = True
-    replaced = []
-    if endpoint.network:
-        endpoint, replaced = _make_way_on_private_endpoint(
-            endpoint_client, endpoint, operation_timeout_s
-        )
 
-    deployed_model = aiplatform_v1.DeployedModel(
-        model=f"{model_name}@{version_id}",
-        display_name=f"{model_display_name}-v{version_id}",
-        dedicated_resources=resources,
-        service_account=service_account,
+def _upload_version(
+    model_client: aiplatform_v1.ModelServiceClient,
+    request: aiplatform_v1.UploadModelRequest,
+    timeout_s: float,
+) -> tuple[str, str]:
+    """Uploads the export (``upload_model_request``); returns the Model's resource name and
+    the new version's ID."""
+    uploaded = model_client.upload_model(request=request).result(timeout=timeout_s)
+    log.info(
+        "uploaded %s as version %s of %s",
+        request.model.artifact_uri,
+        uploaded.model_version_id,
+        uploaded.model,
     )
-    endpoint, deployed_model_id = _deploy(
-        endpoint_client, endpoint, deployed_model, traffic_percent, operation_timeout_s
-    )
-    endpoint, undeployed = _undeploy_idle_versions(
-        endpoint_client, endpoint, model_name, deployed_model_id, keep_versions,
-        operation_timeout_s,
-    )  # fmt: skip
-    result["undeployed"] = replaced + undeployed
-    if evaluation is not None:
-        version = model_client.get_model(
-            request=aiplatform_v1.GetModelRequest(name=f"{model_name}@{version_id}")
-        )
-        result |= _record_evaluation(
-            model_client, version, evaluation, confusion_matrix, version_alias
-        )
-    return _report(result, model_name, version_id, endpoint, deployed_model_id)
+    return uploaded.model, uploaded.model_version_id
 
 
 def _record_evaluation(
@@ -429,102 +510,12 @@ def _record_evaluation(
     confusion_matrix: Mapping[str, Any] | None,
     version_alias: str,
 ) -> dict:
+    """Moves ``version_alias`` to the version deployed and imports its evaluation; returns
+    the report's ``model_evaluation`` and ``version_aliases``."""
     aliases = add_aliases(model_client, version, [version_alias] if version_alias else [])
     name = f"{version.name.split('@', 1)[0]}@{version.version_id}"
     imported = import_evaluation(model_client, name, evaluation, confusion_matrix)
     return {"model_evaluation": imported, "version_aliases": aliases}
-
-
-def _create_endpoint(
-    endpoint_client: aiplatform_v1.EndpointServiceClient,
-    request: aiplatform_v1.CreateEndpointRequest,
-    timeout_s: float,
-) -> aiplatform_v1.Endpoint:
-    endpoint = endpoint_client.create_endpoint(request=request).result(timeout=timeout_s)
-    log.info("created endpoint %s (%s)", endpoint.name, request.endpoint.display_name)
-    return endpoint
-
-
-def _make_way_on_private_endpoint(
-    endpoint_client: aiplatform_v1.EndpointServiceClient,
-    endpoint: aiplatform_v1.Endpoint,
-    timeout_s: float,
-) -> tuple[aiplatform_v1.Endpoint, list[str]]:
-    """Undeploys what a private endpoint serves (this Model's older version:
-    ``check_endpoint`` refused another Model's), as it holds one deployment; returns the
-    endpoint as it is then and the deployed model IDs removed."""
-    removed = [dm.id for dm in endpoint.deployed_models]
-    if not removed:
-        return endpoint, []
-    for dm in endpoint.deployed_models:
-        log.warning(
-            "private endpoint %s holds one deployment: undeploying %s (version %s) for the "
-            "new version; the endpoint answers nothing until that one is deployed",
-            endpoint.name,
-            dm.id,
-            dm.model_version_id,
-        )
-        request = aiplatform_v1.UndeployModelRequest(
-            endpoint=endpoint.name, deployed_model_id=dm.id
-        )
-        endpoint_client.undeploy_model(request=request).result(timeout=timeout_s)
-    return get_endpoint(endpoint_client, endpoint.name), removed
-
-
-def _deploy(
-    endpoint_client: aiplatform_v1.EndpointServiceClient,
-    endpoint: aiplatform_v1.Endpoint,
-    deployed_model: aiplatform_v1.DeployedModel,
-    traffic_percent: int,
-    timeout_s: float,
-) -> tuple[aiplatform_v1.Endpoint, str]:
-    """Deploys a model version with its share of the traffic (a private endpoint takes
-    no traffic split: its one deployment serves all); returns the endpoint as it is then
-    and the deployed model's ID, once the endpoint lists it."""
-    request = aiplatform_v1.DeployModelRequest(
-        endpoint=endpoint.name,
-        deployed_model=deployed_model,
-        traffic_split={}
-        if endpoint.network
-        else split_traffic(endpoint.traffic_split, traffic_percent),
-    )
-    response = endpoint_client.deploy_model(request=request).result(timeout=timeout_s)
-    deployed_model_id = response.deployed_model.id
-    log.info(
-        "deployed %s on %s as %s; traffic split %s",
-        deployed_model.model,
-        endpoint.name,
-        deployed_model_id,
-        dict(request.traffic_split),
-    )
-    endpoint = get_endpoint(endpoint_client, endpoint.name)
-    if not any(dm.id == deployed_model_id for dm in endpoint.deployed_models):
-        raise VertexDeployError(
-            f"deployed model {deployed_model_id} is not on {endpoint.name} after DeployModel"
-        )
-    return endpoint, deployed_model_id
-
-
-def _undeploy_idle_versions(
-    endpoint_client: aiplatform_v1.EndpointServiceClient,
-    endpoint: aiplatform_v1.Endpoint,
-    model_name: str,
-    deployed_model_id: str,
-    keep_versions: int,
-    timeout_s: float,
-) -> tuple[aiplatform_v1.Endpoint, list[str]]:
-    """Undeploys the Model's versions beyond ``keep_versions`` that get no traffic;
-    returns the endpoint as it is then and the deployed model IDs removed."""
-    stale = versions_to_undeploy(endpoint, model_name, deployed_model_id, keep_versions)
-    for dm in stale:
-        request = aiplatform_v1.UndeployModelRequest(
-            endpoint=endpoint.name, deployed_model_id=dm.id
-        )
-        endpoint_client.undeploy_model(request=request).result(timeout=timeout_s)
-        log.info("undeployed %s (version %s), which had no traffic", dm.id, dm.model_version_id)
-    if stale:
-        endpoint = get_endpoint(endpoint_client, endpoint.name)
-    return endpoint, [dm.id for dm in stale]
 
 
 def _explanation_spec(
@@ -551,6 +542,8 @@ def _report(
     endpoint: aiplatform_v1.Endpoint,
     deployed_model_id: str,
 ) -> dict:
+    """``deploy_to_vertex``'s report: ``result`` with what serves the export at the end
+    (the version, the endpoint and its traffic split, the address to predict at)."""
     model_name = model_name.split("@", 1)[0]
     url = predict_url(result["region"], endpoint.name)
     if endpoint.network:  # reached on the network, at the deployment's own address
