@@ -25,65 +25,54 @@ and exits with status 2. ``submit_kfp`` and ``submit_vertex`` are plain function
 notebooks; they return a ``Submitted`` whose ``handle`` is the KFP run result or the
 Vertex ``PipelineJob`` (to wait on), or for a schedule the KFP recurring run or the
 Vertex ``PipelineJobSchedule``.
+
+The checks live in pipelines.submit_checks, the cron checks and the schedule calls in
+pipelines.schedules; this module puts them together and holds the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
-import json
 import os
-import re
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from pipelines.schedules import (
+    KFP_MAX_CONCURRENCY,
+    check_max_concurrent_runs,
+    check_max_runs,
+    check_schedule_options,
+    create_kfp_recurring_run,
+    create_vertex_schedule,
+    kfp_cron,
+    schedule_times,
+    vertex_cron,
+)
+from pipelines.submit_checks import (
+    FAILURE_POLICIES,
+    SubmitError,
+    check_encryption_key,
+    check_failure_policy,
+    check_gcp_credentials,
+    check_host_url,
+    check_images,
+    check_kfp_host,
+    check_network,
+    check_service_account,
+    check_vertex_project,
+    load_pipeline_spec,
+    parse_labels,
+    pipeline_parameters,
+    resolve_params,
+    settings_into_params,
+    validate_params,
+)
 
 DEFAULT_EXPERIMENT = "image-classification"
 BUILD_DIR = "build"
-CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-
-_TYPE_NAMES = {
-    "STRING": "a string",
-    "NUMBER_INTEGER": "an integer",
-    "NUMBER_DOUBLE": "a number",
-    "BOOLEAN": "true or false",
-    "LIST": "a list",
-    "STRUCT": "a mapping",
-}
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_PROJECT_RE = re.compile(r"^([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_REGION_RE = re.compile(r"^[a-z]+(-[a-z]+)+[0-9]+$")
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
-_KMS_KEY_RE = re.compile(
-    r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
-    r"/keyRings/[A-Za-z0-9_-]{1,63}/cryptoKeys/[A-Za-z0-9_-]{1,63}$"
-)
-_NETWORK_RE = re.compile(r"^projects/[0-9]+/global/networks/[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-_CRON_TZ_RE = re.compile(r"^(CRON_TZ|TZ)=(\S+)$")
-# Bounds of the numbers in each cron field (names such as MON or JAN are left to the server).
-_CRON_FIELDS = {
-    "second": (0, 59),
-    "minute": (0, 59),
-    "hour": (0, 23),
-    "day of month": (1, 31),
-    "month": (1, 12),
-    "day of week": (0, 7),
-}
-FAILURE_POLICIES = ("slow", "fast")
-KFP_MAX_CONCURRENCY = 10  # the KFP API server refuses more concurrent runs per recurring run
-
-
-class SubmitError(Exception):
-    """A problem found before anything was sent; the message is one line."""
 
 
 @dataclass
@@ -99,431 +88,6 @@ class Submitted:
     schedule_id: str | None = None
 
 
-# --- pure checks -------------------------------------------------------------------------
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def load_params(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads pipeline parameters from a YAML or JSON file holding a mapping."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise SubmitError(f"params file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        kind = "JSON" if path.endswith(".json") else "YAML"
-        raise SubmitError(f"params file {path} is not valid {kind}: {_one_line(e)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SubmitError(
-            f"params file {path} must hold a mapping of parameter names to values, "
-            f"not a {type(data).__name__}"
-        )
-    return data
-
-
-def load_pipeline_spec(pipeline_file: str | os.PathLike) -> dict[str, Any]:
-    """Reads a compiled pipeline (the first YAML document: the pipeline spec)."""
-    pipeline_file = os.fspath(pipeline_file)
-    if not os.path.isfile(pipeline_file):
-        raise SubmitError(f"pipeline file not found: {pipeline_file}")
-    try:
-        with open(pipeline_file, encoding="utf-8") as f:
-            # A pipeline using platform config (kfp-kubernetes) is two documents.
-            spec = next(iter(yaml.safe_load_all(f)), None)
-    except yaml.YAMLError as e:
-        raise SubmitError(f"pipeline file {pipeline_file} is not YAML: {_one_line(e)}") from None
-    if not isinstance(spec, dict) or "root" not in spec or "pipelineInfo" not in spec:
-        raise SubmitError(
-            f"{pipeline_file} is not a compiled KFP v2 pipeline (no root/pipelineInfo)"
-        )
-    return spec
-
-
-def pipeline_parameters(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The pipeline's parameters (``root.inputDefinitions.parameters``): name -> definition."""
-    return dict((spec.get("root", {}).get("inputDefinitions") or {}).get("parameters") or {})
-
-
-def _check_type(value: Any, parameter_type: str) -> tuple[bool, Any]:
-    """Whether ``value`` fits ``parameter_type``, and the value to send."""
-    if parameter_type == "STRING":
-        return isinstance(value, str), value
-    if parameter_type == "NUMBER_INTEGER":
-        if isinstance(value, bool):
-            return False, value
-        if isinstance(value, float) and value.is_integer():
-            return True, int(value)
-        return isinstance(value, int), value
-    if parameter_type == "NUMBER_DOUBLE":
-        return isinstance(value, int | float) and not isinstance(value, bool), value
-    if parameter_type == "BOOLEAN":
-        return isinstance(value, bool), value
-    if parameter_type == "LIST":
-        return isinstance(value, list), value
-    if parameter_type == "STRUCT":
-        return isinstance(value, dict), value
-    return True, value  # a type this check does not know: leave it to the server
-
-
-def validate_params(
-    params: Mapping[str, Any], parameters: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Checks parameter values against the pipeline's declared parameters.
-
-    Args:
-        params: Parameter values by name.
-        parameters: The pipeline's parameter definitions (see ``pipeline_parameters``).
-
-    Returns:
-        The values to send (integral floats given for integer parameters become ints).
-
-    Raises:
-        SubmitError: For a non-mapping, an unknown name (the message lists the valid
-            ones), a value of the wrong type, or a required parameter left out.
-    """
-    if not isinstance(params, Mapping):
-        raise SubmitError(
-            f"pipeline parameters must be a mapping of names to values, not a {type(params).__name__}"
-        )
-    valid = sorted(parameters)
-    unknown = sorted(str(name) for name in params if name not in parameters)
-    if unknown:
-        raise SubmitError(
-            f"unknown pipeline parameter(s): {', '.join(unknown)}; "
-            f"the pipeline's parameters are: {', '.join(valid)}"
-        )
-    errors, values = [], {}
-    for name, value in params.items():
-        parameter_type = parameters[name].get("parameterType", "STRING")
-        ok, values[name] = _check_type(value, parameter_type)
-        if not ok:
-            errors.append(
-                f"{name} must be {_TYPE_NAMES.get(parameter_type, parameter_type)} "
-                f"({parameter_type}), got {type(value).__name__} {value!r}"
-            )
-    missing = [
-        name
-        for name, definition in parameters.items()
-        if name not in params
-        and not definition.get("isOptional")
-        and "defaultValue" not in definition
-    ]
-    if missing:
-        errors.append(f"missing required parameter(s): {', '.join(sorted(missing))}")
-    if errors:
-        raise SubmitError("; ".join(errors))
-    return values
-
-
-def local_images(spec: Mapping[str, Any]) -> list[str]:
-    """Executor images of the pipeline that no cluster can pull (``localhost/...``)."""
-    executors = (spec.get("deploymentSpec") or {}).get("executors") or {}
-    images = {(executor.get("container") or {}).get("image", "") for executor in executors.values()}
-    return sorted(image for image in images if image.startswith("localhost/"))
-
-
-def _check_images(spec: Mapping[str, Any], pipeline_file: str) -> None:
-    images = local_images(spec)
-    if images:
-        more = f" and {len(images) - 1} more" if len(images) > 1 else ""
-        raise SubmitError(
-            f"{pipeline_file} uses local images no cluster can pull ({images[0]}{more}): "
-            "set IMAGE_REGISTRY and IMAGE_TAG to the pushed stage images (Cloud Build tags "
-            "them with the commit SHA) and compile again, or pass --allow-local-images"
-        )
-
-
-def check_host_url(host: str | None) -> str:
-    """The KFP host (argument, else ``KFPHOST``) as an http(s) URL without a trailing slash."""
-    host = (host or os.environ.get("KFPHOST") or "").strip()
-    if not host:
-        raise SubmitError(
-            "no KFP host: pass --host or set KFPHOST "
-            "(e.g. https://<id>.pipelines.googleusercontent.com or http://localhost:8080)"
-        )
-    parts = urllib.parse.urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SubmitError(
-            f"KFP host must be an http:// or https:// URL (e.g. http://localhost:8080), got {host!r}"
-        )
-    return host.rstrip("/")
-
-
-def check_kfp_host(host: str, timeout: float = 5.0) -> None:
-    """Pre-flight: the host answers ``GET <host>/apis/v2beta1/healthz``.
-
-    Any HTTP answer counts (an auth proxy may answer 302/401/403); no answer raises.
-    Environment proxies are ignored, as kfp.Client ignores them.
-    """
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"{host}/apis/v2beta1/healthz", timeout=timeout):
-            return
-    except urllib.error.HTTPError as answer:
-        answer.close()
-        return
-    except urllib.error.URLError as e:
-        reason = e.reason
-    except (OSError, http.client.HTTPException) as e:
-        reason = e
-    raise SubmitError(f"cannot reach KFP host {host}: {_one_line(reason) or type(reason).__name__}")
-
-
-def check_gcp_credentials() -> Any:
-    """Google Cloud application-default credentials, or a clear ``SubmitError``."""
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    try:
-        credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-    except DefaultCredentialsError as e:
-        raise SubmitError(
-            "no Google Cloud credentials found: run `gcloud auth application-default login`, "
-            "or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file "
-            f"({_one_line(e)})"
-        ) from None
-    return credentials
-
-
-def bucket_name(bucket: str) -> str:
-    """The bucket name from ``my-bucket`` or ``gs://my-bucket``."""
-    name = bucket.strip().removeprefix("gs://").rstrip("/")
-    if "/" in name:
-        raise SubmitError(
-            f"--bucket takes a bucket name, got {bucket!r}; pass a folder as --pipeline-root gs://..."
-        )
-    if not _BUCKET_RE.match(name) or ".." in name:
-        raise SubmitError(
-            f"invalid bucket name {bucket!r}: 3-222 lowercase letters, digits, '-', '_' or '.', "
-            "starting and ending with a letter or digit (e.g. my-bucket or gs://my-bucket)"
-        )
-    return name
-
-
-def parse_labels(labels: str | Mapping[str, str] | None) -> dict[str, str]:
-    """Vertex labels from ``key=value,key2=value2`` (or a mapping), checked."""
-    if not labels:
-        return {}
-    if isinstance(labels, str):
-        pairs = {}
-        for item in filter(None, (part.strip() for part in labels.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SubmitError(f"labels are key=value pairs separated by commas, got {item!r}")
-            pairs[key.strip()] = value.strip()
-        labels = pairs
-    for key, value in labels.items():
-        if not _LABEL_KEY_RE.match(str(key)) or not _LABEL_VALUE_RE.match(str(value)):
-            raise SubmitError(
-                f"invalid label {key}={value}: keys start with a lowercase letter; keys and "
-                "values use lowercase letters, digits, '_' and '-' (at most 63 characters)"
-            )
-    return dict(labels)
-
-
-def check_encryption_key(key: str, region: str) -> str:
-    """A Cloud KMS key name for Vertex AI's CMEK, in the job's region.
-
-    Vertex AI requires the key to be in the same region as the resource it protects, so
-    a key in another location (``global`` included) is refused here, not by the API.
-    """
-    key = key.strip()
-    match = _KMS_KEY_RE.match(key)
-    if not match:
-        raise SubmitError(
-            "--encryption-key takes a Cloud KMS key name "
-            f"projects/<project>/locations/{region}/keyRings/<ring>/cryptoKeys/<key>"
-            f"{' (the key, not one of its versions)' if '/cryptoKeyVersions/' in key else ''}, "
-            f"got {key!r}"
-        )
-    if match["location"] != region:
-        raise SubmitError(
-            f"--encryption-key is in location {match['location']!r} but the job runs in "
-            f"{region!r}: Vertex AI needs a key in the same region as the job"
-        )
-    return key
-
-
-def check_network(network: str) -> str:
-    """A VPC network name for Vertex AI peering: ``projects/<number>/global/networks/<name>``."""
-    network = network.strip()
-    if not _NETWORK_RE.match(network):
-        raise SubmitError(
-            "--network takes projects/<project number>/global/networks/<name> (the number, "
-            "not the project id: gcloud projects describe <id> --format='value(projectNumber)'), "
-            f"got {network!r}"
-        )
-    return network
-
-
-def check_failure_policy(policy: str) -> str:
-    """``slow`` (run every task that can still run) or ``fast`` (stop scheduling tasks
-    after the first failure)."""
-    if policy not in FAILURE_POLICIES:
-        raise SubmitError(f"--failure-policy takes slow or fast, got {policy!r}")
-    return policy
-
-
-def _check_cron_fields(cron: str, fields: list[str], names: list[str], symbols: str) -> None:
-    for name, value in zip(names, fields, strict=True):
-        if not re.fullmatch(rf"[0-9A-Za-z{re.escape(symbols)}]+", value):
-            raise SubmitError(
-                f"invalid schedule {cron!r}: the {name} field {value!r} may only hold digits, "
-                f"names (MON, JAN) and {' '.join(symbols)}"
-            )
-        low, high = _CRON_FIELDS[name]
-        for item in value.split(","):  # a step (*/15) or an nth weekday (5#3) is no value
-            numbers = re.findall(r"[0-9]+", item.split("/")[0].split("#")[0])
-            if any(not low <= int(number) <= high for number in numbers):
-                raise SubmitError(
-                    f"invalid schedule {cron!r}: the {name} field {value!r} is outside {low}-{high}"
-                )
-
-
-def _split_cron(cron: str) -> tuple[str | None, list[str]]:
-    parts = cron.split()
-    match = _CRON_TZ_RE.match(parts[0]) if parts else None
-    return (match[0] if match else None), parts[1:] if match else parts
-
-
-def vertex_cron(cron: str) -> str:
-    """The cron of a Vertex AI schedule: five fields (minute hour day-of-month month
-    day-of-week), optionally after ``TZ=<IANA time zone>`` (or ``CRON_TZ=``), checked."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    zone, fields = _split_cron(cron)
-    if len(fields) != 5:
-        raise SubmitError(
-            f"invalid schedule {cron!r}: a Vertex AI schedule takes 5 cron fields (minute hour "
-            "day-of-month month day-of-week, e.g. '0 3 * * *'), optionally after "
-            f"TZ=<time zone>; got {len(fields)}"
-        )
-    _check_cron_fields(cron, fields, list(_CRON_FIELDS)[1:], "*/,-")
-    if zone:
-        name = zone.split("=", 1)[1]
-        try:
-            ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise SubmitError(
-                f"invalid schedule {cron!r}: {name!r} is not an IANA time zone "
-                "(e.g. TZ=America/New_York, TZ=Europe/Berlin, TZ=UTC)"
-            ) from None
-    return " ".join([zone, *fields] if zone else fields)
-
-
-def kfp_cron(cron: str) -> str:
-    """The cron of a KFP recurring run: six fields, seconds first. The usual five-field
-    form (minute hour day-of-month month day-of-week) gets second 0; six are taken as given.
-    """
-    zone, fields = _split_cron(cron)
-    if zone:
-        raise SubmitError(
-            f"invalid schedule {cron!r}: KFP evaluates a recurring run's cron in the time zone "
-            "of its scheduledworkflow controller (its CRON_SCHEDULE_TIMEZONE, UTC unless set); "
-            "drop the TZ= prefix and give the time in that zone"
-        )
-    if len(fields) == 5:
-        fields = ["0", *fields]
-    if len(fields) != 6:
-        raise SubmitError(
-            f"invalid schedule {cron!r}: give 5 cron fields (minute hour day-of-month month "
-            "day-of-week, e.g. '0 3 * * *') or KFP's 6 with seconds first ('0 0 3 * * *'); "
-            f"got {len(fields)}"
-        )
-    _check_cron_fields(cron, fields, list(_CRON_FIELDS), "*/,-?#")
-    return " ".join(fields)
-
-
-def parse_time(value: str, flag: str) -> datetime.datetime:
-    """An RFC 3339 time with its offset (``2030-01-31T03:00:00Z``), for a schedule's bounds."""
-    try:
-        parsed = datetime.datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise SubmitError(
-            f"{flag} takes an RFC 3339 time such as 2030-01-31T03:00:00Z, got {value!r}"
-        ) from None
-    if parsed.tzinfo is None:
-        raise SubmitError(f"{flag} {value!r} has no time zone: end it with Z or an offset (+01:00)")
-    return parsed
-
-
-def _schedule_times(
-    start_time: str | None, end_time: str | None
-) -> tuple[datetime.datetime | None, datetime.datetime | None]:
-    start = parse_time(start_time, "--start-time") if start_time else None
-    end = parse_time(end_time, "--end-time") if end_time else None
-    if end is not None and (
-        end <= datetime.datetime.now(datetime.UTC) or (start is not None and end <= start)
-    ):
-        raise SubmitError(
-            f"--end-time {end_time} is not after now and --start-time: nothing would run"
-        )
-    return start, end
-
-
-def _check_schedule_options(
-    schedule: str | None, schedule_only: Mapping[str, Any], one_run_only: Mapping[str, Any]
-) -> None:
-    """Options that mean nothing without --schedule, or that a schedule would ignore."""
-    if not schedule:
-        given = [flag for flag, value in schedule_only.items() if value is not None]
-        if given:
-            raise SubmitError(f"{', '.join(given)} only apply with --schedule")
-        return
-    given = [flag for flag, value in one_run_only.items() if value]
-    if given:
-        raise SubmitError(
-            f"{', '.join(given)} names one run; a schedule's runs are named after --schedule-name"
-        )
-
-
-def _check_max_concurrent_runs(value: int | None, most: int | None = None) -> int:
-    value = 1 if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SubmitError(f"--max-concurrent-runs takes a whole number from 1, got {value!r}")
-    if most is not None and value > most:
-        raise SubmitError(f"--max-concurrent-runs is at most {most} on KFP, got {value}")
-    return value
-
-
-def _settings_into_params(
-    values: Mapping[str, Any],
-    parameters: Mapping[str, Any],
-    settings: Mapping[str, tuple[str, str | None]],
-) -> dict[str, Any]:
-    """Job settings also given to the pipeline's parameters of the same name.
-
-    The pipeline passes them on to the jobs it starts (Vertex custom jobs, batch
-    predictions, endpoints), which would otherwise run without them.
-
-    Args:
-        values: The user's parameter values.
-        parameters: The compiled pipeline's parameters.
-        settings: Parameter name -> (flag, the flag's value or None).
-
-    Raises:
-        SubmitError: A parameter set to a value other than its flag's.
-    """
-    values = dict(values)
-    for name, (flag, value) in settings.items():
-        if not value or name not in parameters:
-            continue
-        if name in values and values[name] != value:
-            raise SubmitError(
-                f"{flag} is {value!r} but the pipeline parameter {name} is {values[name]!r}: "
-                f"leave {name} out of the parameters (the flag sets it) or give both the same value"
-            )
-        values[name] = value
-    return values
-
-
 def vertex_run_url(region: str, job_id: str, project: str) -> str:
     return (
         f"https://console.cloud.google.com/vertex-ai/locations/{region}"
@@ -531,26 +95,7 @@ def vertex_run_url(region: str, job_id: str, project: str) -> str:
     )
 
 
-def vertex_schedule_url(region: str, schedule_id: str, project: str) -> str:
-    return (
-        f"https://console.cloud.google.com/vertex-ai/locations/{region}"
-        f"/pipelines/schedules/{schedule_id}?project={project}"
-    )
-
-
 # --- submission --------------------------------------------------------------------------
-
-
-def _resolve_params(params: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
-    if params is None:
-        return {}
-    if isinstance(params, str | os.PathLike):
-        return load_params(params)
-    if not isinstance(params, Mapping):
-        raise SubmitError(
-            f"pipeline parameters must be a mapping or a file path, not a {type(params).__name__}"
-        )
-    return dict(params)
 
 
 def _pipeline_file(
@@ -620,7 +165,7 @@ def submit_kfp(
         recurring run's id and URL (``<host>/#/recurringrun/details/<id>``).
     """
     host = check_host_url(host)
-    _check_schedule_options(
+    check_schedule_options(
         schedule,
         {
             "--schedule-name": schedule_name,
@@ -632,14 +177,14 @@ def submit_kfp(
     )
     if schedule:
         cron = kfp_cron(schedule)
-        max_concurrent_runs = _check_max_concurrent_runs(max_concurrent_runs, KFP_MAX_CONCURRENCY)
-        start, end = _schedule_times(start_time, end_time)
-    values = _resolve_params(params)
+        max_concurrent_runs = check_max_concurrent_runs(max_concurrent_runs, KFP_MAX_CONCURRENCY)
+        start, end = schedule_times(start_time, end_time)
+    values = resolve_params(params)
     pipeline_file = _pipeline_file("kfp", pipeline_file, pipeline)
     spec = load_pipeline_spec(pipeline_file)
     arguments = validate_params(values, pipeline_parameters(spec))
     if not allow_local_images:
-        _check_images(spec, pipeline_file)
+        check_images(spec, pipeline_file)
     name = spec["pipelineInfo"]["name"]
     if preflight is not None:
         preflight(host, timeout)
@@ -648,24 +193,21 @@ def submit_kfp(
         from kfp import Client as client_factory
     client = client_factory(host=host, **({"namespace": namespace} if namespace else {}))
     if schedule:
-        schedule_name = schedule_name or f"{name}-schedule"
-        experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
-        recurring = client.create_recurring_run(
-            experiment_id=experiment_id,
-            job_name=schedule_name,
-            cron_expression=cron,
-            max_concurrency=max_concurrent_runs,
-            # Back from a pause or an outage, start the latest missed run, not one per miss.
-            no_catchup=True,
-            start_time=start,
-            end_time=end,
-            params=arguments,
-            pipeline_package_path=pipeline_file,
+        recurring, url = create_kfp_recurring_run(
+            client,
+            host,
+            schedule_name=schedule_name or f"{name}-schedule",
+            experiment=experiment,
+            namespace=namespace,
+            cron=cron,
+            max_concurrent_runs=max_concurrent_runs,
+            start=start,
+            end=end,
+            arguments=arguments,
+            pipeline_file=pipeline_file,
             enable_caching=enable_caching,
             pipeline_root=pipeline_root,
         )
-        url = f"{host}/#/recurringrun/details/{recurring.recurring_run_id}"
-        print(f"Created recurring run {schedule_name} ({cron}) on {host}: {url}")
         return Submitted(None, url, pipeline_file, arguments, recurring, recurring.recurring_run_id)
     run_name = run_name or f"{name}-{_timestamp()}"
     result = client.create_run_from_pipeline_package(
@@ -752,37 +294,14 @@ def submit_vertex(
         The job's id and its Google Cloud console URL; for a schedule, the schedule's id
         and console URL.
     """
-    project, region = (project or "").strip(), (region or "").strip()
-    missing = [
-        flag
-        for flag, value in (
-            ("--project", project),
-            ("--region", region),
-            ("--bucket (or --pipeline-root)", bucket or pipeline_root),
-        )
-        if not value
-    ]
-    if missing:
-        raise SubmitError(f"missing {', '.join(missing)} for a Vertex AI submission")
-    if not _PROJECT_RE.match(project):
-        raise SubmitError(f"invalid project id {project!r}")
-    if not _REGION_RE.match(region):
-        raise SubmitError(f"invalid region {region!r} (e.g. us-central1, europe-west4)")
-    if pipeline_root:
-        if not pipeline_root.startswith("gs://"):
-            raise SubmitError(f"--pipeline-root must be a gs:// URI, got {pipeline_root!r}")
-        bucket_name(pipeline_root.removeprefix("gs://").split("/")[0])
-    else:
-        pipeline_root = f"gs://{bucket_name(bucket)}/pipeline_root"
-    if service_account and not _EMAIL_RE.match(service_account):
-        raise SubmitError(
-            f"--service-account takes a service account email, got {service_account!r}"
-        )
+    project, region, pipeline_root = check_vertex_project(project, region, bucket, pipeline_root)
+    if service_account:
+        check_service_account(service_account)
     encryption_key = check_encryption_key(encryption_key, region) if encryption_key else None
     network = check_network(network) if network else None
     failure_policy = check_failure_policy(failure_policy) if failure_policy else None
     label_values = parse_labels(labels)
-    _check_schedule_options(
+    check_schedule_options(
         schedule,
         {
             "--schedule-name": schedule_name,
@@ -795,17 +314,14 @@ def submit_vertex(
     )
     if schedule:
         cron = vertex_cron(schedule)
-        max_concurrent_runs = _check_max_concurrent_runs(max_concurrent_runs)
-        if max_runs is not None and (
-            isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1
-        ):
-            raise SubmitError(f"--max-runs takes a whole number from 1, got {max_runs!r}")
-        start, end = _schedule_times(start_time, end_time)
-    values = _resolve_params(params)
+        max_concurrent_runs = check_max_concurrent_runs(max_concurrent_runs)
+        max_runs = check_max_runs(max_runs)
+        start, end = schedule_times(start_time, end_time)
+    values = resolve_params(params)
     pipeline_file = _pipeline_file("vertex", pipeline_file, pipeline)
     spec = load_pipeline_spec(pipeline_file)
     parameters = pipeline_parameters(spec)
-    values = _settings_into_params(
+    values = settings_into_params(
         values,
         parameters,
         {
@@ -816,7 +332,7 @@ def submit_vertex(
     )
     parameter_values = validate_params(values, parameters)
     if not allow_local_images:
-        _check_images(spec, pipeline_file)
+        check_images(spec, pipeline_file)
     credentials = credentials_check() if credentials_check is not None else None
 
     if job_factory is None:
@@ -836,20 +352,19 @@ def submit_vertex(
         failure_policy=failure_policy,
     )
     if schedule:
-        schedule_name = schedule_name or f"{name}-schedule"
-        created = job.create_schedule(
+        created, schedule_id, url = create_vertex_schedule(
+            job,
+            schedule_name=schedule_name or f"{name}-schedule",
             cron=cron,
-            display_name=schedule_name,
-            start_time=start,
-            end_time=end,
-            max_run_count=max_runs,
-            max_concurrent_run_count=max_concurrent_runs,
+            start=start,
+            end=end,
+            max_runs=max_runs,
+            max_concurrent_runs=max_concurrent_runs,
             service_account=service_account,
             network=network,
+            region=region,
+            project=project,
         )
-        schedule_id = created.resource_name.rsplit("/", 1)[-1]
-        url = vertex_schedule_url(region, schedule_id, project)
-        print(f"Created Vertex AI pipeline schedule {schedule_name} ({cron}): {url}")
         return Submitted(None, url, pipeline_file, parameter_values, created, schedule_id)
     job.submit(service_account=service_account, network=network)
     url = vertex_run_url(region, job.job_id, project)

@@ -1,5 +1,6 @@
-"""pipelines.submit (checks before sending, and the exact calls to kfp.Client and
-aiplatform.PipelineJob), the example parameters, the Makefile targets and cloudbuild.yaml.
+"""pipelines.submit, with pipelines.submit_checks and pipelines.schedules (checks before
+sending, and the exact calls to kfp.Client and aiplatform.PipelineJob), the example
+parameters, the Makefile targets and cloudbuild.yaml.
 
 Nothing here leaves the machine: the KFP host is a closed or a served loopback port, the
 clients are fakes or real classes whose network call is replaced.
@@ -27,9 +28,10 @@ import pytest
 import yaml
 
 from components.images import STAGES
-from pipelines import submit
+from pipelines import schedules, submit, submit_checks
 from pipelines.compile import TARGETS, compile_pipeline
-from pipelines.submit import SubmitError, main, submit_kfp, submit_vertex, validate_params
+from pipelines.submit import SubmitError, main, submit_kfp, submit_vertex
+from pipelines.submit_checks import validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = "europe-west4-docker.pkg.dev/acme/kfp"
@@ -145,7 +147,7 @@ def test_a_host_that_never_answers_times_out():
         listener.listen(1)
         host = f"http://127.0.0.1:{listener.getsockname()[1]}"
         with pytest.raises(SubmitError, match=rf"^cannot reach KFP host {host}: .*timed out"):
-            submit.check_kfp_host(host, timeout=0.2)
+            submit_checks.check_kfp_host(host, timeout=0.2)
 
 
 class _Answer(BaseHTTPRequestHandler):
@@ -165,7 +167,7 @@ def test_any_http_answer_counts_as_reachable(status):
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        submit.check_kfp_host(f"http://127.0.0.1:{server.server_port}")
+        submit_checks.check_kfp_host(f"http://127.0.0.1:{server.server_port}")
     finally:
         server.shutdown()
         server.server_close()
@@ -419,7 +421,7 @@ def test_params_files_in_yaml_and_json(compiled, tmp_path):
             "beam_args": ["--x=1"],
             "weights": "none",
         }
-    assert submit.load_params(_write(tmp_path / "empty.yaml", "")) == {}
+    assert submit_checks.load_params(_write(tmp_path / "empty.yaml", "")) == {}
 
 
 @pytest.mark.parametrize(
@@ -474,28 +476,28 @@ def test_the_example_params_fit_both_targets(target, compiled):
     """Each name in the example is a parameter of the pipeline, its value of the
     parameter's type: those set, and those commented out for a user to uncomment."""
     path = ROOT / "pipelines" / "params.example.yaml"
-    params = submit.load_params(path)
+    params = submit_checks.load_params(path)
     assert {"image_dir", "epochs", "backbone"} <= set(params)
     commented = re.findall(r"^# ?([a-z_]+: .*)$", path.read_text(), re.MULTILINE)
     suggested = yaml.safe_load("\n".join(commented))
     assert {"class_weight", "tune_trials", "beam_runner", "dataflow_project"} <= set(suggested)
-    spec = submit.load_pipeline_spec(compiled[target])
+    spec = submit_checks.load_pipeline_spec(compiled[target])
     every = {**params, **suggested}
-    assert validate_params(every, submit.pipeline_parameters(spec)) == every
+    assert validate_params(every, submit_checks.pipeline_parameters(spec)) == every
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_the_detection_example_params_fit_the_detection_pipeline(target, tmp_path):
     path = ROOT / "pipelines" / "params.detection.example.yaml"
-    params = submit.load_params(path)
+    params = submit_checks.load_params(path)
     assert {"voc_dir", "epochs", "backbone", "map50_threshold"} <= set(params)
     commented = re.findall(r"^# ?([a-z_]+: [^#]*)", path.read_text(), re.MULTILINE)
     suggested = yaml.safe_load("\n".join(commented))
     assert {"coco_json", "family", "preset", "beam_runner"} <= set(suggested)
     compiled = compile_pipeline(target, str(tmp_path / "detection.yaml"), pipeline="detection")
-    spec = submit.load_pipeline_spec(compiled)
+    spec = submit_checks.load_pipeline_spec(compiled)
     every = {**params, **suggested}
-    assert validate_params(every, submit.pipeline_parameters(spec)) == every
+    assert validate_params(every, submit_checks.pipeline_parameters(spec)) == every
 
 
 # --- Vertex AI ---------------------------------------------------------------------------
@@ -524,7 +526,7 @@ def test_vertex_needs_project_region_and_bucket(drop, missing, compiled, capsys)
 
 @pytest.mark.parametrize("bucket", ["my-bucket", "gs://my-bucket", "gs://my-bucket/"])
 def test_bucket_name_or_gs_uri(bucket):
-    assert submit.bucket_name(bucket) == "my-bucket"
+    assert submit_checks.bucket_name(bucket) == "my-bucket"
 
 
 @pytest.mark.parametrize(
@@ -538,7 +540,7 @@ def test_bucket_name_or_gs_uri(bucket):
 )
 def test_an_invalid_bucket_is_refused(bucket, message):
     with pytest.raises(SubmitError, match=message):
-        submit.bucket_name(bucket)
+        submit_checks.bucket_name(bucket)
 
 
 def test_missing_credentials_name_the_fix(compiled, monkeypatch, capsys):
@@ -582,7 +584,9 @@ def test_vertex_job_gets_exactly_these_arguments(compiled, tmp_path, capsys):
         credentials_check=lambda: credentials,
     )
     # The flags also set the pipeline's parameters of the same name, where it has them.
-    declared = submit.pipeline_parameters(submit.load_pipeline_spec(compiled["vertex"]))
+    declared = submit_checks.pipeline_parameters(
+        submit_checks.load_pipeline_spec(compiled["vertex"])
+    )
     job = FakeJob.last
     assert job.kwargs == {
         "display_name": "nightly",
@@ -940,7 +944,7 @@ def test_a_vertex_schedule_returns_its_id_and_url(compiled):
         "network": None,
     }
     assert result.run_id is None and result.schedule_id == "77"
-    assert result.url == submit.vertex_schedule_url("us-central1", "77", "my-proj")
+    assert result.url == schedules.vertex_schedule_url("us-central1", "77", "my-proj")
 
 
 # --- schedules: cron and options ----------------------------------------------------------
@@ -959,7 +963,7 @@ def test_a_vertex_schedule_returns_its_id_and_url(compiled):
     ],
 )
 def test_cron_as_each_host_takes_it(cron, vertex, kfp):
-    for convert, expected in ((submit.vertex_cron, vertex), (submit.kfp_cron, kfp)):
+    for convert, expected in ((schedules.vertex_cron, vertex), (schedules.kfp_cron, kfp)):
         if expected is None:
             with pytest.raises(SubmitError, match=re.escape(f"invalid schedule {cron!r}")):
                 convert(cron)
@@ -970,20 +974,20 @@ def test_cron_as_each_host_takes_it(cron, vertex, kfp):
 @pytest.mark.parametrize(
     "convert, cron, message",
     [
-        (submit.vertex_cron, "0 3 * *", "a Vertex AI schedule takes 5 cron fields"),
-        (submit.vertex_cron, "0 0 3 * * *", "optionally after TZ=<time zone>; got 6"),
-        (submit.vertex_cron, "TZ=Mars/Olympus 0 3 * * *", "'Mars/Olympus' is not an IANA"),
-        (submit.vertex_cron, "0 3 * * ?", "the day of week field '?' may only hold"),
-        (submit.vertex_cron, "0 24 * * *", "the hour field '24' is outside 0-23"),
-        (submit.vertex_cron, "60 3 * * *", "the minute field '60' is outside 0-59"),
-        (submit.vertex_cron, "0 3 0 * *", "the day of month field '0' is outside 1-31"),
-        (submit.vertex_cron, "0 3 * 13 *", "the month field '13' is outside 1-12"),
-        (submit.kfp_cron, "0 3 * *", "give 5 cron fields"),
-        (submit.kfp_cron, "0 0 0 3 * * *", "or KFP's 6 with seconds first"),
-        (submit.kfp_cron, "@daily", "got 1"),
-        (submit.kfp_cron, "0 3 * * $", "the day of week field '$' may only hold"),
-        (submit.kfp_cron, "61 0 3 * * *", "the second field '61' is outside 0-59"),
-        (submit.kfp_cron, "TZ=UTC 0 3 * * *", "drop the TZ= prefix"),
+        (schedules.vertex_cron, "0 3 * *", "a Vertex AI schedule takes 5 cron fields"),
+        (schedules.vertex_cron, "0 0 3 * * *", "optionally after TZ=<time zone>; got 6"),
+        (schedules.vertex_cron, "TZ=Mars/Olympus 0 3 * * *", "'Mars/Olympus' is not an IANA"),
+        (schedules.vertex_cron, "0 3 * * ?", "the day of week field '?' may only hold"),
+        (schedules.vertex_cron, "0 24 * * *", "the hour field '24' is outside 0-23"),
+        (schedules.vertex_cron, "60 3 * * *", "the minute field '60' is outside 0-59"),
+        (schedules.vertex_cron, "0 3 0 * *", "the day of month field '0' is outside 1-31"),
+        (schedules.vertex_cron, "0 3 * 13 *", "the month field '13' is outside 1-12"),
+        (schedules.kfp_cron, "0 3 * *", "give 5 cron fields"),
+        (schedules.kfp_cron, "0 0 0 3 * * *", "or KFP's 6 with seconds first"),
+        (schedules.kfp_cron, "@daily", "got 1"),
+        (schedules.kfp_cron, "0 3 * * $", "the day of week field '$' may only hold"),
+        (schedules.kfp_cron, "61 0 3 * * *", "the second field '61' is outside 0-59"),
+        (schedules.kfp_cron, "TZ=UTC 0 3 * * *", "drop the TZ= prefix"),
     ],
 )
 def test_a_cron_a_host_would_refuse_is_refused(convert, cron, message):
@@ -1293,7 +1297,7 @@ def test_the_readme_kfp_cli_commands(compiled, kfp_api, tmp_path, monkeypatch):
                 "backbone": "B0",
             }
             # ... and of the types the compiled pipeline declares.
-            declared = submit.pipeline_parameters(next(yaml.safe_load_all(yaml_text)))
+            declared = submit_checks.pipeline_parameters(next(yaml.safe_load_all(yaml_text)))
             assert validate_params(parameters, declared) == parameters
         elif command[3:5] == ["recurring-run", "create"]:
             recurring = sent[("POST", "/apis/v2beta1/recurringruns")]
@@ -1415,20 +1419,22 @@ def test_the_readme_make_commands_reach_the_command_line():
         1,
     )
     assert args.enable_caching is False
-    assert submit.kfp_cron(args.schedule) == "0 0 3 * * *"
+    assert schedules.kfp_cron(args.schedule) == "0 0 3 * * *"
 
     settings, scheduled = _readme_block("make-vertex", "bash")
     args = submit.build_parser().parse_args(_make_command(settings))
     assert args.service_account == "pipelines@my-project.iam.gserviceaccount.com"
-    assert submit.check_encryption_key(args.encryption_key, args.region) == args.encryption_key
-    assert submit.check_network(args.network) == args.network
+    assert (
+        submit_checks.check_encryption_key(args.encryption_key, args.region) == args.encryption_key
+    )
+    assert submit_checks.check_network(args.network) == args.network
     assert args.failure_policy == "fast" and args.enable_caching is False
-    assert submit.parse_labels(args.labels) == {"team": "vision", "env": "prod"}
+    assert submit_checks.parse_labels(args.labels) == {"team": "vision", "env": "prod"}
     assert args.schedule is None
 
     args = submit.build_parser().parse_args(_make_command(scheduled))
     assert args.schedule == "TZ=America/New_York 0 3 * * *"
-    assert submit.vertex_cron(args.schedule) == args.schedule
+    assert schedules.vertex_cron(args.schedule) == args.schedule
     assert (args.schedule_name, args.max_concurrent_runs) == ("nightly", 1)
 
 
