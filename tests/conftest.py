@@ -96,6 +96,39 @@ def pipeline_run(sample_data, tiny_training, tmp_path_factory):
     )
 
 
+# The detection pipeline's tiny runs (test_detection_pipeline, test_stage_images).
+DETECTION_TINY = dict(image_size=64, batch_size=8, epochs=2, early_stopping_patience=0)
+
+
+@pytest.fixture(scope="session")
+def detection_sample(tmp_path_factory):
+    """60 generated box-annotated pictures (VOC, COCO JSON and their images)."""
+    from pipelines import sample_detection_data
+
+    return sample_detection_data.generate(str(tmp_path_factory.mktemp("det_sample")), images=60)
+
+
+@pytest.fixture(scope="session")
+def detection_pipeline_run(detection_sample, tmp_path_factory):
+    """The detection pipeline under kfp local's SubprocessRunner on ``detection_sample``'s
+    VOC folder, tiny training, no gate, no edge exports (export_edge's detector runs in
+    its image in test_stage_images and on its own in test_export_edge_detection):
+    ``(work dir, summary)``; one run for the tests here and the comparison with the
+    stage images'."""
+    from pipelines.run_local import run_local
+
+    work = tmp_path_factory.mktemp("det_run")
+    summary = run_local(
+        str(work),
+        task="detection",
+        voc_dir=detection_sample.voc_dir,
+        map50_threshold=0.0,
+        edge_exports=False,
+        **DETECTION_TINY,
+    )
+    return work, summary
+
+
 @pytest.fixture(scope="session")
 def detection_export(tmp_path_factory) -> dict:
     """A tiny detector's export (64 px, one epoch on 16 generated pictures: its

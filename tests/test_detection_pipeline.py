@@ -11,27 +11,23 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import DETECTION_TINY
 
 from components.common.io import read_json
 from components.detection.evaluation import METRIC_NAMES
-from pipelines import sample_detection_data
 from pipelines.run_local import detection_parser, run_local
 
-# export_edge's detector in the pipeline: test_stage_images (its image), test_export_edge_detection.
-TINY = dict(image_size=64, batch_size=8, epochs=1, early_stopping_patience=0, edge_exports=False)
+TINY = dict(DETECTION_TINY, edge_exports=False)
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    return sample_detection_data.generate(str(tmp_path_factory.mktemp("det_sample")), images=60)
+def sample(detection_sample):
+    return detection_sample
 
 
 @pytest.fixture(scope="module")
-def first_run(sample, tmp_path_factory):
-    work = tmp_path_factory.mktemp("det_run")
-    return work, run_local(
-        str(work), task="detection", voc_dir=sample.voc_dir, map50_threshold=0.0, **TINY
-    )
+def first_run(detection_pipeline_run):
+    return detection_pipeline_run
 
 
 def test_the_whole_detection_pipeline_runs_and_deploys(first_run, sample):
@@ -45,7 +41,7 @@ def test_the_whole_detection_pipeline_runs_and_deploys(first_run, sample):
     assert set(test["per_class_map"]) == set(sample.labels)
     assert all(-1.0 <= test[k] <= 1.0 for k in METRIC_NAMES)
     assert test["images"] == summary["splits"]["test"]
-    assert summary["training"]["epochs_run"] == 1
+    assert summary["training"]["epochs_run"] == DETECTION_TINY["epochs"]
     assert summary["gate_passed"] and summary["deployed"]
     assert summary["champion_map_50"] is None  # nothing served before
     assert summary["serving"]["model_name"] == "object-detector"

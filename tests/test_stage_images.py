@@ -20,6 +20,7 @@ import time
 import uuid
 
 import pytest
+from conftest import DETECTION_TINY
 from kfp import dsl
 from packaging.utils import canonicalize_name
 from test_containers import CONTAINERS, LOCK, ROOT, pins
@@ -363,29 +364,20 @@ def test_pipeline_runs_every_stage_in_its_image(docker_pipeline_run):
 
 
 # The detection pipeline in the stage images, against the same run in this environment.
-DETECTION_TINY = dict(image_size=64, batch_size=8, epochs=2, early_stopping_patience=0)
-
-
 @pytest.fixture(scope="module")
-def detection_runs(stage_images, tmp_path_factory):
-    """The detection pipeline on the same 60 VOC pictures in the stage images and here."""
-    from pipelines import sample_detection_data
-
-    sample = sample_detection_data.generate(str(tmp_path_factory.mktemp("det")), images=60)
-    runs = {}
-    for runner in ("docker", "subprocess"):
-        work = tmp_path_factory.mktemp(f"det-{runner}")
-        runs[runner] = run_local(
-            str(work),
-            task="detection",
-            voc_dir=sample.voc_dir,
-            runner=runner,
-            map50_threshold=0.0,
-            # export_edge in its image; here its figures would add nothing to the comparison
-            edge_exports=runner == "docker",
-            **DETECTION_TINY,
-        )
-    return sample, runs
+def detection_runs(stage_images, detection_sample, detection_pipeline_run, tmp_path_factory):
+    """The detection pipeline on the same 60 VOC pictures in the stage images (export_edge
+    included) and here (conftest's run)."""
+    work = tmp_path_factory.mktemp("det-docker")
+    docker = run_local(
+        str(work),
+        task="detection",
+        voc_dir=detection_sample.voc_dir,
+        runner="docker",
+        map50_threshold=0.0,
+        **DETECTION_TINY,
+    )
+    return detection_sample, {"docker": docker, "subprocess": detection_pipeline_run[1]}
 
 
 def test_detection_pipeline_runs_every_stage_in_its_image(detection_runs):
